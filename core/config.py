@@ -1,0 +1,209 @@
+"""Every CORRAL_* setting in one table: name, default, meaning, and how it is parsed."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_PORT = 11434
+
+
+class Setting(msgspec.Struct, frozen=True):
+    """One environment variable: its name, its default (as text) and what it does."""
+
+    env: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CORRAL_HOST", "127.0.0.1:11434", "Address the server binds and clients talk to"),
+    Setting("CORRAL_MODELS", "~/.corral/models", "Model store (an Ollama store works unchanged)"),
+    Setting("CORRAL_KEEP_ALIVE", "5m", "How long an idle model stays loaded (duration or seconds)"),
+    Setting("CORRAL_NUM_PARALLEL", "4", "Sequences each loaded model decodes together"),
+    Setting("CORRAL_MAX_LOADED_MODELS", "3", "Models loaded at once; least recently used goes"),
+    Setting("CORRAL_MAX_QUEUE", "512", "Requests waiting for a slot before the server answers 503"),
+    Setting("CORRAL_CONTEXT_LENGTH", "4096", "Default context length per sequence (num_ctx)"),
+    Setting("CORRAL_FLASH_ATTENTION", "", "1 or 0 to force flash attention on or off (auto)"),
+    Setting("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0"),
+    Setting("CORRAL_BACKEND", "", "Backend to use, bypassing hardware detection"),
+    Setting("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
+    Setting("CORRAL_API_KEY", "", "If set, every route requires 'Authorization: Bearer <key>'"),
+    Setting("CORRAL_MAX_BODY", "128MiB", "Largest JSON request body accepted"),
+    Setting("CORRAL_NOPRUNE", "", "Set to keep unreferenced blobs (no garbage collection)"),
+    Setting("CORRAL_DEBUG", "", "1 for debug logs and tracebacks"),
+    Setting("CORRAL_LOAD_PLUGINS", "", "Comma-separated plugin names to load ('' = all)"),
+    Setting("CORRAL_DISABLE_PLUGINS", "", "Comma-separated plugin names to block"),
+    Setting("CORRAL_EXTRA_PLUGINS", "", "Comma-separated module paths registered as plugins"),
+    Setting("CORRAL_TRACE_PLUGINS", "", "1 to log every hook call"),
+    Setting("CORRAL_NOHISTORY", "", "Set to keep no REPL history"),
+    Setting("CORRAL_HOME", "~/.corral", "Where history, logs and the server pid live"),
+)
+
+
+def parse_bool(value: str | None) -> bool:
+    """Ollama's rule: empty is false, a parseable bool is itself, anything else non-empty is true."""
+    if value is None:
+        return False
+    v = value.strip().strip("'\"").lower()
+    if v in ("", "0", "false", "f", "no", "off"):
+        return False
+    return True
+
+
+_DURATION_RE = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from a Go duration string ("5m", "1h30m", "-1m") or a number of seconds.
+
+    A bare numeric *string* is rejected with "missing unit in duration", as Ollama does for
+    ``keep_alive``; numbers are seconds. Negative means forever (returned as ``float('inf')``).
+    """
+    if isinstance(value, bool):
+        raise ValueError("invalid duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if not text:
+            raise ValueError("invalid duration")
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            raise ValueError(f'time: missing unit in duration "{text}"')
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        pos, seconds = 0, 0.0
+        for m in _DURATION_RE.finditer(body):
+            if m.start() != pos:
+                raise ValueError(f'time: invalid duration "{text}"')
+            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if pos != len(body):
+            raise ValueError(f'time: invalid duration "{text}"')
+        seconds *= sign
+    if seconds != seconds:  # NaN
+        raise ValueError("invalid duration")
+    return float("inf") if seconds < 0 else seconds
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "128MiB", "1GB", "4096"."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"invalid size {text!r}")
+    n, unit = int(m.group(1)), (m.group(2) or "B").upper()
+    scale = {"B": 1, "K": 1e3, "KB": 1e3, "KIB": 1024, "M": 1e6, "MB": 1e6, "MIB": 1024**2,
+             "G": 1e9, "GB": 1e9, "GIB": 1024**3, "T": 1e12, "TB": 1e12, "TIB": 1024**4}[unit]
+    return int(n * scale)
+
+
+def parse_host(value: str) -> tuple[str, str, int]:
+    """(scheme, host, port) from Ollama-style ``[scheme://]host[:port]``; ":8080" means all hosts."""
+    v = value.strip().strip("'\"") or "127.0.0.1:11434"
+    scheme, explicit = "http", "://" in v
+    if explicit:
+        scheme, v = v.split("://", 1)
+    v = v.split("/", 1)[0]
+    # compat(ollama): the port defaults to 11434, or to the scheme's port when a scheme is given.
+    default_port = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT) if explicit else DEFAULT_PORT
+    host, port = v, default_port
+    if v.startswith("["):  # [::1]:11434
+        end = v.find("]")
+        host, rest = v[1:end], v[end + 1 :]
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif v.count(":") == 1:
+        host, p = v.split(":")
+        port = int(p) if p else default_port
+    host = host or "0.0.0.0"
+    return scheme, host, port
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """Resolved settings. Build with ``Config.from_env()``; tests pass their own values."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    scheme: str = "http"
+    models: Path = Path("~/.corral/models").expanduser()
+    home: Path = Path("~/.corral").expanduser()
+    keep_alive: float = 300.0
+    num_parallel: int = 4
+    max_loaded_models: int = 3
+    max_queue: int = 512
+    context_length: int = 4096
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+    backend: str | None = None
+    origins: tuple[str, ...] = ()
+    api_key: str | None = None
+    max_body: int = 128 * 1024 * 1024
+    noprune: bool = False
+    debug: bool = False
+    load_plugins: tuple[str, ...] | None = None  # None = all entry points
+    disable_plugins: tuple[str, ...] = ()
+    extra_plugins: tuple[str, ...] = ()
+    trace_plugins: bool = False
+    nohistory: bool = False
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read every CORRAL_* variable; a malformed value raises ValueError naming it."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            default = next(s.default for s in SETTINGS if s.env == name)
+            return env.get(name, default).strip().strip("'\"")
+
+        def names(name: str) -> tuple[str, ...]:
+            return tuple(p.strip() for p in get(name).split(",") if p.strip())
+
+        try:
+            scheme, host, port = parse_host(get("CORRAL_HOST"))
+            fa = get("CORRAL_FLASH_ATTENTION")
+            load = env.get("CORRAL_LOAD_PLUGINS")
+            return cls(
+                host=host,
+                port=port,
+                scheme=scheme,
+                models=Path(get("CORRAL_MODELS")).expanduser(),
+                home=Path(get("CORRAL_HOME")).expanduser(),
+                keep_alive=_keep_alive_env(get("CORRAL_KEEP_ALIVE")),
+                num_parallel=max(1, int(get("CORRAL_NUM_PARALLEL"))),
+                max_loaded_models=max(1, int(get("CORRAL_MAX_LOADED_MODELS"))),
+                max_queue=max(1, int(get("CORRAL_MAX_QUEUE"))),
+                context_length=max(4, int(get("CORRAL_CONTEXT_LENGTH"))),
+                flash_attention=None if fa == "" else parse_bool(fa),
+                kv_cache_type=get("CORRAL_KV_CACHE_TYPE") or "f16",
+                backend=get("CORRAL_BACKEND") or None,
+                origins=names("CORRAL_ORIGINS"),
+                api_key=get("CORRAL_API_KEY") or None,
+                max_body=parse_size(get("CORRAL_MAX_BODY")),
+                noprune=parse_bool(get("CORRAL_NOPRUNE")),
+                debug=parse_bool(get("CORRAL_DEBUG")),
+                load_plugins=None if load is None else names("CORRAL_LOAD_PLUGINS"),
+                disable_plugins=names("CORRAL_DISABLE_PLUGINS"),
+                extra_plugins=names("CORRAL_EXTRA_PLUGINS"),
+                trace_plugins=parse_bool(get("CORRAL_TRACE_PLUGINS")),
+                nohistory=parse_bool(get("CORRAL_NOHISTORY")),
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid environment setting: {exc}") from None
+
+
+def _keep_alive_env(text: str) -> float:
+    # compat(ollama): OLLAMA_KEEP_ALIVE accepts bare integer seconds, unlike the request field.
+    if re.fullmatch(r"-?\d+", text):
+        return parse_duration(int(text))
+    return parse_duration(text)

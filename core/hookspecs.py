@@ -1,0 +1,104 @@
+"""Hook specifications for corral plugins. Each hook's docstring is its contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:
+    from corral.config import Config
+    from corral.types import (
+        BackendInfo,
+        CancelToken,
+        EmbeddingResult,
+        GenerationRequest,
+        LoadOptions,
+        ModelHandle,
+        TokenEvent,
+    )
+
+PROJECT = "corral"
+hookspec = HookspecMarker(PROJECT)
+hookimpl = HookimplMarker(PROJECT)
+
+
+# ---- discovery and selection: called on every plugin ---------------------------------------------
+@hookspec
+def corral_probe_backend(config: Config) -> BackendInfo | None:
+    """Describe this backend on this machine; return None if the plugin is not a backend.
+
+    Cheap (well under a second), loads no weights and never raises: a backend that cannot run here
+    returns ``BackendInfo(usable=False, reason=...)`` saying why. Probes that might crash the
+    process (loading a GPU driver) run in a subprocess with a timeout.
+    """
+
+
+@hookspec(firstresult=True)
+def corral_select_backend(candidates: list[BackendInfo], requested: str | None) -> str | None:
+    """Pick the backend this process uses. Stops at the first non-None result.
+
+    The core's default (``trylast``) returns ``requested`` when it is usable and otherwise the usable
+    candidate with the highest priority; an unusable or unknown ``requested`` raises
+    ``BackendUnavailableError`` listing every candidate. Never a silent fallback.
+    """
+
+
+# ---- per-model operations: called only on the selected backend -----------------------------------
+@hookspec(firstresult=True)
+def corral_load_model(
+    path: str, options: LoadOptions, progress: Callable[[float], bool] | None
+) -> ModelHandle:
+    """Load the GGUF file at ``path`` and return a pure-data handle.
+
+    ``progress`` (if given) is called with 0.0..1.0; returning False cancels the load. A file that
+    is not a usable GGUF raises ``InvalidModelFileError``; any other failure ``ModelLoadError``.
+    """
+
+
+@hookspec(firstresult=True)
+def corral_tokenize(
+    handle: ModelHandle, text: str, add_special: bool, parse_special: bool
+) -> list[int]:
+    """Turn text into token ids. ``add_special`` adds BOS/EOS as the model wants them;
+    ``parse_special`` lets control-token text such as ``<start_of_turn>`` become that token."""
+
+
+@hookspec(firstresult=True)
+def corral_detokenize(handle: ModelHandle, tokens: list[int], render_special: bool) -> str:
+    """Turn token ids into text; whole tokens in, whole UTF-8 characters out."""
+
+
+@hookspec(firstresult=True)
+def corral_generate(
+    handle: ModelHandle, request: GenerationRequest, cancel: CancelToken
+) -> Iterator[TokenEvent]:
+    """Generate from ``request.prompt``: a blocking iterator of ``TokenEvent``.
+
+    Several calls may run at once from different threads (up to ``options.num_parallel``); a backend
+    that can, decodes them together in one batch. The iterator checks ``cancel`` between tokens and
+    then ends with ``finish_reason="stop"``. Stop strings are never emitted. The last event carries
+    ``finish_reason`` and ``stats``. Raises only ``CorralError`` subclasses.
+    """
+
+
+@hookspec(firstresult=True)
+def corral_embed(
+    handle: ModelHandle, inputs: list[list[int]], normalize: bool
+) -> EmbeddingResult:
+    """Return one pooled embedding per token list (L2-normalised when ``normalize``).
+    A model that cannot embed raises ``CapabilityError``."""
+
+
+@hookspec(firstresult=True)
+def corral_unload(handle: ModelHandle) -> bool | None:
+    """Free everything ``handle`` holds. Idempotent: unloading twice is not an error."""
+
+
+@hookspec(firstresult=True)
+def corral_quantize(source: str, destination: str, file_type: str,
+                    progress: Callable[[float], bool] | None) -> bool:
+    """Quantize the F32/F16/BF16 GGUF at ``source`` into ``destination`` as ``file_type``
+    (``q4_K_M``, ``q4_K_S`` or ``q8_0``). Return True when done; None if this backend cannot.
+    An unsupported source or type raises ``InvalidRequestError``."""

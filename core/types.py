@@ -1,0 +1,182 @@
+"""Plain-data types shared by the core and backend plugins (no cffi, no HTTP)."""
+
+from __future__ import annotations
+
+import threading
+
+import msgspec
+from msgspec import Struct
+
+
+# ---- backends ------------------------------------------------------------------------------------
+class DeviceInfo(Struct, frozen=True, kw_only=True):
+    """One compute device a backend can use."""
+
+    name: str
+    description: str = ""
+    type: str = "cpu"  # cpu | gpu | igpu | accel
+    memory_total: int = 0  # bytes
+    memory_free: int = 0  # bytes
+
+
+class BackendInfo(Struct, kw_only=True):
+    """What a backend plugin reports about itself on this machine (the `corral backends` row)."""
+
+    name: str  # one lowercase token: the entry-point name, the --backend value
+    priority: int  # higher wins among usable backends
+    usable: bool
+    reason: str = ""  # why usable or not, in words
+    devices: list[DeviceInfo] = msgspec.field(default_factory=list)
+    plugin: str = ""  # distribution that ships the plugin
+    version: str = ""
+
+
+# ---- loading -------------------------------------------------------------------------------------
+class LoadOptions(Struct, frozen=True, kw_only=True):
+    """Everything that changes how a model is loaded; a change means a reload."""
+
+    num_ctx: int = 4096  # context length of each parallel sequence
+    num_parallel: int = 4  # sequences decoded together in one batch
+    num_batch: int = 512  # logical batch size for prompt evaluation
+    num_gpu: int = -1  # layers to offload; -1 = as many as fit / all
+    main_gpu: int = 0
+    num_thread: int = 0  # 0 = backend picks (physical cores)
+    use_mmap: bool | None = None  # None = backend default
+    flash_attention: bool | None = None  # None = auto
+    kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0
+    embedding: bool = False  # load for embeddings (pooled output)
+    adapters: tuple[str, ...] = ()  # LoRA GGUF paths, applied with scale 1.0
+
+
+class ModelInfo(Struct, frozen=True, kw_only=True):
+    """Facts about a loaded model that the core needs for prompts, limits and reporting."""
+
+    architecture: str
+    n_params: int
+    size: int  # bytes of weights
+    n_ctx_train: int
+    n_ctx: int  # effective context per sequence after the backend's rounding
+    n_parallel: int
+    n_embd: int
+    n_vocab: int
+    file_type: str = ""  # e.g. Q4_K_M
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    add_bos: bool = True
+    can_shift: bool = True  # the KV cache supports context shift
+    pooling: str = "none"  # none | mean | cls | last | rank
+    has_encoder: bool = False
+
+
+class MemoryUsage(Struct, frozen=True, kw_only=True):
+    """Bytes a loaded model holds: total, and how much of it sits in GPU memory."""
+
+    total: int = 0
+    vram: int = 0
+
+
+class ModelHandle(Struct, frozen=True, kw_only=True):
+    """A loaded model. Pure data: native state stays private to the backend, keyed by `id`."""
+
+    id: str
+    backend: str
+    path: str
+    options: LoadOptions
+    info: ModelInfo
+    memory: MemoryUsage = MemoryUsage()
+    devices: tuple[str, ...] = ()
+
+
+# ---- generation ----------------------------------------------------------------------------------
+class SamplingParams(Struct, frozen=True, kw_only=True):
+    """How the next token is picked. Defaults are Ollama's."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # 0 disables, -1 = whole context
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1  # -1 = random
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
+    grammar: str | None = None  # GBNF; root rule is "root"
+
+
+class GenerationRequest(Struct, frozen=True, kw_only=True):
+    """One sequence to generate: prompt tokens, sampling and stopping rules."""
+
+    prompt: list[int]
+    sampling: SamplingParams = SamplingParams()
+    num_predict: int = -1  # -1 = until a stop (the backend caps it at 10 x context)
+    stop: list[str] = msgspec.field(default_factory=list)  # stop strings, never emitted
+    num_keep: int = 4  # tokens kept at the start on a context shift
+    shift: bool = True  # shift the context when full instead of stopping with "length"
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0..20
+
+
+class TokenLogprob(Struct, frozen=True, kw_only=True):
+    """A token with its log-probability (natural log) and its raw bytes."""
+
+    token: int
+    text: str
+    bytes: list[int]
+    logprob: float
+
+
+class GenerationStats(Struct, frozen=True, kw_only=True):
+    """Counts and timings of one generation; durations in nanoseconds."""
+
+    prompt_tokens: int  # all prompt tokens, cached ones included (Ollama's prompt_eval_count)
+    cached_tokens: int = 0  # prompt tokens whose KV was reused
+    prompt_eval_ns: int = 0
+    eval_count: int = 0  # generated tokens
+    eval_ns: int = 0
+    truncated: bool = False  # the prompt was truncated or shifted to fit
+
+
+class TokenEvent(Struct, frozen=True, kw_only=True):
+    """One step of a generation stream.
+
+    `text` is the newly visible text: pieces are held back while they end in an incomplete UTF-8
+    character or could still become a stop string, so `text` may be "" for some tokens. The last
+    event of every stream has `finish_reason` ("stop" or "length") and `stats`; it may carry
+    flushed text and no token (`token == -1`).
+    """
+
+    token: int
+    text: str = ""
+    logprob: TokenLogprob | None = None
+    top_logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    stats: GenerationStats | None = None
+
+
+class EmbeddingResult(Struct, frozen=True, kw_only=True):
+    """One vector per input, with the number of tokens evaluated."""
+
+    embeddings: list[list[float]]
+    prompt_tokens: int
+
+
+class CancelToken:
+    """Set by the core when the client is gone; backends check it between decode steps."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)

@@ -1,0 +1,1 @@
+"""In-tree backend plugins for corral (llama.cpp through cffi)."""
