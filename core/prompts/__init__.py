@@ -1,0 +1,1 @@
+"""Prompt assembly: chat templates (Jinja and Go), JSON schema to GBNF, tool-call and thinking parsers."""
