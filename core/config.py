@@ -31,6 +31,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_FLASH_ATTENTION", "", "1 or 0 to force flash attention on or off (auto)"),
     Setting("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0"),
     Setting("CORRAL_BACKEND", "", "Backend to use, bypassing hardware detection"),
+    Setting("CORRAL_CPU_VARIANT", "", "CPU backend variant to use (e.g. zen4, haswell), skipping detection"),
     Setting("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
     Setting("CORRAL_API_KEY", "", "If set, every route requires 'Authorization: Bearer <key>'"),
     Setting("CORRAL_MAX_BODY", "128MiB", "Largest JSON request body accepted"),
@@ -140,6 +141,7 @@ class Config(msgspec.Struct, kw_only=True):
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
     backend: str | None = None
+    cpu_variant: str | None = None  # CORRAL_CPU_VARIANT: a libggml-cpu-<name> to force
     origins: tuple[str, ...] = ()
     api_key: str | None = None
     max_body: int = 128 * 1024 * 1024
@@ -156,6 +158,36 @@ class Config(msgspec.Struct, kw_only=True):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
         return f"{self.scheme}://{host}:{self.port}"
+
+    def to_env(self) -> dict[str, str]:
+        """The CORRAL_* variables from which ``from_env`` rebuilds this config (for child processes)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        keep = "-1" if self.keep_alive == float("inf") else f"{self.keep_alive!r}s"
+        env = {
+            "CORRAL_HOST": f"{self.scheme}://{host}:{self.port}",
+            "CORRAL_MODELS": str(self.models),
+            "CORRAL_HOME": str(self.home),
+            "CORRAL_KEEP_ALIVE": keep,
+            "CORRAL_NUM_PARALLEL": str(self.num_parallel),
+            "CORRAL_MAX_LOADED_MODELS": str(self.max_loaded_models),
+            "CORRAL_MAX_QUEUE": str(self.max_queue),
+            "CORRAL_CONTEXT_LENGTH": str(self.context_length),
+            "CORRAL_FLASH_ATTENTION": "" if self.flash_attention is None else str(int(self.flash_attention)),
+            "CORRAL_KV_CACHE_TYPE": self.kv_cache_type,
+            "CORRAL_BACKEND": self.backend or "",
+            "CORRAL_ORIGINS": ",".join(self.origins),
+            "CORRAL_API_KEY": self.api_key or "",
+            "CORRAL_MAX_BODY": str(self.max_body),
+            "CORRAL_NOPRUNE": "1" if self.noprune else "",
+            "CORRAL_DEBUG": "1" if self.debug else "",
+            "CORRAL_DISABLE_PLUGINS": ",".join(self.disable_plugins),
+            "CORRAL_EXTRA_PLUGINS": ",".join(self.extra_plugins),
+            "CORRAL_TRACE_PLUGINS": "1" if self.trace_plugins else "",
+            "CORRAL_NOHISTORY": "1" if self.nohistory else "",
+        }
+        if self.load_plugins is not None:
+            env["CORRAL_LOAD_PLUGINS"] = ",".join(self.load_plugins)
+        return env
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -187,6 +219,7 @@ class Config(msgspec.Struct, kw_only=True):
                 flash_attention=None if fa == "" else parse_bool(fa),
                 kv_cache_type=get("CORRAL_KV_CACHE_TYPE") or "f16",
                 backend=get("CORRAL_BACKEND") or None,
+                cpu_variant=get("CORRAL_CPU_VARIANT") or None,
                 origins=names("CORRAL_ORIGINS"),
                 api_key=get("CORRAL_API_KEY") or None,
                 max_body=parse_size(get("CORRAL_MAX_BODY")),
