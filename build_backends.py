@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Build the pinned llama.cpp once per accelerator into plugins/<backend>/_lib (cached, standalone script).
+
+Each backend is a shared-library build with runtime backend loading, so one folder holds everything a
+backend plugin needs and nothing depends on the machine that built it:
+
+| backend | CMake flags on top of the common ones                     | built by "auto" when            |
+|---------|-----------------------------------------------------------|---------------------------------|
+| cpu     | GGML_CPU_ALL_VARIANTS=ON (variant chosen and verified at  | always                          |
+|         | run time by the plugin)                                   |                                 |
+| cuda    | GGML_CUDA=ON, CMAKE_CUDA_ARCHITECTURES (--cuda-arch)      | CUDA toolkit + NVIDIA driver    |
+| metal   | GGML_METAL=ON, GGML_METAL_EMBED_LIBRARY=ON                | macOS on Apple Silicon          |
+| vulkan  | GGML_VULKAN=ON                                            | only when asked, SDK found      |
+
+"auto" builds cuda only where it can run (a toolkit alone, as on a GPU-less CI box, would cost an hour
+of nvcc for nothing); `--backend cuda` builds it wherever the toolkit is.
+
+Common: Release, BUILD_SHARED_LIBS=ON, GGML_BACKEND_DL=ON, GGML_NATIVE=OFF (portable: never -march=native,
+which dies on CPUs that advertise instructions their hypervisor forbids), rpath $ORIGIN, no curl/openssl,
+no web UI download. The build tree also configures llama.cpp's tools, so `--tools` adds llama-bench and
+llama-server (for the benchmarks) without a second full build.
+
+Outputs per backend: the SONAME-named libraries, the backend modules, the cffi extension module
+`_llama_<backend>` compiled against the pinned llama.h by plugins/_llama/ffi_build.py, and build-info.json.
+Builds are cached outside the source tree (CORRAL_BUILD_CACHE, default ~/.cache/corral/build) under a key of
+everything that changes the output; an unchanged rebuild only checks the key and finishes in seconds.
+
+CORRAL_BACKENDS (honoured by `pip install`): "auto" (default), "none" to skip, or a comma list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENDOR = ROOT / "vendor" / "llama.cpp"
+PIN = json.loads((VENDOR / "corral-pin.json").read_text())
+FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
+RECIPE_VERSION = 1  # bump when the way outputs are produced changes
+KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
+TOOL_TARGETS = ("llama-bench", "llama-server")
+
+
+class BuildError(Exception):
+    """A build that cannot proceed; the message is one line saying what is missing and what to do."""
+
+
+def log(msg: str) -> None:
+    print(f"build_backends: {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CORRAL_BUILD_CACHE", "~/.cache/corral/build")).expanduser()
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, quiet: bool = False, env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    if not quiet and proc.stdout.strip():
+        print(proc.stdout, file=sys.stderr)
+    return proc.stdout
+
+
+# ---- tools ------------------------------------------------------------------------------------------
+def require_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise BuildError(f"{name} not found: {hint}")
+    return path
+
+
+def compiler_ids() -> list[str]:
+    ids = []
+    for var, default in (("CC", "cc"), ("CXX", "c++")):
+        exe = shutil.which(os.environ.get(var, default))
+        if not exe:
+            raise BuildError(f"no C/C++ compiler ({default}) found: install one, e.g. "
+                             "`apt install build-essential` or Xcode's command line tools")
+        first = run([exe, "--version"], quiet=True).splitlines()[0]
+        ids.append(f"{var}={first}")
+    return ids
+
+
+def nvcc_path() -> str | None:
+    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc"),
+                 *(str(Path(p) / "bin" / "nvcc") for p in (os.environ.get("CUDA_HOME"),
+                                                          os.environ.get("CUDA_PATH"), "/usr/local/cuda")
+                   if p)):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def nvidia_driver_present() -> bool:
+    if Path("/proc/driver/nvidia").exists():
+        return True
+    return sys.platform == "win32" and bool(shutil.which("nvidia-smi"))
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def vulkan_found() -> tuple[bool, str]:
+    if not shutil.which("glslc"):
+        return False, "glslc not found (install the Vulkan SDK or `apt install glslc libvulkan-dev`)"
+    return True, "glslc found"
+
+
+def backend_plan(requested: list[str] | None) -> list[tuple[str, bool, str]]:
+    """(backend, will_build, why) for every known backend."""
+    plan = []
+    want = set(requested or [])
+    auto = not requested or "auto" in want
+    for name in KNOWN_BACKENDS:
+        if name == "cpu":
+            ok, why = True, "always built"
+        elif name == "cuda":
+            nvcc = nvcc_path()
+            ok, why = (bool(nvcc), f"CUDA toolkit at {nvcc}" if nvcc else
+                       "no CUDA toolkit (nvcc not on PATH, CUDA_HOME unset)")
+            if ok and name not in want and not nvidia_driver_present():
+                ok, why = False, why + ", but no NVIDIA driver: build it with --backend cuda"
+        elif name == "metal":
+            ok, why = is_apple_silicon(), ("Apple Silicon" if is_apple_silicon() else "not macOS on arm64")
+        else:
+            found, why = vulkan_found()
+            ok = found and name in want
+            if found and name not in want:
+                why += "; only built when asked for (--backend vulkan)"
+        if not auto and name not in want:
+            ok, why = False, "not requested"
+        elif name in want and not ok and not why.startswith("not requested"):
+            raise BuildError(f"cannot build {name}: {why}")
+        plan.append((name, ok, why))
+    return plan
+
+
+# ---- source -----------------------------------------------------------------------------------------
+def ensure_source() -> Path:
+    """Make vendor/llama.cpp hold the pinned tree; return its path."""
+    src = PIN["source"]
+    if (VENDOR / ".git").exists():
+        head = run(["git", "-C", str(VENDOR), "rev-parse", "HEAD"], quiet=True).strip()
+        if not head.startswith(PIN["commit"]):
+            raise BuildError(f"vendor/llama.cpp is a git checkout at {head[:12]}, not the pinned "
+                             f"{PIN['commit']}: run `git -C vendor/llama.cpp checkout {PIN['commit']}`")
+        return VENDOR
+    stamp = VENDOR / ".corral-source.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == src["sha256"] \
+            and (VENDOR / "CMakeLists.txt").exists():
+        return VENDOR
+    archive = fetch_sdist()
+    log(f"extracting {src['subdir']} from {archive.name}")
+    for child in VENDOR.iterdir():  # keep only the two committed corral files
+        if child.name in ("corral-pin.json", "CORRAL-README.md"):
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    prefix = src["subdir"].rstrip("/") + "/"
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.name.startswith(prefix) or member.name == prefix.rstrip("/"):
+                continue
+            rel = Path(member.name[len(prefix):])
+            if rel.is_absolute() or ".." in rel.parts or not (member.isfile() or member.isdir()):
+                continue  # no links, devices or escapes from the tree
+            target = VENDOR / rel
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as fin, open(target, "wb") as fout:  # type: ignore[union-attr]
+                shutil.copyfileobj(fin, fout)
+            os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    stamp.write_text(json.dumps({"archive": src["filename"], "sha256": src["sha256"],
+                                 "commit": PIN["commit"]}, indent=2))
+    return VENDOR
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_sdist() -> Path:
+    """The pinned source distribution from PyPI, verified, cached; never trusted unverified."""
+    src = PIN["source"]
+    dest = cache_root() / "sdist" / src["filename"]
+    if dest.exists() and sha256_file(dest) == src["sha256"]:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        got = _download_from_index(src, Path(tmp)) or _download_with_pip(src, Path(tmp))
+        digest = sha256_file(got)
+        if digest != src["sha256"]:
+            raise BuildError(f"{src['filename']} has sha256 {digest}, expected {src['sha256']}: "
+                             "refusing to build from an unverified source")
+        os.replace(got, dest)
+    return dest
+
+
+def _download_from_index(src: dict, tmp: Path) -> Path | None:
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    url = f"{index}/{src['package']}/"
+    try:
+        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            files = json.load(resp).get("files", [])
+        entry = next(f for f in files if f.get("filename") == src["filename"])
+        out = tmp / src["filename"]
+        log(f"downloading {src['filename']} from {index}")
+        with urllib.request.urlopen(entry["url"], timeout=300) as resp, open(out, "wb") as f:
+            shutil.copyfileobj(resp, f, 1 << 20)
+        return out
+    except Exception as exc:  # fall back to pip, which knows the machine's index configuration
+        log(f"index download failed ({type(exc).__name__}: {exc}); trying pip download")
+        return None
+
+
+def _download_with_pip(src: dict, tmp: Path) -> Path:
+    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"{src['package']}=={src['version']}", "-d", str(tmp)], quiet=True)
+    out = tmp / src["filename"]
+    if not out.exists():
+        raise BuildError(f"pip download did not produce {src['filename']}: is PyPI reachable?")
+    return out
+
+
+# ---- configure / build --------------------------------------------------------------------------------
+def cmake_args(backend: str, cuda_arch: str | None) -> list[str]:
+    rpath = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
+    args = [
+        "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=OFF",
+        "-DGGML_CCACHE=OFF", f"-DCMAKE_INSTALL_RPATH={rpath}", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+        # tools are configured (built only with --tools); nothing may be fetched from the network
+        "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
+        "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
+    ]
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64") and not is_apple_silicon():
+        args.append("-DGGML_CPU_ALL_VARIANTS=ON")
+    if backend == "cuda":
+        args += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NCCL=OFF", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+        nvcc = nvcc_path()
+        if nvcc:
+            args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    elif backend == "metal":
+        args += ["-DGGML_METAL=ON", "-DGGML_METAL_EMBED_LIBRARY=ON"]
+    elif backend == "vulkan":
+        args += ["-DGGML_VULKAN=ON"]
+    else:
+        args += ["-DGGML_METAL=OFF"] if sys.platform == "darwin" else []
+    return args
+
+
+def default_cuda_arch() -> str:
+    """The visible GPUs' architectures, else a list covering recent data-centre and desktop cards."""
+    env = os.environ.get("CORRAL_CUDA_ARCHITECTURES")
+    if env:
+        return env
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], quiet=True)
+            caps = sorted({c.strip().replace(".", "") for c in out.splitlines() if c.strip()})
+            if caps:
+                return ";".join(caps)
+        except BuildError:
+            pass
+    return "75-virtual;80;86;89;90"
+
+
+def build_key(backend: str, args: list[str]) -> str:
+    cmake_version = run([require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`"),
+                         "--version"], quiet=True).splitlines()[0]
+    facts = {"pin": PIN, "backend": backend, "args": args, "compilers": compiler_ids(),
+             "cmake": cmake_version, "machine": platform.machine(), "system": platform.system(),
+             "recipe": RECIPE_VERSION}
+    if backend == "cuda":
+        facts["nvcc"] = run([nvcc_path() or "nvcc", "--version"], quiet=True).strip().splitlines()[-1]
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cmake_build(backend: str, args: list[str], key: str, jobs: int, force: bool,
+                targets: tuple[str, ...]) -> Path:
+    """Configure and build in the cache; returns the build's bin directory."""
+    build_dir = cache_root() / f"{backend}-{key}"
+    stamp = build_dir / "corral-targets.json"
+    done = set(json.loads(stamp.read_text())) if stamp.exists() and not force else set()
+    if set(targets) <= done:
+        return build_dir / "bin"
+    if force and build_dir.exists():
+        shutil.rmtree(build_dir)
+    src = ensure_source()
+    cmake = require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    if not (build_dir / "CMakeCache.txt").exists():
+        log(f"configuring {backend} in {build_dir}")
+        run([cmake, "-S", str(src), "-B", str(build_dir), *gen, *args], quiet=True)
+    log(f"building {backend}: {' '.join(targets)} (-j{jobs}); this takes minutes on a small machine")
+    started = time.monotonic()
+    run([cmake, "--build", str(build_dir), "-j", str(jobs), "--target", *targets], quiet=True)
+    log(f"built {backend} in {time.monotonic() - started:.0f}s")
+    stamp.write_text(json.dumps(sorted(done | set(targets))))
+    return build_dir / "bin"
+
+
+def shipped_libraries(bin_dir: Path) -> list[Path]:
+    """Files a backend folder needs: SONAME-named shared libraries and the backend modules.
+
+    Wheels cannot hold symlinks, so each library is shipped once, under the name the loader asks for.
+    """
+    out = []
+    for path in sorted(bin_dir.iterdir()):
+        name = path.name
+        if sys.platform == "darwin":
+            keep = name.endswith(".dylib") and (name.count(".") == 2 or not path.is_symlink())
+        else:
+            parts = name.split(".so")
+            soname = len(parts) == 2 and parts[1].count(".") == 1  # libllama.so.0
+            module = name.endswith(".so") and name.startswith("libggml-")  # DL backend modules
+            keep = name.startswith("lib") and (soname or module)
+        if keep and path.is_file():
+            out.append(path)
+    return out
+
+
+def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str) -> None:
+    """Copy the libraries and compile the cffi module into out_dir, unless it already matches."""
+    info_path = out_dir / "build-info.json"
+    want = {"key": key, "python": py_key}
+    if info_path.exists():
+        have = json.loads(info_path.read_text())
+        if {k: have.get(k) for k in want} == want:
+            return
+    staging = out_dir.with_name(out_dir.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    libs = shipped_libraries(bin_dir)
+    for lib in libs:
+        shutil.copy2(lib, staging / lib.name, follow_symlinks=True)
+    include_dirs = [str(VENDOR / "include"), str(VENDOR / "ggml" / "include")]
+    module = compile_ffi(backend, include_dirs, bin_dir, staging, py_key)
+    info = {**want, "backend": backend, "pin": PIN["commit"], "module": module.name,
+            "libraries": sorted(p.name for p in libs),
+            "cpu_variants": sorted(p.name for p in libs if p.name.startswith("libggml-cpu"))}
+    (staging / "build-info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staging, out_dir)
+    log(f"{backend}: {len(libs)} libraries + {module.name} in {out_dir.relative_to(ROOT)}")
+
+
+def python_key() -> str:
+    ffi_hash = sha256_file(FFI_BUILD)[:12] if FFI_BUILD.exists() else "none"
+    return f"{sysconfig.get_config_var('SOABI') or sys.version}-{ffi_hash}"
+
+
+def compile_ffi(backend: str, include_dirs: list[str], lib_dir: Path, out_dir: Path, py_key: str) -> Path:
+    """Compile plugins/_llama/ffi_build.py's module in a child process (cached by python_key)."""
+    if not FFI_BUILD.exists():
+        raise BuildError(f"{FFI_BUILD.relative_to(ROOT)} is missing")
+    lib_tag = hashlib.sha256(str(lib_dir).encode()).hexdigest()[:8]
+    cached = cache_root() / "ffi" / f"{backend}-{py_key}-{lib_tag}"
+    if not any(cached.glob(f"_llama_{backend}*")):
+        shutil.rmtree(cached, ignore_errors=True)
+        cached.mkdir(parents=True)
+        run([sys.executable, str(FFI_BUILD), "--module", f"_llama_{backend}", "--lib-dir", str(lib_dir),
+             "--out", str(cached), *[a for inc in include_dirs for a in ("--include", inc)]], quiet=True)
+    built = [p for p in cached.glob(f"_llama_{backend}*") if p.suffix in (".so", ".pyd", ".dylib")]
+    if not built:
+        raise BuildError(f"the cffi module _llama_{backend} was not produced in {cached}")
+    shutil.copy2(built[0], out_dir / built[0].name)
+    return built[0]
+
+
+# ---- command line -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", nargs="+", metavar="NAME",
+                        help="backends to build: auto (default) or names from " + ", ".join(KNOWN_BACKENDS))
+    parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
+    parser.add_argument("--list", action="store_true", help="show what would be built and why")
+    parser.add_argument("--tools", action="store_true", help="also build llama-bench and llama-server (cpu)")
+    parser.add_argument("--print-tools-dir", action="store_true", help="print where the tools are and exit")
+    parser.add_argument("--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES for cuda (e.g. 90)")
+    parser.add_argument("--from-install", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+
+    requested = opts.backend
+    if requested is None and os.environ.get("CORRAL_BACKENDS"):
+        requested = [b.strip() for b in os.environ["CORRAL_BACKENDS"].split(",") if b.strip()]
+    if requested and set(requested) & {"none", "skip"}:
+        log("CORRAL_BACKENDS=none: not building any backend")
+        return 0
+    unknown = set(requested or []) - set(KNOWN_BACKENDS) - {"auto"}
+    if unknown:
+        raise BuildError(f"unknown backend(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(KNOWN_BACKENDS)}")
+    plan = backend_plan(requested)
+    cuda_arch = opts.cuda_arch or default_cuda_arch()
+
+    if opts.list or opts.print_tools_dir:
+        for name, ok, why in plan:
+            if opts.print_tools_dir:
+                if name == "cpu":
+                    print(cache_root() / f"cpu-{build_key('cpu', cmake_args('cpu', None))}" / "bin")
+                continue
+            args = cmake_args(name, cuda_arch)
+            state = "build" if ok else "skip"
+            extra = ""
+            if ok:
+                key = build_key(name, args)
+                done = (cache_root() / f"{name}-{key}" / "corral-targets.json").exists()
+                extra = f"  [{'cached' if done else 'not built yet'}: {cache_root() / f'{name}-{key}'}]"
+            print(f"{name:<7} {state:<6} {why}{extra}")
+        return 0
+
+    py_key = python_key()
+    for name, ok, _why in plan:
+        if not ok:
+            continue
+        args = cmake_args(name, cuda_arch if name == "cuda" else None)
+        key = build_key(name, args)
+        targets = ("llama", *TOOL_TARGETS) if (opts.tools and name == "cpu") else ("llama",)
+        bin_dir = cmake_build(name, args, key, opts.jobs, opts.force, targets)
+        install_backend(name, bin_dir, key, ROOT / "plugins" / name / "_lib", py_key)
+        if opts.tools and name == "cpu":
+            log(f"tools: {bin_dir / 'llama-bench'}, {bin_dir / 'llama-server'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BuildError as exc:
+        print(f"build_backends: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
