@@ -381,6 +381,7 @@ def compile_ffi(backend: str, include_dirs: list[str], lib_dir: Path, out_dir: P
     lib_tag = hashlib.sha256(str(lib_dir).encode()).hexdigest()[:8]
     cached = cache_root() / "ffi" / f"{backend}-{py_key}-{lib_tag}"
     if not any(cached.glob(f"_llama_{backend}*")):
+        ensure_source()  # a fresh clone has only the pin: the headers come from the verified tree
         shutil.rmtree(cached, ignore_errors=True)
         cached.mkdir(parents=True)
         run([sys.executable, str(FFI_BUILD), "--module", f"_llama_{backend}", "--lib-dir", str(lib_dir),
