@@ -1,0 +1,80 @@
+"""What every runner offers the scheduler: one loaded model behind async calls."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from corral.types import EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+
+log = logging.getLogger("corral.runner")
+
+# Ollama's wording, with our product name: clients and users already recognise it.
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+    "check corral server logs for details"
+)
+
+
+class Runner(abc.ABC):
+    """Hosts at most one loaded model. Subclasses: ``RunnerClient`` (a subprocess), ``LocalRunner``."""
+
+    def __init__(self) -> None:
+        self.handle: ModelHandle | None = None
+        self.backend: str = ""
+        self._stopped_callbacks: list[Callable[[Runner], None]] = []
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """False once the runner has stopped (crashed or closed); it never comes back."""
+
+    @property
+    def pid(self) -> int | None:
+        """The runner's process id, or None when it runs inside this process."""
+        return None
+
+    def add_stopped_callback(self, callback: Callable[[Runner], None]) -> None:
+        """Call ``callback(self)`` once when the runner stops for any reason (crash or close)."""
+        self._stopped_callbacks.append(callback)
+
+    def _notify_stopped(self) -> None:
+        callbacks, self._stopped_callbacks = self._stopped_callbacks, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:  # a broken observer must not hide the crash from the others
+                log.exception("runner stopped-callback failed")
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get a backend ready (build the plugin manager and select the backend)."""
+
+    @abc.abstractmethod
+    async def load(self, path: str, options: LoadOptions) -> ModelHandle:
+        """Load the GGUF at ``path``; the handle is kept in ``self.handle``."""
+
+    @abc.abstractmethod
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        ...
+
+    @abc.abstractmethod
+    async def detokenize(self, tokens: list[int], *, render_special: bool = False) -> str:
+        ...
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream token events; closing the iterator early cancels the generation at once."""
+
+    @abc.abstractmethod
+    async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
+        ...
+
+    @abc.abstractmethod
+    async def unload(self) -> None:
+        """Free the model; the runner stays usable for another load."""
+
+    @abc.abstractmethod
+    async def close(self, timeout: float = 10.0) -> None:
+        """Unload and stop for good. Idempotent."""

@@ -1,0 +1,247 @@
+"""The runner process: one backend, one model, requests served over a private socket."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import msgspec
+from corral.config import Config
+from corral.errors import BackendError, CorralError
+from corral.runner import protocol as p
+from corral.types import CancelToken, GenerationStats, ModelHandle, TokenEvent
+
+log = logging.getLogger("corral.runner.child")
+
+
+class _Writer:
+    """One thread owns the socket's sending side; frames queued together go out in one write.
+
+    Coalescing is what keeps per-token IPC cheap when several sequences stream at once.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="runner-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, msg: msgspec.Struct) -> None:
+        self._queue.put(p.encode(msg))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            parts = [first]
+            stop = False
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                parts.append(more)
+            try:
+                self._sock.sendall(b"".join(parts))
+            except OSError:
+                # The server is gone: nobody can use our results, and the native threads may be busy.
+                log.warning("server connection lost; runner exiting")
+                os._exit(0)
+            if stop:
+                return
+
+
+class RunnerServer:
+    """Reads requests from the socket and answers each on its own thread (the backend batches them)."""
+
+    def __init__(self, sock: socket.socket, config: Config, backend: str | None) -> None:
+        self.sock = sock
+        self.config = config
+        self.requested = backend
+        self.writer = _Writer(sock)
+        self.hooks: Any = None
+        self.handle: ModelHandle | None = None
+        self.cancels: dict[int, CancelToken] = {}
+        self.threads: set[threading.Thread] = set()
+        self.lock = threading.Lock()
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def setup(self) -> bool:
+        from corral.plugins import make_plugin_manager
+        from corral.selection import BackendHooks, select_backend
+
+        try:
+            pm = make_plugin_manager(self.config)
+            name = self.requested or select_backend(pm, self.config)[0]
+            self.hooks = BackendHooks(pm, name)
+        except Exception as exc:
+            kind = type(exc).__name__ if isinstance(exc, CorralError) else "BackendError"
+            self.writer.send(p.Ready(pid=os.getpid(), error=str(exc), error_kind=kind))
+            return False
+        self.writer.send(p.Ready(pid=os.getpid(), backend=name))
+        return True
+
+    # ---- main loop ------------------------------------------------------------------------------
+    def serve(self) -> int:
+        if not self.setup():
+            self.writer.close()
+            return 1
+        while True:
+            body = self._read_frame()
+            if body is None:
+                break
+            try:
+                msg = p.to_runner_decoder.decode(body)
+            except msgspec.DecodeError as exc:
+                log.error("undecodable frame from the server: %s", exc)
+                break
+            if isinstance(msg, p.Cancel):
+                token = self.cancels.get(msg.target)
+                if token is not None:
+                    token.cancel()
+                continue
+            t = threading.Thread(target=self._handle, args=(msg,), name=f"runner-{type(msg).__name__}",
+                                 daemon=True)
+            with self.lock:
+                self.threads.add(t)
+            t.start()
+        self._shutdown()
+        return 0
+
+    def _read_frame(self) -> bytes | None:
+        header = self._recv_exact(p.HEADER.size)
+        if header is None:
+            return None
+        try:
+            n = p.frame_length(header)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return None
+        return self._recv_exact(n)
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def _shutdown(self) -> None:
+        """The server closed the channel: stop generations, free the model, exit."""
+        for token in list(self.cancels.values()):
+            token.cancel()
+        with self.lock:
+            threads = list(self.threads)
+        for t in threads:
+            t.join(5)
+        if self.handle is not None:
+            try:
+                self.hooks.unload(self.handle)
+            except Exception:
+                log.exception("unload at shutdown failed")
+            self.handle = None
+        self.writer.close()
+
+    # ---- requests -------------------------------------------------------------------------------
+    def _handle(self, msg: p.ToRunner) -> None:
+        try:
+            if isinstance(msg, p.Generate):
+                self._generate(msg)
+            else:
+                self.writer.send(p.Result(id=msg.id, value=self._call(msg)))
+        except BaseException as exc:  # every failure goes back to the one request that caused it
+            if not isinstance(exc, CorralError):
+                log.exception("runner request %s failed", type(msg).__name__)
+            self.writer.send(p.failure_of(msg.id, exc))
+        finally:
+            with self.lock:
+                self.threads.discard(threading.current_thread())
+
+    def _loaded(self) -> ModelHandle:
+        if self.handle is None:
+            raise BackendError("no model is loaded in this runner")
+        return self.handle
+
+    def _call(self, msg: p.ToRunner) -> Any:
+        if isinstance(msg, p.Load):
+            if self.handle is not None:
+                raise BackendError("this runner already has a model loaded")
+            self.handle = self.hooks.load_model(msg.path, msg.options)
+            return self.handle
+        if isinstance(msg, p.Tokenize):
+            return self.hooks.tokenize(self._loaded(), msg.text, add_special=msg.add_special,
+                                       parse_special=msg.parse_special)
+        if isinstance(msg, p.Detokenize):
+            return self.hooks.detokenize(self._loaded(), msg.tokens, render_special=msg.render_special)
+        if isinstance(msg, p.Embed):
+            return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize)
+        if isinstance(msg, p.Unload):
+            handle, self.handle = self.handle, None
+            if handle is not None:
+                self.hooks.unload(handle)
+            return True
+        raise BackendError(f"unknown runner request {type(msg).__name__}")
+
+    def _generate(self, msg: p.Generate) -> None:
+        token = CancelToken()
+        self.cancels[msg.id] = token
+        finished = False
+        try:
+            for event in self.hooks.generate(self._loaded(), msg.request, token):
+                self.writer.send(p.Events(id=msg.id, events=[event]))
+                if event.finish_reason is not None:
+                    finished = True
+                    break
+            if not finished:
+                # A backend that ends without a final event still owes the client an end of stream.
+                log.warning("backend %s ended a generation without a finish_reason", self.hooks.backend)
+                stats = GenerationStats(prompt_tokens=len(msg.request.prompt))
+                self.writer.send(p.Events(id=msg.id, events=[TokenEvent(token=-1, finish_reason="stop",
+                                                                         stats=stats)]))
+        finally:
+            self.cancels.pop(msg.id, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corral.runner", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the server")
+    parser.add_argument("--backend", default=None, help="backend plugin to use (default: select)")
+    args = parser.parse_args(argv)
+    # The server decides when runners stop; a Ctrl-C in its terminal reaches us too and must not
+    # kill in-flight requests before the server has drained them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        config = Config.from_env()
+    except ValueError as exc:
+        print(f"corral runner: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if config.debug else logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s runner[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    sock = socket.socket(fileno=args.fd)
+    code = RunnerServer(sock, config, args.backend).serve()
+    logging.shutdown()
+    # Native threads (a backend's decode loop) may still be winding down; they hold nothing we need.
+    os._exit(code)

@@ -1,0 +1,134 @@
+"""An in-process runner with the subprocess runner's interface, for fast tests (no isolation)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import BackendError, RunnerStoppedError
+from corral.runner.base import RUNNER_STOPPED, Runner
+from corral.types import CancelToken, EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+
+if TYPE_CHECKING:
+    import pluggy
+    from corral.config import Config
+
+_DONE = object()
+
+
+class LocalRunner(Runner):
+    """Calls the backend hooks on worker threads of this process. Production uses ``RunnerClient``."""
+
+    def __init__(self, config: Config, *, pm: pluggy.PluginManager | None = None,
+                 backend: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self._pm = pm
+        self.requested_backend = backend
+        self._hooks: Any = None
+        self._alive = False
+        self._cancels: set[CancelToken] = set()
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    async def start(self) -> None:
+        from corral.plugins import make_plugin_manager
+        from corral.selection import BackendHooks, select_backend
+
+        def setup() -> Any:
+            pm = self._pm or make_plugin_manager(self.config)
+            name = self.requested_backend or select_backend(pm, self.config)[0]
+            return BackendHooks(pm, name)
+
+        self._hooks = await asyncio.to_thread(setup)
+        self.backend = self._hooks.backend
+        self._alive = True
+
+    def _loaded(self) -> ModelHandle:
+        if not self._alive:
+            raise RunnerStoppedError(RUNNER_STOPPED)
+        if self.handle is None:
+            raise BackendError("no model is loaded in this runner")
+        return self.handle
+
+    async def load(self, path: str, options: LoadOptions) -> ModelHandle:
+        if self.handle is not None:
+            raise BackendError("this runner already has a model loaded")
+        self.handle = await asyncio.to_thread(self._hooks.load_model, path, options)
+        return self.handle
+
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return await asyncio.to_thread(self._hooks.tokenize, self._loaded(), text, add_special=add_special,
+                                       parse_special=parse_special)
+
+    async def detokenize(self, tokens: list[int], *, render_special: bool = False) -> str:
+        return await asyncio.to_thread(self._hooks.detokenize, self._loaded(), tokens,
+                                       render_special=render_special)
+
+    async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
+        return await asyncio.to_thread(self._hooks.embed, self._loaded(), inputs, normalize=normalize)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        handle = self._loaded()
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = CancelToken()
+        self._cancels.add(cancel)
+
+        def post(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the loop is gone (test over): nobody is listening any more
+                cancel.cancel()
+
+        def pump() -> None:
+            # The backend iterator blocks between tokens, so it lives on its own thread.
+            try:
+                for event in self._hooks.generate(handle, request, cancel):
+                    post(event)
+                    if event.finish_reason is not None:
+                        break
+            except BaseException as exc:
+                post(exc)
+            finally:
+                post(_DONE)
+
+        threading.Thread(target=pump, name="local-runner-generate", daemon=True).start()
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._cancels.discard(cancel)
+            if not finished:
+                cancel.cancel()
+
+    async def unload(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            await asyncio.to_thread(self._hooks.unload, handle)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if not self._alive:
+            return
+        for token in list(self._cancels):
+            token.cancel()
+        try:
+            await self.unload()
+        finally:
+            self._alive = False
+            self._notify_stopped()

@@ -1,0 +1,124 @@
+"""The runner's private wire: length-prefixed msgpack frames carrying tagged msgspec messages."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+from corral import errors
+from corral.types import GenerationRequest, LoadOptions, TokenEvent
+from msgspec import Struct
+
+# A frame is a 4-byte big-endian length then that many bytes of msgpack. The cap keeps a corrupt or
+# hostile length from making either side allocate gigabytes.
+HEADER = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+# ---- parent -> runner ----------------------------------------------------------------------------
+class Load(Struct, tag="load", kw_only=True):
+    id: int
+    path: str
+    options: LoadOptions
+
+
+class Tokenize(Struct, tag="tokenize", kw_only=True):
+    id: int
+    text: str
+    add_special: bool = True
+    parse_special: bool = True
+
+
+class Detokenize(Struct, tag="detokenize", kw_only=True):
+    id: int
+    tokens: list[int]
+    render_special: bool = False
+
+
+class Generate(Struct, tag="generate", kw_only=True):
+    id: int
+    request: GenerationRequest
+
+
+class Embed(Struct, tag="embed", kw_only=True):
+    id: int
+    inputs: list[list[int]]
+    normalize: bool = True
+
+
+class Unload(Struct, tag="unload", kw_only=True):
+    id: int
+
+
+class Cancel(Struct, tag="cancel", kw_only=True):
+    target: int  # the id of the generate request to stop
+
+
+ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Unload | Cancel
+
+
+# ---- runner -> parent ----------------------------------------------------------------------------
+class Ready(Struct, tag="ready", kw_only=True):
+    """Sent once the runner has its plugin manager and a selected backend (or failed to get one)."""
+
+    pid: int
+    backend: str = ""
+    error: str = ""
+    error_kind: str = ""
+
+
+class Result(Struct, tag="result", kw_only=True):
+    id: int
+    value: Any = None
+
+
+class Events(Struct, tag="events", kw_only=True):
+    """Token events of one generate request; the last one of a stream has ``finish_reason``."""
+
+    id: int
+    events: list[TokenEvent]
+
+
+class Failure(Struct, tag="failure", kw_only=True):
+    id: int
+    kind: str  # the corral.errors class name
+    message: str
+
+
+FromRunner = Ready | Result | Events | Failure
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: Struct) -> bytes:
+    """One whole frame (header included) for ``msg``."""
+    body = _encoder.encode(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    (n,) = HEADER.unpack(header)
+    if n > MAX_FRAME:
+        raise ValueError(f"runner frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    return n
+
+
+to_runner_decoder = msgspec.msgpack.Decoder(ToRunner)
+from_runner_decoder = msgspec.msgpack.Decoder(FromRunner)
+
+
+def error_from(kind: str, message: str) -> errors.CorralError:
+    """Rebuild the CorralError the runner raised; an unknown kind becomes a BackendError."""
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.CorralError)):
+        cls = errors.BackendError
+    return cls(message)
+
+
+def failure_of(request_id: int, exc: BaseException) -> Failure:
+    """The frame that carries ``exc`` back to the parent (non-corral errors are backend errors)."""
+    if isinstance(exc, errors.CorralError):
+        return Failure(id=request_id, kind=type(exc).__name__, message=exc.message)
+    return Failure(id=request_id, kind="BackendError", message=f"{type(exc).__name__}: {exc}")
