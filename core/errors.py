@@ -88,3 +88,8 @@ class RegistryError(CorralError):
 
 class GenerationCancelledError(CorralError):
     """Generation stopped because the client went away or the server is shutting down."""
+
+
+# ---- client side (the CLI) -----------------------------------------------------------------------
+class ServerUnavailableError(CorralError):
+    """The CLI could not reach a corral server at CORRAL_HOST, nor start one; the message says why."""

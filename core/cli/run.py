@@ -1,0 +1,229 @@
+"""`corral run MODEL [PROMPT]`: pull if missing, answer one prompt (or piped stdin), or open the REPL."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from corral.cli.common import UsageError, connect
+
+THINK_VALUES = ("true", "false", "low", "medium", "high", "max")
+
+
+class WordWrapper:
+    """Wraps streamed text at word boundaries for a terminal of ``width`` columns."""
+
+    def __init__(self, width: int) -> None:
+        self.width = max(10, width)
+        self.col = 0
+        self.word = ""
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for ch in text:
+            if ch == "\n":
+                out.append(self._flush_word() + "\n")
+                self.col = 0
+            elif ch in " \t":
+                out.append(self._flush_word())
+                if self.col + 1 > self.width:
+                    out.append("\n")
+                    self.col = 0
+                elif self.col > 0:  # never start a wrapped line with a space
+                    out.append(ch)
+                    self.col += 1
+            else:
+                self.word += ch
+                if len(self.word) >= self.width:  # a word longer than the line: hard break
+                    out.append(self._flush_word())
+        return "".join(out)
+
+    def _flush_word(self) -> str:
+        if not self.word:
+            return ""
+        w, self.word = self.word, ""
+        if self.col > 0 and self.col + len(w) > self.width:
+            self.col = len(w)
+            return "\n" + w
+        self.col += len(w)
+        return w
+
+    def flush(self) -> str:
+        return self._flush_word()
+
+
+class Answer:
+    """Prints one streamed chat answer: thinking (dim), content (wrapped), then metrics if verbose."""
+
+    def __init__(self, *, wordwrap: bool, hidethinking: bool, verbose: bool) -> None:
+        tty = sys.stdout.isatty()
+        self.wrap = WordWrapper(shutil.get_terminal_size().columns - 1) if wordwrap and tty else None
+        self.color = tty
+        self.hidethinking = hidethinking
+        self.verbose = verbose
+        self.content: list[str] = []
+        self.thinking: list[str] = []
+        self.in_thinking = False
+        self.final: dict[str, Any] = {}
+
+    def _write(self, text: str) -> None:
+        if self.wrap is not None:
+            text = self.wrap.feed(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        msg = chunk.get("message") or {}
+        think = msg.get("thinking") or ""
+        text = msg.get("content") or ""
+        if think:
+            self.thinking.append(think)
+            if not self.hidethinking:
+                if not self.in_thinking:
+                    self._write("\x1b[2mThinking...\n" if self.color else "Thinking...\n")
+                    self.in_thinking = True
+                self._write(think)
+        if text:
+            if self.in_thinking:
+                self._end_thinking()
+            self.content.append(text)
+            self._write(text)
+        if chunk.get("done"):
+            self.final = chunk
+
+    def _end_thinking(self) -> None:
+        self._write("\n...done thinking.\n\n" + ("\x1b[0m" if self.color else ""))
+        self.in_thinking = False
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        if self.in_thinking:
+            self._end_thinking()
+        if self.wrap is not None:
+            sys.stdout.write(self.wrap.flush())
+        text = "".join(self.content)
+        if interrupted or not text.endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        if self.verbose and self.final and not interrupted:
+            from corral.cli.common import metrics_summary
+
+            sys.stderr.write(metrics_summary(self.final) + "\n")
+        if not interrupted:
+            sys.stdout.write("\n")
+
+
+def chat_once(client: Any, body: dict[str, Any], answer: Answer) -> bool:
+    """Stream one /api/chat answer into ``answer``. False if the user stopped it with Ctrl-C."""
+    stream = client.stream("POST", "/api/chat", {**body, "stream": True})
+    try:
+        for chunk in stream:
+            answer.feed(chunk)
+    except KeyboardInterrupt:
+        # Dropping the connection is what tells the server to stop generating.
+        stream.close()
+        answer.finish(interrupted=True)
+        return False
+    answer.finish()
+    return True
+
+
+def parse_think(value: str | None) -> bool | str | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v not in THINK_VALUES:
+        raise UsageError(f"invalid --think value {value!r}: use true, false, low, medium, high or max")
+    return {"true": True, "false": False}.get(v, v)
+
+
+def check_keepalive(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from corral.config import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"invalid --keepalive {value!r}: {exc} (use e.g. 5m, 1h, -1 for forever)") from None
+    return value
+
+
+def ensure_model(client: Any, model: str, *, insecure: bool = False) -> dict[str, Any]:
+    """/api/show for ``model``; a model the store lacks is pulled first, with progress, as Ollama does."""
+    from corral.cli.models import fetch_show, transfer
+    from corral.errors import ModelNotFoundError
+
+    try:
+        return fetch_show(client, model)
+    except ModelNotFoundError:
+        pass
+    transfer(client, "/api/pull", model, insecure=insecure)
+    return fetch_show(client, model)
+
+
+def run(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. gemma3:270m.")],
+    prompt: Annotated[list[str] | None, typer.Argument(help="Prompt; without one (and no piped stdin), "
+                                                            "an interactive chat starts.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show timings and token rates.")] = False,
+    format: Annotated[str | None, typer.Option("--format", help="Response format: json.")] = None,
+    think: Annotated[str | None, typer.Option(
+        "--think", metavar="[true|false|low|medium|high|max]",
+        help="Let thinking models think (--think alone = true).")] = None,
+    hidethinking: Annotated[bool, typer.Option("--hidethinking", help="Hide the thinking text.")] = False,
+    keepalive: Annotated[str | None, typer.Option(
+        "--keepalive", help="How long the model stays loaded after the answer, e.g. 5m, 1h.")] = None,
+    nowordwrap: Annotated[bool, typer.Option("--nowordwrap", help="Do not wrap words.")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain-HTTP registries.")] = False,
+    backend: Annotated[str | None, typer.Option(help="Backend for a server this command starts "
+                                                     "(see 'corral backends').")] = None,
+) -> None:
+    """Run a model: answer PROMPT and exit, or chat interactively."""
+    if format not in (None, "", "json"):
+        raise UsageError(f"invalid --format {format!r}: only 'json' is supported")
+    think_value = parse_think(think)
+    keep = check_keepalive(keepalive)
+    text = " ".join(prompt or [])
+    piped = not sys.stdin.isatty()
+    if piped:
+        data = sys.stdin.read()
+        text = f"{data} {text}".strip() if text else data
+    client = connect(backend=backend)
+    info = ensure_model(client, model, insecure=insecure)
+    caps = info.get("capabilities") or []
+    if "embedding" in caps and "completion" not in caps:
+        if not text:
+            raise UsageError(f"{model} is an embedding model: give it text to embed")
+        out = client.request("POST", "/api/embed", {"model": model, "input": text,
+                                                     **({"keep_alive": keep} if keep else {})})
+        sys.stdout.write(str((out or {}).get("embeddings", [[]])[0]) + "\n")
+        return
+    opts = {"format": format or None, "think": think_value, "keep_alive": keep}
+    body = {"model": model, **{k: v for k, v in opts.items() if v is not None}}
+    if text or piped:
+        answer = Answer(wordwrap=not nowordwrap, hidethinking=hidethinking, verbose=verbose)
+        if not chat_once(client, {**body, "messages": [{"role": "user", "content": text}]}, answer):
+            raise typer.Exit(130)
+        return
+    from corral.cli.repl import Repl
+
+    Repl(client, model, info, format=format or None, think=think_value, keepalive=keep, verbose=verbose,
+         wordwrap=not nowordwrap, hidethinking=hidethinking).loop()
+
+
+def normalize_think(args: list[str]) -> list[str]:
+    """``--think`` with no value means ``--think=true`` (Ollama's optional-value flag)."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--":
+            break
+        if a == "--think" and (i + 1 >= len(out) or out[i + 1].lower() not in THINK_VALUES):
+            out[i] = "--think=true"
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", rich_help_panel="Running")(run)

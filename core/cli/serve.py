@@ -1,0 +1,86 @@
+"""`corral serve`: choose the backend (failing before any HTTP starts), then run the app under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from corral.cli.common import UsageError, err_console
+
+
+def _settings_help() -> str:
+    from corral.config import SETTINGS
+
+    rows = "\n".join(f"  {s.env:<26} {s.help} (default: {s.default or 'unset'})" for s in SETTINGS)
+    return "Start the corral server.\n\nEnvironment variables:\n\n" + rows
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind, [scheme://]host[:port] "
+                                                  "(default: CORRAL_HOST or 127.0.0.1:11434).")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Backend to use, bypassing hardware detection (see 'corral backends'; "
+             "default: CORRAL_BACKEND).")] = None,
+) -> None:
+    import msgspec
+
+    from corral.cli.backends import candidates_table
+    from corral.cli.common import load_config
+    from corral.config import parse_host
+    from corral.errors import BackendUnavailableError
+    from corral.plugins import make_plugin_manager
+    from corral.selection import select_backend
+
+    config = load_config()
+    if host:
+        try:
+            scheme, h, port = parse_host(host)
+        except ValueError as exc:
+            raise UsageError(f"invalid --host {host!r}: {exc}") from None
+        config = msgspec.structs.replace(config, scheme=scheme, host=h, port=port)
+    console = err_console()
+    pm = make_plugin_manager(config)
+    try:
+        chosen, candidates = select_backend(pm, config, backend)
+    except BackendUnavailableError as exc:
+        from corral.selection import probe_backends
+
+        # The message lists the candidates as text too; the table says the same, better.
+        console.print(candidates_table(probe_backends(pm, config)))
+        raise UsageError(str(exc).split("\n", 1)[0]) from None
+    # Runner subprocesses rebuild the config from the environment: the choice must travel with it.
+    config = msgspec.structs.replace(config, backend=chosen)
+    info = next((c for c in candidates if c.name == chosen), None)
+    detail = f" ({info.reason})" if info is not None and info.reason else ""
+    console.print(f"corral: backend [bold]{chosen}[/bold]{detail}")
+
+    if not _is_loopback(config.host) and not config.api_key:
+        console.print(
+            f"[bold yellow]WARNING: listening on {config.host}, a non-loopback address, with no "
+            "CORRAL_API_KEY: anyone who can reach this machine can use and change your models. "
+            "Set CORRAL_API_KEY or bind 127.0.0.1.[/bold yellow]")
+
+    import uvicorn
+
+    from corral.server.app import create_app
+
+    app = create_app(config, pm=pm)
+    console.print(f"corral: listening on {config.base_url} (models in {config.models})")
+    uvicorn.run(app, host=config.host, port=config.port,
+                log_level="debug" if config.debug else "info", timeout_graceful_shutdown=10)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", help=_settings_help(), rich_help_panel="Server")(serve)
+    app.command("start", hidden=True, help="Alias of 'serve'.")(serve)
