@@ -1,0 +1,165 @@
+"""Import a backend's compiled cffi module and initialise llama.cpp once per process."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.errors import BackendError
+from corral.types import DeviceInfo
+
+log = logging.getLogger("corral.llama")
+
+# ggml's levels: NONE=0 DEBUG=1 INFO=2 WARN=3 ERROR=4 CONT=5 (CONT continues the previous line).
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_CONT = 5
+_DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+@dataclass
+class Native:
+    """The loaded binding of one backend folder: cffi ``ffi``/``lib`` and what was loaded into ggml."""
+
+    ffi: Any
+    lib: Any
+    lib_dir: Path
+    modules: tuple[Path, ...]
+    _keep: list[Any] = field(default_factory=list, repr=False)
+
+    def devices(self) -> list[DeviceInfo]:
+        """Every device ggml registered, with its memory in bytes."""
+        out = []
+        ffi, lib = self.ffi, self.lib
+        free, total = ffi.new("size_t *"), ffi.new("size_t *")
+        for i in range(lib.ggml_backend_dev_count()):
+            dev = lib.ggml_backend_dev_get(i)
+            lib.ggml_backend_dev_memory(dev, free, total)
+            out.append(DeviceInfo(
+                name=_text(ffi, lib.ggml_backend_dev_name(dev)),
+                description=_text(ffi, lib.ggml_backend_dev_description(dev)),
+                type=_DEV_TYPES.get(int(lib.ggml_backend_dev_type(dev)), "accel"),
+                memory_total=int(total[0]),
+                memory_free=int(free[0]),
+            ))
+        return out
+
+    def system_info(self) -> str:
+        return _text(self.ffi, self.lib.llama_print_system_info())
+
+
+def _text(ffi: Any, p: Any) -> str:
+    return "" if p == ffi.NULL else ffi.string(p).decode("utf-8", "replace")
+
+
+_lock = threading.Lock()
+_loaded: Native | None = None
+
+
+def loaded() -> Native | None:
+    """The binding this process initialised, if any."""
+    return _loaded
+
+
+def find_module(lib_dir: Path) -> Path:
+    """The compiled ``_llama_<backend>`` extension in ``lib_dir``."""
+    found = sorted(p for p in lib_dir.glob("_llama_*") if p.suffix in (".so", ".pyd", ".dylib"))
+    if not found:
+        raise BackendError(f"no compiled _llama_* module in {lib_dir}: run build_backends.py")
+    return found[0]
+
+
+def import_module(lib_dir: Path) -> Any:
+    """Import the extension from its file location (it is not on sys.path; its rpath finds the libs)."""
+    path = find_module(lib_dir)
+    name = path.name.split(".", 1)[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise BackendError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # a missing libllama/libggml next to it, or a wrong Python ABI
+        raise BackendError(f"cannot load the llama.cpp binding {path.name}: {exc}") from exc
+    return module
+
+
+def load(lib_dir: str | Path, modules: list[Path] | tuple[Path, ...] = ()) -> Native:
+    """Initialise llama.cpp from ``lib_dir`` once per process and return the binding.
+
+    ``modules`` are the ggml backend libraries to load, each with ``ggml_backend_load(path)``;
+    never ``load_all``, which would search the interpreter's folder and the CWD and could pick up a
+    stray library. A second call with the same folder returns the same binding; another folder in
+    the same process is refused (ggml's backend registry is process-global).
+    """
+    global _loaded
+    lib_dir = Path(lib_dir).resolve()
+    with _lock:
+        if _loaded is not None:
+            if _loaded.lib_dir != lib_dir:
+                raise BackendError(f"this process already uses the llama.cpp build in {_loaded.lib_dir}; "
+                                   f"it cannot also load {lib_dir}")
+            return _loaded
+        module = import_module(lib_dir)
+        ffi, lib = module.ffi, module.lib
+        keep = _install_log_callback(ffi, lib)
+        for path in modules:
+            reg = lib.ggml_backend_load(str(path).encode())
+            if reg == ffi.NULL:
+                raise BackendError(f"ggml could not load the backend module {path} (see the log)")
+        if lib.ggml_backend_dev_count() == 0:
+            raise BackendError(f"no ggml device registered from {lib_dir}")
+        lib.llama_backend_init()
+        _loaded = Native(ffi=ffi, lib=lib, lib_dir=lib_dir, modules=tuple(modules), _keep=keep)
+        return _loaded
+
+
+# ---- logging ---------------------------------------------------------------------------------------
+# The callback runs on whichever thread llama.cpp logs from (ggml workers too). It must never block
+# on a lock that a thread inside llama_decode could hold, so it only appends to a SimpleQueue (its
+# put() is reentrant and lock-free for callers) and a daemon thread hands lines to `logging`.
+_records: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+_partial: dict[int, tuple[int, str]] = {}  # thread id -> (level, text not yet ended by a newline)
+_drainer: threading.Thread | None = None
+
+
+def _drain() -> None:
+    while True:
+        level, text = _records.get()
+        log.log(level, "%s", text)
+
+
+def _install_log_callback(ffi: Any, lib: Any) -> list[Any]:
+    global _drainer
+
+    @ffi.def_extern()
+    def corral_log_cb(level: int, text: Any, user_data: Any) -> None:
+        try:
+            chunk = ffi.string(text).decode("utf-8", "replace") if text != ffi.NULL else ""
+            tid = threading.get_ident()
+            prev_level, prev = _partial.pop(tid, (logging.DEBUG, ""))
+            py_level = prev_level if int(level) == _CONT else _LEVELS.get(int(level), logging.INFO)
+            if int(level) != _CONT and prev:
+                _records.put((prev_level, prev))  # a new message ends an unterminated one
+                prev = ""
+            buf = prev + chunk
+            *lines, rest = buf.split("\n")
+            for line in lines:
+                if line.strip():
+                    _records.put((py_level, line))
+            if rest:
+                _partial[tid] = (py_level, rest)
+        except Exception:  # an exception here would only print a cffi traceback to stderr
+            pass
+
+    if _drainer is None:
+        _drainer = threading.Thread(target=_drain, name="corral-llama-log", daemon=True)
+        _drainer.start()
+    lib.llama_log_set(lib.corral_log_cb, ffi.NULL)
+    # def_extern keeps the function alive with the module; holding it here documents that it must live
+    # as long as the process (llama.cpp keeps the pointer globally).
+    return [corral_log_cb]
