@@ -43,6 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_TRACE_PLUGINS", "", "1 to log every hook call"),
     Setting("CORRAL_NOHISTORY", "", "Set to keep no REPL history"),
     Setting("CORRAL_HOME", "~/.corral", "Where history, logs and the server pid live"),
+    Setting("CORRAL_FAKE_SCRIPT", "", "Test kit: JSON rules file scripting the fake backend"),
 )
 
 
@@ -152,6 +153,7 @@ class Config(msgspec.Struct, kw_only=True):
     extra_plugins: tuple[str, ...] = ()
     trace_plugins: bool = False
     nohistory: bool = False
+    fake_script: str | None = None  # CORRAL_FAKE_SCRIPT, read by corral.testing.fake
 
     @property
     def base_url(self) -> str:
@@ -184,6 +186,7 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_EXTRA_PLUGINS": ",".join(self.extra_plugins),
             "CORRAL_TRACE_PLUGINS": "1" if self.trace_plugins else "",
             "CORRAL_NOHISTORY": "1" if self.nohistory else "",
+            "CORRAL_FAKE_SCRIPT": self.fake_script or "",
         }
         if self.load_plugins is not None:
             env["CORRAL_LOAD_PLUGINS"] = ",".join(self.load_plugins)
@@ -230,6 +233,7 @@ class Config(msgspec.Struct, kw_only=True):
                 extra_plugins=names("CORRAL_EXTRA_PLUGINS"),
                 trace_plugins=parse_bool(get("CORRAL_TRACE_PLUGINS")),
                 nohistory=parse_bool(get("CORRAL_NOHISTORY")),
+                fake_script=get("CORRAL_FAKE_SCRIPT") or None,
             )
         except ValueError as exc:
             raise ValueError(f"invalid environment setting: {exc}") from None

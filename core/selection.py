@@ -42,6 +42,9 @@ def probe_backends(pm: pluggy.PluginManager, config: Config) -> list[BackendInfo
             continue
         if not info.plugin:
             info.plugin, info.version = dist, info.version or version
+        # A plugin registered by module path (CORRAL_EXTRA_PLUGINS) reports a shorter backend name.
+        pm.corral_backend_plugins = getattr(pm, "corral_backend_plugins", {})  # type: ignore[attr-defined]
+        pm.corral_backend_plugins[info.name] = impl.plugin  # type: ignore[attr-defined]
         infos.append(info)
     infos.extend(getattr(pm, "corral_failures", []))
     return sorted(infos, key=lambda i: (-i.priority, i.name))
@@ -68,7 +71,7 @@ class BackendHooks:
     def __init__(self, pm: pluggy.PluginManager, backend: str) -> None:
         self.pm = pm
         self.backend = backend
-        plugin = pm.get_plugin(backend)
+        plugin = pm.get_plugin(backend) or getattr(pm, "corral_backend_plugins", {}).get(backend)
         if plugin is None:
             raise BackendError(f"backend plugin {backend!r} is not registered")
         others = [
