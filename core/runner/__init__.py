@@ -11,6 +11,7 @@ from corral.runner.local import LocalRunner
 
 if TYPE_CHECKING:
     import pluggy
+
     from corral.config import Config
 
 # Makes a new, not yet started runner; the scheduler starts it and loads the model.

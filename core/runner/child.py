@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import msgspec
+
 from corral.config import Config
 from corral.errors import BackendError, CorralError
 from corral.runner import protocol as p

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+
 from corral.config import SETTINGS, Config
 from corral.errors import BackendError, CorralError, RunnerStoppedError
 from corral.runner import protocol as p
@@ -131,6 +132,8 @@ class RunnerClient(Runner):
             log.error("runner pid %s: bad channel: %s", self.pid, why)
         finally:
             self._alive = False
+            if self._writer is not None and not self._writer.is_closing():
+                self._writer.close()
             self._fail_all()
             await self._reap(why)
             self._notify_stopped()

@@ -13,6 +13,7 @@ from corral.types import CancelToken, EmbeddingResult, GenerationRequest, LoadOp
 
 if TYPE_CHECKING:
     import pluggy
+
     from corral.config import Config
 
 _DONE = object()

@@ -6,9 +6,10 @@ import struct
 from typing import Any
 
 import msgspec
+from msgspec import Struct
+
 from corral import errors
 from corral.types import GenerationRequest, LoadOptions, TokenEvent
-from msgspec import Struct
 
 # A frame is a 4-byte big-endian length then that many bytes of msgpack. The cap keeps a corrupt or
 # hostile length from making either side allocate gigabytes.

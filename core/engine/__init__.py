@@ -1,0 +1,268 @@
+"""The one pipeline behind both wire APIs: resolve, check, merge options, load, prompt, generate, parse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import msgspec
+
+from corral.config import Config
+from corral.errors import BackendError, ContextLengthError, InvalidRequestError
+from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
+from corral.runner import RunnerFactory, subprocess_runners
+from corral.scheduler import Lease, RunningModel, Scheduler
+from corral.types import GenerationRequest, LoadOptions, TokenEvent
+
+try:
+    from corral.prompts import check_capabilities, plan_chat, plan_generate
+except ImportError:  # until corral.prompts lands; see engine/fallback.py
+    from corral.engine.fallback import check_capabilities, plan_chat, plan_generate
+try:
+    from corral.options import merge_options, to_generation, to_load_options
+except ImportError:  # until corral.options lands
+    from corral.engine.fallback import merge_options, to_generation, to_load_options
+
+log = logging.getLogger("corral.engine")
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the prompt, "
+    "adjust the context length in settings, or use a model with a longer context length"
+)
+INPUT_TOO_LONG = "the input length exceeds the context length"
+
+
+class Engine:
+    """Runs generate, chat and embed jobs; owns the scheduler (and through it every runner)."""
+
+    def __init__(self, config: Config, store: Any, scheduler: Scheduler | None = None, *,
+                 runner_factory: RunnerFactory | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.scheduler = scheduler or Scheduler(config, runner_factory or subprocess_runners(config))
+        self._kv_cache: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+
+    # ---- shared steps ---------------------------------------------------------------------------
+    async def _resolve(self, model: str, needed: list[str]) -> tuple[Any, dict[str, Any] | None]:
+        record = await asyncio.to_thread(self.store.get, model)  # 404 / 400 propagate
+        kv = await asyncio.to_thread(self._gguf_kv, record)
+        check_capabilities(record, kv, needed)
+        return record, kv
+
+    def _gguf_kv(self, record: Any) -> dict[str, Any] | None:
+        """The GGUF metadata (without big arrays) for capability checks, cached per file version."""
+        path = getattr(record, "model_path", None)
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._kv_cache:
+            try:
+                from corral.gguf import read_gguf_info
+
+                self._kv_cache[key] = read_gguf_info(path, keep_arrays=False).kv
+            except ImportError:
+                self._kv_cache[key] = None
+        return self._kv_cache[key]
+
+    def _load_options(self, record: Any, options: dict[str, Any]) -> tuple[dict[str, Any], LoadOptions]:
+        opts = merge_options(getattr(record, "params", None) or {}, options)
+        return opts, to_load_options(opts, self.config)
+
+    async def _load_only(self, record: Any, load: LoadOptions, keep_alive: float | None,
+                         start: int) -> Chunk:
+        """Empty prompt / messages: load the model (or unload it with keep_alive 0)."""
+        if keep_alive is not None and keep_alive <= 0:
+            await self.scheduler.unload(record)
+            return Chunk(done=True, done_reason="unload")
+        lease = await self.scheduler.acquire(record, load, keep_alive)
+        lease.release()
+        return Chunk(done=True, done_reason="load",
+                     metrics=Metrics(total_duration=time.monotonic_ns() - start,
+                                     load_duration=lease.load_duration_ns))
+
+    async def _stream(self, lease: Lease, parser: Any, request: GenerationRequest, start: int,
+                      want_context: bool) -> AsyncIterator[Chunk]:
+        """Run ``request`` and turn its token events into chunks, parsed into content/thinking/tools."""
+        generated: list[int] = []
+        final: TokenEvent | None = None
+        async with aclosing(lease.runner.generate(request)) as events:
+            async for ev in events:
+                if ev.token >= 0:
+                    generated.append(ev.token)
+                chunk = _delta_chunk(parser.feed(ev.text) if ev.text else None, ev)
+                if chunk is not None:
+                    yield chunk
+                if ev.finish_reason is not None:
+                    final = ev
+                    break
+        tail = _delta_chunk(parser.finish(), None)
+        if tail is not None:
+            yield tail
+        stats = final.stats if final is not None else None
+        metrics = Metrics(total_duration=time.monotonic_ns() - start, load_duration=lease.load_duration_ns)
+        if stats is not None:
+            metrics.prompt_eval_count = stats.prompt_tokens
+            metrics.prompt_eval_duration = stats.prompt_eval_ns
+            metrics.eval_count = stats.eval_count
+            metrics.eval_duration = stats.eval_ns
+        reason = (final.finish_reason if final else None) or "stop"
+        yield Chunk(done=True, done_reason=reason, metrics=metrics,
+                    context=request.prompt + generated if want_context else None)
+
+    def _request(self, opts: dict[str, Any], tokens: list[int], plan: Any, n_ctx: int, *, truncate: bool,
+                 shift: bool, logprobs: bool, top_logprobs: int) -> GenerationRequest:
+        if not truncate and len(tokens) >= n_ctx:
+            raise ContextLengthError(PROMPT_TOO_LONG)
+        sampling, num_predict, stop, num_keep = to_generation(opts)
+        if plan.grammar:
+            sampling = msgspec.structs.replace(sampling, grammar=plan.grammar)
+        stops = list(dict.fromkeys([*stop, *(getattr(plan, "stop", None) or [])]))
+        return GenerationRequest(prompt=tokens, sampling=sampling, num_predict=num_predict, stop=stops,
+                                 num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,
+                                 top_logprobs=top_logprobs)
+
+    # ---- jobs -----------------------------------------------------------------------------------
+    async def generate(self, job: GenerateJob) -> AsyncIterator[Chunk]:
+        """Stream a completion; the last chunk has ``done=True``, metrics and (unless raw) context."""
+        start = time.monotonic_ns()
+        if job.raw and (job.template or job.system or job.context):
+            raise InvalidRequestError("raw mode does not support template, system, or context")
+        needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
+                                                                         else [])
+        record, _kv = await self._resolve(job.model, needed)
+        opts, load = self._load_options(record, job.options)
+        if not job.prompt and not job.suffix and not job.images:
+            yield await self._load_only(record, load, job.keep_alive, start)
+            return
+        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        try:
+            info = lease.handle.info
+            plan = plan_generate(record, job, gguf_template=info.chat_template, bos_token=info.bos_token,
+                                 eos_token=info.eos_token)
+            tokens = list(job.context) + await lease.runner.tokenize(
+                plan.text, add_special=plan.add_special and not job.context, parse_special=not job.raw)
+            request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
+                                    logprobs=job.logprobs, top_logprobs=job.top_logprobs)
+            async with aclosing(self._stream(lease, plan.new_parser(), request, start,
+                                             want_context=not job.raw)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            lease.release()
+
+    async def chat(self, job: ChatJob) -> AsyncIterator[Chunk]:
+        """Stream an assistant turn; tool calls arrive whole, thinking split from content."""
+        start = time.monotonic_ns()
+        needed = ["completion"] + (["tools"] if job.tools else [])
+        needed += ["thinking"] if _wants(job.think) else []
+        record, _kv = await self._resolve(job.model, needed)
+        opts, load = self._load_options(record, job.options)
+        if not job.messages:
+            yield await self._load_only(record, load, job.keep_alive, start)
+            return
+        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        try:
+            info = lease.handle.info
+            counter = _token_counter(lease, asyncio.get_running_loop())
+            # Rendering may call the token counter, which waits on this loop: so render on a thread.
+            plan = await asyncio.to_thread(
+                plan_chat, record, job, gguf_template=info.chat_template, bos_token=info.bos_token,
+                eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
+            tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special, parse_special=True)
+            request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
+                                    logprobs=job.logprobs, top_logprobs=job.top_logprobs)
+            async with aclosing(self._stream(lease, plan.new_parser(), request, start,
+                                             want_context=False)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            lease.release()
+
+    async def embed(self, job: EmbedJob) -> EmbedOutput:
+        """One vector per input (L2-normalised when asked; ``dimensions`` truncates then re-normalises)."""
+        start = time.monotonic_ns()
+        if job.dimensions is not None and job.dimensions < 1:
+            raise InvalidRequestError("dimensions must be greater than 0")
+        record, _kv = await self._resolve(job.model, [])
+        _opts, load = self._load_options(record, job.options)
+        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        try:
+            if not job.inputs:
+                return EmbedOutput(embeddings=[], total_duration=time.monotonic_ns() - start,
+                                   load_duration=lease.load_duration_ns)
+            n_ctx = lease.handle.info.n_ctx
+            token_lists = await asyncio.gather(*(lease.runner.tokenize(text) for text in job.inputs))
+            for i, tokens in enumerate(token_lists):
+                if len(tokens) > n_ctx:
+                    if not job.truncate:
+                        raise ContextLengthError(INPUT_TOO_LONG)
+                    token_lists[i] = tokens[:n_ctx]
+            normalize = job.normalize and not job.dimensions  # with dimensions: cut first, then normalise
+            result = await lease.runner.embed(list(token_lists), normalize=normalize)
+        finally:
+            lease.release()
+        vectors = [_finish_vector(v, job.dimensions, job.normalize) for v in result.embeddings]
+        return EmbedOutput(embeddings=vectors, prompt_eval_count=sum(len(t) for t in token_lists),
+                           total_duration=time.monotonic_ns() - start, load_duration=lease.load_duration_ns)
+
+    # ---- management -----------------------------------------------------------------------------
+    async def unload(self, model: str) -> bool:
+        """Unload ``model`` now (or when its running requests end). False if it was not loaded."""
+        record = await asyncio.to_thread(self.store.get, model)
+        return await self.scheduler.unload(record)
+
+    def running(self) -> list[RunningModel]:
+        return self.scheduler.running()
+
+    async def shutdown(self, drain_timeout: float = 30.0) -> None:
+        """Refuse new work, let in-flight requests finish, stop every runner."""
+        await self.scheduler.shutdown(drain_timeout)
+
+
+def _wants(think: Any) -> bool:
+    return think is not None and think is not False
+
+
+def _delta_chunk(delta: Any, ev: TokenEvent | None) -> Chunk | None:
+    """A chunk for a parsed delta and the event's logprobs, or None when there is nothing to send."""
+    logprobs = []
+    if ev is not None and ev.logprob is not None:
+        logprobs.append(LogprobEntry(token=ev.logprob.text, logprob=ev.logprob.logprob,
+                                     bytes=list(ev.logprob.bytes), top_logprobs=list(ev.top_logprobs or [])))
+    content = delta.content if delta is not None else ""
+    thinking = delta.thinking if delta is not None else ""
+    tool_calls = list(delta.tool_calls) if delta is not None else []
+    if not (content or thinking or tool_calls or logprobs):
+        return None
+    return Chunk(content=content, thinking=thinking, tool_calls=tool_calls, logprobs=logprobs)
+
+
+def _finish_vector(v: list[float], dimensions: int | None, normalize: bool) -> list[float]:
+    if not all(math.isfinite(x) for x in v):
+        raise BackendError("the embedding contains NaN or infinite values")
+    if dimensions:
+        v = v[:dimensions]
+        if normalize:
+            norm = math.sqrt(sum(x * x for x in v))
+            v = [x / norm for x in v] if norm > 0 else v
+    return v
+
+
+def _token_counter(lease: Lease, loop: asyncio.AbstractEventLoop) -> Callable[[str], int]:
+    """A blocking token counter for prompt rendering running on a worker thread."""
+
+    def count(text: str) -> int:
+        fut = asyncio.run_coroutine_threadsafe(
+            lease.runner.tokenize(text, add_special=False, parse_special=True), loop)
+        return len(fut.result())
+
+    return count

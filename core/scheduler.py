@@ -1,0 +1,315 @@
+"""Which models are loaded: load on demand, keep-alive expiry, LRU eviction, reloads, queue limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from corral.config import Config
+from corral.errors import InvalidRequestError, ServerBusyError
+from corral.runner import Runner, RunnerFactory
+from corral.types import LoadOptions, ModelHandle
+
+log = logging.getLogger("corral.scheduler")
+
+BUSY = "server busy, please try again.  maximum pending requests exceeded"  # compat(ollama): two spaces
+# What /api/ps shows for "forever" (Ollama stores the largest duration it has: about 292 years).
+FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
+
+
+class RunningModel(msgspec.Struct, kw_only=True):
+    """One row of /api/ps."""
+
+    name: str
+    model: str
+    digest: str
+    size: int
+    size_vram: int
+    details: dict[str, Any]
+    expires_at: datetime
+    context_length: int
+    backend: str = ""
+    pid: int | None = None
+
+
+class _Loaded:
+    """A model in a runner, with its reference count, slots and expiry timer."""
+
+    def __init__(self, key: str, record: Any, options: LoadOptions, runner: Runner, handle: ModelHandle,
+                 keep_alive: float, load_ns: int) -> None:
+        self.key = key
+        self.record = record
+        self.options = options
+        self.runner = runner
+        self.handle = handle
+        self.keep_alive = keep_alive
+        self.load_ns = load_ns
+        self.refs = 0
+        self.slots = asyncio.Semaphore(max(1, handle.info.n_parallel or options.num_parallel))
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.expires_at: float | None = None  # wall-clock seconds; None while in use or forever
+        self.last_used = time.monotonic()
+        self.gone = False  # unloaded or crashed: never hand out again
+
+    @property
+    def usable(self) -> bool:
+        return not self.gone and self.runner.alive
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.expires_at = None
+
+
+class Lease:
+    """A request's hold on a loaded model and one of its parallel slots. Release exactly once."""
+
+    def __init__(self, scheduler: Scheduler, loaded: _Loaded, load_duration_ns: int,
+                 loaded_now: bool) -> None:
+        self._scheduler = scheduler
+        self._loaded = loaded
+        self.runner: Runner = loaded.runner
+        self.handle: ModelHandle = loaded.handle
+        self.load_duration_ns = load_duration_ns  # request start until a slot was ours (Ollama's meaning)
+        self.loaded_now = loaded_now
+        self._released = False
+
+    def release(self) -> None:
+        """Give the slot back. Synchronous so it is safe in a ``finally`` of a closing async generator."""
+        if self._released:
+            return
+        self._released = True
+        self._scheduler._release(self._loaded)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Scheduler:
+    """Owns every runner. All methods run on one event loop."""
+
+    def __init__(self, config: Config, runner_factory: RunnerFactory) -> None:
+        self.config = config
+        self.runner_factory = runner_factory
+        self._models: dict[str, _Loaded] = {}
+        self._load_lock = asyncio.Lock()  # one load (and its evictions) at a time, as Ollama does
+        self._pending = 0
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- acquiring ------------------------------------------------------------------------------
+    async def acquire(self, record: Any, load_options: LoadOptions, keep_alive: float | None = None) -> Lease:
+        """A lease on ``record``'s model loaded with ``load_options``; loads or reloads it if needed."""
+        start = time.monotonic_ns()
+        key = _key(record)
+        path = getattr(record, "model_path", None)
+        if path is None:
+            raise InvalidRequestError(f"{key!r} has no model weights to load")
+        if self._closing or self._pending >= self.config.max_queue:
+            raise ServerBusyError(BUSY)
+        keep = self.config.keep_alive if keep_alive is None else keep_alive
+        self._pending += 1
+        loaded_now = False
+        try:
+            while True:
+                m = self._models.get(key)
+                if m is not None and m.usable and m.options == load_options:
+                    m.record = record
+                    m.keep_alive = keep
+                    m.refs += 1  # counted before waiting so eviction sees the model as wanted
+                    m.stop_timer()
+                    m.idle.clear()
+                    try:
+                        await m.slots.acquire()
+                    except BaseException:
+                        self._release(m, slot=False)
+                        raise
+                    if not m.usable:  # crashed while we waited for a slot
+                        self._release(m)
+                        continue
+                    m.last_used = time.monotonic()
+                    return Lease(self, m, time.monotonic_ns() - start, loaded_now)
+                async with self._load_lock:
+                    if self._closing:
+                        raise ServerBusyError(BUSY)
+                    m = self._models.get(key)
+                    if m is not None and m.usable and m.options == load_options:
+                        continue
+                    if m is not None:
+                        if m.usable:
+                            log.info("reloading %s: load options changed", key)
+                        await self._evict(m)
+                    await self._make_room()
+                    await self._load(key, record, str(path), load_options, keep)
+                    loaded_now = True
+        finally:
+            self._pending -= 1
+
+    async def _load(self, key: str, record: Any, path: str, options: LoadOptions, keep: float) -> None:
+        t0 = time.monotonic_ns()
+        runner = self.runner_factory()
+        try:
+            await runner.start()
+            handle = await runner.load(path, options)
+        except BaseException:
+            await _quietly(runner.close())
+            raise
+        m = _Loaded(key, record, options, runner, handle, keep, time.monotonic_ns() - t0)
+        runner.add_stopped_callback(lambda r: self._on_stopped(m))
+        self._models[key] = m
+        log.info("loaded %s on %s (pid %s) in %.2f s", key, runner.backend, runner.pid, m.load_ns / 1e9)
+
+    async def _make_room(self) -> None:
+        while len(self._models) >= self.config.max_loaded_models:
+            models = list(self._models.values())
+            idle = [m for m in models if m.refs == 0]
+            victim = min(idle or models, key=lambda m: m.last_used)  # least recently used; idle first
+            log.info("unloading %s to make room (max %d loaded)", victim.key, self.config.max_loaded_models)
+            await self._evict(victim)
+
+    async def _evict(self, m: _Loaded) -> None:
+        """Wait until nobody uses ``m``, then unload it."""
+        await m.idle.wait()
+        await self._unload(m)
+
+    # ---- releasing and expiry -------------------------------------------------------------------
+    def _release(self, m: _Loaded, *, slot: bool = True) -> None:
+        if slot:
+            m.slots.release()
+        m.refs -= 1
+        m.last_used = time.monotonic()
+        if m.refs > 0:
+            return
+        m.idle.set()
+        if m.gone:
+            return
+        if not m.runner.alive:
+            self._spawn(self._unload(m))
+        elif m.keep_alive <= 0:
+            self._spawn(self._unload(m))
+        elif math.isinf(m.keep_alive):
+            m.expires_at = None
+        else:
+            m.expires_at = time.time() + m.keep_alive
+            m.timer = asyncio.get_running_loop().call_later(m.keep_alive, self._expire, m)
+
+    def _expire(self, m: _Loaded) -> None:
+        m.timer = None
+        if m.refs == 0 and not m.gone:
+            log.info("%s expired after %.0f s idle", m.key, m.keep_alive)
+            self._spawn(self._unload(m))
+
+    def _on_stopped(self, m: _Loaded) -> None:
+        """A runner stopped (crash or close): forget the model so the next request loads it afresh."""
+        if not m.gone:
+            log.warning("runner for %s stopped; it will be reloaded on the next request", m.key)
+        m.gone = True
+        m.stop_timer()
+        if self._models.get(m.key) is m:
+            del self._models[m.key]
+
+    async def _unload(self, m: _Loaded) -> None:
+        m.gone = True
+        m.stop_timer()
+        if self._models.get(m.key) is m:
+            del self._models[m.key]
+        await _quietly(m.runner.close())
+        log.info("unloaded %s", m.key)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- public controls ------------------------------------------------------------------------
+    async def unload(self, name: str | Any) -> bool:
+        """Unload a model now if idle, or as soon as its current requests finish. False if not loaded."""
+        key = name if isinstance(name, str) else _key(name)
+        m = self._models.get(key)
+        if m is None:
+            return False
+        m.keep_alive = 0
+        if m.refs == 0:
+            await self._unload(m)
+        return True
+
+    def loaded(self, name: str) -> ModelHandle | None:
+        m = self._models.get(name)
+        return m.handle if m is not None and m.usable else None
+
+    def running(self) -> list[RunningModel]:
+        """Rows for /api/ps, the longest remaining time first."""
+        rows = []
+        now = datetime.now(timezone.utc)
+        for m in list(self._models.values()):
+            if not m.usable:
+                continue
+            if m.expires_at is not None:
+                expires = datetime.fromtimestamp(m.expires_at, timezone.utc)
+            elif math.isinf(m.keep_alive):
+                expires = now + FOREVER
+            else:  # in use: Ollama shows now + keep_alive
+                expires = now + timedelta(seconds=m.keep_alive)
+            info = m.handle.info
+            rows.append(RunningModel(
+                name=m.key, model=m.key, digest=str(getattr(m.record, "digest", "") or ""),
+                size=m.handle.memory.total or info.size, size_vram=m.handle.memory.vram,
+                details=_details(m.record, info.file_type), expires_at=expires,
+                context_length=info.n_ctx, backend=m.runner.backend, pid=m.runner.pid))
+        rows.sort(key=lambda r: r.expires_at, reverse=True)
+        return rows
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a load or a slot (the queue depth /metrics reports)."""
+        return self._pending
+
+    async def shutdown(self, drain_timeout: float = 30.0) -> None:
+        """Refuse new requests, let in-flight ones finish (up to ``drain_timeout``), stop every runner."""
+        self._closing = True
+        models = list(self._models.values())
+        waits = [asyncio.create_task(m.idle.wait()) for m in models]
+        if waits:
+            _done, late = await asyncio.wait(waits, timeout=drain_timeout)
+            for t in late:
+                t.cancel()
+            if late:
+                log.warning("shutdown: %d model(s) still busy after %.0f s; stopping them", len(late),
+                            drain_timeout)
+        await asyncio.gather(*(self._unload(m) for m in models), return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _key(record: Any) -> str:
+    return str(getattr(record, "display", None) or getattr(record, "name", record))
+
+
+def _details(record: Any, file_type: str) -> dict[str, Any]:
+    """Ollama's ``details`` object for /api/ps, from the store record's details."""
+    details = getattr(record, "details", None)
+    out: dict[str, Any] = {"parent_model": "", "format": "gguf", "family": "", "families": None,
+                           "parameter_size": "", "quantization_level": file_type}
+    if details is not None:
+        raw = details if isinstance(details, dict) else msgspec.to_builtins(details)
+        out.update({k: v for k, v in raw.items() if k in out and v not in (None, "")})
+    return out
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        log.exception("closing a runner failed")
