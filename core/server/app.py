@@ -1,0 +1,127 @@
+"""The Litestar application: routes of both APIs, error handlers, middleware, metrics and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request, get
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+import corral
+from corral.config import Config
+from corral.errors import InvalidRequestError
+from corral.server.errors import plain_error
+from corral.server.metrics import AccessLog, Metrics
+from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
+from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
+from corral.server.security import SecurityMiddleware
+from corral.server.services import Services, services
+
+if TYPE_CHECKING:
+    import pluggy
+
+log = logging.getLogger("corral.server")
+
+# How long in-flight generations may run on after SIGTERM before their runners are stopped.
+DRAIN_TIMEOUT = 30.0
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8", operation_id="metrics",
+     tags=["operations"], include_in_schema=True)
+async def metrics_route(request: Request[Any, Any, Any]) -> str:
+    """Prometheus text exposition of every server metric."""
+    return services(request).metrics.render()
+
+
+def _quantizer(pm: pluggy.PluginManager | None) -> Any:
+    if pm is None:
+        return None
+
+    def quantize(source: str, destination: str, file_type: str) -> None:
+        done = pm.hook.corral_quantize(source=source, destination=destination, file_type=file_type,
+                                       progress=None)
+        if not done:
+            raise InvalidRequestError(f"quantizing to {file_type} is not supported by the selected backend")
+
+    return quantize
+
+
+def _register_gauges(metrics: Metrics, engine: Any) -> None:
+    scheduler = getattr(engine, "scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "pending"):
+        metrics.gauge("corral_queue_depth", "Requests waiting for a model load or a decode slot",
+                      lambda: [({}, float(scheduler.pending()))])
+
+    def loaded() -> list[tuple[dict[str, str], float]]:
+        return [({"model": r.name}, 1.0) for r in engine.running()]
+
+    def memory() -> list[tuple[dict[str, str], float]]:
+        out = []
+        for r in engine.running():
+            out.append(({"model": r.name, "kind": "total"}, float(r.size)))
+            out.append(({"model": r.name, "kind": "vram"}, float(r.size_vram)))
+        return out
+
+    metrics.gauge("corral_loaded_models", "Models loaded now (1 per loaded model)", loaded)
+    metrics.gauge("corral_model_memory_bytes", "Memory held by each loaded model", memory)
+
+
+def create_app(config: Config, *, engine: Any = None, store: Any = None,
+               pm: pluggy.PluginManager | None = None) -> Litestar:
+    """The corral server app.
+
+    Args:
+        config: resolved settings (bind address, origins, API key, body limit, ...).
+        engine: a ``corral.engine.Engine``; built from ``config`` (subprocess runners) when None.
+        store: a ``corral.store.Store``; built from ``config`` when None.
+        pm: the plugin manager the CLI used for backend selection (for quantizing on create).
+
+    Returns:
+        The Litestar app; its lifespan stops every runner (draining in-flight work) on shutdown.
+    """
+    if store is None:
+        from corral.store import Store
+
+        store = Store.from_config(config, quantizer=_quantizer(pm))
+    if engine is None:
+        from corral.engine import Engine
+        from corral.runner import subprocess_runners
+
+        engine = Engine(config, store, runner_factory=subprocess_runners(config, backend=config.backend))
+    metrics = Metrics()
+    _register_gauges(metrics, engine)
+    svc = Services(config=config, engine=engine, store=store, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining in-flight requests and stopping runners")
+            await engine.shutdown(DRAIN_TIMEOUT)
+
+    def security(app: Any) -> Any:
+        return SecurityMiddleware(app, config)
+
+    def access_log(app: Any) -> Any:
+        return AccessLog(app, metrics, debug=config.debug)
+
+    app = Litestar(
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, metrics_route],
+        exception_handlers={Exception: plain_error},
+        # Outermost first: every request is logged and counted, refused ones included.
+        middleware=[access_log, security],
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="corral", version=corral.__version__, path="/openapi",
+                                     render_plugins=[JsonRenderPlugin()]),
+        # The JSON limit is enforced per route by SecurityMiddleware (blob uploads are exempt).
+        request_max_body_size=None,
+        debug=config.debug,
+    )
+    app.state.services = svc
+    return app
+

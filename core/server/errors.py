@@ -1,0 +1,148 @@
+"""One table from corral errors to HTTP statuses, and the two error envelopes (Ollama and OpenAI)."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from corral import errors as E
+
+log = logging.getLogger("corral.server")
+
+# Most specific first: the first matching class wins.
+STATUS_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (E.InvalidRequestError, 400),
+    (E.ModelNotFoundError, 404),
+    (E.ServerBusyError, 503),
+    (E.InsufficientStorageError, 507),
+    (E.RegistryError, 502),
+    (E.GenerationCancelledError, 499),
+    (E.BackendUnavailableError, 500),
+    (E.BackendError, 500),
+    (E.CorralError, 500),
+)
+
+# compat(ollama): openai.NewError picks the type from the status.
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 413: "invalid_request_error", 503: "server_busy"}
+
+
+class ErrorBody(msgspec.Struct):
+    """The native envelope: ``{"error": "..."}``."""
+
+    error: str
+
+
+class OpenAIErrorDetail(msgspec.Struct):
+    """The inner object of an OpenAI error."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    """The OpenAI envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: OpenAIErrorDetail
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status for an exception: the table for corral errors, the exception's own for HTTP ones."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    for cls, status in STATUS_TABLE:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def message_for(exc: BaseException) -> str:
+    """The text a client sees. Unexpected exceptions never leak their details (paths, addresses)."""
+    if isinstance(exc, E.CorralError):
+        return exc.message
+    if isinstance(exc, ValidationException):
+        return validation_message(exc)
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return "internal server error"
+
+
+def validation_message(exc: ValidationException) -> str:
+    """A 400 message naming the offending field, from Litestar's/msgspec's validation details."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        first = extra[0]
+        if isinstance(first, dict):
+            msg = str(first.get("message", "")).strip()
+            key = first.get("key")
+            if "truncated" in msg or "malformed" in msg.lower() or "invalid json" in msg.lower():
+                return f"invalid JSON in request body: {msg}" if msg else "invalid JSON in request body"
+            if key:
+                return f"invalid field '{key}': {msg}" if msg else f"invalid field '{key}'"
+            if msg:
+                return msg
+    detail = str(exc.detail or "")
+    return detail or "invalid request"
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status."""
+    return _OPENAI_TYPES.get(status, "api_error")
+
+
+def native_body(message: str) -> ErrorBody:
+    """The native envelope for a message."""
+    return ErrorBody(error=message)
+
+
+def openai_body(message: str, status: int, param: str | None = None) -> OpenAIErrorBody:
+    """The OpenAI envelope for a message and status."""
+    return OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=openai_type(status), param=param))
+
+
+def _log(request: Request, exc: BaseException, status: int) -> None:
+    if status >= 500 and not isinstance(exc, E.CorralError):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    else:
+        log.debug("%s %s -> %d: %s", request.method, request.url.path, status, message_for(exc))
+
+
+def _missing_body(request: Request, exc: BaseException) -> bool:
+    return isinstance(exc, ValidationException) and request.headers.get("content-length") in ("0", None) \
+        and request.headers.get("transfer-encoding") is None
+
+
+def ollama_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    """Exception handler for the native API."""
+    status = status_for(exc)
+    if isinstance(exc, ValidationException):
+        status = 400
+    _log(request, exc, status)
+    msg = "missing request body" if _missing_body(request, exc) else message_for(exc)
+    return Response(native_body(msg), status_code=status, media_type="application/json")
+
+
+def openai_error(request: Request, exc: Exception) -> Response[OpenAIErrorBody]:
+    """Exception handler for the OpenAI API."""
+    status = status_for(exc)
+    if isinstance(exc, ValidationException):
+        status = 400
+    _log(request, exc, status)
+    msg = "missing request body" if _missing_body(request, exc) else message_for(exc)
+    return Response(openai_body(msg, status), status_code=status, media_type="application/json")
+
+
+def plain_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    """App-level handler: /v1 paths get the OpenAI envelope, everything else the native one."""
+    if request.url.path.startswith("/v1"):
+        return openai_error(request, exc)  # type: ignore[return-value]
+    return ollama_error(request, exc)
+
+
+# For envelopes written outside Litestar (the security middleware answers before any route runs).
+ENCODER_ERRORS = msgspec.json.Encoder()

@@ -1,0 +1,1 @@
+"""Ollama native API (/api/*): wire structs, conversion to core jobs, route handlers."""

@@ -1,0 +1,223 @@
+"""Route handlers of the Ollama native API: decode, convert to a core job, run it, encode."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from litestar import Request, Response, delete, get, head, post
+
+import corral
+from corral.conversation import Message
+from corral.server import common
+from corral.server.ollama import convert
+from corral.server.ollama import schemas as W
+from corral.server.services import services
+from corral.server.streaming import amap, collect, last_item, ndjson_response, open_stream, thread_iter
+
+Req = Request[Any, Any, Any]
+
+
+def _streaming(flag: bool | None) -> bool:
+    # compat(ollama): streaming is the default when "stream" is absent.
+    return flag is None or flag
+
+
+# ---- generation ----------------------------------------------------------------------------------
+@post("/api/generate", status_code=200, operation_id="generate", tags=["ollama"])
+async def generate(request: Req, data: W.GenerateRequest) -> Response[W.GenerateResponse]:
+    """Complete a prompt; NDJSON chunks unless ``stream`` is false."""
+    svc, started = services(request), time.perf_counter()
+    job = convert.generate_job(data)
+    chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.generate(job)))
+    if not _streaming(data.stream):
+        return Response(convert.generate_response(data.model, await collect(chunks)))
+    return ndjson_response(amap(chunks, lambda c: convert.generate_response(data.model, c)))
+
+
+@post("/api/chat", status_code=200, operation_id="chat", tags=["ollama"])
+async def chat(request: Req, data: W.ChatRequest) -> Response[W.ChatResponse]:
+    """One chat turn; NDJSON chunks unless ``stream`` is false."""
+    svc, started = services(request), time.perf_counter()
+    job = convert.chat_job(data)
+    chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
+    if not _streaming(data.stream):
+        return Response(convert.chat_response(data.model, await collect(chunks)))
+    return ndjson_response(amap(chunks, lambda c: convert.chat_response(data.model, c)))
+
+
+@post("/api/embed", status_code=200, operation_id="embed", tags=["ollama"])
+async def embed(request: Req, data: W.EmbedRequest) -> W.EmbedResponse:
+    """Embeddings for one input or a list (L2-normalized)."""
+    svc = services(request)
+    out = await svc.engine.embed(convert.embed_job(data))
+    svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
+    return W.EmbedResponse(model=data.model, embeddings=out.embeddings, total_duration=out.total_duration,
+                           load_duration=out.load_duration, prompt_eval_count=out.prompt_eval_count)
+
+
+@post("/api/embeddings", status_code=200, operation_id="embeddings", tags=["ollama"])
+async def embeddings(request: Req, data: W.EmbeddingsRequest) -> W.EmbeddingsResponse:
+    """The legacy single embedding (not normalized)."""
+    svc = services(request)
+    out = await svc.engine.embed(convert.embeddings_job(data))
+    svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
+    return W.EmbeddingsResponse(embedding=out.embeddings[0] if out.embeddings else [])
+
+
+# ---- models --------------------------------------------------------------------------------------
+def _details(d: Any) -> W.ModelDetails:
+    return W.ModelDetails(parent_model=d.parent_model or "", format=d.format or "gguf", family=d.family or "",
+                          families=d.families, parameter_size=d.parameter_size or "",
+                          quantization_level=d.quantization_level or "")
+
+
+@get(["/api/tags"], operation_id="tags", tags=["ollama"])
+async def tags(request: Req) -> W.TagsResponse:
+    """Local models, newest first."""
+    records = await anyio.to_thread.run_sync(services(request).store.list)
+    return W.TagsResponse(models=[
+        W.ListedModel(name=r.display, model=r.display, modified_at=common.rfc3339(r.modified_at), size=r.size,
+                      digest=r.digest, details=_details(r.details)) for r in records])
+
+
+@head("/api/tags", operation_id="tags_head", tags=["ollama"])
+async def tags_head() -> None:
+    """HEAD /api/tags: the list is always available."""
+
+
+@get("/api/ps", operation_id="ps", tags=["ollama"])
+async def ps(request: Req) -> W.PsResponse:
+    """Loaded models, the longest remaining keep-alive first."""
+    rows = services(request).engine.running()
+    out = []
+    for r in rows:
+        d = r.details if isinstance(r.details, dict) else {}
+        out.append(W.RunningModel(
+            name=r.name, model=r.model, size=r.size, digest=r.digest, expires_at=common.rfc3339(r.expires_at),
+            size_vram=r.size_vram, context_length=r.context_length,
+            details=W.ModelDetails(parent_model=d.get("parent_model", ""), format=d.get("format", "gguf"),
+                                   family=d.get("family", ""), families=d.get("families"),
+                                   parameter_size=d.get("parameter_size", ""),
+                                   quantization_level=d.get("quantization_level", ""))))
+    return W.PsResponse(models=out)
+
+
+def _model_name(data: W.ModelRequest) -> str:
+    return common.require_model(data.model or data.name)
+
+
+def _wire_message(m: Message) -> W.ChatMessage:
+    return W.ChatMessage(role=m.role, content=m.content, thinking=m.thinking or None,
+                         tool_calls=convert.tool_calls(m.tool_calls), tool_name=m.tool_name or None)
+
+
+@post("/api/show", status_code=200, operation_id="show", tags=["ollama"])
+async def show(request: Req, data: W.ModelRequest) -> W.ShowResponse:
+    """Everything about one model: Modelfile, parameters, template, details, GGUF metadata."""
+    name = _model_name(data)
+    info = await anyio.to_thread.run_sync(services(request).store.show, name, data.verbose)
+    return W.ShowResponse(
+        model_info=info.model_info or {}, modelfile=info.modelfile, parameters=info.parameters,
+        template=info.template, system=info.system, license=info.license, details=_details(info.details),
+        messages=[_wire_message(m) for m in info.messages] or None, capabilities=info.capabilities or None,
+        tensors=info.tensors, modified_at=common.rfc3339(info.modified_at))
+
+
+@post("/api/copy", status_code=200, operation_id="copy", tags=["ollama"])
+async def copy(request: Req, data: W.CopyRequest) -> Response[None]:
+    """Copy a model under a new name (the manifest only; blobs are shared)."""
+    src, dst = common.require_model(data.source), common.require_model(data.destination)
+    await anyio.to_thread.run_sync(services(request).store.copy, src, dst)
+    return Response(None, status_code=200)
+
+
+@delete("/api/delete", status_code=200, operation_id="delete", tags=["ollama"])
+async def delete_model(request: Req, data: W.ModelRequest) -> Response[None]:
+    """Delete a model; layers nothing else uses go too. A loaded copy is unloaded first."""
+    svc = services(request)
+    name = _model_name(data)
+    record = await anyio.to_thread.run_sync(svc.store.get, name)
+    await svc.engine.unload(record.display)
+    await anyio.to_thread.run_sync(svc.store.delete, name)
+    return Response(None, status_code=200)
+
+
+async def _progress(items: Any, stream: bool | None) -> Response[W.ProgressResponse]:
+    items = await open_stream(amap(items, lambda p: W.ProgressResponse(
+        status=p.status, digest=p.digest or "", total=p.total or 0, completed=p.completed or 0)))
+    if _streaming(stream):
+        return ndjson_response(items)
+    last = await last_item(items)
+    return Response(last or W.ProgressResponse(status="success"))
+
+
+@post("/api/pull", status_code=200, operation_id="pull", tags=["ollama"])
+async def pull(request: Req, data: W.ModelRequest) -> Response[W.ProgressResponse]:
+    """Pull a model from its registry, streaming progress."""
+    name = _model_name(data)
+    return await _progress(services(request).store.pull(name, insecure=data.insecure), data.stream)
+
+
+@post("/api/push", status_code=200, operation_id="push", tags=["ollama"])
+async def push(request: Req, data: W.ModelRequest) -> Response[W.ProgressResponse]:
+    """Push a model to its registry, streaming progress."""
+    name = _model_name(data)
+    return await _progress(services(request).store.push(name, insecure=data.insecure), data.stream)
+
+
+@post("/api/create", status_code=200, operation_id="create", tags=["ollama"])
+async def create(request: Req, data: W.CreateRequest) -> Response[W.ProgressResponse]:
+    """Create a model from another model or uploaded blobs, streaming progress."""
+    from corral.store.records import CreateSpec
+
+    name = common.require_model(data.model or data.name)
+    spec = CreateSpec(from_=data.from_, files=dict(data.files or {}), adapters=dict(data.adapters or {}),
+                      template=data.template, system=data.system, license=data.license,
+                      parameters=data.parameters, messages=[convert.message(m) for m in data.messages]
+                      if data.messages is not None else None)
+    store = services(request).store
+    quantize = data.quantize or data.quantization
+    return await _progress(thread_iter(lambda: store.create(name, spec, quantize)), data.stream)
+
+
+@head("/api/blobs/{digest:str}", operation_id="blob_exists", tags=["ollama"])
+async def blob_exists(request: Req, digest: str) -> Response[None]:
+    """200 when the blob is stored, 404 otherwise."""
+    found = await anyio.to_thread.run_sync(services(request).store.has_blob, digest)
+    return Response(None, status_code=200 if found else 404)
+
+
+@post("/api/blobs/{digest:str}", operation_id="blob_upload", tags=["ollama"])
+async def blob_upload(request: Req, digest: str) -> Response[None]:
+    """Store the raw body as a blob; 201 when created, 200 when it was already there."""
+    created = await services(request).store.put_blob(digest, request.stream())
+    return Response(None, status_code=201 if created else 200)
+
+
+# ---- health --------------------------------------------------------------------------------------
+@get("/", operation_id="root", tags=["ollama"], media_type="text/plain")
+async def root() -> str:
+    """Health check: clients look for this exact text."""
+    return "Ollama is running"
+
+
+@head("/", operation_id="root_head", tags=["ollama"])
+async def root_head() -> None:
+    """HEAD health check."""
+
+
+@get("/api/version", operation_id="version", tags=["ollama"])
+async def version() -> W.VersionResponse:
+    """The server version."""
+    return W.VersionResponse(version=corral.__version__)
+
+
+@head("/api/version", operation_id="version_head", tags=["ollama"])
+async def version_head() -> None:
+    """HEAD version check."""
+
+
+ROUTES = [generate, chat, embed, embeddings, tags, tags_head, ps, show, copy, delete_model, pull, push,
+          create, blob_exists, blob_upload, root, root_head, version, version_head]

@@ -1,0 +1,1 @@
+"""OpenAI-compatible API (/v1/*): wire structs, conversion to core jobs, route handlers."""

@@ -1,0 +1,185 @@
+"""Streaming plumbing: the first chunk before any byte, NDJSON and SSE framing, in-band errors."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+from litestar.response import Stream
+
+from corral.conversation import ToolCall
+from corral.jobs import Chunk, LogprobEntry
+from corral.server.errors import message_for, native_body, openai_body, status_for
+
+log = logging.getLogger("corral.server")
+
+# One encoder for the whole process: building one per chunk is a measurable cost at high token rates.
+ENCODER = msgspec.json.Encoder()
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+async def open_stream(source: AsyncIterator[T] | Awaitable[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Start a core stream and wait for its first item.
+
+    Errors raised before the first item (unknown model, bad options, busy queue) propagate here, so
+    the handler answers them with a real HTTP status; only later errors go in-band.
+    """
+    if inspect.isawaitable(source):
+        source = await source
+    it = source.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        return _empty()
+    except BaseException:
+        await close_quietly(it)
+        raise
+    return _prepend(first, it)
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await close_quietly(rest)
+
+
+async def close_quietly(it: AsyncIterator[Any]) -> None:
+    """Close an async iterator even while the surrounding task is being cancelled (client gone).
+
+    Shielded so the engine's cleanup (cancel the sequence, free the slot) runs to the end.
+    """
+    aclose = getattr(it, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await aclose()
+        except Exception:  # cleanup of an already-failed stream; the first error was reported
+            log.debug("error while closing a stream", exc_info=True)
+
+
+def ndjson_response(items: AsyncIterator[msgspec.Struct]) -> Stream:
+    """A native streaming response: one JSON object per line; an error after the start is a last line."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in items:
+                yield ENCODER.encode(item) + b"\n"
+        except Exception as exc:
+            # compat(ollama): server/routes.go streamResponse writes {"error": ...} and keeps status 200.
+            _log_inband(exc)
+            yield ENCODER.encode(native_body(message_for(exc))) + b"\n"
+        finally:
+            await close_quietly(items)
+
+    return Stream(body(), media_type=NDJSON)
+
+
+def sse_response(items: AsyncIterator[msgspec.Struct]) -> Stream:
+    """An OpenAI streaming response: ``data: {json}`` events ending with ``data: [DONE]``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in items:
+                yield b"data: " + ENCODER.encode(item) + b"\n\n"
+        except Exception as exc:
+            # compat(openai): an event with an "error" key makes the SDK raise APIError.
+            _log_inband(exc)
+            yield b"data: " + ENCODER.encode(openai_body(message_for(exc), status_for(exc))) + b"\n\n"
+        finally:
+            await close_quietly(items)
+        yield b"data: [DONE]\n\n"
+
+    return Stream(body(), media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _log_inband(exc: BaseException) -> None:
+    if status_for(exc) >= 500:
+        log.warning("stream ended with an error: %s", message_for(exc), exc_info=exc)
+    else:
+        log.info("stream ended with an error: %s", message_for(exc))
+
+
+async def amap(items: AsyncIterator[T], fn: Callable[[T], U | None]) -> AsyncIterator[U]:
+    """Map a stream, dropping items for which ``fn`` returns None; closes the source when done."""
+    try:
+        async for item in items:
+            out = fn(item)
+            if out is not None:
+                yield out
+    finally:
+        await close_quietly(items)
+
+
+async def aflat(items: AsyncIterator[T], fn: Callable[[T], list[U]]) -> AsyncIterator[U]:
+    """Map each item to zero or more outputs; closes the source when done."""
+    try:
+        async for item in items:
+            for out in fn(item):
+                yield out
+    finally:
+        await close_quietly(items)
+
+
+async def collect(chunks: AsyncIterator[Chunk]) -> Chunk:
+    """Fold a core stream into one chunk for ``stream: false``: texts joined, calls and logprobs merged."""
+    content: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
+    logprobs: list[LogprobEntry] = []
+    last = Chunk(done=True, done_reason="stop")
+    try:
+        async for c in chunks:
+            content.append(c.content)
+            thinking.append(c.thinking)
+            calls.extend(c.tool_calls)
+            logprobs.extend(c.logprobs)
+            if c.done:
+                last = c
+    finally:
+        await close_quietly(chunks)
+    return Chunk(content="".join(content), thinking="".join(thinking), tool_calls=calls, logprobs=logprobs,
+                 done=True, done_reason=last.done_reason, metrics=last.metrics, context=last.context)
+
+
+async def thread_iter(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Run a blocking iterator (``Store.create``) in a worker thread, one item at a time.
+
+    Each ``next()`` is its own thread hop, so the event loop never blocks and a client that goes
+    away stops the iteration at the next item.
+    """
+    it = await anyio.to_thread.run_sync(make)
+    sentinel = object()
+    while True:
+        item = await anyio.to_thread.run_sync(next, it, sentinel)
+        if item is sentinel:
+            return
+        yield item  # type: ignore[misc]
+
+
+async def last_item(items: AsyncIterator[T]) -> T | None:
+    """Drain a stream and return its last item (``stream: false`` on pull, push and create)."""
+    last = None
+    try:
+        async for item in items:
+            last = item
+    finally:
+        await close_quietly(items)
+    return last
