@@ -1,0 +1,507 @@
+"""The continuous-batching decode loop: one thread and one llama_context per loaded model."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from corral.errors import BackendError, CorralError, GenerationCancelledError, InvalidRequestError
+from corral.types import CancelToken, GenerationRequest, GenerationStats, LoadOptions, TokenEvent
+
+from .sampling import MAX_TOP_LOGPROBS, SamplerChain, logprobs_from_logits
+from .slots import Job, Slot, common_prefix, fit_prompt
+
+__all__ = ["Batcher"]
+
+# A step that mixes decoding with prompt chunks should take about this long, so that a long prompt
+# arriving never stalls the streams that are already generating by much more (issue #4: 250 ms).
+_MIXED_STEP_TARGET_S = 0.18
+_MIN_CHUNK = 16
+# A shared prefix shorter than this is cheaper to evaluate again than to wait for.
+_MIN_SHARE = 16
+_KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+
+
+class Batcher:
+    """Serves many concurrent ``submit`` calls by decoding their sequences together in one batch."""
+
+    def __init__(self, native: Any, model: Any, options: LoadOptions) -> None:
+        self._native = native
+        self._ffi, self._lib = ffi, lib = native.ffi, native.lib
+        self._model = model
+        self._vocab = model.vocab
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        n_par = max(1, int(options.num_parallel))
+        if options.kv_cache_type not in _KV_TYPES:
+            raise InvalidRequestError(f"kv_cache_type must be one of {', '.join(_KV_TYPES)}")
+        cp = lib.llama_context_default_params()
+        # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
+        # makes a common system prompt cost one evaluation for all concurrent users.
+        cp.kv_unified = True
+        cp.n_seq_max = n_par
+        cp.n_ctx = max(256, int(options.num_ctx)) * n_par
+        cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
+        cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
+        threads = int(options.num_thread) or _default_threads()
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.no_perf = True
+        cp.swa_full = True  # keep full SWA caches so prefixes stay reusable on SWA models (Gemma 3)
+        if options.flash_attention is not None:
+            fa = "ENABLED" if options.flash_attention else "DISABLED"
+            cp.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
+        cp.type_k = cp.type_v = getattr(lib, _KV_TYPES[options.kv_cache_type])
+        ctx = lib.llama_init_from_model(model.ptr, cp)
+        if ctx == ffi.NULL:
+            raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
+        self._ctx = ctx
+        self._mem = lib.llama_get_memory(ctx)
+        self.n_batch = int(lib.llama_n_batch(ctx))
+        self.n_ctx_seq = max(256, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
+        self.can_shift = bool(lib.llama_memory_can_shift(self._mem))
+        add_bos = lib.llama_vocab_get_add_bos(self._vocab)
+        self._bos = int(lib.llama_vocab_bos(self._vocab)) if add_bos else None
+        raw = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = ffi.new("llama_batch *", raw)
+        self._tok = ffi.new("llama_token[]", self.n_batch)
+        self._pos = ffi.new("llama_pos[]", self.n_batch)
+        self._seq = ffi.new("llama_seq_id[]", self.n_batch)
+        self._logit = ffi.new("int8_t[]", self.n_batch)
+        self._slots = [Slot(i) for i in range(n_par)]
+        self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self._eog: dict[int, bool] = {}
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._order = 0
+        self._closed = False
+        self._freed = False
+        self._t_gen_step = 0.0  # EMA of a decode-only step (s)
+        self._t_prompt_tok = 0.0  # EMA of the cost of one prompt token (s)
+        self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
+        self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- public ----------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenEvent]:
+        """Queue ``request``; the returned iterator yields its events as the loop produces them.
+
+        Bad input (empty prompt, unknown token ids, invalid grammar, a prompt too long for the
+        context without ``shift``) raises here, before anything is queued.
+        """
+        if self._closed:
+            raise GenerationCancelledError("the model is being unloaded; retry the request")
+        prompt = list(request.prompt)
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty")
+        lo, hi = min(prompt), max(prompt)
+        if lo < 0 or hi >= self.n_vocab:
+            raise InvalidRequestError(f"prompt token {lo if lo < 0 else hi} is not in the vocabulary")
+        if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
+        sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling)
+        sampler.accept_history(prompt[-self.n_ctx_seq :])
+        limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
+        with self._cond:
+            if self._closed:
+                sampler.close()
+                raise GenerationCancelledError("the model is being unloaded; retry the request")
+            self._order += 1
+            job = Job(request, cancel, sampler, prompt, truncated, self._order, limit)
+            self._waiting.append(job)
+            self._cond.notify()
+        return self._stream(job)
+
+    def close(self) -> None:
+        """Stop the loop, fail what is still queued or running, free the context. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._free()
+
+    # ---- consumer side ---------------------------------------------------------------------------
+    def _stream(self, job: Job) -> Iterator[TokenEvent]:
+        try:
+            while True:
+                item = job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not job.done:
+                # The consumer went away mid-stream: treat it as a cancel so the slot is freed.
+                job.cancel.cancel()
+                with self._cond:
+                    self._cond.notify()
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self._active():
+                    self._cond.wait()
+                if self._closed:
+                    break
+            try:
+                self._step()
+            except Exception as exc:  # a bug or native failure must not kill the loop silently
+                err = exc if isinstance(exc, CorralError) else BackendError(f"generation failed: {exc}")
+                for s in self._active():
+                    self._fail(s, err, len(s.cached))
+        self._shutdown_jobs()
+
+    def _active(self) -> list[Slot]:
+        return [s for s in self._slots if s.job is not None]
+
+    def _step(self) -> None:
+        with self._cond:
+            gone = [j for j in self._waiting if j.cancel.cancelled]
+            for j in gone:
+                self._waiting.remove(j)
+        for j in gone:
+            self._emit_final(j, "stop")
+        self._admit()
+        for s in self._active():
+            assert s.job is not None
+            if s.job.cancel.cancelled:
+                self._finish(s, "stop")
+        active = self._active()
+        if not active:
+            return
+        plan = self._plan(active)
+        if not plan:
+            return
+        self._decode(plan)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
+        while True:
+            with self._cond:
+                if not self._waiting:
+                    return
+                job = self._waiting[0]
+                if job.cancel.cancelled:
+                    self._waiting.popleft()
+                else:
+                    free = [s for s in self._slots if s.job is None]
+                    if not free:
+                        return
+                    self._waiting.popleft()
+            if job.cancel.cancelled:
+                job.t_admit = job.t_first = job.t_last = time.perf_counter_ns()
+                self._emit_final(job, "stop")
+                continue
+            best = max(free, key=lambda s: (common_prefix(s.reusable, job.prompt), -s.last_used))
+            # At least the last prompt token is evaluated again: its logits are needed to sample.
+            keep = common_prefix(best.reusable, job.prompt, len(job.prompt) - 1)
+            self._truncate(best, keep)
+            job.cached_tokens = keep
+            job.t_admit = time.perf_counter_ns()
+            best.job, best.state = job, "prefill"
+            best.touch()
+            if job.limit == 0:
+                job.t_first = job.t_last = job.t_admit
+                self._finish(best, "length")
+
+    def _plan(self, active: list[Slot]) -> list[tuple[Slot, int, int]]:
+        """Decide this step's batch: (slot, first prompt index or -1 for a decode token, count)."""
+        plan: list[tuple[Slot, int, int]] = []
+        n_gen = 0
+        for s in active:
+            if s.state != "gen":
+                continue
+            if len(s.cached) >= self.n_ctx_seq and not self._make_room(s):
+                continue
+            plan.append((s, -1, 1))
+            n_gen += 1
+        room = min(self.n_batch - n_gen, self._prompt_cap)
+        budget = min(room, self._mixed_budget()) if n_gen else room
+        prefilling = sorted((s for s in active if s.state == "prefill"), key=lambda s: s.job.order)  # type: ignore[union-attr]
+        for s in prefilling:
+            if budget <= 0:
+                break
+            if self._wait_for_shared(s, prefilling):
+                continue
+            job = s.job
+            assert job is not None
+            start = len(s.cached)
+            n = min(len(job.prompt) - start, budget)
+            plan.append((s, start, n))
+            budget -= n
+        return plan
+
+    def _mixed_budget(self) -> int:
+        if self._t_prompt_tok <= 0:
+            return 64
+        n = int((_MIXED_STEP_TARGET_S - self._t_gen_step) / self._t_prompt_tok)
+        return max(_MIN_CHUNK, min(self.n_batch, n))
+
+    def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
+        """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
+        job = s.job
+        assert job is not None
+        have = len(s.cached)
+        cap = len(job.prompt) - 1
+        donor, got = None, have
+        for o in self._slots:
+            if o is s:
+                continue
+            k = common_prefix(o.reusable, job.prompt, cap)
+            if k > got:
+                donor, got = o, k
+        if donor is not None and got >= have + _MIN_SHARE:
+            self._copy(donor, s, got)
+            job.cached_tokens += got - have
+            have = got
+        # An earlier request is still evaluating a longer common head: wait for it, not redo it.
+        for o in prefilling:
+            if o is s or o.job is None or o.job.order > job.order:
+                continue
+            if common_prefix(o.job.prompt, job.prompt, cap) >= have + _MIN_SHARE:
+                return True
+        return False
+
+    # ---- KV bookkeeping --------------------------------------------------------------------------
+    def _truncate(self, s: Slot, p: int) -> None:
+        self._lib.llama_memory_seq_rm(self._mem, s.id, p, -1)
+        del s.cached[p:]
+        s.reuse_limit = min(s.reuse_limit, len(s.cached))
+        for oid, k in list(s.shares.items()):
+            o = self._slots[oid]
+            if min(k, p) <= 0:
+                s.shares.pop(oid, None)
+                o.shares.pop(s.id, None)
+            else:
+                s.shares[oid] = o.shares[s.id] = min(k, p)
+
+    def _copy(self, src: Slot, dst: Slot, k: int) -> None:
+        have = len(dst.cached)
+        self._lib.llama_memory_seq_rm(self._mem, dst.id, have, -1)
+        self._lib.llama_memory_seq_cp(self._mem, src.id, dst.id, have, k)
+        dst.cached = src.cached[:k]
+        dst.reuse_limit = k
+        for oid, kk in list(src.shares.items()):
+            if oid == dst.id:
+                continue
+            v = max(dst.shares.get(oid, 0), min(kk, k))
+            dst.shares[oid] = self._slots[oid].shares[dst.id] = v
+        dst.shares[src.id] = src.shares[dst.id] = max(k, dst.shares.get(src.id, 0))
+
+    def _make_room(self, s: Slot) -> bool:
+        """The sequence filled its context: shift it (Ollama's keep + discard half), or finish."""
+        job = s.job
+        assert job is not None
+        if not (job.request.shift and self.can_shift):
+            self._finish(s, "length")
+            return False
+        keep = max(0, job.request.num_keep)
+        if self._bos is not None and s.cached and s.cached[0] == self._bos:
+            keep += 1
+        # Cells shared with another sequence must not move: an idle one gives them up, a busy one
+        # keeps them in place by widening what this shift keeps.
+        for oid, k in list(s.shares.items()):
+            o = self._slots[oid]
+            if k > keep and o.job is None:
+                self._truncate(o, keep)
+        keep = max([keep, *(k for oid, k in s.shares.items() if self._slots[oid].job is not None)])
+        n = len(s.cached)
+        discard = (n - keep) // 2
+        if keep >= n - 1 or discard <= 0:
+            self._finish(s, "length")
+            return False
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._mem, s.id, keep, keep + discard)
+        lib.llama_memory_seq_add(self._mem, s.id, keep + discard, n, -discard)
+        s.cached = s.cached[:keep] + s.cached[keep + discard :]
+        s.reuse_limit = min(s.reuse_limit, keep)  # the shifted tail no longer matches a fresh evaluation
+        job.truncated = True
+        return True
+
+    # ---- decoding --------------------------------------------------------------------------------
+    def _decode(self, plan: list[tuple[Slot, int, int]]) -> None:
+        tok, pos, seq, lg = self._tok, self._pos, self._seq, self._logit
+        i = 0
+        outputs: list[tuple[Slot, int]] = []
+        n_prompt = 0
+        for s, start, n in plan:
+            job = s.job
+            assert job is not None
+            p0 = len(s.cached)
+            if start < 0:
+                toks = [s.last_token]
+            else:
+                toks = job.prompt[start : start + n]
+                n_prompt += n
+            tok[i : i + n] = toks
+            pos[i : i + n] = range(p0, p0 + n)
+            seq[i : i + n] = [s.id] * n
+            lg[i : i + n] = [0] * n
+            last = start < 0 or start + n == len(job.prompt)
+            if last:
+                lg[i + n - 1] = 1
+                outputs.append((s, i + n - 1))
+            i += n
+        if self._lib.corral_batch_fill(self._batch, self.n_batch, tok, pos, seq, lg, i) != i:
+            raise BackendError("internal error: batch larger than n_batch")
+        t0 = time.perf_counter()
+        rc = self._lib.llama_decode(self._ctx, self._batch[0])
+        dt = time.perf_counter() - t0
+        if rc != 0:
+            self._decode_failed(plan, rc)
+            return
+        self._learn(dt, n_prompt, len(plan) - sum(1 for _, st, _ in plan if st >= 0))
+        self._prompt_cap = self.n_batch
+        for s, start, n in plan:
+            job = s.job
+            assert job is not None
+            exact = s.reuse_limit == len(s.cached)  # nothing shifted: the new tokens extend an exact prefix
+            s.cached.extend([s.last_token] if start < 0 else job.prompt[start : start + n])
+            if exact:
+                s.reuse_limit = len(s.cached)
+        now = time.perf_counter_ns()
+        for s, row in outputs:
+            self._sampled(s, row, now)
+
+    def _learn(self, dt: float, n_prompt: int, n_gen: int) -> None:
+        a = 0.3
+        if n_prompt == 0:
+            self._t_gen_step = dt if self._t_gen_step == 0 else (1 - a) * self._t_gen_step + a * dt
+        elif n_prompt >= _MIN_CHUNK:
+            per = max(dt - (self._t_gen_step if n_gen else 0.0), 0.0) / n_prompt
+            self._t_prompt_tok = per if self._t_prompt_tok == 0 else (1 - a) * self._t_prompt_tok + a * per
+
+    def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
+        if rc == 1:
+            # No free KV cells: idle cached sequences give theirs up first, then prompt chunks shrink;
+            # llama.cpp restored the cache, so the next step simply retries with the smaller plan.
+            idle = [s for s in self._slots if s.job is None and s.cached]
+            if idle:
+                for s in idle:
+                    self._truncate(s, 0)
+                return
+            n_prompt = sum(n for _, start, n in plan if start >= 0)
+            if n_prompt > 1:
+                self._prompt_cap = n_prompt // 2
+                return
+        err = BackendError(f"llama_decode failed (code {rc}) while generating")
+        for s, _, _ in plan:
+            # Whatever part of the batch llama.cpp kept is dropped so the slot stays consistent.
+            self._fail(s, err, len(s.cached))
+
+    def _sampled(self, s: Slot, row: int, now: int) -> None:
+        job = s.job
+        assert job is not None
+        if job.cancel.cancelled:
+            self._finish(s, "stop")
+            return
+        t = job.sampler.sample(self._ctx, row)
+        if job.t_first == 0:
+            job.t_first = now
+        job.t_last = now
+        s.state = "gen"
+        if self._is_eog(t):
+            self._finish(s, "stop")
+            return
+        job.n_gen += 1
+        s.last_token = t
+        lp = tops = None
+        if job.request.logprobs or job.request.top_logprobs:
+            ptr = self._lib.llama_get_logits_ith(self._ctx, row)
+            logits = np.frombuffer(self._ffi.buffer(ptr, self.n_vocab * 4), dtype=np.float32)
+            lp, tops = logprobs_from_logits(logits, t, job.request.top_logprobs, self._piece)
+        text, stopped = job.stopper.feed(job.decoder.feed(self._piece(t)))
+        if stopped:
+            if text or lp is not None:
+                job.out.put(TokenEvent(token=t, text=text, logprob=lp, top_logprobs=tops))
+            self._finish(s, "stop")
+            return
+        job.out.put(TokenEvent(token=t, text=text, logprob=lp, top_logprobs=tops))
+        if job.n_gen >= job.limit:
+            self._finish(s, "length")
+
+    def _piece(self, t: int) -> bytes:
+        p = self._pieces[t]
+        if p is None:
+            p = self._pieces[t] = bytes(self._model.token_bytes(t))
+        return p
+
+    def _is_eog(self, t: int) -> bool:
+        v = self._eog.get(t)
+        if v is None:
+            v = self._eog[t] = bool(self._model.is_eog(t))
+        return v
+
+    # ---- endings ---------------------------------------------------------------------------------
+    def _finish(self, s: Slot, reason: str) -> None:
+        job = s.job
+        assert job is not None
+        self._emit_final(job, reason)
+        s.job, s.state = None, "idle"
+        s.touch()
+
+    def _emit_final(self, job: Job, reason: str) -> None:
+        text = job.stopper.feed(job.decoder.flush())[0]
+        if not job.stopper.stopped:
+            text += job.stopper.flush()
+        first = job.t_first or time.perf_counter_ns()
+        stats = GenerationStats(
+            prompt_tokens=len(job.prompt),
+            cached_tokens=job.cached_tokens,
+            prompt_eval_ns=max(0, first - job.t_admit) if job.t_admit else 0,
+            eval_count=job.n_gen,
+            eval_ns=max(0, job.t_last - job.t_first) if job.t_first else 0,
+            truncated=job.truncated,
+        )
+        job.done = True
+        job.sampler.close()
+        job.out.put(TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats))
+
+    def _fail(self, s: Slot, err: BaseException, keep: int) -> None:
+        job = s.job
+        s.job, s.state = None, "idle"
+        self._truncate(s, keep)
+        if job is not None:
+            job.done = True
+            job.sampler.close()
+            job.out.put(err)
+
+    def _shutdown_jobs(self) -> None:
+        err = GenerationCancelledError("generation stopped: the model was unloaded")
+        for s in self._slots:
+            if s.job is not None:
+                job, s.job = s.job, None
+                job.done = True
+                job.sampler.close()
+                job.out.put(err)
+        with self._cond:
+            while self._waiting:
+                job = self._waiting.popleft()
+                job.done = True
+                job.sampler.close()
+                job.out.put(err)
+
+    def _free(self) -> None:
+        with self._cond:
+            if self._freed:
+                return
+            self._freed = True
+        self._lib.llama_batch_free(self._batch[0])
+        self._lib.llama_free(self._ctx)
+        self._ctx = self._ffi.NULL
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        n = os.cpu_count() or 1
+    return max(1, n)

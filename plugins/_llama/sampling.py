@@ -1,0 +1,143 @@
+"""Per-sequence llama.cpp sampler chains built from SamplingParams, and logprobs from raw logits."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from corral.errors import GrammarError, InvalidRequestError
+from corral.types import SamplingParams, TokenLogprob
+
+__all__ = ["MAX_TOP_LOGPROBS", "SamplerChain", "logprobs_from_logits"]
+
+MAX_TOP_LOGPROBS = 20
+# llama.h: LLAMA_DEFAULT_SEED; dist() draws a random seed when given it.
+_RANDOM_SEED = 0xFFFFFFFF
+
+
+class SamplerChain:
+    """One sequence's llama.cpp sampler chain; owns the native chain and frees it on ``close``.
+
+    Order (as llama.cpp's common sampler does): logit bias, penalties, grammar, top_k, typical_p,
+    top_p, min_p, temperature, dist(seed) — or greedy when temperature <= 0.
+    """
+
+    __slots__ = ("_lib", "_ffi", "ptr", "_penalties", "grammar")
+
+    def __init__(self, native: Any, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> None:
+        self._ffi = ffi = native.ffi
+        self._lib = lib = native.lib
+        self._penalties: Any = None
+        self.grammar = bool(params.grammar and params.grammar.strip())
+        cparams = lib.llama_sampler_chain_default_params()
+        cparams.no_perf = True
+        chain = lib.llama_sampler_chain_init(cparams)
+        if chain == ffi.NULL:
+            raise GrammarError("could not create a sampler chain")  # pragma: no cover - allocation failure
+        self.ptr = chain
+        try:
+            self._build(vocab, n_vocab, n_ctx, params)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, smpl: Any) -> Any:
+        if smpl == self._ffi.NULL:
+            raise InvalidRequestError("llama.cpp rejected a sampling parameter")
+        self._lib.llama_sampler_chain_add(self.ptr, smpl)  # the chain takes ownership
+        return smpl
+
+    def _build(self, vocab: Any, n_vocab: int, n_ctx: int, p: SamplingParams) -> None:
+        lib, ffi = self._lib, self._ffi
+        if p.logit_bias:
+            items = list(p.logit_bias.items())
+            for tok, bias in items:
+                if not 0 <= int(tok) < n_vocab:
+                    raise InvalidRequestError(
+                        f"logit_bias: token {tok} is not in the vocabulary (0..{n_vocab - 1})"
+                    )
+                if not math.isfinite(float(bias)) and float(bias) != -math.inf:
+                    raise InvalidRequestError(f"logit_bias: bias for token {tok} must be a number")
+            arr = ffi.new("llama_logit_bias[]", len(items))
+            for i, (tok, bias) in enumerate(items):
+                arr[i].token = int(tok)
+                arr[i].bias = float(bias)
+            # llama.cpp copies the array, so `arr` may die after this call.
+            self._add(lib.llama_sampler_init_logit_bias(n_vocab, len(items), arr))
+        last_n = n_ctx if p.repeat_last_n < 0 else p.repeat_last_n
+        penalised = p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        if last_n > 0 and penalised:
+            self._penalties = self._add(
+                lib.llama_sampler_init_penalties(
+                    last_n, float(p.repeat_penalty), float(p.frequency_penalty), float(p.presence_penalty)
+                )
+            )
+        if self.grammar:
+            assert p.grammar is not None
+            # llama.cpp prints the parse error to stderr (not the log callback) and returns NULL.
+            g = lib.llama_sampler_init_grammar(vocab, p.grammar.encode("utf-8"), b"root")
+            if g == ffi.NULL:
+                raise GrammarError(
+                    "invalid GBNF grammar: llama.cpp could not parse it (check the syntax, that every "
+                    "referenced rule is defined, and that the start rule is named 'root')"
+                )
+            self._add(g)
+        if p.temperature <= 0:
+            self._add(lib.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            self._add(lib.llama_sampler_init_top_k(int(p.top_k)))
+        if 0.0 < p.typical_p < 1.0:
+            self._add(lib.llama_sampler_init_typical(float(p.typical_p), 1))
+        if 0.0 < p.top_p < 1.0:
+            self._add(lib.llama_sampler_init_top_p(float(p.top_p), 1))
+        if p.min_p > 0.0:
+            self._add(lib.llama_sampler_init_min_p(float(p.min_p), 1))
+        self._add(lib.llama_sampler_init_temp(float(p.temperature)))
+        seed = _RANDOM_SEED if p.seed < 0 else int(p.seed) & 0xFFFFFFFF
+        self._add(lib.llama_sampler_init_dist(seed))
+
+    def accept_history(self, tokens: list[int]) -> None:
+        """Feed prompt tokens to the penalty sampler only (the grammar must not see the prompt)."""
+        if self._penalties is not None:
+            for t in tokens:
+                self._lib.llama_sampler_accept(self._penalties, t)
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        """Sample from output row ``idx`` of the last decode and accept the token into the chain."""
+        return int(self._lib.llama_sampler_sample(self.ptr, ctx, idx))
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            self._lib.llama_sampler_free(self.ptr)
+            self.ptr = None
+            self._penalties = None
+
+
+def logprobs_from_logits(
+    logits: np.ndarray, token: int, top_n: int, piece: Any
+) -> tuple[TokenLogprob, list[TokenLogprob] | None]:
+    """Log-softmax over the full vocabulary: the chosen token's entry and the ``top_n`` best.
+
+    ``logits`` is a float32 view of llama.cpp's row (valid only until the next decode), ``piece``
+    maps a token id to its bytes.
+    """
+    x = logits.astype(np.float64, copy=False) if logits.dtype != np.float32 else logits
+    m = float(x.max())
+    lse = m + math.log(float(np.exp(x - m).sum()))
+    chosen = _entry(token, float(x[token]) - lse, piece)
+    if top_n <= 0:
+        return chosen, None
+    n = min(top_n, MAX_TOP_LOGPROBS, x.shape[0])
+    idx = np.argpartition(x, -n)[-n:]
+    idx = idx[np.argsort(-x[idx], kind="stable")]
+    return chosen, [_entry(int(i), float(x[i]) - lse, piece) for i in idx]
+
+
+def _entry(token: int, logprob: float, piece: Any) -> TokenLogprob:
+    data: bytes = piece(token)
+    return TokenLogprob(
+        token=token, text=data.decode("utf-8", errors="replace"), bytes=list(data), logprob=logprob
+    )
