@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -53,18 +52,18 @@ def report_error(exc: CorralError) -> None:
 class CorralGroup(TyperGroup):
     """Turns CorralError into a red line and an exit status (2 for usage, 1 otherwise)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, run.normalize_think(args))
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:
             report_error(exc)
-            raise click.exceptions.Exit(2) from None
+            raise typer.Exit(2) from None
         except CorralError as exc:
             report_error(exc)
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

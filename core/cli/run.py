@@ -14,42 +14,43 @@ THINK_VALUES = ("true", "false", "low", "medium", "high", "max")
 
 
 class WordWrapper:
-    """Wraps streamed text at word boundaries for a terminal of ``width`` columns."""
+    """Wraps streamed text at word boundaries for a terminal of ``width`` columns.
+
+    A word is held until it ends, and the spaces before it until the next word shows whether it
+    fits, so a wrapped line neither ends nor starts with a space.
+    """
 
     def __init__(self, width: int) -> None:
         self.width = max(10, width)
         self.col = 0
         self.word = ""
+        self.spaces = ""
 
     def feed(self, text: str) -> str:
         out: list[str] = []
         for ch in text:
             if ch == "\n":
                 out.append(self._flush_word() + "\n")
-                self.col = 0
+                self.col, self.spaces = 0, ""
             elif ch in " \t":
                 out.append(self._flush_word())
-                if self.col + 1 > self.width:
-                    out.append("\n")
-                    self.col = 0
-                elif self.col > 0:  # never start a wrapped line with a space
-                    out.append(ch)
-                    self.col += 1
+                self.spaces += ch
             else:
                 self.word += ch
-                if len(self.word) >= self.width:  # a word longer than the line: hard break
+                if len(self.word) >= self.width:  # a word longer than a line: hard break
                     out.append(self._flush_word())
         return "".join(out)
 
     def _flush_word(self) -> str:
         if not self.word:
             return ""
-        w, self.word = self.word, ""
-        if self.col > 0 and self.col + len(w) > self.width:
+        w, lead = self.word, self.spaces
+        self.word, self.spaces = "", ""
+        if self.col > 0 and self.col + len(lead) + len(w) > self.width:
             self.col = len(w)
             return "\n" + w
-        self.col += len(w)
-        return w
+        self.col += len(lead) + len(w)
+        return lead + w
 
     def flush(self) -> str:
         return self._flush_word()
