@@ -30,7 +30,7 @@ log = logging.getLogger("corral.server")
 DRAIN_TIMEOUT = 30.0
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8", operation_id="metrics",
+@get("/metrics", media_type="text/plain; version=0.0.4", operation_id="metrics",
      tags=["operations"], include_in_schema=True)
 async def metrics_route(request: Request[Any, Any, Any]) -> str:
     """Prometheus text exposition of every server metric."""
@@ -53,8 +53,11 @@ def _quantizer(pm: pluggy.PluginManager | None) -> Any:
 def _register_gauges(metrics: Metrics, engine: Any) -> None:
     scheduler = getattr(engine, "scheduler", None)
     if scheduler is not None and hasattr(scheduler, "pending"):
-        metrics.gauge("corral_queue_depth", "Requests waiting for a model load or a decode slot",
-                      lambda: [({}, float(scheduler.pending()))])
+        def depth() -> list[tuple[dict[str, str], float]]:
+            pending = scheduler.pending
+            return [({}, float(pending() if callable(pending) else pending))]
+
+        metrics.gauge("corral_queue_depth", "Requests waiting for a model load or a decode slot", depth)
 
     def loaded() -> list[tuple[dict[str, str], float]]:
         return [({"model": r.name}, 1.0) for r in engine.running()]

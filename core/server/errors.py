@@ -65,29 +65,28 @@ def message_for(exc: BaseException) -> str:
     """The text a client sees. Unexpected exceptions never leak their details (paths, addresses)."""
     if isinstance(exc, E.CorralError):
         return exc.message
-    if isinstance(exc, ValidationException):
-        return validation_message(exc)
+    if isinstance(exc, ValidationException) or (isinstance(exc, HTTPException) and exc.status_code == 400):
+        return validation_message(exc)  # type: ignore[arg-type]
     if isinstance(exc, HTTPException):
         return str(exc.detail)
     return "internal server error"
 
 
-def validation_message(exc: ValidationException) -> str:
+def validation_message(exc: HTTPException) -> str:
     """A 400 message naming the offending field, from Litestar's/msgspec's validation details."""
     extra = exc.extra
-    if isinstance(extra, list) and extra:
-        first = extra[0]
-        if isinstance(first, dict):
-            msg = str(first.get("message", "")).strip()
-            key = first.get("key")
-            if "truncated" in msg or "malformed" in msg.lower() or "invalid json" in msg.lower():
-                return f"invalid JSON in request body: {msg}" if msg else "invalid JSON in request body"
-            if key:
-                return f"invalid field '{key}': {msg}" if msg else f"invalid field '{key}'"
-            if msg:
-                return msg
-    detail = str(exc.detail or "")
-    return detail or "invalid request"
+    msg, key = str(exc.detail or "").strip(), None
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        msg = str(extra[0].get("message", "")).strip() or msg
+        key = extra[0].get("key")
+    low = msg.lower()
+    if "truncated" in low or "malformed" in low or "invalid json" in low or "invalid utf-8" in low:
+        return f"invalid JSON in request body: {msg}"
+    if key and key != "data":  # "data" is Litestar's name for the whole body
+        return f"invalid field '{key}': {msg}"
+    if key == "data":
+        return f"invalid request body: {msg}"
+    return msg or "invalid request"
 
 
 def openai_type(status: int) -> str:
