@@ -88,7 +88,7 @@ class RunnerServer:
 
         try:
             pm = make_plugin_manager(self.config)
-            name = self.requested or select_backend(pm, self.config)[0]
+            name = select_backend(pm, self.config, self.requested)[0]
             self.hooks = BackendHooks(pm, name)
         except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, CorralError) else "BackendError"

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from corral.config import SETTINGS, Config
+from corral.config import Config
 from corral.errors import BackendError, CorralError, RunnerStoppedError
 from corral.runner import protocol as p
 from corral.runner.base import RUNNER_STOPPED, Runner
@@ -29,9 +29,9 @@ def runner_env(config: Config) -> dict[str, str]:
     Other variables (PATH, a plugin's own settings) pass through unchanged.
     """
     env = dict(os.environ)
-    for setting in SETTINGS:
-        env.pop(setting.env, None)
     env.update(config.to_env())
+    if config.load_plugins is None:  # "all plugins" is the variable's absence
+        env.pop("CORRAL_LOAD_PLUGINS", None)
     return env
 
 

@@ -42,7 +42,7 @@ class LocalRunner(Runner):
 
         def setup() -> Any:
             pm = self._pm or make_plugin_manager(self.config)
-            name = self.requested_backend or select_backend(pm, self.config)[0]
+            name = select_backend(pm, self.config, self.requested_backend)[0]
             return BackendHooks(pm, name)
 
         self._hooks = await asyncio.to_thread(setup)

@@ -1,0 +1,52 @@
+"""Fixtures for engine/scheduler/runner tests: a real store with tiny models and fake-backend configs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.config import Config
+from corral.store.records import CreateSpec
+from corral.store.store import Store
+from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (session fixtures)
+
+MODELS = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="session")
+def engine_store(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Store:  # noqa: F811
+    """One store for the whole engine suite: three names over the tiny GGUF blob."""
+    store = Store(tmp_path_factory.mktemp("engine-models"))
+    data = tiny_gguf.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def chunks() -> Any:
+        yield data
+
+    asyncio.run(store.put_blob(digest, chunks()))
+    for name in MODELS:
+        for _ in store.create(name, CreateSpec(files={"tiny.gguf": digest}, parameters={"temperature": 0})):
+            pass
+    return store
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, engine_store: Store) -> Callable[..., Config]:
+    """Config for the fake backend only, scripted by ``rules`` (CORRAL_FAKE_SCRIPT), plus overrides."""
+
+    def make(rules: list[dict[str, Any]] | None = None, **overrides: Any) -> Config:
+        script = tmp_path / f"fake-script-{len(list(tmp_path.iterdir()))}.json"
+        script.write_text(json.dumps(rules or []))
+        values: dict[str, Any] = dict(models=engine_store.root, home=tmp_path, load_plugins=(),
+                                      extra_plugins=("corral.testing.fake",), fake_script=str(script),
+                                      keep_alive=300.0)
+        values.update(overrides)
+        return Config(**values)
+
+    return make

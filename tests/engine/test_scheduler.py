@@ -1,0 +1,151 @@
+"""Scheduler behaviour through the engine on the fake backend, in-process runners (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from corral.engine import Engine
+from corral.errors import ServerBusyError
+from corral.jobs import GenerateJob
+from corral.runner import local_runners
+from corral.scheduler import BUSY
+
+
+def engine_for(config, store) -> Engine:
+    return Engine(config, store, runner_factory=local_runners(config))
+
+
+async def collect(engine: Engine, job: GenerateJob) -> list:
+    return [c async for c in engine.generate(job)]
+
+
+def test_loads_on_demand_and_reuses_the_runner(make_config, engine_store):
+    async def main():
+        engine = engine_for(make_config(), engine_store)
+        assert engine.running() == []
+        first = await collect(engine, GenerateJob(model="alpha", prompt="hello"))
+        assert first[-1].done and first[-1].done_reason in ("stop", "length")
+        [row] = engine.running()
+        assert row.name == "alpha:latest" and row.context_length > 0 and row.size > 0
+        runner = engine.scheduler._models["alpha:latest"].runner
+        second = await collect(engine, GenerateJob(model="alpha", prompt="hello again"))
+        assert second[-1].done
+        assert engine.scheduler._models["alpha:latest"].runner is runner  # no reload
+        # A fresh load costs more than attaching to a loaded model.
+        assert second[-1].metrics.load_duration < first[-1].metrics.load_duration
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_keep_alive_expiry_zero_and_forever(make_config, engine_store):
+    async def main():
+        engine = engine_for(make_config(), engine_store)
+        await collect(engine, GenerateJob(model="alpha", prompt="hi", keep_alive=0.3))
+        [row] = engine.running()
+        left = row.expires_at - datetime.now(timezone.utc)
+        assert timedelta(0) < left <= timedelta(seconds=0.3)
+        await asyncio.sleep(0.6)
+        assert engine.running() == []  # expired and unloaded
+
+        await collect(engine, GenerateJob(model="beta", prompt="hi", keep_alive=0))
+        await asyncio.sleep(0.05)  # the unload runs as a task right after the release
+        assert engine.running() == []
+
+        await collect(engine, GenerateJob(model="gamma", prompt="hi", keep_alive=float("inf")))
+        [row] = engine.running()
+        assert row.expires_at - datetime.now(timezone.utc) > timedelta(days=365 * 100)
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_lru_eviction_at_max_loaded_models(make_config, engine_store):
+    async def main():
+        engine = engine_for(make_config(max_loaded_models=2), engine_store)
+        await collect(engine, GenerateJob(model="alpha", prompt="a"))
+        await collect(engine, GenerateJob(model="beta", prompt="b"))
+        await collect(engine, GenerateJob(model="alpha", prompt="a again"))  # beta is now the LRU one
+        await collect(engine, GenerateJob(model="gamma", prompt="c"))
+        assert sorted(r.name for r in engine.running()) == ["alpha:latest", "gamma:latest"]
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_reload_when_num_ctx_changes(make_config, engine_store):
+    async def main():
+        engine = engine_for(make_config(context_length=512), engine_store)
+        await collect(engine, GenerateJob(model="alpha", prompt="a"))
+        first = engine.scheduler._models["alpha:latest"].runner
+        assert engine.running()[0].context_length == 512
+        await collect(engine, GenerateJob(model="alpha", prompt="a", options={"num_ctx": 256}))
+        assert engine.running()[0].context_length == 256
+        assert engine.scheduler._models["alpha:latest"].runner is not first
+        assert not first.alive
+        second = engine.scheduler._models["alpha:latest"].runner
+        same_ctx = {"num_ctx": 256, "temperature": 0.5}
+        await collect(engine, GenerateJob(model="alpha", prompt="a", options=same_ctx))
+        assert engine.scheduler._models["alpha:latest"].runner is second  # sampling options never reload
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_full_queue_answers_busy(make_config, engine_store):
+    rules = [{"match": "slow", "reply": "one two three four five six", "delay": 0.1}]
+
+    async def main():
+        engine = engine_for(make_config(rules, num_parallel=1, max_queue=1), engine_store)
+        holder = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
+        await asyncio.sleep(0.2)  # loaded and streaming: the only slot is taken
+        waiter = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
+        await asyncio.sleep(0.05)
+        assert engine.scheduler.pending == 1
+        with pytest.raises(ServerBusyError) as err:
+            await collect(engine, GenerateJob(model="alpha", prompt="third"))
+        assert str(err.value) == BUSY
+        # The queued request is served once the slot frees.
+        assert (await holder)[-1].done and (await waiter)[-1].done
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_cancel_mid_stream_frees_the_slot(make_config, engine_store):
+    rules = [{"match": "slow", "reply": "x" * 200, "delay": 0.05}]  # 10 s if run to the end
+
+    async def main():
+        engine = engine_for(make_config(rules, num_parallel=1), engine_store)
+        stream = engine.generate(GenerateJob(model="alpha", prompt="slow"))
+        first = await stream.__anext__()
+        assert first.content
+        await stream.aclose()  # what a client disconnect does to the server's iterator
+        t0 = time.monotonic()
+        chunks = await collect(engine, GenerateJob(model="alpha", prompt="quick"))
+        assert chunks[-1].done and time.monotonic() - t0 < 2.0
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_shutdown_drains_in_flight_requests(make_config, engine_store):
+    rules = [{"match": "slow", "reply": "abcdefgh", "delay": 0.05}]
+
+    async def main():
+        engine = engine_for(make_config(rules), engine_store)
+        task = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
+        await asyncio.sleep(0.1)
+        runner = engine.scheduler._models["alpha:latest"].runner
+        await engine.shutdown(drain_timeout=10)
+        chunks = await task
+        assert "".join(c.content for c in chunks) == "abcdefgh" and chunks[-1].done_reason == "stop"
+        assert not runner.alive and engine.running() == []
+        with pytest.raises(ServerBusyError):
+            await collect(engine, GenerateJob(model="alpha", prompt="late"))
+
+    asyncio.run(main())
