@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 from litestar import Request, Response, delete, get, head, post
+from litestar.params import FromPath, JSONBody
 
 import corral
 from corral.conversation import Message
@@ -26,7 +27,7 @@ def _streaming(flag: bool | None) -> bool:
 
 # ---- generation ----------------------------------------------------------------------------------
 @post("/api/generate", status_code=200, operation_id="generate", tags=["ollama"])
-async def generate(request: Req, data: W.GenerateRequest) -> Response[W.GenerateResponse]:
+async def generate(request: Req, data: JSONBody[W.GenerateRequest]) -> Response[W.GenerateResponse]:
     """Complete a prompt; NDJSON chunks unless ``stream`` is false."""
     svc, started = services(request), time.perf_counter()
     job = convert.generate_job(data)
@@ -37,7 +38,7 @@ async def generate(request: Req, data: W.GenerateRequest) -> Response[W.Generate
 
 
 @post("/api/chat", status_code=200, operation_id="chat", tags=["ollama"])
-async def chat(request: Req, data: W.ChatRequest) -> Response[W.ChatResponse]:
+async def chat(request: Req, data: JSONBody[W.ChatRequest]) -> Response[W.ChatResponse]:
     """One chat turn; NDJSON chunks unless ``stream`` is false."""
     svc, started = services(request), time.perf_counter()
     job = convert.chat_job(data)
@@ -48,7 +49,7 @@ async def chat(request: Req, data: W.ChatRequest) -> Response[W.ChatResponse]:
 
 
 @post("/api/embed", status_code=200, operation_id="embed", tags=["ollama"])
-async def embed(request: Req, data: W.EmbedRequest) -> W.EmbedResponse:
+async def embed(request: Req, data: JSONBody[W.EmbedRequest]) -> W.EmbedResponse:
     """Embeddings for one input or a list (L2-normalized)."""
     svc = services(request)
     out = await svc.engine.embed(convert.embed_job(data))
@@ -58,7 +59,7 @@ async def embed(request: Req, data: W.EmbedRequest) -> W.EmbedResponse:
 
 
 @post("/api/embeddings", status_code=200, operation_id="embeddings", tags=["ollama"])
-async def embeddings(request: Req, data: W.EmbeddingsRequest) -> W.EmbeddingsResponse:
+async def embeddings(request: Req, data: JSONBody[W.EmbeddingsRequest]) -> W.EmbeddingsResponse:
     """The legacy single embedding (not normalized)."""
     svc = services(request)
     out = await svc.engine.embed(convert.embeddings_job(data))
@@ -104,7 +105,7 @@ async def ps(request: Req) -> W.PsResponse:
     return W.PsResponse(models=out)
 
 
-def _model_name(data: W.ModelRequest) -> str:
+def _model_name(data: JSONBody[W.ModelRequest]) -> str:
     return common.require_model(data.model or data.name)
 
 
@@ -114,7 +115,7 @@ def _wire_message(m: Message) -> W.ChatMessage:
 
 
 @post("/api/show", status_code=200, operation_id="show", tags=["ollama"])
-async def show(request: Req, data: W.ModelRequest) -> W.ShowResponse:
+async def show(request: Req, data: JSONBody[W.ModelRequest]) -> W.ShowResponse:
     """Everything about one model: Modelfile, parameters, template, details, GGUF metadata."""
     name = _model_name(data)
     info = await anyio.to_thread.run_sync(services(request).store.show, name, data.verbose)
@@ -126,7 +127,7 @@ async def show(request: Req, data: W.ModelRequest) -> W.ShowResponse:
 
 
 @post("/api/copy", status_code=200, operation_id="copy", tags=["ollama"])
-async def copy(request: Req, data: W.CopyRequest) -> Response[None]:
+async def copy(request: Req, data: JSONBody[W.CopyRequest]) -> Response[None]:
     """Copy a model under a new name (the manifest only; blobs are shared)."""
     src, dst = common.require_model(data.source), common.require_model(data.destination)
     await anyio.to_thread.run_sync(services(request).store.copy, src, dst)
@@ -134,7 +135,7 @@ async def copy(request: Req, data: W.CopyRequest) -> Response[None]:
 
 
 @delete("/api/delete", status_code=200, operation_id="delete", tags=["ollama"])
-async def delete_model(request: Req, data: W.ModelRequest) -> Response[None]:
+async def delete_model(request: Req, data: JSONBody[W.ModelRequest]) -> Response[None]:
     """Delete a model; layers nothing else uses go too. A loaded copy is unloaded first."""
     svc = services(request)
     name = _model_name(data)
@@ -154,21 +155,21 @@ async def _progress(items: Any, stream: bool | None) -> Response[W.ProgressRespo
 
 
 @post("/api/pull", status_code=200, operation_id="pull", tags=["ollama"])
-async def pull(request: Req, data: W.ModelRequest) -> Response[W.ProgressResponse]:
+async def pull(request: Req, data: JSONBody[W.ModelRequest]) -> Response[W.ProgressResponse]:
     """Pull a model from its registry, streaming progress."""
     name = _model_name(data)
     return await _progress(services(request).store.pull(name, insecure=data.insecure), data.stream)
 
 
 @post("/api/push", status_code=200, operation_id="push", tags=["ollama"])
-async def push(request: Req, data: W.ModelRequest) -> Response[W.ProgressResponse]:
+async def push(request: Req, data: JSONBody[W.ModelRequest]) -> Response[W.ProgressResponse]:
     """Push a model to its registry, streaming progress."""
     name = _model_name(data)
     return await _progress(services(request).store.push(name, insecure=data.insecure), data.stream)
 
 
 @post("/api/create", status_code=200, operation_id="create", tags=["ollama"])
-async def create(request: Req, data: W.CreateRequest) -> Response[W.ProgressResponse]:
+async def create(request: Req, data: JSONBody[W.CreateRequest]) -> Response[W.ProgressResponse]:
     """Create a model from another model or uploaded blobs, streaming progress."""
     from corral.store.records import CreateSpec
 
@@ -183,14 +184,14 @@ async def create(request: Req, data: W.CreateRequest) -> Response[W.ProgressResp
 
 
 @head("/api/blobs/{digest:str}", operation_id="blob_exists", tags=["ollama"])
-async def blob_exists(request: Req, digest: str) -> Response[None]:
+async def blob_exists(request: Req, digest: FromPath[str]) -> Response[None]:
     """200 when the blob is stored, 404 otherwise."""
     found = await anyio.to_thread.run_sync(services(request).store.has_blob, digest)
     return Response(None, status_code=200 if found else 404)
 
 
 @post("/api/blobs/{digest:str}", operation_id="blob_upload", tags=["ollama"])
-async def blob_upload(request: Req, digest: str) -> Response[None]:
+async def blob_upload(request: Req, digest: FromPath[str]) -> Response[None]:
     """Store the raw body as a blob; 201 when created, 200 when it was already there."""
     created = await services(request).store.put_blob(digest, request.stream())
     return Response(None, status_code=201 if created else 200)

@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 from litestar import Request, Response, get, post
+from litestar.params import FromPath, JSONBody
 
 from corral.errors import ModelNotFoundError
 from corral.server.openai import convert
@@ -18,7 +19,8 @@ Req = Request[Any, Any, Any]
 
 
 @post("/v1/chat/completions", status_code=200, operation_id="openai_chat", tags=["openai"])
-async def chat_completions(request: Req, data: S.ChatCompletionRequest) -> Response[S.ChatCompletion]:
+async def chat_completions(request: Req,
+                           data: JSONBody[S.ChatCompletionRequest]) -> Response[S.ChatCompletion]:
     """Chat completion; SSE ``chat.completion.chunk`` events when ``stream`` is true."""
     svc, started = services(request), time.perf_counter()
     job = convert.chat_job(data)
@@ -30,7 +32,7 @@ async def chat_completions(request: Req, data: S.ChatCompletionRequest) -> Respo
 
 
 @post("/v1/completions", status_code=200, operation_id="openai_completions", tags=["openai"])
-async def completions(request: Req, data: S.CompletionRequest) -> Response[S.Completion]:
+async def completions(request: Req, data: JSONBody[S.CompletionRequest]) -> Response[S.Completion]:
     """Legacy text completion; SSE ``text_completion`` events when ``stream`` is true."""
     svc, started = services(request), time.perf_counter()
     job = convert.completion_job(data)
@@ -43,7 +45,7 @@ async def completions(request: Req, data: S.CompletionRequest) -> Response[S.Com
 
 
 @post("/v1/embeddings", status_code=200, operation_id="openai_embeddings", tags=["openai"])
-async def embeddings(request: Req, data: S.EmbeddingRequest) -> S.EmbeddingList:
+async def embeddings(request: Req, data: JSONBody[S.EmbeddingRequest]) -> S.EmbeddingList:
     """Embeddings as float lists or base64 little-endian float32 (the SDK's default)."""
     svc = services(request)
     job, b64 = convert.embed_job(data)
@@ -66,7 +68,7 @@ async def models(request: Req) -> S.ModelList:
 
 
 @get("/v1/models/{model:path}", operation_id="openai_model", tags=["openai"])
-async def model(request: Req, model: str) -> S.Model:
+async def model(request: Req, model: FromPath[str]) -> S.Model:
     """One model; namespaced names (``ns/name:tag``) work too."""
     name = model.lstrip("/")
     if not name:
