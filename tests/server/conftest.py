@@ -67,7 +67,8 @@ class Harness:
         self.fake = FakeBackend()
         self.pm = make_plugin_manager(config, load_entrypoints=False)
         self.pm.register(self.fake, name="fake")
-        self.engine = Engine(config, self.store, runner_factory=local_runners(config, pm=self.pm, backend="fake"))
+        runners = local_runners(config, pm=self.pm, backend="fake")
+        self.engine = Engine(config, self.store, runner_factory=runners)
         self.app = create_app(config, engine=self.engine, store=self.store, pm=self.pm)
 
 
