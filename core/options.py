@@ -1,0 +1,256 @@
+"""Ollama `options`: the option table, merge order, type checks, and the split into load/generation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from corral.errors import InvalidRequestError
+from corral.types import GenerationRequest, LoadOptions, SamplingParams
+
+if TYPE_CHECKING:
+    from corral.config import Config
+
+__all__ = [
+    "LOAD_KEYS", "OPTIONS", "REMOVED_OPTIONS", "Option", "check_option", "default_options",
+    "merge_options", "parse_parameter", "to_generation", "to_load_options",
+]
+
+log = logging.getLogger("corral.options")
+
+
+class Option(msgspec.Struct, frozen=True):
+    """One key of Ollama's ``options`` (and Modelfile ``PARAMETER``)."""
+
+    name: str
+    type: str  # int | float | bool | list[str]
+    default: Any  # None = decided elsewhere (config, backend)
+    load: bool  # a change means reloading the model
+    help: str
+
+
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("num_ctx", "int", None, True, "context length per sequence (default CORRAL_CONTEXT_LENGTH)"),
+    Option("num_batch", "int", 512, True, "prompt tokens evaluated per batch"),
+    Option("num_gpu", "int", -1, True, "layers offloaded to the GPU; -1 = as many as fit, 0 = CPU only"),
+    Option("main_gpu", "int", 0, True, "GPU used when the model sits on a single one"),
+    Option("use_mmap", "bool", None, True, "memory-map the model file (default: backend decides)"),
+    Option("num_thread", "int", 0, True, "CPU threads; 0 = backend decides"),
+    Option("draft_num_predict", "int", 0, True, "speculative draft tokens (accepted, unused)"),
+    Option("num_keep", "int", 4, False, "prompt tokens kept on a context shift; -1 = whole prompt"),
+    Option("seed", "int", -1, False, "sampling seed; -1 = random"),
+    Option("num_predict", "int", -1, False, "tokens to generate; -1 = until a stop"),
+    Option("top_k", "int", 40, False, "keep the k most likely tokens; 0 disables"),
+    Option("top_p", "float", 0.9, False, "nucleus sampling threshold, 0..1"),
+    Option("min_p", "float", 0.0, False, "drop tokens below min_p x the best one's probability"),
+    Option("typical_p", "float", 1.0, False, "locally typical sampling, 0..1; 1 disables"),
+    Option("repeat_last_n", "int", 64, False, "tokens the penalties look back at; 0 off, -1 = num_ctx"),
+    Option("temperature", "float", 0.8, False, "sampling temperature; 0 = greedy"),
+    Option("repeat_penalty", "float", 1.0, False, "penalty for repeated tokens; 1 disables"),
+    Option("presence_penalty", "float", 0.0, False, "penalty for tokens already present"),
+    Option("frequency_penalty", "float", 0.0, False, "penalty growing with a token's count"),
+    Option("stop", "list[str]", None, False, "stop strings (never part of the output)"),
+)}
+
+LOAD_KEYS = frozenset(k for k, o in OPTIONS.items() if o.load)
+
+# compat(ollama): removed options that clients (ollama-python) still send; ignored without a warning.
+REMOVED_OPTIONS = frozenset({
+    "mirostat", "mirostat_tau", "mirostat_eta", "low_vram", "f16_kv", "logits_all", "vocab_only",
+    "use_mlock", "numa", "penalize_newline", "tfs_z",
+})
+
+_TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]": "array of strings"}
+_MAX_CTX = 1 << 20  # no model is trained on more; a bigger request is a typo or an attack
+_MAX_STOPS, _MAX_STOP_LEN = 64, 1024
+_MAX_THREADS, _MAX_GPUS, _MAX_LAYERS = 1024, 64, 100_000
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def default_options() -> dict[str, Any]:
+    """The defaults of every option that has one (``num_ctx``, ``use_mmap``, ``stop`` have none)."""
+    return {k: o.default for k, o in OPTIONS.items() if o.default is not None}
+
+
+def check_option(name: str, value: Any, *, what: str = "option") -> Any:
+    """``value`` converted to the option's type, or InvalidRequestError naming the option."""
+    opt = OPTIONS[name]
+
+    def bad() -> InvalidRequestError:
+        return InvalidRequestError(f'{what} "{name}" must be of type {_TYPE_WORDS[opt.type]}')
+
+    if opt.type == "int":
+        # compat(ollama): JSON numbers are float64 in Go; a fraction is truncated, not rejected.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise bad()
+            value = math.trunc(value)
+        return int(value)
+    if opt.type == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad()
+        return float(value)
+    if opt.type == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
+        raise bad()
+    return list(value)
+
+
+def _layer(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if values is None:
+        return out
+    if not isinstance(values, Mapping):
+        raise InvalidRequestError(f"{what}s must be a JSON object")
+    for key, value in values.items():
+        if key in REMOVED_OPTIONS:
+            continue
+        if key not in OPTIONS:
+            log.warning("invalid option provided: %s", key)
+            continue
+        if value is None:  # compat(ollama): a null value means "not given"
+            continue
+        out[key] = check_option(key, value, what=what)
+    return out
+
+
+def merge_options(model_params: Mapping[str, Any] | None,
+                  request_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """defaults < the model's Modelfile parameters < the request's ``options``.
+
+    Unknown keys are ignored with a logged warning, removed legacy keys silently; a known key with
+    the wrong type raises ``InvalidRequestError('option "x" must be of type ...')``.
+    """
+    merged = default_options()
+    merged.update(_layer(model_params, "parameter"))
+    merged.update(_layer(request_options, "option"))
+    return merged
+
+
+def parse_parameter(name: str, values: Sequence[str]) -> Any:
+    """A Modelfile ``PARAMETER`` from its text (``stop`` may repeat, so values is a list).
+
+    Unknown names raise InvalidRequestError; removed ones return None (the caller drops them).
+    """
+    if name in REMOVED_OPTIONS:
+        return None
+    opt = OPTIONS.get(name)
+    if opt is None:
+        raise InvalidRequestError(f"unknown parameter {name!r}")
+    if opt.type == "list[str]":
+        return list(values)
+    if not values:
+        raise InvalidRequestError(f"parameter {name!r} needs a value")
+    text = values[-1].strip()
+    try:
+        if opt.type == "int":
+            return int(text)
+        if opt.type == "float":
+            v = float(text)
+            if not math.isfinite(v):
+                raise ValueError(text)
+            return v
+    except ValueError:
+        raise InvalidRequestError(f"invalid {_TYPE_WORDS[opt.type]} value {text!r} for {name}") from None
+    low = text.lower()
+    if low in ("true", "1", "t"):
+        return True
+    if low in ("false", "0", "f"):
+        return False
+    raise InvalidRequestError(f"invalid boolean value {text!r} for {name}")
+
+
+def _bounded(opts: Mapping[str, Any], name: str, lo: float, hi: float) -> Any:
+    value = opts.get(name, OPTIONS[name].default)
+    if value is not None and not lo <= value <= hi:
+        raise InvalidRequestError(f'option "{name}" must be between {lo:g} and {hi:g}, not {value}')
+    return value
+
+
+def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int | None = None,
+                    embedding: bool = False, adapters: Sequence[str] = ()) -> LoadOptions:
+    """The options that decide how a model is loaded; anything out of range is a 400.
+
+    ``num_ctx`` defaults to ``config.context_length`` and is capped at the model's trained context
+    when ``n_ctx_train`` is known (compat(ollama)); values below 4 become 4.
+    """
+    num_ctx = _bounded(opts, "num_ctx", 0, _MAX_CTX)
+    if num_ctx is None or num_ctx == 0:
+        num_ctx = config.context_length
+    if n_ctx_train and n_ctx_train > 0:
+        num_ctx = min(num_ctx, n_ctx_train)
+    num_ctx = max(4, num_ctx)
+    num_batch = _bounded(opts, "num_batch", 1, _MAX_CTX)
+    if config.kv_cache_type not in KV_CACHE_TYPES:
+        raise InvalidRequestError(
+            f"CORRAL_KV_CACHE_TYPE must be one of {', '.join(KV_CACHE_TYPES)}, not {config.kv_cache_type!r}")
+    return LoadOptions(
+        num_ctx=num_ctx,
+        num_parallel=max(1, config.num_parallel),
+        num_batch=num_batch,
+        num_gpu=_bounded(opts, "num_gpu", -1, _MAX_LAYERS),
+        main_gpu=_bounded(opts, "main_gpu", 0, _MAX_GPUS - 1),
+        num_thread=_bounded(opts, "num_thread", 0, _MAX_THREADS),
+        use_mmap=opts.get("use_mmap"),
+        flash_attention=config.flash_attention,
+        kv_cache_type=config.kv_cache_type,
+        embedding=embedding,
+        adapters=tuple(adapters),
+    )
+
+
+def to_generation(opts: Mapping[str, Any], prompt_tokens: Sequence[int] = (), *, n_ctx: int | None = None,
+                  grammar: str | None = None, shift: bool = True, logprobs: bool = False,
+                  top_logprobs: int = 0) -> GenerationRequest:
+    """The sampling and stopping rules of one request, checked; anything out of range is a 400.
+
+    ``n_ctx`` is the loaded context (for ``repeat_last_n: -1``); it defaults to ``opts["num_ctx"]``.
+    """
+    n_ctx = n_ctx or opts.get("num_ctx") or 4096
+    big = float(_MAX_CTX) * 16
+    temperature = _bounded(opts, "temperature", 0.0, 1e6)
+    top_k = _bounded(opts, "top_k", 0, big)
+    top_p = _bounded(opts, "top_p", 0.0, 1.0)
+    min_p = _bounded(opts, "min_p", 0.0, 1.0)
+    typical_p = _bounded(opts, "typical_p", 0.0, 1.0)
+    repeat_penalty = _bounded(opts, "repeat_penalty", 0.0, 1e6)
+    if repeat_penalty == 0:  # llama.cpp divides by it; 0 has always meant "off" in practice
+        repeat_penalty = 1.0
+    repeat_last_n = _bounded(opts, "repeat_last_n", -1, _MAX_CTX)
+    if repeat_last_n == -1:
+        repeat_last_n = n_ctx
+    presence = _bounded(opts, "presence_penalty", -1e6, 1e6)
+    frequency = _bounded(opts, "frequency_penalty", -1e6, 1e6)
+    seed = opts.get("seed", -1)
+    # llama.cpp seeds are 32-bit; any negative seed asks for a random one, as -1 does.
+    seed = -1 if seed < 0 else seed % (1 << 32)
+    num_predict = opts.get("num_predict", -1)
+    if num_predict < 0:  # compat(ollama): -1 until a stop, -2 until the context is full
+        num_predict = -1
+    num_keep = opts.get("num_keep", 4)
+    if num_keep < 0:  # -1 keeps the whole prompt
+        num_keep = len(prompt_tokens)
+    num_keep = min(num_keep, max(0, n_ctx - 1))
+    stop = [s for s in opts.get("stop") or () if s]
+    if len(stop) > _MAX_STOPS or any(len(s) > _MAX_STOP_LEN for s in stop):
+        raise InvalidRequestError(
+            f'option "stop" allows at most {_MAX_STOPS} strings of at most {_MAX_STOP_LEN} characters')
+    if not 0 <= top_logprobs <= 20:
+        raise InvalidRequestError("top_logprobs must be between 0 and 20")
+    sampling = SamplingParams(
+        temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p, typical_p=typical_p,
+        repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence,
+        frequency_penalty=frequency, seed=seed, grammar=grammar,
+    )
+    return GenerationRequest(prompt=list(prompt_tokens), sampling=sampling, num_predict=num_predict,
+                             stop=stop, num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,
+                             top_logprobs=top_logprobs)

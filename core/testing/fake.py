@@ -1,0 +1,482 @@
+"""The fake backend plugin: instant, deterministic and scriptable, for tests of everything above it.
+
+Register it in any process with ``CORRAL_EXTRA_PLUGINS=corral.testing.fake`` (the module itself is
+the plugin) or in-process with ``pm.register(FakeBackend(), name="fake")``. It loads any readable
+GGUF header (no weights), tokenizes UTF-8 bytes (id = byte + 3; 0 unk, 1 BOS, 2 EOS; the model's
+control tokens from 259 up), and replies deterministically. Replies can be scripted across processes
+with ``CORRAL_FAKE_SCRIPT=<rules.json>`` or in-process with ``FakeBackend.enqueue``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from corral.config import Config
+from corral.errors import (
+    BackendError,
+    ContextLengthError,
+    InvalidRequestError,
+    ModelLoadError,
+)
+from corral.gguf import file_type_name, read_gguf_info
+from corral.hookspecs import hookimpl
+from corral.textstream import StopMatcher, Utf8Decoder
+from corral.types import (
+    BackendInfo,
+    CancelToken,
+    DeviceInfo,
+    EmbeddingResult,
+    GenerationRequest,
+    GenerationStats,
+    LoadOptions,
+    MemoryUsage,
+    ModelHandle,
+    ModelInfo,
+    TokenEvent,
+    TokenLogprob,
+)
+
+__all__ = ["BYTE_OFFSET", "BOS", "EOS", "FakeBackend", "FakeCall", "Rule", "default_reply", "load_rules"]
+
+UNK, BOS, EOS = 0, 1, 2
+BYTE_OFFSET = 3  # token id of byte b is b + 3
+FIRST_SPECIAL = BYTE_OFFSET + 256
+DEFAULT_EMBED_DIM = 64
+QUANT_TYPES = {"q4_k_m": 15, "q4_k_s": 14, "q8_0": 7}  # accepted targets -> general.file_type
+QUANT_SOURCES = {0, 1, 32}  # F32, F16, BF16
+
+_WORDS = (
+    "the", "a", "river", "light", "model", "answer", "quiet", "bright", "small", "garden", "stone",
+    "paper", "cloud", "signal", "story", "window", "morning", "engine", "field", "simple", "green",
+    "tiny", "corral", "echo", "token", "reply", "is", "and", "of", "with", "under", "over", "near",
+)
+
+
+class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One scripted behaviour; the first rule whose ``match`` occurs in the prompt text wins."""
+
+    match: str = ""  # substring of the prompt text ("" matches every prompt)
+    reply: str | None = None  # None: the default deterministic reply
+    delay: float = 0.0  # seconds to wait before each token
+    error: str | None = None  # raise BackendError(error) (before the first token, or at error_after)
+    crash: bool = False  # os._exit the process (simulates a runner dying)
+    error_after: int | None = None  # tokens emitted before the error or crash
+
+
+class FakeCall(msgspec.Struct, kw_only=True):
+    """One call the fake backend saw, in ``FakeBackend.history``."""
+
+    op: str  # load | tokenize | detokenize | generate | embed | unload | quantize
+    handle: str = ""
+    path: str = ""
+    text: str = ""  # prompt text for generate, input text for tokenize
+    request: GenerationRequest | None = None
+    options: LoadOptions | None = None
+
+
+def load_rules(path: str | os.PathLike[str]) -> list[Rule]:
+    """Read a CORRAL_FAKE_SCRIPT file; a malformed one raises BackendError naming the file."""
+    try:
+        return msgspec.json.decode(Path(path).read_bytes(), type=list[Rule])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BackendError(f"fake backend: cannot read script {path}: {exc}") from None
+
+
+def default_reply(prompt_text: str, seed: int = 0, temperature: float = 0.0) -> str:
+    """The fake's unscripted reply: echoes the prompt's last words, then seeded filler words.
+
+    Temperature 0 ignores the seed (greedy is deterministic); otherwise the seed picks the words,
+    and seed -1 means a fresh random choice each time, like a real sampler.
+    """
+    if temperature > 0 and seed == -1:
+        seed = random.randrange(1 << 31)
+    key = f"{prompt_text}\x00{seed if temperature > 0 else 0}".encode()
+    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    visible = re.sub(r"<[^<>\s]{1,40}>", " ", prompt_text)  # drop template control tokens
+    echo = " ".join(visible.split()[-6:])
+    words = [rng.choice(_WORDS) for _ in range(rng.randrange(8, 16))]
+    head = f"You said: {echo}. " if echo else ""
+    return head + " ".join(words).capitalize() + "."
+
+
+class _Model:
+    """Per-handle state: the special-token table, the last sequence (for cached_tokens)."""
+
+    def __init__(self, handle: ModelHandle, specials: list[str], bos_text: str, eos_text: str) -> None:
+        self.handle = handle
+        self.specials = specials  # id FIRST_SPECIAL + i
+        self.special_ids = {s: FIRST_SPECIAL + i for i, s in enumerate(specials)}
+        self.special_ids.setdefault(bos_text, BOS)
+        self.special_ids.setdefault(eos_text, EOS)
+        self.names = {BOS: bos_text, EOS: eos_text, UNK: "<unk>"}
+        alts = sorted(self.special_ids, key=len, reverse=True)
+        self.special_re = re.compile("|".join(re.escape(s) for s in alts)) if alts else None
+        self.last_seq: list[int] = []
+        self.lock = threading.Lock()
+        self.embed_table: dict[int, list[float]] = {}
+
+
+class FakeBackend:
+    """The fake backend as an object: register one per test, script it with ``enqueue``."""
+
+    def __init__(self, name: str = "fake", priority: int = 1, *, usable: bool = True) -> None:
+        self.name, self.priority, self.usable = name, priority, usable
+        self.history: list[FakeCall] = []
+        self._queue: list[Rule] = []
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._config: Config | None = None
+
+    # ---- in-process scripting --------------------------------------------------------------------
+    def enqueue(self, reply: str | None = None, *, delay: float = 0.0, error: str | None = None,
+                crash: bool = False, error_after: int | None = None, match: str = "") -> None:
+        """Queue a behaviour for the next generate call (queued rules are used once, in order)."""
+        with self._lock:
+            self._queue.append(Rule(match=match, reply=reply, delay=delay, error=error, crash=crash,
+                                    error_after=error_after))
+
+    def _record(self, call: FakeCall) -> None:
+        with self._lock:
+            self.history.append(call)
+
+    def _rule_for(self, prompt_text: str) -> Rule | None:
+        with self._lock:
+            for i, rule in enumerate(self._queue):
+                if rule.match in prompt_text:
+                    return self._queue.pop(i)
+        config = self._config or Config.from_env()
+        if config.fake_script:
+            for rule in load_rules(config.fake_script):
+                if rule.match in prompt_text:
+                    return rule
+        return None
+
+    def _model(self, handle: ModelHandle) -> _Model:
+        model = self._models.get(handle.id)
+        if model is None:
+            raise InvalidRequestError(f"model {handle.id} is not loaded in the {self.name} backend")
+        return model
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    @hookimpl
+    def corral_probe_backend(self, config: Config) -> BackendInfo:
+        self._config = config
+        return BackendInfo(
+            name=self.name, priority=self.priority, usable=self.usable,
+            reason="test backend: deterministic fake replies, no inference" if self.usable
+            else "disabled for this test",
+            devices=[DeviceInfo(name="fake0", description="fake device", type="cpu")],
+            plugin="corral", version="0",
+        )
+
+    @hookimpl
+    def corral_load_model(self, path: str, options: LoadOptions,
+                          progress: Callable[[float], bool] | None) -> ModelHandle:
+        self._record(FakeCall(op="load", path=path, options=options))
+        if progress is not None and progress(0.0) is False:
+            raise ModelLoadError("model load cancelled")
+        info = read_gguf_info(path)  # raises InvalidModelFileError for non-GGUF and truncated files
+        kv = info.kv
+        arch = info.architecture or "unknown"
+        tokens = kv.get("tokenizer.ggml.tokens")
+        types = kv.get("tokenizer.ggml.token_type")
+        specials: list[str] = []
+        bos_text, eos_text = "<s>", "</s>"
+        if isinstance(tokens, list) and isinstance(types, list) and len(tokens) == len(types):
+            bos_id, eos_id = kv.get("tokenizer.ggml.bos_token_id"), kv.get("tokenizer.ggml.eos_token_id")
+            if isinstance(bos_id, int) and 0 <= bos_id < len(tokens):
+                bos_text = tokens[bos_id]
+            if isinstance(eos_id, int) and 0 <= eos_id < len(tokens):
+                eos_text = tokens[eos_id]
+            # control tokens (type 3) become special ids, except those already mapped
+            specials = [t for t, ty in zip(tokens, types, strict=True)
+                        if ty == 3 and t and t not in (bos_text, eos_text, "<unk>")]
+        n_embd = kv.get(f"{arch}.embedding_length")
+        n_embd = n_embd if isinstance(n_embd, int) and 0 < n_embd <= 65536 else DEFAULT_EMBED_DIM
+        n_train = kv.get(f"{arch}.context_length")
+        n_train = n_train if isinstance(n_train, int) and n_train > 0 else 2048
+        template = kv.get("tokenizer.chat_template")
+        size = max(0, info.file_size - info.tensor_data_offset)
+        minfo = ModelInfo(
+            architecture=arch, n_params=info.n_params, size=size, n_ctx_train=n_train,
+            n_ctx=options.num_ctx, n_parallel=options.num_parallel, n_embd=n_embd,
+            n_vocab=FIRST_SPECIAL + len(specials),
+            file_type=file_type_name(kv["general.file_type"]) if "general.file_type" in kv else "",
+            chat_template=template if isinstance(template, str) else None,
+            bos_token=bos_text, eos_token=eos_text,
+            add_bos=bool(kv.get("tokenizer.ggml.add_bos_token", True)),
+            pooling="mean" if options.embedding else "none",
+        )
+        handle = ModelHandle(id=f"{self.name}-{next(self._ids)}", backend=self.name, path=path,
+                             options=options, info=minfo, memory=MemoryUsage(total=size, vram=0),
+                             devices=("fake0",))
+        with self._lock:
+            self._models[handle.id] = _Model(handle, specials, bos_text, eos_text)
+        if progress is not None and progress(1.0) is False:
+            self.corral_unload(handle)
+            raise ModelLoadError("model load cancelled")
+        return handle
+
+    @hookimpl
+    def corral_tokenize(self, handle: ModelHandle, text: str, add_special: bool,
+                        parse_special: bool) -> list[int]:
+        model = self._model(handle)
+        out: list[int] = [BOS] if add_special and handle.info.add_bos else []
+        pos = 0
+        if parse_special and model.special_re is not None:
+            for m in model.special_re.finditer(text):
+                out += [b + BYTE_OFFSET for b in text[pos : m.start()].encode()]
+                out.append(model.special_ids[m.group()])
+                pos = m.end()
+        out += [b + BYTE_OFFSET for b in text[pos:].encode()]
+        return out
+
+    def _piece(self, model: _Model, token: int, render_special: bool) -> bytes:
+        if BYTE_OFFSET <= token < FIRST_SPECIAL:
+            return bytes((token - BYTE_OFFSET,))
+        if not 0 <= token < model.handle.info.n_vocab:
+            raise InvalidRequestError(
+                f"token id {token} is out of range (the vocabulary has {model.handle.info.n_vocab})")
+        if not render_special:
+            return b""
+        text = model.names.get(token) or model.specials[token - FIRST_SPECIAL]
+        return text.encode()
+
+    @hookimpl
+    def corral_detokenize(self, handle: ModelHandle, tokens: list[int], render_special: bool) -> str:
+        model = self._model(handle)
+        data = b"".join(self._piece(model, t, render_special) for t in tokens)
+        return data.decode("utf-8", errors="replace")
+
+    @hookimpl
+    def corral_generate(self, handle: ModelHandle, request: GenerationRequest,
+                        cancel: CancelToken) -> Iterator[TokenEvent]:
+        model = self._model(handle)
+        prompt_text = self.corral_detokenize(handle, request.prompt, True)
+        self._record(FakeCall(op="generate", handle=handle.id, text=prompt_text, request=request))
+        n_ctx = handle.info.n_ctx
+        truncated = False
+        if len(request.prompt) >= n_ctx:
+            if not request.shift:
+                raise ContextLengthError(
+                    f"the prompt ({len(request.prompt)} tokens) does not fit the context ({n_ctx})")
+            truncated = True
+        rule = self._rule_for(prompt_text)
+        return self._stream(model, request, cancel, prompt_text, rule, truncated)
+
+    def _reply_text(self, request: GenerationRequest, prompt_text: str, rule: Rule | None) -> str:
+        if rule is not None and rule.reply is not None:
+            return rule.reply
+        s = request.sampling
+        if s.grammar:
+            from corral.testing.gbnf import sample_grammar
+
+            seed = s.seed if s.temperature > 0 else 0
+            return sample_grammar(s.grammar, seed=hash_text(f"{prompt_text}\x00{seed}"))
+        return default_reply(prompt_text, s.seed, s.temperature)
+
+    def _stream(self, model: _Model, request: GenerationRequest, cancel: CancelToken,
+                prompt_text: str, rule: Rule | None, truncated: bool) -> Iterator[TokenEvent]:
+        t0 = time.perf_counter_ns()
+        with model.lock:
+            cached = _common_prefix(model.last_seq, request.prompt)
+        cached = min(cached, max(0, len(request.prompt) - 1))  # the last prompt token is always evaluated
+        t1 = time.perf_counter_ns()
+        reply = self._reply_text(request, prompt_text, rule)
+        ids = [b + BYTE_OFFSET for b in reply.encode()]
+        limit = request.num_predict if request.num_predict >= 0 else 10 * model.handle.info.n_ctx
+        if not request.shift:
+            limit = min(limit, max(0, model.handle.info.n_ctx - len(request.prompt)))
+        decoder, stops = Utf8Decoder(), StopMatcher(request.stop)
+        emitted: list[int] = []
+        finish = "stop"
+        fail_at = None
+        if rule is not None and (rule.error or rule.crash):
+            fail_at = rule.error_after if rule.error_after is not None else 0
+        ended = False  # by a stop string, the token limit or cancellation rather than the reply's end
+        for i, tok in enumerate(ids):
+            if fail_at is not None and i >= fail_at:
+                _fail(rule)
+            if cancel.cancelled or (rule is not None and rule.delay > 0 and cancel.wait(rule.delay)):
+                ended = True
+                break
+            if len(emitted) >= limit:
+                finish, ended = "length", True
+                break
+            emitted.append(tok)
+            text, stopped = stops.feed(decoder.feed(bytes((tok - BYTE_OFFSET,))))
+            lp, tops = _logprobs(tok, request) if request.logprobs else (None, None)
+            yield TokenEvent(token=tok, text=text, logprob=lp, top_logprobs=tops)
+            if stopped:
+                ended = True
+                break
+        if fail_at is not None and not ended:  # error_after at or beyond the reply's length
+            _fail(rule)
+        tail = "" if stops.stopped else stops.feed(decoder.flush())[0]
+        tail += stops.flush()
+        with model.lock:
+            model.last_seq = list(request.prompt) + emitted
+        t2 = time.perf_counter_ns()
+        stats = GenerationStats(prompt_tokens=len(request.prompt), cached_tokens=cached,
+                                prompt_eval_ns=max(1, t1 - t0), eval_count=len(emitted),
+                                eval_ns=max(1, t2 - t1), truncated=truncated)
+        yield TokenEvent(token=-1, text=tail, finish_reason=finish, stats=stats)
+
+    @hookimpl
+    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+        model = self._model(handle)
+        self._record(FakeCall(op="embed", handle=handle.id))
+        dim = handle.info.n_embd
+        out: list[list[float]] = []
+        for tokens in inputs:
+            if not tokens:
+                raise InvalidRequestError("cannot embed an empty input")
+            # bag of per-token random vectors: inputs sharing tokens point in similar directions
+            vec = [0.0] * dim
+            for t in tokens:
+                row = model.embed_table.get(t)
+                if row is None:
+                    rng = random.Random(t * 7919 + dim)
+                    row = model.embed_table.setdefault(t, [rng.gauss(0.0, 1.0) for _ in range(dim)])
+                vec = [a + b for a, b in zip(vec, row, strict=True)]
+            vec = [v / len(tokens) for v in vec]
+            if normalize:
+                norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+                vec = [v / norm for v in vec]
+            out.append(vec)
+        return EmbeddingResult(embeddings=out, prompt_tokens=sum(len(t) for t in inputs))
+
+    @hookimpl
+    def corral_unload(self, handle: ModelHandle) -> bool:
+        self._record(FakeCall(op="unload", handle=handle.id))
+        with self._lock:
+            self._models.pop(handle.id, None)
+        return True
+
+    @hookimpl
+    def corral_quantize(self, source: str, destination: str, file_type: str,
+                        progress: Callable[[float], bool] | None) -> bool:
+        """Copy ``source`` and relabel its ``general.file_type``; the tensors stay as they were."""
+        self._record(FakeCall(op="quantize", path=source, text=file_type))
+        target = QUANT_TYPES.get(file_type.lower())
+        if target is None:
+            raise InvalidRequestError(
+                f"unsupported quantization type {file_type!r}; use one of q4_K_M, q4_K_S, q8_0")
+        info = read_gguf_info(source, keep_arrays=False)
+        src_type = info.kv.get("general.file_type", 0)
+        if src_type not in QUANT_SOURCES:
+            raise InvalidRequestError(
+                f"cannot quantize a {file_type_name(src_type)} model; only F32, F16 and BF16 sources")
+        if progress is not None and progress(0.0) is False:
+            return False
+        tmp = destination + ".part"
+        shutil.copyfile(source, tmp)
+        if "general.file_type" in info.kv:
+            import gguf
+
+            reader = gguf.GGUFReader(tmp, "r+")
+            field = reader.fields["general.file_type"]
+            field.parts[field.data[0]][0] = target
+            del reader
+        os.replace(tmp, destination)
+        if progress is not None:
+            progress(1.0)
+        return True
+
+
+def hash_text(text: str) -> int:
+    """A process-independent 63-bit hash (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def _fail(rule: Rule) -> None:
+    if rule.crash:
+        os._exit(70)  # no cleanup, no exception: exactly like a native crash of the runner
+    raise BackendError(rule.error or "fake backend error")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _logprobs(tok: int, request: GenerationRequest) -> tuple[TokenLogprob, list[TokenLogprob] | None]:
+    """Made-up but well-formed: the chosen token is the most likely; alternatives are neighbours."""
+    def entry(t: int, lp: float) -> TokenLogprob:
+        b = bytes((t - BYTE_OFFSET,))
+        return TokenLogprob(token=t, text=b.decode("utf-8", errors="replace"), bytes=list(b), logprob=lp)
+
+    chosen = entry(tok, -0.05 - (tok % 7) * 0.01)
+    n = max(0, min(20, request.top_logprobs))
+    if not n:
+        return chosen, None
+    tops = [chosen]
+    for k in range(1, n):
+        alt = BYTE_OFFSET + (tok - BYTE_OFFSET + k) % 256
+        tops.append(entry(alt, chosen.logprob - 1.0 * k))
+    return chosen, tops
+
+
+# ---- the module is itself a plugin (CORRAL_EXTRA_PLUGINS=corral.testing.fake) ---------------------
+backend = FakeBackend()
+
+
+@hookimpl
+def corral_probe_backend(config: Config) -> BackendInfo:
+    return backend.corral_probe_backend(config)
+
+
+@hookimpl
+def corral_load_model(path: str, options: LoadOptions,
+                      progress: Callable[[float], bool] | None) -> ModelHandle:
+    return backend.corral_load_model(path, options, progress)
+
+
+@hookimpl
+def corral_tokenize(handle: ModelHandle, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    return backend.corral_tokenize(handle, text, add_special, parse_special)
+
+
+@hookimpl
+def corral_detokenize(handle: ModelHandle, tokens: list[int], render_special: bool) -> str:
+    return backend.corral_detokenize(handle, tokens, render_special)
+
+
+@hookimpl
+def corral_generate(handle: ModelHandle, request: GenerationRequest,
+                    cancel: CancelToken) -> Iterator[TokenEvent]:
+    return backend.corral_generate(handle, request, cancel)
+
+
+@hookimpl
+def corral_embed(handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+    return backend.corral_embed(handle, inputs, normalize)
+
+
+@hookimpl
+def corral_unload(handle: ModelHandle) -> bool:
+    return backend.corral_unload(handle)
+
+
+@hookimpl
+def corral_quantize(source: str, destination: str, file_type: str,
+                    progress: Callable[[float], bool] | None) -> bool:
+    return backend.corral_quantize(source, destination, file_type, progress)
+
