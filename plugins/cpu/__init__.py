@@ -1,1 +1,15 @@
-"""The cpu backend plugin."""
+"""The cpu backend plugin: llama.cpp on the CPU, with the best CPU variant that verifiably runs here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral_plugins._llama.backend import LlamaBackend
+from corral_plugins.cpu.probe import probe_cpu
+
+LIB_DIR = Path(__file__).resolve().parent / "_lib"
+PRIORITY = 100
+
+plugin = LlamaBackend("cpu", LIB_DIR, PRIORITY, probe_cpu)
+# pluggy registers this module: its hook functions are the instance's bound methods.
+globals().update(plugin.hooks())

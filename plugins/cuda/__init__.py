@@ -1,1 +1,15 @@
-"""The cuda backend plugin."""
+"""The cuda backend plugin: llama.cpp with NVIDIA GPU offload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral_plugins._llama.backend import LlamaBackend
+from corral_plugins.cuda.probe import probe_cuda
+
+LIB_DIR = Path(__file__).resolve().parent / "_lib"
+PRIORITY = 200
+
+plugin = LlamaBackend("cuda", LIB_DIR, PRIORITY, probe_cuda)
+# pluggy registers this module: its hook functions are the instance's bound methods.
+globals().update(plugin.hooks())

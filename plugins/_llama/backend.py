@@ -1,0 +1,227 @@
+"""The one hook implementation shared by the cpu, cuda and metal plugins (they differ in probe and folder)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from corral.config import Config
+from corral.errors import BackendError, BackendUnavailableError, CapabilityError, CorralError
+from corral.hookspecs import hookimpl
+from corral.types import (
+    BackendInfo,
+    CancelToken,
+    DeviceInfo,
+    EmbeddingResult,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    TokenEvent,
+)
+from corral_plugins._llama import library
+
+log = logging.getLogger("corral.llama.backend")
+
+HOOKS = ("corral_probe_backend", "corral_load_model", "corral_tokenize", "corral_detokenize",
+         "corral_generate", "corral_embed", "corral_unload", "corral_quantize")
+
+
+@dataclass
+class Probe:
+    """What a hardware probe found: usable or not and why, the modules to load, the devices."""
+
+    usable: bool
+    reason: str
+    modules: list[Path] = field(default_factory=list)
+    devices: list[DeviceInfo] = field(default_factory=list)
+
+
+ProbeFn = Callable[[Path, Config], Probe]
+
+
+@dataclass
+class _Loaded:
+    model: Any  # LlamaModel
+    batcher: Any = None  # Batcher, unless loaded for embeddings only
+    embedder: Any = None  # Embedder, created on the first embed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LlamaBackend:
+    """Hook implementations for one llama.cpp build folder.
+
+    Native libraries are loaded only when this backend loads a model (or quantizes), never by a
+    probe, so probing the cuda plugin on a machine without a driver cannot crash the process.
+    Native objects live in ``_models`` keyed by ``ModelHandle.id``; handles stay pure data.
+    """
+
+    def __init__(self, name: str, lib_dir: Path, priority: int, probe_fn: ProbeFn) -> None:
+        self.name = name
+        self.lib_dir = Path(lib_dir)
+        self.priority = priority
+        self.probe_fn = probe_fn
+        self._probe: Probe | None = None
+        self._models: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def hooks(self) -> dict[str, Callable[..., Any]]:
+        """The bound hook functions, for a plugin module to publish as its globals."""
+        return {h: getattr(self, h) for h in HOOKS}
+
+    # ---- discovery -----------------------------------------------------------------------------
+    def probe(self, config: Config | None = None) -> Probe:
+        """Run (once per process) the hardware probe; later calls reuse the answer."""
+        if self._probe is None:
+            try:
+                self._probe = self.probe_fn(self.lib_dir, config or Config.from_env())
+            except CorralError as exc:
+                self._probe = Probe(False, str(exc))
+            except Exception as exc:  # a probe never raises: the row says what broke
+                log.exception("probe of %s failed", self.name)
+                self._probe = Probe(False, f"probe failed: {type(exc).__name__}: {exc}")
+        return self._probe
+
+    @hookimpl
+    def corral_probe_backend(self, config: Config) -> BackendInfo:
+        p = self.probe(config)
+        devices = p.devices
+        native = library.loaded()
+        if native is not None and native.lib_dir == self.lib_dir.resolve():
+            devices = native.devices()
+        return BackendInfo(name=self.name, priority=self.priority, usable=p.usable, reason=p.reason,
+                           devices=list(devices), version=_build_version(self.lib_dir))
+
+    def native(self) -> library.Native:
+        p = self.probe()
+        if not p.usable:
+            raise BackendUnavailableError(f"backend {self.name!r} cannot run here: {p.reason}")
+        return library.load(self.lib_dir, p.modules)
+
+    # ---- models --------------------------------------------------------------------------------
+    @hookimpl
+    def corral_load_model(self, path: str, options: LoadOptions,
+                          progress: Callable[[float], bool] | None) -> ModelHandle:
+        from corral_plugins._llama.model import LlamaModel
+
+        native = self.native()
+        model = LlamaModel(native, path, options, progress)
+        entry = _Loaded(model=model)
+        try:
+            info = model.info
+            if not options.embedding:
+                from corral_plugins._llama.batcher import Batcher
+
+                entry.batcher = Batcher(native, model, options)
+                # LoRA adapters belong to a context; the batcher owns its context.
+                model.apply_adapters(entry.batcher._ctx)
+                info = msgspec.structs.replace(info, n_ctx=int(entry.batcher.n_ctx_seq),
+                                               can_shift=bool(entry.batcher.can_shift))
+            else:
+                entry.embedder = self._embedder(model, options)
+                info = msgspec.structs.replace(info, n_ctx=int(entry.embedder.n_batch))
+        except BaseException:
+            self._close(entry)
+            raise
+        handle = ModelHandle(id=uuid.uuid4().hex, backend=self.name, path=str(path), options=options,
+                             info=info, memory=model.memory(),
+                             devices=tuple(d.name for d in native.devices()))
+        with self._lock:
+            self._models[handle.id] = entry
+        return handle
+
+    @staticmethod
+    def _embedder(model: Any, options: LoadOptions) -> Any:
+        from corral_plugins._llama.embed import Embedder
+
+        return Embedder(model, options, n_threads=int(options.num_thread))
+
+    def _entry(self, handle: ModelHandle) -> _Loaded:
+        with self._lock:
+            entry = self._models.get(handle.id)
+        if entry is None:
+            raise BackendError(f"model {handle.path} is not loaded in backend {self.name!r} (unloaded?)")
+        return entry
+
+    @hookimpl
+    def corral_tokenize(self, handle: ModelHandle, text: str, add_special: bool,
+                        parse_special: bool) -> list[int]:
+        return self._entry(handle).model.tokenize(text, add_special, parse_special)
+
+    @hookimpl
+    def corral_detokenize(self, handle: ModelHandle, tokens: list[int], render_special: bool) -> str:
+        return self._entry(handle).model.detokenize(tokens, render_special)
+
+    @hookimpl
+    def corral_generate(self, handle: ModelHandle, request: GenerationRequest,
+                        cancel: CancelToken) -> Iterator[TokenEvent]:
+        entry = self._entry(handle)
+        if entry.batcher is None:
+            raise CapabilityError("this model was loaded for embeddings only; it cannot generate")
+        return entry.batcher.submit(request, cancel)
+
+    @hookimpl
+    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+        entry = self._entry(handle)
+        with entry.lock:  # one embedding context per model, made on first use
+            if entry.embedder is None:
+                try:
+                    entry.embedder = self._embedder(entry.model, handle.options)
+                except BackendError as exc:
+                    raise CapabilityError(f"model {handle.path} does not support embeddings: {exc}") from exc
+        return entry.embedder.embed(inputs, normalize)
+
+    @hookimpl
+    def corral_unload(self, handle: ModelHandle) -> bool:
+        with self._lock:
+            entry = self._models.pop(handle.id, None)
+        if entry is not None:
+            self._close(entry)
+        return True
+
+    @staticmethod
+    def _close(entry: _Loaded) -> None:
+        # The contexts go before the model they were made from.
+        if entry.batcher is not None:
+            entry.batcher.close()
+        if entry.embedder is not None:
+            entry.embedder.close()
+        entry.model.free()
+
+    @hookimpl
+    def corral_quantize(self, source: str, destination: str, file_type: str,
+                        progress: Callable[[float], bool] | None) -> bool | None:
+        # Quantization runs on the CPU whichever backend is active: the backend whose build this
+        # process already loaded answers, and if none is loaded yet the cpu backend does. Others
+        # return None so pluggy asks the next one (and no GPU library is loaded for nothing).
+        native = library.loaded()
+        if native is None:
+            if self.name != "cpu":
+                return None
+            native = self.native()
+        elif native.lib_dir != self.lib_dir.resolve():
+            return None
+        from corral_plugins._llama.quantize import quantize
+
+        return quantize(native, source, destination, file_type, progress)
+
+    def loaded_handles(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+
+def _build_version(lib_dir: Path) -> str:
+    info = lib_dir / "build-info.json"
+    try:
+        data = msgspec.json.decode(info.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    return str(data.get("pin") or "")[:9]  # the llama.cpp commit the build came from
