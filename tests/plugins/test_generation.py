@@ -1,0 +1,328 @@
+"""The llama.cpp generation engine (sampler chains + continuous-batching loop) on the real Gemma 3 270M."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.errors import ContextLengthError, GrammarError, InvalidRequestError
+from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams, TokenEvent
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    """(native, model) from the built cpu backend; skipped when the backend is not built here."""
+    try:
+        import corral_plugins.cpu as cpu_pkg
+        from corral_plugins._llama import library
+        from corral_plugins._llama.assets import gemma_gguf
+        from corral_plugins._llama.cpuvariant import choose_variant
+        from corral_plugins._llama.model import LlamaModel
+    except ImportError as exc:  # pragma: no cover - depends on the checkout
+        pytest.skip(f"llama binding not importable: {exc}")
+    lib_dir = Path(cpu_pkg.__file__).parent / "_lib"
+    if not any(lib_dir.glob("_llama_cpu*")):
+        pytest.skip("cpu backend not built: run build_backends.py --backend cpu")
+    path = gemma_gguf()
+    choice = choose_variant(lib_dir, model=path)
+    native = library.load(lib_dir, [choice.path])
+    model = LlamaModel(native, path, LoadOptions())
+    yield native, model
+    model.free()
+
+
+@pytest.fixture(scope="module")
+def engine(parts):
+    from corral_plugins._llama.batcher import Batcher
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=1024, num_parallel=4))
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def small(parts):
+    """A second context on the same model with a 256-token context, for shift and truncation."""
+    from corral_plugins._llama.batcher import Batcher
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=256, num_parallel=2))
+    yield b
+    b.close()
+
+
+def tok(parts, text: str) -> list[int]:
+    return parts[1].tokenize(text, True, False)
+
+
+def run(engine, prompt: list[int], cancel: CancelToken | None = None, **kw) -> list[TokenEvent]:
+    kw.setdefault("sampling", GREEDY)
+    return list(engine.submit(GenerationRequest(prompt=prompt, **kw), cancel or CancelToken()))
+
+
+def text_of(events: list[TokenEvent]) -> str:
+    return "".join(e.text for e in events)
+
+
+def tokens_of(events: list[TokenEvent]) -> list[int]:
+    return [e.token for e in events if e.token >= 0]
+
+
+def test_greedy_is_deterministic_and_ends_with_stats(parts, engine):
+    p = tok(parts, "The three primary colours are")
+    a = run(engine, p, num_predict=12)
+    b = run(engine, p, num_predict=12)
+    assert tokens_of(a) == tokens_of(b) and len(tokens_of(a)) == 12
+    assert text_of(a) == text_of(b) and text_of(a).strip()
+    last = a[-1]
+    assert last.finish_reason == "length" and all(e.finish_reason is None for e in a[:-1])
+    assert last.stats is not None and last.stats.prompt_tokens == len(p) and last.stats.eval_count == 12
+    assert last.stats.prompt_eval_ns > 0 and last.stats.eval_ns > 0
+    # The second run found the first one's KV: all but the last prompt token were reused.
+    assert b[-1].stats.cached_tokens == len(p) - 1
+
+
+def test_seeded_sampling_reproducible(parts, engine):
+    p = tok(parts, "Once upon a time")
+    s = SamplingParams(temperature=1.0, top_k=100, top_p=0.95, seed=1234)
+    a = run(engine, p, sampling=s, num_predict=16)
+    b = run(engine, p, sampling=s, num_predict=16)
+    assert tokens_of(a) == tokens_of(b)
+    others = {tuple(tokens_of(run(engine, p, sampling=SamplingParams(temperature=1.5, seed=k), num_predict=16)))
+              for k in (1, 2, 3)}
+    assert len(others) > 1  # different seeds really sample differently
+
+
+def test_concurrent_sequences_match_running_alone(parts, engine):
+    """Batched sequences see only their own KV: same tokens as alone, up to float noise.
+
+    Batch composition changes llama.cpp's matmul kernels (gemv vs repacked gemm), so logprobs move by a
+    few hundredths; two candidates that close may swap. Anything else (cross-talk between sequences,
+    wrong positions) shows up as a divergence where the alone run had a clear winner.
+    """
+    prompts = [tok(parts, t) for t in ("The sun is a", "Python is a programming", "My favourite food is",
+                                       "In 1492, Columbus")]
+    alone = [[e for e in run(engine, p, num_predict=10, top_logprobs=2) if e.token >= 0] for p in prompts]
+    results: list[list[TokenEvent]] = [[] for _ in prompts]
+
+    def worker(i: int) -> None:
+        results[i] = [e for e in run(engine, prompts[i], num_predict=10, logprobs=True) if e.token >= 0]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for a, c in zip(alone, results, strict=True):
+        assert len(c) == 10
+        for x, y in zip(a, c, strict=True):
+            if x.token != y.token:
+                top = x.top_logprobs
+                assert top[0].logprob - top[1].logprob < 0.3, "diverged where the choice was clear"
+                break
+            assert abs(x.top_logprobs[0].logprob - y.logprob.logprob) < 0.3
+
+
+def test_more_requests_than_slots_all_finish(parts, engine):
+    p = tok(parts, "Count: one, two,")
+    out: list[list[TokenEvent]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        ev = run(engine, p, num_predict=4)
+        with lock:
+            out.append(ev)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]  # 4 slots
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(out) == 6 and all(ev[-1].finish_reason == "length" for ev in out)
+    assert len({tuple(tokens_of(ev)) for ev in out}) == 1
+
+
+def test_cancel_stops_within_a_token_and_frees_the_slot(parts, engine):
+    cancel = CancelToken()
+    it = engine.submit(GenerationRequest(prompt=tok(parts, "List of animals:"), sampling=GREEDY,
+                                         num_predict=500), cancel)
+    got = []
+    for ev in it:
+        got.append(ev)
+        if len(got) == 3:
+            cancel.cancel()
+    assert got[-1].finish_reason == "stop"
+    assert got[-1].stats.eval_count <= 5
+    # All four slots are usable again: four concurrent requests finish.
+    done = []
+    threads = [threading.Thread(target=lambda: done.append(run(engine, tok(parts, "Hi"), num_predict=2)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(done) == 4
+
+
+def test_abandoned_stream_frees_the_slot(parts, engine):
+    it = engine.submit(GenerationRequest(prompt=tok(parts, "Tell me a story"), sampling=GREEDY,
+                                         num_predict=500), CancelToken())
+    next(it)
+    it.close()  # the consumer went away without cancelling
+    ev = run(engine, tok(parts, "Hello"), num_predict=2)
+    assert ev[-1].finish_reason == "length"
+
+
+def test_stop_strings_including_one_spanning_tokens(parts, engine):
+    p = tok(parts, "The capital of France is Paris. The capital of Germany is")
+    full = run(engine, p, num_predict=24)
+    pieces = [parts[1].token_bytes(t).decode("utf-8", "replace") for t in tokens_of(full)]
+    text = "".join(pieces)
+    # A stop string made of the end of one token and the start of the next.
+    k = next(i for i in range(2, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 2)
+    stop = pieces[k][-2:] + pieces[k + 1][:2]
+    cut = text.index(stop)
+    ev = run(engine, p, num_predict=24, stop=[stop])
+    assert text_of(ev) == text[:cut]
+    assert ev[-1].finish_reason == "stop"
+    assert stop not in text_of(ev)
+
+
+def test_num_predict_limits_and_finishes_with_length(parts, engine):
+    ev = run(engine, tok(parts, "Numbers:"), num_predict=5)
+    assert len(tokens_of(ev)) == 5 and ev[-1].finish_reason == "length" and ev[-1].stats.eval_count == 5
+    ev = run(engine, tok(parts, "Numbers:"), num_predict=0)
+    assert tokens_of(ev) == [] and ev[-1].finish_reason == "length"
+
+
+def test_grammar_constrains_output_to_json(parts, engine):
+    grammar = r'''
+root   ::= "{" ws "\"name\":" ws string "," ws "\"age\":" ws number ws "}"
+string ::= "\"" [a-zA-Z ]{1,12} "\""
+number ::= [1-9] [0-9]?
+ws     ::= [ ]?
+'''
+    s = SamplingParams(temperature=0.7, seed=7, grammar=grammar)
+    ev = run(engine, tok(parts, "A person as JSON:"), sampling=s, num_predict=60)
+    obj = json.loads(text_of(ev))
+    assert set(obj) == {"name", "age"} and isinstance(obj["age"], int)
+    assert ev[-1].finish_reason == "stop"  # the grammar allows only end-of-generation once complete
+
+
+def test_invalid_grammar_and_bad_input_raise_before_queueing(parts, engine):
+    p = tok(parts, "x")
+    with pytest.raises(GrammarError):
+        engine.submit(GenerationRequest(prompt=p, sampling=SamplingParams(grammar='root ::= "unterminated')),
+                      CancelToken())
+    with pytest.raises(GrammarError):
+        engine.submit(GenerationRequest(prompt=p, sampling=SamplingParams(grammar="root ::= missing")),
+                      CancelToken())
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest(prompt=[]), CancelToken())
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest(prompt=[10**9]), CancelToken())
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest(prompt=p, top_logprobs=21), CancelToken())
+    with pytest.raises(InvalidRequestError):
+        engine.submit(GenerationRequest(prompt=p, sampling=SamplingParams(logit_bias={10**9: 1.0})),
+                      CancelToken())
+    # Nothing was lost: the engine still serves.
+    assert run(engine, p, num_predict=2)[-1].finish_reason == "length"
+
+
+def test_logit_bias_bans_a_token(parts, engine):
+    p = tok(parts, "The capital of France is")
+    first = tokens_of(run(engine, p, num_predict=1))[0]
+    banned = run(engine, p, num_predict=1, sampling=SamplingParams(temperature=0, logit_bias={first: -1e9}))
+    assert tokens_of(banned)[0] != first
+
+
+def test_logprobs_shapes(parts, engine):
+    ev = run(engine, tok(parts, "The capital of France is"), num_predict=6, logprobs=True, top_logprobs=3)
+    toks = [e for e in ev if e.token >= 0]
+    assert len(toks) == 6
+    for e in toks:
+        assert e.logprob is not None and e.logprob.token == e.token and e.logprob.logprob <= 0
+        assert e.top_logprobs is not None and len(e.top_logprobs) == 3
+        lps = [t.logprob for t in e.top_logprobs]
+        assert lps == sorted(lps, reverse=True)
+        assert e.top_logprobs[0].token == e.token  # greedy picks the most likely token
+        assert e.top_logprobs[0].bytes == list(parts[1].token_bytes(e.token))
+    plain = run(engine, tok(parts, "The capital of France is"), num_predict=2)
+    assert all(e.logprob is None and e.top_logprobs is None for e in plain)
+
+
+def test_prefix_reuse_counts_cached_tokens(parts, engine):
+    history = tok(parts, "User: What is the tallest mountain on Earth? Model:")
+    first = run(engine, history, num_predict=8)
+    follow = history + tokens_of(first) + parts[1].tokenize(" User: And the second tallest? Model:", False)
+    second = run(engine, follow, num_predict=4)
+    st = second[-1].stats
+    assert st.prompt_tokens == len(follow)
+    assert st.cached_tokens >= len(history) + len(tokens_of(first)) - 1
+
+
+def test_shared_prefix_is_evaluated_once(parts, engine):
+    system = tok(parts, "You are a careful assistant. " * 40)
+    prompts = [system + parts[1].tokenize(f" Question {i}: what is {i} plus {i}?", False) for i in range(3)]
+    results: list[list[TokenEvent] | None] = [None] * 3
+
+    def worker(i: int) -> None:
+        results[i] = run(engine, prompts[i], num_predict=3)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    cached = sorted(r[-1].stats.cached_tokens for r in results)
+    # Whoever evaluated the system prompt, the other two reused at least most of it.
+    assert cached[1] >= len(system) - 16 and cached[2] >= len(system) - 16
+
+
+def test_context_shift_and_its_absence(parts, small):
+    p = tok(parts, "Write a very long list of fruits: apple, banana, cherry,")
+    ev = run(small, p, num_predict=300)
+    assert ev[-1].finish_reason == "length" and ev[-1].stats.eval_count == 300
+    assert ev[-1].stats.truncated  # the context (256) was shifted to go on
+    ev = run(small, p, num_predict=300, shift=False)
+    assert ev[-1].finish_reason == "length" and ev[-1].stats.eval_count < 256
+
+
+def test_long_prompt_truncated_or_refused(parts, small):
+    p = tok(parts, "word " * 400)
+    assert len(p) > 256
+    with pytest.raises(ContextLengthError, match="the prompt is longer than the context length"):
+        small.submit(GenerationRequest(prompt=p, shift=False), CancelToken())
+    ev = run(small, p, num_predict=2, num_keep=4)
+    st = ev[-1].stats
+    assert st.truncated and st.prompt_tokens == 256 - (256 - 5) // 2  # keep 4 + BOS
+
+
+def test_multibyte_text_is_never_split(parts, engine):
+    p = tok(parts, "日本語の文章を書いてください。東京は")
+    ev = run(engine, p, num_predict=30)
+    raw = b"".join(parts[1].token_bytes(t) for t in tokens_of(ev))
+    assert text_of(ev) == raw.decode("utf-8", "replace")
+    assert any(ord(c) > 0x2FFF for c in text_of(ev))  # the model did write CJK
+    assert all("\ufffd" not in e.text for e in ev)
+
+
+def test_close_is_idempotent_and_refuses_new_work(parts):
+    from corral_plugins._llama.batcher import Batcher
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=256, num_parallel=1))
+    t0 = time.monotonic()
+    b.close()
+    b.close()
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(Exception, match="unload"):
+        b.submit(GenerationRequest(prompt=tok(parts, "x")), CancelToken())
