@@ -131,7 +131,7 @@ async def copy(request: Req, data: JSONBody[W.CopyRequest]) -> Response[None]:
     """Copy a model under a new name (the manifest only; blobs are shared)."""
     src, dst = common.require_model(data.source), common.require_model(data.destination)
     await anyio.to_thread.run_sync(services(request).store.copy, src, dst)
-    return Response(None, status_code=200)
+    return Response(b"", status_code=200)
 
 
 @delete("/api/delete", status_code=200, operation_id="delete", tags=["ollama"])
@@ -142,7 +142,7 @@ async def delete_model(request: Req, data: JSONBody[W.ModelRequest]) -> Response
     record = await anyio.to_thread.run_sync(svc.store.get, name)
     await svc.engine.unload(record.display)
     await anyio.to_thread.run_sync(svc.store.delete, name)
-    return Response(None, status_code=200)
+    return Response(b"", status_code=200)
 
 
 async def _progress(items: Any, stream: bool | None) -> Response[W.ProgressResponse]:
