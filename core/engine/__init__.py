@@ -20,9 +20,9 @@ from corral.scheduler import Lease, RunningModel, Scheduler
 from corral.types import GenerationRequest, LoadOptions, TokenEvent
 
 try:
-    from corral.prompts import check_capabilities, plan_chat, plan_generate
+    from corral.prompts import capabilities, check_capabilities, plan_chat, plan_generate
 except ImportError:  # until corral.prompts lands; see engine/fallback.py
-    from corral.engine.fallback import check_capabilities, plan_chat, plan_generate
+    from corral.engine.fallback import capabilities, check_capabilities, plan_chat, plan_generate
 try:
     from corral.options import merge_options, to_generation, to_load_options
 except ImportError:  # until corral.options lands
@@ -73,9 +73,24 @@ class Engine:
                 self._kv_cache[key] = None
         return self._kv_cache[key]
 
-    def _load_options(self, record: Any, options: dict[str, Any]) -> tuple[dict[str, Any], LoadOptions]:
+    def _load_options(self, record: Any, kv: dict[str, Any] | None, options: dict[str, Any], *,
+                      top_logprobs: int = 0) -> tuple[dict[str, Any], LoadOptions]:
+        """Merged options and the load options they imply; every 400 about options is raised here,
+        before anything is loaded."""
         opts = merge_options(getattr(record, "params", None) or {}, options)
-        return opts, to_load_options(opts, self.config)
+        to_generation(opts, top_logprobs=top_logprobs)  # validation only: a bad value is a 400 now
+        n_ctx_train = None
+        if kv:
+            trained = kv.get(f"{kv.get('general.architecture', '')}.context_length")
+            n_ctx_train = trained if isinstance(trained, int) and trained > 0 else None
+        caps = capabilities(record, kv)
+        embedding_only = "embedding" in caps and "completion" not in caps
+        adapters = [str(p) for p in getattr(record, "adapters", None) or []]
+        load = to_load_options(opts, self.config, n_ctx_train=n_ctx_train, embedding=embedding_only,
+                               adapters=adapters)
+        if embedding_only:  # compat(ollama): embedding models always run one sequence at a time
+            load = msgspec.structs.replace(load, num_parallel=1)
+        return opts, load
 
     async def _load_only(self, record: Any, load: LoadOptions, keep_alive: float | None,
                          start: int) -> Chunk:
@@ -122,24 +137,21 @@ class Engine:
                  shift: bool, logprobs: bool, top_logprobs: int) -> GenerationRequest:
         if not truncate and len(tokens) >= n_ctx:
             raise ContextLengthError(PROMPT_TOO_LONG)
-        sampling, num_predict, stop, num_keep = to_generation(opts)
-        if plan.grammar:
-            sampling = msgspec.structs.replace(sampling, grammar=plan.grammar)
-        stops = list(dict.fromkeys([*stop, *(getattr(plan, "stop", None) or [])]))
-        return GenerationRequest(prompt=tokens, sampling=sampling, num_predict=num_predict, stop=stops,
-                                 num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,
-                                 top_logprobs=top_logprobs)
+        request = to_generation(opts, tokens, n_ctx=n_ctx, grammar=plan.grammar, shift=shift,
+                                logprobs=logprobs, top_logprobs=top_logprobs)
+        extra = getattr(plan, "stop", None) or []
+        if extra:  # the template's end-of-turn strings, after the user's own stops
+            request = msgspec.structs.replace(request, stop=list(dict.fromkeys([*request.stop, *extra])))
+        return request
 
     # ---- jobs -----------------------------------------------------------------------------------
     async def generate(self, job: GenerateJob) -> AsyncIterator[Chunk]:
         """Stream a completion; the last chunk has ``done=True``, metrics and (unless raw) context."""
         start = time.monotonic_ns()
-        if job.raw and (job.template or job.system or job.context):
-            raise InvalidRequestError("raw mode does not support template, system, or context")
         needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
                                                                          else [])
-        record, _kv = await self._resolve(job.model, needed)
-        opts, load = self._load_options(record, job.options)
+        record, kv = await self._resolve(job.model, needed)
+        opts, load = self._load_options(record, kv, job.options, top_logprobs=job.top_logprobs)
         if not job.prompt and not job.suffix and not job.images:
             yield await self._load_only(record, load, job.keep_alive, start)
             return
@@ -164,8 +176,8 @@ class Engine:
         start = time.monotonic_ns()
         needed = ["completion"] + (["tools"] if job.tools else [])
         needed += ["thinking"] if _wants(job.think) else []
-        record, _kv = await self._resolve(job.model, needed)
-        opts, load = self._load_options(record, job.options)
+        record, kv = await self._resolve(job.model, needed)
+        opts, load = self._load_options(record, kv, job.options, top_logprobs=job.top_logprobs)
         if not job.messages:
             yield await self._load_only(record, load, job.keep_alive, start)
             return
@@ -192,8 +204,8 @@ class Engine:
         start = time.monotonic_ns()
         if job.dimensions is not None and job.dimensions < 1:
             raise InvalidRequestError("dimensions must be greater than 0")
-        record, _kv = await self._resolve(job.model, [])
-        _opts, load = self._load_options(record, job.options)
+        record, kv = await self._resolve(job.model, [])
+        _opts, load = self._load_options(record, kv, job.options)
         lease = await self.scheduler.acquire(record, load, job.keep_alive)
         try:
             if not job.inputs:
