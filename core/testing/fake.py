@@ -95,7 +95,7 @@ def load_rules(path: str | os.PathLike[str]) -> list[Rule]:
 
 
 def default_reply(prompt_text: str, seed: int = 0, temperature: float = 0.0) -> str:
-    """The fake's unscripted reply: echoes the prompt's last words, then seeded filler words.
+    """The fake's unscripted reply: seeded filler words, then an echo of the prompt's last words.
 
     Temperature 0 ignores the seed (greedy is deterministic); otherwise the seed picks the words,
     and seed -1 means a fresh random choice each time, like a real sampler.
@@ -107,8 +107,8 @@ def default_reply(prompt_text: str, seed: int = 0, temperature: float = 0.0) -> 
     visible = re.sub(r"<[^<>\s]{1,40}>", " ", prompt_text)  # drop template control tokens
     echo = " ".join(visible.split()[-6:])
     words = [rng.choice(_WORDS) for _ in range(rng.randrange(8, 16))]
-    head = f"You said: {echo}. " if echo else ""
-    return head + " ".join(words).capitalize() + "."
+    tail = f" You said: {echo}." if echo else ""
+    return " ".join(words).capitalize() + "." + tail
 
 
 class _Model:

@@ -1,0 +1,270 @@
+"""The backend contract suite: a pytest mixin every backend plugin's tests subclass.
+
+Usage, in a plugin's test module::
+
+    from corral.testing.contract import BackendContract
+
+    class TestMyBackend(BackendContract):
+        expect_capital_paris = False
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def backend_hooks(cls):
+            pm = make_plugin_manager(Config(load_plugins=("mine",)))
+            return BackendHooks(pm, "mine")
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def model_path(cls, tiny_gguf):
+            return str(tiny_gguf)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.errors import CorralError, InvalidModelFileError
+from corral.selection import BackendHooks
+from corral.types import (
+    CancelToken,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    SamplingParams,
+    TokenEvent,
+)
+
+__all__ = ["BackendContract", "JSON_GRAMMAR", "collect"]
+
+# A small JSON object grammar; bounded string lengths so even a random-weight model finishes.
+JSON_GRAMMAR = r"""
+root   ::= "{" ws "\"name\"" ws ":" ws string ws "," ws "\"n\"" ws ":" ws number ws "}"
+string ::= "\"" [a-zA-Z ]{1,12} "\""
+number ::= "-"? [0-9]{1,4}
+ws     ::= " "?
+"""
+GREEDY = SamplingParams(temperature=0.0, seed=0)
+
+
+def collect(events: Iterator[TokenEvent]) -> tuple[str, list[int], TokenEvent]:
+    """(visible text, generated token ids, final event) of one generation stream."""
+    text, tokens, last = [], [], None
+    for ev in events:
+        text.append(ev.text)
+        if ev.token >= 0:
+            tokens.append(ev.token)
+        last = ev
+    assert last is not None, "the stream produced no events"
+    assert last.finish_reason in ("stop", "length"), f"last event has finish_reason {last.finish_reason!r}"
+    assert last.stats is not None, "the last event carries no stats"
+    return "".join(text), tokens, last
+
+
+class BackendContract:
+    """Tests every backend must pass. Subclasses provide ``backend_hooks`` and ``model_path``."""
+
+    expect_capital_paris: bool = False  # True for a real model that knows its geography
+    prompt_text: str = "The capital of France is"
+    max_cancel_seconds: float = 5.0
+
+    # ---- fixtures a subclass overrides ---------------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend_hooks(cls) -> BackendHooks:
+        raise NotImplementedError("override the backend_hooks fixture in your BackendContract subclass")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model_path(cls) -> str:
+        raise NotImplementedError("override the model_path fixture in your BackendContract subclass")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def load_options(cls) -> LoadOptions:
+        return LoadOptions(num_ctx=512, num_parallel=2, num_batch=256)
+
+    # ---- fixtures the suite builds from them ---------------------------------------------------
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, backend_hooks: BackendHooks, model_path: str,
+              load_options: LoadOptions) -> Iterator[ModelHandle]:
+        handle = backend_hooks.load_model(str(model_path), load_options)
+        yield handle
+        backend_hooks.unload(handle)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def prompt(cls, backend_hooks: BackendHooks, model: ModelHandle) -> list[int]:
+        return backend_hooks.tokenize(model, cls.prompt_text, add_special=True, parse_special=False)
+
+    def generate(self, hooks: BackendHooks, model: ModelHandle, prompt: list[int],
+                 **kw: object) -> tuple[str, list[int], TokenEvent]:
+        request = GenerationRequest(prompt=prompt, **kw)  # type: ignore[arg-type]
+        return collect(hooks.generate(model, request, CancelToken()))
+
+    # ---- the contract --------------------------------------------------------------------------
+    def test_model_info_is_plausible(self, model: ModelHandle, load_options: LoadOptions) -> None:
+        info = model.info
+        assert info.architecture and info.n_vocab > 0 and info.n_embd > 0 and info.n_ctx_train > 0
+        assert 0 < info.n_ctx <= max(load_options.num_ctx, info.n_ctx_train) * 2
+        assert model.backend and model.id
+
+    @pytest.mark.parametrize("text", ["hello world", "héllo 世界 🙂", "a\nb\tc  d"])
+    def test_tokenize_round_trip(self, backend_hooks: BackendHooks, model: ModelHandle, text: str) -> None:
+        tokens = backend_hooks.tokenize(model, text, add_special=False, parse_special=False)
+        assert tokens and all(isinstance(t, int) and 0 <= t < model.info.n_vocab for t in tokens)
+        assert backend_hooks.detokenize(model, tokens) == text
+        with_bos = backend_hooks.tokenize(model, text, add_special=True, parse_special=False)
+        assert len(with_bos) >= len(tokens)
+
+    def test_greedy_is_deterministic(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                     prompt: list[int]) -> None:
+        a = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=16)
+        b = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=16)
+        assert a[:2] == b[:2]
+        assert a[2].stats is not None and a[2].stats.prompt_tokens == len(prompt)
+        assert a[2].stats.eval_count == len(a[1])
+
+    def test_seeded_sampling_is_reproducible(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                             prompt: list[int]) -> None:
+        def run(seed: int) -> list[int]:
+            s = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=seed)
+            return self.generate(backend_hooks, model, prompt, sampling=s, num_predict=12)[1]
+
+        assert run(42) == run(42)
+        assert len({tuple(run(seed)) for seed in (1, 2, 3, 4)}) >= 2, "different seeds gave one output"
+
+    def test_stop_strings_are_never_emitted(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                            prompt: list[int]) -> None:
+        free, _, _ = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=24)
+        if len(free) < 6:
+            pytest.skip(f"the model's greedy output is too short to pick a stop string from: {free!r}")
+        stop = free[len(free) // 2 : len(free) // 2 + 3]
+        expect = free[: free.find(stop)]
+        text, _, last = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=24,
+                                      stop=[stop])
+        assert stop not in text
+        assert text == expect
+        assert last.finish_reason == "stop"
+
+    def test_num_predict_ends_with_length(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                          prompt: list[int]) -> None:
+        _, tokens, last = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=3)
+        assert last.finish_reason == "length"
+        assert len(tokens) == 3 and last.stats is not None and last.stats.eval_count == 3
+
+    def test_cancel_ends_the_stream_promptly(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                             prompt: list[int]) -> None:
+        cancel = CancelToken()
+        request = GenerationRequest(prompt=prompt, sampling=GREEDY, num_predict=100_000)
+        events = backend_hooks.generate(model, request, cancel)
+        seen = 0
+        t0 = 0.0
+        last: TokenEvent | None = None
+        for ev in events:
+            seen += 1
+            last = ev
+            if seen == 2:
+                cancel.cancel()
+                t0 = time.monotonic()
+        assert t0, "the stream ended before it could be cancelled"
+        assert time.monotonic() - t0 < self.max_cancel_seconds
+        assert last is not None and last.finish_reason == "stop"
+        assert seen < 40, f"{seen} events arrived after cancel"
+
+    def test_logprobs_are_well_formed(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                      prompt: list[int]) -> None:
+        request = GenerationRequest(prompt=prompt, sampling=GREEDY, num_predict=4, logprobs=True,
+                                    top_logprobs=3)
+        events = [ev for ev in backend_hooks.generate(model, request, CancelToken()) if ev.token >= 0]
+        assert events
+        for ev in events:
+            assert ev.logprob is not None and ev.logprob.logprob <= 0 and ev.logprob.token == ev.token
+            assert ev.top_logprobs is not None and len(ev.top_logprobs) == 3
+            lps = [t.logprob for t in ev.top_logprobs]
+            assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
+            assert ev.top_logprobs[0].token == ev.token  # greedy picks the most likely
+
+    def test_grammar_constrains_output(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                       prompt: list[int]) -> None:
+        s = SamplingParams(temperature=0.0, grammar=JSON_GRAMMAR)
+        text, _, last = self.generate(backend_hooks, model, prompt, sampling=s, num_predict=64)
+        value = json.loads(text)
+        assert set(value) == {"name", "n"} and isinstance(value["n"], int)
+        assert last.finish_reason == "stop"
+
+    def test_parallel_greedy_matches_sequential(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                                prompt: list[int]) -> None:
+        other = backend_hooks.tokenize(model, "Once upon a time", add_special=True, parse_special=False)
+        want = [self.generate(backend_hooks, model, p, sampling=GREEDY, num_predict=8)[1]
+                for p in (prompt, other)]
+        got: dict[int, list[int]] = {}
+
+        def worker(i: int, p: list[int]) -> None:
+            got[i] = self.generate(backend_hooks, model, p, sampling=GREEDY, num_predict=8)[1]
+
+        threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate((prompt, other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [got.get(0), got.get(1)] == want
+
+    def test_embeddings_have_shape_and_unit_norm(self, backend_hooks: BackendHooks, model_path: str,
+                                                 load_options: LoadOptions) -> None:
+        opts = LoadOptions(num_ctx=load_options.num_ctx, num_parallel=1, num_batch=load_options.num_batch,
+                           embedding=True)
+        handle = backend_hooks.load_model(str(model_path), opts)
+        try:
+            inputs = [backend_hooks.tokenize(handle, t, add_special=True, parse_special=False)
+                      for t in ("the sky is blue", "hello world")]
+            result = backend_hooks.embed(handle, inputs, normalize=True)
+            assert len(result.embeddings) == 2
+            assert result.prompt_tokens == sum(len(i) for i in inputs)
+            for vec in result.embeddings:
+                assert len(vec) == handle.info.n_embd
+                assert math.isclose(math.sqrt(sum(v * v for v in vec)), 1.0, rel_tol=1e-3)
+            again = backend_hooks.embed(handle, inputs[:1], normalize=True).embeddings[0]
+            assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(again, result.embeddings[0],
+                                                                          strict=True))
+        finally:
+            backend_hooks.unload(handle)
+
+    def test_unload_is_idempotent(self, backend_hooks: BackendHooks, model_path: str) -> None:
+        handle = backend_hooks.load_model(str(model_path), LoadOptions(num_ctx=256, num_parallel=1))
+        backend_hooks.unload(handle)
+        backend_hooks.unload(handle)
+
+    def test_non_gguf_file_is_rejected(self, backend_hooks: BackendHooks, tmp_path: Path) -> None:
+        bad = tmp_path / "not-a-model.gguf"
+        bad.write_text("this is not a model\n" * 100)
+        with pytest.raises(InvalidModelFileError):
+            backend_hooks.load_model(str(bad), LoadOptions(num_ctx=256, num_parallel=1))
+
+    def test_truncated_file_is_rejected(self, backend_hooks: BackendHooks, model_path: str,
+                                        tmp_path: Path) -> None:
+        size = Path(model_path).stat().st_size
+        cut = tmp_path / "truncated.gguf"
+        with open(model_path, "rb") as src, open(cut, "wb") as dst:
+            dst.write(src.read(min(size // 2, 8 << 20)))
+        with pytest.raises(InvalidModelFileError):
+            backend_hooks.load_model(str(cut), LoadOptions(num_ctx=256, num_parallel=1))
+
+    def test_missing_file_is_a_clear_error(self, backend_hooks: BackendHooks, tmp_path: Path) -> None:
+        with pytest.raises(CorralError):
+            backend_hooks.load_model(str(tmp_path / "nope.gguf"), LoadOptions(num_ctx=256, num_parallel=1))
+
+    def test_capital_of_france(self, backend_hooks: BackendHooks, model: ModelHandle,
+                               prompt: list[int]) -> None:
+        if not self.expect_capital_paris:
+            pytest.skip("this model is not expected to know (expect_capital_paris = False)")
+        text, _, _ = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=8)
+        assert "Paris" in text
+

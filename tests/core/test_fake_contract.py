@@ -1,0 +1,29 @@
+"""The backend contract suite run against the fake backend (in-process) on the tiny GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.config import Config
+from corral.plugins import make_plugin_manager
+from corral.selection import BackendHooks
+from corral.testing.contract import BackendContract
+from corral.testing.fake import FakeBackend
+
+
+class TestFakeBackendContract(BackendContract):
+    expect_capital_paris = False
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend_hooks(cls) -> BackendHooks:
+        pm = make_plugin_manager(Config(), load_entrypoints=False)
+        pm.register(FakeBackend(), name="fake")
+        return BackendHooks(pm, "fake")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model_path(cls, tiny_gguf: Path) -> str:
+        return str(tiny_gguf)
