@@ -1,0 +1,158 @@
+"""Model capabilities (completion, embedding, tools, insert, thinking, vision) and template markers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from corral.errors import CapabilityError, TemplateError
+from corral.prompts import gotemplate
+from corral.prompts.goparse import Branch, Field, Text, walk_fields
+
+# (open, close) reasoning markers, in the order they are looked for in a template
+THINK_MARKERS: list[tuple[str, str]] = [
+    ("<think>", "</think>"),
+    ("<|START_THINKING|>", "<|END_THINKING|>"),
+    ("[THINK]", "[/THINK]"),
+    ("<seed:think>", "</seed:think>"),
+]
+# tool-call openers recognised in any model's output, besides the one the template names
+COMMON_TOOL_TAGS = ["<tool_call>", "[TOOL_CALLS]", "<|python_tag|>"]
+_EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder",
+                    "modern-bert", "neo-bert", "roberta", "xlm-roberta", "gte"}
+
+
+def template_source(record: Any, gguf_kv: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(Go template, Jinja template) the model would render with; at most one is not None."""
+    go = getattr(record, "template", None) or None
+    if go:
+        return go, None
+    jinja = (gguf_kv or {}).get("tokenizer.chat_template")
+    return None, jinja if isinstance(jinja, str) and jinja else None
+
+
+def think_markers(go: str | None, jinja: str | None) -> tuple[str, str] | None:
+    """The reasoning markers a template uses, or None when the model does not think."""
+    src = go or jinja or ""
+    for pair in THINK_MARKERS:
+        if pair[0] in src and pair[1] in src:
+            return pair
+    if go is not None:
+        try:
+            tmpl = gotemplate.load(go)
+        except TemplateError:
+            return None
+        if "think" in tmpl.vars or "thinking" in tmpl.vars and "<think>" in src:
+            return THINK_MARKERS[0]
+    return None
+
+
+def _has_tools(go: str | None, jinja: str | None) -> bool:
+    if go is not None:
+        try:
+            return "tools" in gotemplate.load(go).vars
+        except TemplateError:
+            return False
+    return bool(jinja) and re.search(r"\btools\b", jinja or "") is not None
+
+
+def _has_suffix(go: str | None) -> bool:
+    if go is None:
+        return False
+    try:
+        return "suffix" in gotemplate.load(go).vars
+    except TemplateError:
+        return False
+
+
+def tool_tag(go: str | None, jinja: str | None) -> str:
+    """The text that opens a tool call, as Ollama infers it: the first text inside `if .ToolCalls`.
+
+    "{" means bare JSON objects (Llama 3 style) are tool calls.
+    """
+    if go is not None:
+        try:
+            root = gotemplate.load(go).tree.root
+        except TemplateError:
+            return "{"
+        branch = _find_toolcalls_if(root)
+        text = _first_text(branch.body) if branch else None
+        if text is None:
+            return "{"
+        tag = text.replace("\r\n", "\n").split("{", 1)[0].strip()
+        # `[TOOL_CALLS][` : the array bracket belongs to the JSON, not to the tag
+        tag = tag.rstrip("[").strip() if tag.endswith("[") and len(tag) > 1 else tag
+        return tag or "{"
+    for tag in COMMON_TOOL_TAGS:
+        if jinja and tag in jinja:
+            return tag
+    return "{"
+
+
+def _find_toolcalls_if(nodes: list[Any]) -> Branch | None:
+    for n in nodes:
+        if isinstance(n, Branch):
+            if n.kind == "if" and any("ToolCalls" in f.names for f in _pipe_fields(n)):
+                return n
+            found = _find_toolcalls_if(n.body) or _find_toolcalls_if(n.else_body or [])
+            if found:
+                return found
+    return None
+
+
+def _pipe_fields(b: Branch) -> list[Field]:
+    from corral.prompts.goparse import Action
+
+    return walk_fields([Action(b.pipe, b.line)])
+
+
+def _first_text(nodes: list[Any]) -> str | None:
+    for n in nodes:
+        if isinstance(n, Text) and n.text.strip():
+            return n.text
+        if isinstance(n, Branch):
+            t = _first_text(n.body)
+            if t is not None:
+                return t
+    return None
+
+
+def capabilities(record: Any, gguf_kv: dict[str, Any] | None) -> list[str]:
+    """Ollama's capability list for a model, from its template, GGUF metadata and projector."""
+    kv = gguf_kv or {}
+    arch = str(kv.get("general.architecture") or "")
+    caps: list[str] = []
+    embedding = (f"{arch}.pooling_type" in kv) or arch in _EMBEDDING_ARCHS
+    caps.append("embedding" if embedding else "completion")
+    go, jinja = template_source(record, gguf_kv)
+    if not embedding:
+        if _has_tools(go, jinja):
+            caps.append("tools")
+        if _has_suffix(go):
+            caps.append("insert")
+    if getattr(record, "projector", None) or any(".vision." in k for k in kv):
+        caps.append("vision")
+    if not embedding and think_markers(go, jinja) is not None:
+        caps.append("thinking")
+    return caps
+
+
+def _full_name(record: Any) -> str:
+    name = getattr(record, "name", None)
+    return str(getattr(name, "full", None) or name or getattr(record, "display", "model"))
+
+
+def _short_name(record: Any) -> str:
+    return str(getattr(record, "display", None) or getattr(getattr(record, "name", None), "display", None)
+               or _full_name(record))
+
+
+def check_capabilities(record: Any, gguf_kv: dict[str, Any] | None, needed: list[str]) -> None:
+    """Raise CapabilityError (Ollama's wording) for the first capability in `needed` the model lacks."""
+    have = capabilities(record, gguf_kv)
+    for cap in needed:
+        if cap in have:
+            continue
+        if cap == "thinking":
+            raise CapabilityError(f'"{_short_name(record)}" does not support thinking')
+        raise CapabilityError(f"{_full_name(record)} does not support {cap}")

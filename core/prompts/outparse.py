@@ -1,0 +1,267 @@
+"""Streaming parser for model output: splits thinking, tool calls and content without partial markers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from typing import Any
+
+import msgspec
+
+from corral.conversation import Tool, ToolCall
+from corral.prompts.capabilities import COMMON_TOOL_TAGS
+
+_ID_CHARS = string.ascii_lowercase + string.digits
+_CLOSERS = ("</tool_call>", "<|eom_id|>", "<|eot_id|>")
+
+
+class ParsedDelta(msgspec.Struct, kw_only=True):
+    """What one piece of model output adds to the answer."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+
+
+def _partial_suffix(buf: str, markers: list[str]) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of one of `markers`."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(buf)), best, -1):
+            if buf.endswith(m[:n]):
+                best = n
+                break
+    return best
+
+
+def _json_end(s: str, start: int) -> int | None:
+    """Index just past the JSON object/array starting at `start`, or None while it is incomplete."""
+    depth = 0
+    in_str = False
+    esc = False
+    for i in range(start, len(s)):
+        c = s[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+class _ThinkSplitter:
+    def __init__(self, markers: tuple[str, str], inside: bool) -> None:
+        self.open, self.close = markers
+        self.inside = inside
+        self.seen_open = inside
+        self.done = False  # reasoning happens once, at the start of the answer
+        self.buf = ""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, str]:
+        """(thinking, content) that is safe to release."""
+        self.buf += text
+        thinking, content = "", ""
+        while True:
+            if self.done:
+                content += self.buf
+                self.buf = ""
+                break
+            if not self.inside:
+                stripped = self.buf.lstrip()
+                if stripped.startswith(self.open):
+                    self.buf = stripped[len(self.open):]
+                    self.inside = self.seen_open = True
+                    continue
+                if not final and (not stripped or self.open.startswith(stripped)):
+                    break  # could still become the opening marker
+                self.done = True
+                continue
+            idx = self.buf.find(self.close)
+            if idx >= 0:
+                thinking += self.buf[:idx]
+                self.buf = self.buf[idx + len(self.close):].lstrip()
+                self.inside = False
+                self.done = True
+                continue
+            keep = 0 if final else _partial_suffix(self.buf, [self.close])
+            thinking += self.buf[: len(self.buf) - keep]
+            self.buf = self.buf[len(self.buf) - keep:]
+            break
+        return thinking, content
+
+
+class _ToolExtractor:
+    def __init__(self, tools: list[Tool], tag: str) -> None:
+        self.names = {t.name for t in tools}
+        self.tag = tag
+        self.tags = [t for t in dict.fromkeys([tag, *COMMON_TOOL_TAGS]) if t != "{"]
+        self.buf = ""
+        self.in_call = False
+        self.call_text = ""  # raw text of the call being parsed, released as content if it is not one
+        self.at_start = True  # nothing but whitespace released yet: a bare `{` may open a call
+        self.index = 0
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCall]]:
+        self.buf += text
+        content = ""
+        calls: list[ToolCall] = []
+        while self.buf:
+            if not self.in_call:
+                pos, taglen = self._find_opener()
+                if pos < 0:
+                    keep = 0 if final else _partial_suffix(self.buf, self.tags)
+                    out = self.buf[: len(self.buf) - keep]
+                    content += out
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    self.at_start = self.at_start and not out.strip()
+                    break
+                content += self.buf[:pos]
+                self.call_text = self.buf[pos: pos + taglen]
+                self.buf = self.buf[pos + taglen:]
+                self.in_call = True
+                continue
+            parsed = self._parse_calls(final)
+            if parsed is None:
+                break  # wait for more text
+            ok, new_calls = parsed
+            if ok:
+                calls.extend(new_calls)
+                self.at_start = False
+            else:
+                content += self.call_text
+                self.at_start = False
+            self.call_text = ""
+            self.in_call = False
+        if final and self.in_call:
+            content += self.call_text + self.buf
+            self.buf, self.call_text, self.in_call = "", "", False
+        return content, calls
+
+    def _find_opener(self) -> tuple[int, int]:
+        best = (-1, 0)
+        for t in self.tags:
+            i = self.buf.find(t)
+            if i >= 0 and (best[0] < 0 or i < best[0]):
+                best = (i, len(t))
+        brace = self.buf.find("{")
+        bare_ok = self.tag == "{" or (self.at_start and not self.buf[:max(brace, 0)].strip())
+        if brace >= 0 and bare_ok and (best[0] < 0 or brace < best[0]):
+            best = (brace, 0)
+        return best
+
+    def _parse_calls(self, final: bool) -> tuple[bool, list[ToolCall]] | None:
+        """Consume one tool-call payload from buf; None = incomplete, (False, []) = not a tool call."""
+        s = self.buf
+        i = len(s) - len(s.lstrip())
+        if i == len(s):
+            return (False, []) if final else None
+        if s[i] not in "{[":
+            # Mistral's newer form: [TOOL_CALLS]name[ARGS]{...}
+            j = s.find("[ARGS]", i)
+            if j > i and s[i:j].strip().replace("_", "").replace("-", "").isalnum():
+                end = _json_end(s, j + 6) if j + 6 < len(s) and s[j + 6] == "{" else None
+                if end is None:
+                    return None if not final and len(s) - i < 1 << 16 else (False, [])
+                name = s[i:j].strip()
+                try:
+                    args = json.loads(s[j + 6:end])
+                except ValueError:
+                    return False, []
+                if name not in self.names:
+                    return False, []
+                self.call_text += s[:end]
+                self.buf = s[end:]
+                self._skip_closers()
+                return True, [self._call(name, args)]
+            return False, []
+        end = _json_end(s, i)
+        if end is None:
+            # an unbalanced payload longer than any real call is text
+            return None if not final and len(s) < 1 << 20 else (False, [])
+        try:
+            value = json.loads(s[i:end])
+        except ValueError:
+            return False, []
+        items = value if isinstance(value, list) else [value]
+        calls: list[ToolCall] = []
+        for item in items:
+            call = self._to_call(item)
+            if call is None:
+                return False, []
+            calls.append(call)
+        self.call_text += s[:end]
+        self.buf = s[end:]
+        self._skip_closers()
+        return True, calls
+
+    def _skip_closers(self) -> None:
+        stripped = self.buf.lstrip()
+        for c in _CLOSERS:
+            if stripped.startswith(c):
+                self.buf = stripped[len(c):]
+                return
+
+    def _to_call(self, item: Any) -> ToolCall | None:
+        if not isinstance(item, dict):
+            return None
+        if isinstance(item.get("function"), dict):  # {"type": "function", "function": {...}}
+            item = item["function"]
+        name = item.get("name")
+        args = item.get("arguments", item.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return None
+        if not isinstance(name, str) or name not in self.names or not isinstance(args, dict):
+            return None
+        return self._call(name, args)
+
+    def _call(self, name: str, args: dict[str, Any]) -> ToolCall:
+        call_id = "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+        call = ToolCall(name=name, arguments=args, id=call_id, index=self.index)
+        self.index += 1
+        return call
+
+
+class OutputParser:
+    """Feeds on generated text; each delta carries only text that can no longer change meaning.
+
+    Thinking is split off first (when enabled), then tool calls are cut out of the content (when
+    the request has tools). A call is emitted once, whole, with an id and index; text that opened
+    like a call but is not one comes back as content.
+    """
+
+    def __init__(self, *, think_markers: tuple[str, str] | None = None, starts_thinking: bool = False,
+                 tools: list[Tool] | None = None, tool_tag: str = "{") -> None:
+        self._think = _ThinkSplitter(think_markers, starts_thinking) if think_markers else None
+        self._tools = _ToolExtractor(tools, tool_tag) if tools else None
+        self._thinking_started = False
+
+    def _step(self, text: str, final: bool) -> ParsedDelta:
+        thinking, content = self._think.feed(text, final) if self._think else ("", text)
+        if thinking and not self._thinking_started:
+            thinking = thinking.lstrip()
+            self._thinking_started = bool(thinking)
+        calls: list[ToolCall] = []
+        if self._tools is not None:
+            content, calls = self._tools.feed(content, final)
+        return ParsedDelta(content=content, thinking=thinking, tool_calls=calls)
+
+    def feed(self, text: str) -> ParsedDelta:
+        return self._step(text, False)
+
+    def finish(self) -> ParsedDelta:
+        """Flush what was held back; an unfinished tool call comes out as content."""
+        return self._step("", True)

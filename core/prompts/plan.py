@@ -1,0 +1,249 @@
+"""Prompt assembly for chat and generate jobs: which template, what it sees, truncation, grammar."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.conversation import Message, Tool
+from corral.errors import CapabilityError, InvalidRequestError
+from corral.jobs import ChatJob, Format, GenerateJob, Think
+from corral.prompts import gotemplate, jinja
+from corral.prompts.capabilities import (
+    _full_name,
+    _has_suffix,
+    _has_tools,
+    _short_name,
+    think_markers,
+    tool_tag,
+)
+from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf
+from corral.prompts.outparse import OutputParser
+
+IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
+# end-of-turn strings that real templates close a turn with; a model that prints one as text is done
+_TURN_ENDS = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<｜end▁of▁sentence｜>",
+              "<|endoftext|>", "</s>"]
+
+
+@dataclass
+class PromptPlan:
+    """What the engine feeds the backend for one job, and how to read what comes back."""
+
+    text: str
+    add_special: bool = True  # the tokenizer should add BOS (False when the text already has it)
+    grammar: str | None = None  # GBNF from `format`
+    stop: list[str] = field(default_factory=list)  # extra stop strings the template implies
+    images: list[bytes] = field(default_factory=list)
+    think: bool = False  # reasoning is split out of the output
+    think_markers: tuple[str, str] = ("<think>", "</think>")
+    starts_thinking: bool = False  # the prompt opened the think block: output starts inside it
+    tools: list[Tool] = field(default_factory=list)
+    tool_tag: str = "{"
+    truncated: bool = False  # history messages were dropped to fit num_ctx
+
+    def new_parser(self) -> OutputParser:
+        """A fresh streaming parser for this plan's output (thinking, tool calls, content)."""
+        return OutputParser(
+            think_markers=self.think_markers if self.think else None,
+            starts_thinking=self.think and self.starts_thinking,
+            tools=self.tools,
+            tool_tag=self.tool_tag,
+        )
+
+
+# ---- shared steps ---------------------------------------------------------------------------------
+def grammar_for(fmt: Format) -> str | None:
+    """GBNF for Ollama's `format`: None/"" (no constraint), "json", or a JSON-schema object."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return JSON_GBNF
+    if isinstance(fmt, dict):
+        return schema_to_gbnf(fmt)
+    if isinstance(fmt, str):
+        # compat(ollama): a JSON-schema object may arrive as a JSON-encoded string
+        try:
+            decoded = json.loads(fmt)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            return schema_to_gbnf(decoded)
+    raise InvalidRequestError(f'invalid format: expected "json" or a valid JSON schema, got {fmt!r}')
+
+
+def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
+    level = think if isinstance(think, str) else ""
+    return {"Think": enabled, "ThinkLevel": level, "IsThinkSet": think is not None}
+
+
+def _resolve_think(record: Any, think: Think, markers: tuple[str, str] | None) -> bool:
+    if isinstance(think, str) and think not in ("low", "medium", "high", "max"):
+        raise InvalidRequestError(
+            f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)')
+    wanted = think is True or isinstance(think, str)
+    if wanted and markers is None:
+        raise CapabilityError(f'"{_short_name(record)}" does not support thinking')
+    # compat(ollama): thinking-capable models think unless told not to
+    return markers is not None and think is not False
+
+
+def _as_message(m: Any) -> Message:
+    if isinstance(m, Message):
+        return m
+    if isinstance(m, dict):
+        return Message(role=str(m.get("role", "user")), content=str(m.get("content", "")))
+    return Message(role=str(getattr(m, "role", "user")), content=str(getattr(m, "content", "")))
+
+
+def _stops(src: str) -> list[str]:
+    return [s for s in _TURN_ENDS if s in src]
+
+
+class _Renderer:
+    """Renders a message list with the template that wins for this model and request."""
+
+    def __init__(self, go: str | None, jinja_src: str | None, bos: str, eos: str, think: Think,
+                 think_on: bool) -> None:
+        self.go = gotemplate.load(go) if go is not None else None
+        self.jinja = jinja_src if go is None else None
+        if self.go is None and self.jinja is None:
+            self.go = gotemplate.load(gotemplate.DEFAULT_TEMPLATE)
+        self.bos, self.eos = bos, eos
+        self.think, self.think_on = think, think_on
+
+    def render(self, messages: list[Message], tools: list[Tool]) -> str:
+        if self.go is not None:
+            return self.go.render(messages, tools, _think_vars(self.think, self.think_on))
+        return self._render_jinja(messages, tools)
+
+    def _render_jinja(self, messages: list[Message], tools: list[Tool]) -> str:
+        assert self.jinja is not None
+        prefill = bool(messages) and messages[-1].role == "assistant"
+        variables: dict[str, Any] = {
+            "messages": [_jinja_message(m) for m in messages],
+            "tools": [_jinja_tool(t) for t in tools] or None,
+            "add_generation_prompt": not prefill,
+            "bos_token": self.bos,
+            "eos_token": self.eos,
+        }
+        if self.think is not None:
+            variables["enable_thinking"] = self.think_on
+            variables["thinking"] = self.think_on
+            if isinstance(self.think, str):
+                variables["reasoning_effort"] = self.think
+        text = jinja.render_chat(self.jinja, variables.pop("messages"), variables)
+        if prefill and messages[-1].content:
+            # continue the final assistant message: cut what the template put after its content
+            cut = text.rfind(messages[-1].content)
+            if cut >= 0:
+                text = text[: cut + len(messages[-1].content)]
+        return text
+
+
+def _jinja_message(m: Message) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.thinking:
+        d["reasoning_content"] = m.thinking
+        d["thinking"] = m.thinking
+    if m.tool_calls:
+        d["tool_calls"] = [{"id": tc.id or f"call_{i}", "type": "function",
+                            "function": {"name": tc.name, "arguments": tc.arguments}}
+                           for i, tc in enumerate(m.tool_calls)]
+    if m.tool_name:
+        d["name"] = m.tool_name
+    if m.tool_call_id:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+
+def _jinja_tool(t: Tool) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": t.name, "description": t.description,
+                          "parameters": t.parameters or {"type": "object", "properties": {}}}
+    return {"type": t.type or "function", "function": fn}
+
+
+def _finish(text: str, bos: str, **kw: Any) -> PromptPlan:
+    add_special = not (bos and text.startswith(bos))
+    return PromptPlan(text=text, add_special=add_special, **kw)
+
+
+def _starts_thinking(text: str, markers: tuple[str, str] | None) -> bool:
+    return markers is not None and text.rstrip().endswith(markers[0])
+
+
+# ---- public entry points --------------------------------------------------------------------------
+def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token: str, eos_token: str,
+              count_tokens: Callable[[str], int] | None = None, num_ctx: int | None = None) -> PromptPlan:
+    """Render a chat job's prompt (see the package docstring for the rules)."""
+    go_src = getattr(record, "template", None) or None
+    jinja_src = gguf_template if not go_src else None
+    markers = think_markers(go_src, jinja_src)
+    think_on = _resolve_think(record, job.think, markers)
+    if job.tools and not _has_tools(go_src, jinja_src):
+        raise CapabilityError(f"{_full_name(record)} does not support tools")
+    grammar = grammar_for(job.format)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on)
+
+    # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
+    msgs = [_as_message(m) for m in getattr(record, "messages", None) or []] + list(job.messages)
+    system = getattr(record, "system", None)
+    if system and (not msgs or msgs[0].role != "system"):
+        msgs.insert(0, Message(role="system", content=system))
+
+    start = 0
+    if count_tokens is not None and num_ctx is not None and len(msgs) > 1:
+        start = len(msgs) - 1
+        # walk back from the last message and keep every older one that still fits
+        for i in range(len(msgs) - 2, -1, -1):
+            window = [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
+            n = count_tokens(renderer.render(window, job.tools))
+            n += IMAGE_TOKENS * sum(len(m.images) for m in msgs[i:])
+            if n > num_ctx:
+                break
+            start = i
+    window = [m for m in msgs[:start] if m.role == "system"] + msgs[start:]
+    text = renderer.render(window, job.tools)
+    src = go_src or jinja_src or ""
+    return _finish(
+        text, bos_token, grammar=grammar, stop=_stops(src),
+        images=[img for m in window for img in m.images], think=think_on,
+        think_markers=markers or ("<think>", "</think>"), starts_thinking=_starts_thinking(text, markers),
+        tools=list(job.tools), tool_tag=tool_tag(go_src, jinja_src), truncated=start > 0,
+    )
+
+
+def plan_generate(record: Any, job: GenerateJob, *, gguf_template: str | None, bos_token: str,
+                  eos_token: str) -> PromptPlan:
+    """Render a generate job's prompt: raw, fill-in-the-middle, or the prompt as one user turn."""
+    if job.raw and (job.template or job.system or job.context):
+        raise InvalidRequestError("raw mode does not support template, system, or context")
+    go_src = job.template or getattr(record, "template", None) or None
+    jinja_src = gguf_template if not go_src else None
+    markers = think_markers(go_src, jinja_src)
+    think_on = _resolve_think(record, job.think, markers)
+    grammar = grammar_for(job.format)
+    common: dict[str, Any] = {"grammar": grammar, "images": list(job.images), "think": think_on,
+                              "think_markers": markers or ("<think>", "</think>")}
+    if job.raw:
+        return _finish(job.prompt, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
+    if job.suffix:
+        if not _has_suffix(go_src):
+            raise CapabilityError(f"{_full_name(record)} does not support insert")
+        tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
+        text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
+        return _finish(text, bos_token, stop=_stops(go_src or ""), **common)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on)
+    msgs: list[Message] = []
+    system = job.system if job.system is not None else getattr(record, "system", None)
+    if system:
+        msgs.append(Message(role="system", content=system))
+    if not job.context:
+        # compat(ollama): seeded MESSAGEs are skipped when the client continues from `context`
+        msgs.extend(_as_message(m) for m in getattr(record, "messages", None) or [])
+    msgs.append(Message(role="user", content=job.prompt, images=list(job.images)))
+    text = renderer.render(msgs, [])
+    return _finish(text, bos_token, stop=_stops(go_src or jinja_src or ""),
+                   starts_thinking=_starts_thinking(text, markers), **common)
