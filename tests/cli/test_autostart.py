@@ -1,0 +1,89 @@
+"""With no server running, client commands start one in the background and leave it running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port, server_env, stop_process
+
+
+def corral(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "corral.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fresh CORRAL_HOME and CORRAL_MODELS on a free port with nothing listening; the background
+    server the test starts is stopped at the end (its pid is in $CORRAL_HOME/server.pid)."""
+    env = {**os.environ, **server_env(tmp_path, free_port())}
+    yield env
+    pid_file = Path(env["CORRAL_HOME"]) / "server.pid"
+    if pid_file.exists():
+        stop_process(int(pid_file.read_text().strip()))
+
+
+def test_client_commands_autostart_a_background_server(fresh: dict[str, str], tiny_gguf: Path,
+                                                       tmp_path: Path) -> None:
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {tiny_gguf}\n")
+    created = corral(fresh, "create", "tiny", "-f", str(modelfile))
+    assert created.returncode == 0, created.stderr
+    assert "started a corral server" in created.stderr
+    home = Path(fresh["CORRAL_HOME"])
+    assert (home / "logs" / "server.log").read_text().count("listening on") == 1
+    pid = int((home / "server.pid").read_text())
+
+    answer = corral(fresh, "run", "tiny", "Say hi")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
+    assert "started a corral server" not in answer.stderr  # the first one is still running
+    assert "tiny:latest" in corral(fresh, "ps").stdout
+    stopped = corral(fresh, "stop", "tiny")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "tiny:latest" not in corral(fresh, "ps").stdout
+    os.kill(pid, 0)  # the background server outlived every command
+
+
+def test_a_server_that_cannot_start_says_why(fresh: dict[str, str]) -> None:
+    env = {**fresh, "CORRAL_BACKEND": "no-such-backend"}
+    r = corral(env, "list")
+    assert r.returncode == 1
+    assert "could not start" in r.stderr and "no-such-backend" in r.stderr  # the log tail
+
+
+def _cpu_backend_usable() -> bool:
+    from corral.config import Config
+    from corral.plugins import make_plugin_manager
+    from corral.selection import probe_backends
+
+    config = Config.from_env({})
+    return any(b.name == "cpu" and b.usable for b in probe_backends(make_plugin_manager(config), config))
+
+
+@pytest.mark.gemma
+@pytest.mark.slow
+def test_first_run_of_the_default_model_on_a_fresh_machine(tmp_path: Path) -> None:
+    if not _cpu_backend_usable():
+        pytest.skip("the CPU backend is not built here (plugins/cpu/_lib)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update(CORRAL_HOST=f"127.0.0.1:{free_port()}", CORRAL_MODELS=str(tmp_path / "models"),
+               CORRAL_HOME=str(tmp_path / "home"))
+    pid_file = tmp_path / "home" / "server.pid"
+    try:
+        r = corral(env, "run", "gemma3:270m", "Say hi", timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()
+        ps = corral(env, "ps")
+        assert "gemma3:270m" in ps.stdout, ps.stdout
+        stop = corral(env, "stop", "gemma3:270m")
+        assert stop.returncode == 0, stop.stderr
+        assert "gemma3:270m" not in corral(env, "ps").stdout
+    finally:
+        if pid_file.exists():
+            stop_process(int(pid_file.read_text().strip()))

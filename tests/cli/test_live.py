@@ -1,0 +1,137 @@
+"""Every client command through typer's CliRunner against a live `corral serve` on the fake backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from corral.cli.main import app
+
+from .conftest import LiveServer
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None) -> object:
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_list_shows_ollamas_columns_and_json(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("list")
+    assert r.exit_code == 0, r.output
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    row = next(line for line in rows if line.startswith("tiny:latest"))
+    cells = row.split()
+    assert len(cells[1]) == 12 and cells[3] in ("KB", "MB")  # 12-hex ID, then "637 KB"
+    assert row.endswith("ago")
+    models = json.loads(invoke("ls", "--json").stdout)
+    tiny = next(m for m in models if m["name"] == "tiny:latest")
+    assert tiny["digest"].startswith(cells[1]) and tiny["size"] > 0
+
+
+def test_show_default_and_each_section(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("show", "tiny")
+    assert r.exit_code == 0, r.output
+    for heading in ("Model", "Capabilities", "Parameters", "System", "License"):
+        assert f"  {heading}\n" in r.stdout, r.stdout
+    assert "architecture" in r.stdout and "llama" in r.stdout and "temperature" in r.stdout
+    assert invoke("show", "tiny", "--system").stdout == "You are tiny.\n"
+    assert invoke("show", "tiny", "--license").stdout.startswith("Tiny License\nsecond line")
+    assert "temperature" in invoke("show", "tiny", "--parameters").stdout
+    modelfile = invoke("show", "tiny", "--modelfile").stdout
+    assert "FROM " in modelfile and "SYSTEM" in modelfile
+    assert invoke("show", "tiny", "--template").exit_code == 0
+    verbose = invoke("show", "tiny", "-v")
+    assert verbose.exit_code == 0 and "Metadata" in verbose.stdout
+
+
+def test_cp_and_rm(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("cp", "tiny", "tiny-copy:v1")
+    assert r.exit_code == 0, r.output
+    assert "tiny-copy:v1" in invoke("list").stdout
+    r = invoke("rm", "tiny-copy:v1")
+    assert r.exit_code == 0 and "deleted 'tiny-copy:v1'" in r.stdout
+    assert "tiny-copy:v1" not in invoke("list").stdout
+    again = invoke("rm", "tiny-copy:v1")
+    assert again.exit_code == 1 and "not found" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 2  # one red line, one hint
+
+
+def test_run_with_a_prompt_prints_the_answer(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("run", "tiny", "hello", "there")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip()  # the fake echoes the prompt's last words, then filler
+    assert "there" in r.stdout
+    same = invoke("run", "tiny", "hello", "there")
+    assert same.stdout == r.stdout  # temperature 0 from the Modelfile: deterministic
+
+
+def test_run_reads_piped_stdin_and_verbose_prints_metrics(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("run", "tiny", "--verbose", input="a question from a pipe\n")
+    assert r.exit_code == 0, r.output
+    assert "pipe" in r.stdout
+    for line in ("total duration:", "prompt eval count:", "eval count:", "eval rate:"):
+        assert line in r.stderr, r.stderr
+
+
+def test_run_passes_format_think_and_keepalive(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("run", "tiny", "json please", "--format", "json", "--keepalive", "10m", "--nowordwrap")
+    assert r.exit_code == 0, r.output
+    ps = json.loads(invoke("ps", "--json").stdout)
+    tiny = next(m for m in ps if m["name"] == "tiny:latest")
+    assert tiny["expires_at"]
+    # The tiny model cannot think: the server refuses --think, and the CLI says so in one line.
+    r = invoke("run", "tiny", "hi", "--think")
+    assert r.exit_code == 1 and "think" in r.stderr
+
+
+def test_backend_errors_mid_answer_are_one_line(cli_env: LiveServer, tiny_model: str) -> None:
+    r = invoke("run", "tiny", "fail please")
+    assert r.exit_code == 1
+    assert "scripted failure" in r.stderr and "Traceback" not in r.output
+
+
+def test_ps_and_stop(cli_env: LiveServer, tiny_model: str) -> None:
+    assert invoke("run", "tiny", "warm up").exit_code == 0
+    r = invoke("ps")
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    row = next(line for line in rows if line.startswith("tiny:latest"))
+    assert "100% CPU" in row and "from now" in row
+    r = invoke("stop", "tiny")
+    assert r.exit_code == 0, r.output
+    assert "tiny:latest" not in invoke("ps").stdout
+    again = invoke("stop", "tiny")
+    assert again.exit_code == 1 and 'couldn\'t find model "tiny" to stop' in again.stderr
+
+
+def test_unknown_model_errors_clearly(cli_env: LiveServer) -> None:
+    r = invoke("show", "no-such-model")
+    assert r.exit_code == 1 and "not found" in r.stderr
+    assert "corral list" in r.stderr  # the hint
+
+
+def test_create_reports_modelfile_errors_with_the_line(cli_env: LiveServer, tmp_path: Path) -> None:
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM tiny\nPARAMETER temperature hot\n")
+    r = invoke("create", "broken", "-f", str(mf))
+    assert r.exit_code == 1 and "line 2" in r.stderr
+
+
+def test_create_from_a_model_with_parameters(cli_env: LiveServer, tiny_model: str, tmp_path: Path) -> None:
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM tiny\nPARAMETER num_ctx 1024\nSYSTEM Be brief.\n")
+    r = invoke("create", "tiny-brief", "-f", str(mf))
+    assert r.exit_code == 0, r.output
+    assert "success" in r.stderr  # plain progress lines when stderr is not a terminal
+    assert invoke("show", "tiny-brief", "--system").stdout == "Be brief.\n"
+    assert "num_ctx" in invoke("show", "tiny-brief", "--parameters").stdout
+    assert invoke("rm", "tiny-brief").exit_code == 0
+
+
+def test_version_reports_the_server(cli_env: LiveServer) -> None:
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.startswith("corral version is ")

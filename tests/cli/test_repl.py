@@ -1,0 +1,77 @@
+"""The interactive `corral run` driven in a real pseudo-terminal (pexpect) against the live server."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pexpect
+import pytest
+
+from .conftest import LiveServer
+
+PROMPT = ">>> "
+
+
+@pytest.fixture
+def repl(live_server: LiveServer, tiny_model: str) -> pexpect.spawn:
+    env = {**os.environ, **live_server.env, "TERM": "xterm", "COLUMNS": "100", "LINES": "40"}
+    child = pexpect.spawn(sys.executable, ["-m", "corral.cli", "run", tiny_model], env=env,
+                          encoding="utf-8", timeout=30, dimensions=(40, 100))
+    child.expect_exact(PROMPT)
+    yield child
+    if child.isalive():
+        child.terminate(force=True)
+
+
+def test_repl_streams_sets_parameters_stops_on_ctrl_c_and_leaves(repl: pexpect.spawn,
+                                                               live_server: LiveServer) -> None:
+    repl.sendline("hello from the terminal")
+    repl.expect_exact("terminal")  # the fake echoes the prompt's last words, streamed
+    repl.expect_exact(PROMPT)
+
+    repl.sendline("/set parameter temperature 0")
+    repl.expect_exact("Set parameter 'temperature' to '0'")
+    repl.expect_exact(PROMPT)
+
+    # A long, slow scripted answer: Ctrl-C must stop it, not the program.
+    repl.sendline("please go slowly")
+    repl.expect_exact("three")
+    started = time.monotonic()
+    repl.sendcontrol("c")
+    repl.expect_exact(PROMPT)
+    assert time.monotonic() - started < 5  # well before the 200-word answer would have ended
+    assert repl.isalive()
+
+    repl.sendline('"""first line')
+    repl.expect_exact("... ")
+    repl.sendline('second line"""')
+    repl.expect_exact("line")
+    repl.expect_exact(PROMPT)
+
+    repl.sendline("/show parameters")
+    repl.expect_exact("User defined parameters:")
+    repl.expect_exact(PROMPT)
+
+    repl.sendline("/bye")
+    repl.expect(pexpect.EOF)
+    repl.wait()
+    assert repl.exitstatus == 0
+
+
+def test_repl_ctrl_d_leaves_and_help_lists_commands(repl: pexpect.spawn) -> None:
+    repl.sendline("/?")
+    repl.expect_exact("/set")
+    repl.expect_exact("/bye")
+    repl.expect_exact(PROMPT)
+    repl.sendline("/set system You answer in French.")
+    repl.expect_exact("Set system message.")
+    repl.expect_exact(PROMPT)
+    repl.sendline("/clear")
+    repl.expect_exact("Cleared session context")
+    repl.expect_exact(PROMPT)
+    repl.sendcontrol("d")
+    repl.expect(pexpect.EOF)
+    repl.wait()
+    assert repl.exitstatus == 0
