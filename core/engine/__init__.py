@@ -15,18 +15,11 @@ import msgspec
 from corral.config import Config
 from corral.errors import BackendError, ContextLengthError, InvalidRequestError
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
+from corral.options import merge_options, to_generation, to_load_options
+from corral.prompts import capabilities, check_capabilities, plan_chat, plan_generate
 from corral.runner import RunnerFactory, subprocess_runners
 from corral.scheduler import Lease, RunningModel, Scheduler
 from corral.types import GenerationRequest, LoadOptions, TokenEvent
-
-try:
-    from corral.prompts import capabilities, check_capabilities, plan_chat, plan_generate
-except ImportError:  # until corral.prompts lands; see engine/fallback.py
-    from corral.engine.fallback import capabilities, check_capabilities, plan_chat, plan_generate
-try:
-    from corral.options import merge_options, to_generation, to_load_options
-except ImportError:  # until corral.options lands
-    from corral.engine.fallback import merge_options, to_generation, to_load_options
 
 log = logging.getLogger("corral.engine")
 

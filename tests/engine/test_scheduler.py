@@ -97,12 +97,12 @@ def test_reload_when_num_ctx_changes(make_config, engine_store):
 
 
 def test_full_queue_answers_busy(make_config, engine_store):
-    rules = [{"match": "slow", "reply": "one two three four five six", "delay": 0.1}]
+    rules = [{"match": "slow", "reply": "one two three four", "delay": 0.03}]
 
     async def main():
         engine = engine_for(make_config(rules, num_parallel=1, max_queue=1), engine_store)
         holder = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
-        await asyncio.sleep(0.2)  # loaded and streaming: the only slot is taken
+        await asyncio.sleep(0.15)  # loaded and streaming: the only slot is taken
         waiter = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
         await asyncio.sleep(0.05)
         assert engine.scheduler.pending == 1
