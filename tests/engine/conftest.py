@@ -17,6 +17,19 @@ from corral.store.store import Store
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (session fixtures)
 
 MODELS = ("alpha", "beta", "gamma")
+# Small Go templates in Ollama's style: one that offers tools, one whose model thinks.
+TOOLS_TEMPLATE = """{{- if .Tools }}<|im_start|>system
+Tools:{{ range .Tools }} {{ .Function.Name }}{{ end }}<|im_end|>
+{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .ToolCalls }}<tool_call>
+{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{ end }}</tool_call>{{ else }}{{ .Content }}{{ end }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+THINK_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +45,10 @@ def engine_store(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> S
     asyncio.run(store.put_blob(digest, chunks()))
     for name in MODELS:
         for _ in store.create(name, CreateSpec(files={"tiny.gguf": digest}, parameters={"temperature": 0})):
+            pass
+    for name, template in (("tooly", TOOLS_TEMPLATE), ("thinker", THINK_TEMPLATE)):
+        spec = CreateSpec(files={"tiny.gguf": digest}, template=template, parameters={"temperature": 0})
+        for _ in store.create(name, spec):
             pass
     return store
 

@@ -7,9 +7,15 @@ import math
 
 import pytest
 
-from corral.conversation import Message
+from corral.conversation import Message, Tool
 from corral.engine import PROMPT_TOO_LONG, Engine
-from corral.errors import BackendError, ContextLengthError, InvalidRequestError, ModelNotFoundError
+from corral.errors import (
+    BackendError,
+    CapabilityError,
+    ContextLengthError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from corral.gguf import read_gguf_info
 from corral.jobs import ChatJob, EmbedJob, GenerateJob
 from corral.runner import local_runners
@@ -196,3 +202,39 @@ def test_unload_and_running(make_config, engine_store):
         assert await engine.unload("alpha") is False
 
     run(make_config, engine_store, body)
+
+
+def test_chat_tool_calls_arrive_parsed_and_whole(make_config, engine_store):
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    rules = [{"match": "weather", "reply": call}]
+    weather = Tool(name="get_weather", description="Current weather",
+                   parameters={"type": "object", "properties": {"city": {"type": "string"}}})
+
+    async def body(engine):
+        ask = [Message(role="user", content="What is the weather in Paris?")]
+        chunks = await chunks_of(engine.chat(ChatJob(model="tooly", messages=ask, tools=[weather])))
+        calls = [tc for c in chunks for tc in c.tool_calls]
+        assert len(calls) == 1
+        assert calls[0].name == "get_weather" and calls[0].arguments == {"city": "Paris"}
+        assert calls[0].id.startswith("call_")
+        assert "<tool_call>" not in content(chunks) and chunks[-1].done
+        with pytest.raises(CapabilityError, match="does not support tools"):
+            await chunks_of(engine.chat(ChatJob(model="thinker", messages=ask, tools=[weather])))
+
+    run(make_config, engine_store, body, rules)
+
+
+def test_chat_thinking_is_split_from_content(make_config, engine_store):
+    rules = [{"match": "sum", "reply": "<think>Two and two make four.</think>The answer is 4."}]
+
+    async def body(engine):
+        ask = [Message(role="user", content="What is the sum of 2 and 2?")]
+        chunks = await chunks_of(engine.chat(ChatJob(model="thinker", messages=ask)))
+        assert "".join(c.thinking for c in chunks) == "Two and two make four."
+        assert content(chunks).strip() == "The answer is 4."
+        gen = await chunks_of(engine.generate(GenerateJob(model="thinker", prompt="the sum of 2 and 2")))
+        assert "".join(c.thinking for c in gen) == "Two and two make four."
+        with pytest.raises(CapabilityError, match="does not support thinking"):
+            await chunks_of(engine.chat(ChatJob(model="tooly", messages=ask, think=True)))
+
+    run(make_config, engine_store, body, rules)
