@@ -6,7 +6,8 @@ import functools
 from typing import Any
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.prompts.goexec import JsonMap, Struct, execute
+from corral.prompts.goexec import execute
+from corral.prompts.gofuncs import JsonMap, Struct
 from corral.prompts.goparse import Action, Branch, Command, Field, GoTemplate, Pipe, parse, walk_fields
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
