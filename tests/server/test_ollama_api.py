@@ -10,6 +10,8 @@ import pytest
 from conftest import Harness, ndjson
 from litestar.testing import TestClient
 
+from corral.testing.registry import TestRegistry
+
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
            "eval_duration")
@@ -161,7 +163,8 @@ def test_logprobs_shapes(client: TestClient[Any]) -> None:
 
 def test_format_json_schema_constrains_output(client: TestClient[Any], harness: Harness) -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "age?", "stream": False, "format": schema})
+    r = client.post("/api/generate", json={"model": "tiny", "prompt": "age?", "stream": False,
+                                           "format": schema})
     assert r.status_code == 200
     request = harness.fake.history[-1].request
     assert request is not None and request.sampling.grammar  # the schema reached the sampler as a grammar
@@ -210,8 +213,6 @@ def test_tags_show_copy_delete(client: TestClient[Any]) -> None:
 
 def test_show_has_model_info(client: TestClient[Any]) -> None:
     r = client.post("/api/show", json={"model": "tiny"})
-    if r.status_code == 500:
-        pytest.xfail(f"store/prompts integration: {r.json()['error']}")
     body = r.json()
     assert r.status_code == 200 and isinstance(body["model_info"], dict)
     assert body["model_info"]["general.architecture"] == "llama"
@@ -248,11 +249,24 @@ def test_blobs_head_post_and_create(client: TestClient[Any], tiny_gguf: Any) -> 
     assert r.status_code == 400
 
 
-def test_pull_unknown_model_reports_an_error(client: TestClient[Any]) -> None:
-    # No registry is reachable from tests: the error must arrive as an envelope, never a hang or a 500 page.
-    r = client.post("/api/pull", json={"model": "127.0.0.1:9/none/model:tag", "insecure": True,
-                                       "stream": False})
-    assert r.status_code >= 400 and "error" in r.json()
+def test_pull_and_push_with_the_in_process_registry(client: TestClient[Any], tiny_gguf: Any) -> None:
+    with TestRegistry() as reg:
+        reg.add_model("library/pulled:v1", [("application/vnd.ollama.image.model", tiny_gguf.read_bytes())])
+        name = f"{reg.host}/library/pulled:v1"
+        r = client.post("/api/pull", json={"model": name, "insecure": True})
+        lines = ndjson(r.text)
+        assert r.status_code == 200 and lines[0]["status"] == "pulling manifest"
+        assert lines[-1] == {"status": "success"}
+        assert any(o.get("digest") and o.get("total") for o in lines)
+        assert name in {m["name"] for m in client.get("/api/tags").json()["models"]}
+        # an unknown model: the error arrives in-band after "pulling manifest" (HTTP 200), or as a status
+        r = client.post("/api/pull", json={"model": f"{reg.host}/library/absent:v1", "insecure": True,
+                                           "stream": False})
+        assert r.status_code >= 400 and "error" in r.json()
+        r = client.post("/api/push", json={"model": name, "insecure": True, "stream": False})
+        assert r.status_code == 200 and r.json() == {"status": "success"}
+    r = client.post("/api/pull", json={"model": "../x", "stream": False})
+    assert r.status_code == 400 and "invalid model name" in r.json()["error"]
 
 
 def test_wrong_method_and_unknown_route(client: TestClient[Any]) -> None:

@@ -179,7 +179,7 @@ def wire_calls(calls: list[ToolCall], with_index: bool) -> list[S.ToolCall] | No
     """Tool calls with JSON-string arguments, each whole."""
     if not calls:
         return None
-    return [S.ToolCall(id=c.id or common.call_id(), index=c.index if with_index else None,
+    return [S.ToolCall(id=c.id or common.call_id(), type="function", index=c.index if with_index else None,
                        function=S.FunctionCall(name=c.name, arguments=json.dumps(c.arguments)))
             for c in calls]
 

@@ -36,7 +36,7 @@ class ToolCall(Struct, kw_only=True, omit_defaults=True):
 
     function: FunctionCall
     id: str | None = None
-    type: str = "function"
+    type: str | None = None  # always "function" in responses
     index: int | None = None
 
 
