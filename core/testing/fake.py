@@ -131,8 +131,10 @@ class _Model:
 class FakeBackend:
     """The fake backend as an object: register one per test, script it with ``enqueue``."""
 
-    def __init__(self, name: str = "fake", priority: int = 1, *, usable: bool = True) -> None:
+    def __init__(self, name: str = "fake", priority: int = 1, *, usable: bool = True,
+                 plugin: str = "") -> None:
         self.name, self.priority, self.usable = name, priority, usable
+        self.plugin = plugin  # "" lets the core fill in the distribution that shipped the plugin
         self.history: list[FakeCall] = []
         self._queue: list[Rule] = []
         self._models: dict[str, _Model] = {}
@@ -179,7 +181,7 @@ class FakeBackend:
             reason="test backend: deterministic fake replies, no inference" if self.usable
             else "disabled for this test",
             devices=[DeviceInfo(name="fake0", description="fake device", type="cpu")],
-            plugin="corral", version="0",
+            plugin=self.plugin,
         )
 
     @hookimpl
@@ -435,7 +437,7 @@ def _logprobs(tok: int, request: GenerationRequest) -> tuple[TokenLogprob, list[
 
 
 # ---- the module is itself a plugin (CORRAL_EXTRA_PLUGINS=corral.testing.fake) ---------------------
-backend = FakeBackend()
+backend = FakeBackend(plugin="corral")
 
 
 @hookimpl
