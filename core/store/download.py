@@ -246,20 +246,25 @@ async def _stream_part(client: RegistryClient, url: str, dl: Download, part: Par
             raise RegistryError(f"pulling {dl.digest[7:19]}: unexpected status {resp.status_code}")
         buf = bytearray()
         pos = start
-        async for chunk in resp.aiter_bytes():
-            if skip:
-                drop = min(skip, len(chunk))
-                chunk, skip = chunk[drop:], skip - drop
-            buf += chunk[: end - pos - len(buf)]
-            if len(buf) >= _FLUSH or pos + len(buf) >= end:
+        try:
+            async for chunk in resp.aiter_bytes():
+                if skip:
+                    drop = min(skip, len(chunk))
+                    chunk, skip = chunk[drop:], skip - drop
+                buf += chunk[: end - pos - len(buf)]
+                if len(buf) >= _FLUSH or pos + len(buf) >= end:
+                    await _write(fd, buf, pos, dl, part)
+                    pos += len(buf)
+                    buf = bytearray()
+                    save()
+                if pos >= end:
+                    break
+        finally:
+            # Bytes received before a dropped connection are good: keep them so the retry
+            # (or the next run, after a kill) starts after them.
+            if buf:
                 await _write(fd, buf, pos, dl, part)
-                pos += len(buf)
-                buf = bytearray()
-                save()
-            if pos >= end:
-                break
-        if buf:
-            await _write(fd, buf, pos, dl, part)
+                save(force=True)
     finally:
         await resp.aclose()
 

@@ -1,0 +1,1 @@
+"""Tests of the model store (corral.store, corral.names, corral.gguf)."""
