@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.config import Config
@@ -94,8 +95,10 @@ class OriginPolicy:
         return "*" if self.wildcard else origin
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive`` so Litestar answers 413 with the API's envelope."""
+
+    status_code = 413
 
 
 class SecurityMiddleware:
@@ -166,7 +169,7 @@ class SecurityMiddleware:
             if limit is not None and message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(detail=f"request body too large (limit {limit} bytes)")
             return message
 
         try:
