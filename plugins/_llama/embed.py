@@ -1,4 +1,4 @@
-"""Pooled embeddings: an embeddings-only llama_context that evaluates several inputs per decode."""
+"""Pooled embeddings: an embeddings-only llama_context, one decode per input for stable vectors."""
 
 from __future__ import annotations
 
@@ -26,9 +26,7 @@ class Embedder:
         # Each input must fit one decode (pooling is per decode), and non-causal models need the whole
         # input in one micro-batch (llama.cpp asserts on it), so batch = micro-batch = context.
         cp.n_batch = cp.n_ubatch = n_ctx
-        self.n_seq = max(1, min(int(options.num_parallel) * 4, 64))
-        cp.n_seq_max = self.n_seq
-        cp.kv_unified = True  # the sequences share the n_ctx cells instead of n_ctx / n_seq each
+        cp.n_seq_max = 1
         if n_threads > 0:
             cp.n_threads = cp.n_threads_batch = n_threads
         # A model without its own pooling (a causal LM) is mean-pooled: the hidden states averaged.
@@ -64,48 +62,41 @@ class Embedder:
             self.model._check_tokens(toks)
         out: list[list[float]] = []
         with self._lock:
-            group: list[list[int]] = []
-            used = 0
+            # One decode per input: packing several into one batch changes the kernels' rounding, and
+            # the same text must give the same vector whatever it was sent with.
             for toks in inputs:
-                if group and (used + len(toks) > self.n_batch or len(group) >= self.n_seq):
-                    out.extend(self._run(group, normalize))
-                    group, used = [], 0
-                group.append(toks)
-                used += len(toks)
-            if group:
-                out.extend(self._run(group, normalize))
+                out.append(self._run(toks, normalize))
         return EmbeddingResult(embeddings=out, prompt_tokens=sum(len(t) for t in inputs))
 
-    def _run(self, group: list[list[int]], normalize: bool) -> list[list[float]]:
+    def _run(self, toks: list[int], normalize: bool) -> list[float]:
         ffi, lib = self.ffi, self.lib
-        tokens = np.concatenate([np.asarray(t, dtype=np.int32) for t in group])
-        pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in group])
-        seq = np.concatenate([np.full(len(t), i, dtype=np.int32) for i, t in enumerate(group)])
-        logits = np.ones(len(tokens), dtype=np.int8)  # pooling needs every token's output
-        n = lib.corral_batch_fill(self._batch, self.n_batch, ffi.from_buffer("llama_token[]", tokens),
-                                  ffi.from_buffer("llama_pos[]", pos), ffi.from_buffer("llama_seq_id[]", seq),
-                                  ffi.from_buffer("int8_t[]", logits), len(tokens))
-        if n != len(tokens):
+        n = len(toks)
+        tokens = np.asarray(toks, dtype=np.int32)
+        pos = np.arange(n, dtype=np.int32)
+        seq = np.zeros(n, dtype=np.int32)
+        logits = np.ones(n, dtype=np.int8)  # pooling needs every token's output
+        filled = lib.corral_batch_fill(
+            self._batch, self.n_batch, ffi.from_buffer("llama_token[]", tokens),
+            ffi.from_buffer("llama_pos[]", pos), ffi.from_buffer("llama_seq_id[]", seq),
+            ffi.from_buffer("int8_t[]", logits), n)
+        if filled != n:
             raise BackendError("embedding batch does not fit")
         mem = lib.llama_get_memory(self.ctx)
         lib.llama_memory_clear(mem, True)
         rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
             else lib.llama_decode(self.ctx, self._batch[0])
         if rc != 0:
-            raise BackendError(f"llama.cpp failed to evaluate the embedding batch (code {rc})")
-        vectors = []
-        for i in range(len(group)):
-            p = lib.llama_get_embeddings_seq(self.ctx, i)
-            if p == ffi.NULL:
-                raise BackendError("llama.cpp returned no pooled embedding")
-            v = np.frombuffer(ffi.buffer(p, self.dim * 4), dtype=np.float32).astype(np.float64)
-            if normalize:
-                norm = float(np.linalg.norm(v))
-                if norm > 0:
-                    v = v / norm
-            vectors.append(v.tolist())
+            raise BackendError(f"llama.cpp failed to evaluate the embedding input (code {rc})")
+        p = lib.llama_get_embeddings_seq(self.ctx, 0)
+        if p == ffi.NULL:
+            raise BackendError("llama.cpp returned no pooled embedding")
+        v = np.frombuffer(ffi.buffer(p, self.dim * 4), dtype=np.float32).astype(np.float64)
         lib.llama_memory_clear(mem, True)
-        return vectors
+        if normalize:
+            norm = float(np.linalg.norm(v))
+            if norm > 0:
+                v = v / norm
+        return v.tolist()
 
     def close(self) -> None:
         """Free the batch and the context; a second call does nothing."""

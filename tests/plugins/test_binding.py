@@ -238,8 +238,7 @@ def test_embeddings_shape_and_normalisation(gemma):
         assert np.allclose(vecs[0], vecs[2], atol=1e-4)  # same input in one batch, same vector
         assert not np.allclose(vecs[0], vecs[1], atol=1e-2)
         alone = emb.embed([inputs[1]], normalize=True).embeddings[0]
-        # Batch size changes the kernels (and the rounding) a little, never the meaning.
-        assert float(np.dot(alone, vecs[1])) > 0.999
+        assert np.allclose(alone, vecs[1], atol=1e-5)  # an input's vector never depends on its company
         raw = np.array(emb.embed([inputs[0]], normalize=False).embeddings[0])
         assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
         assert float(np.dot(raw / np.linalg.norm(raw), vecs[0])) > 0.999
