@@ -7,8 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from conftest import Harness, ndjson
 from litestar.testing import TestClient
+from server_support import Harness, ndjson
 
 from corral.testing.registry import TestRegistry
 

@@ -8,8 +8,8 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import Harness, sse
 from litestar.testing import TestClient
+from server_support import Harness, sse
 
 USER = [{"role": "user", "content": "hello"}]
 

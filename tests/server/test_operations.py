@@ -7,8 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from conftest import ndjson
 from litestar.testing import TestClient
+from server_support import ndjson
 
 from corral.server.metrics import Counter, Histogram, Metrics
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import BASE_URL, Harness
 from litestar.testing import TestClient
+from server_support import BASE_URL, Harness
 
 from corral.server.security import OriginPolicy, host_allowed, is_loopback_bind
 
