@@ -18,9 +18,6 @@ def cpu_built() -> bool:
     return any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))
 
 
-needs_cpu = pytest.mark.skipif(not cpu_built(), reason="plugins/cpu/_lib is not built: run build_backends.py")
-
-
 @pytest.fixture(scope="session")
 def cpu_lib() -> Path:
     if not cpu_built():

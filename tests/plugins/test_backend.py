@@ -1,0 +1,137 @@
+"""The cpu/cuda/metal plugins through pluggy: probe rows, selection, the contract suite, quantize."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.config import Config
+from corral.errors import BackendError, BackendUnavailableError, InvalidRequestError
+from corral.plugins import make_plugin_manager
+from corral.selection import BackendHooks, probe_backends, select_backend
+from corral.testing.contract import BackendContract
+from corral.testing.tinymodel import write_tiny_gguf
+from corral.types import LoadOptions
+
+IN_TREE = ("cpu", "cuda", "metal")
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return make_plugin_manager(Config(load_plugins=IN_TREE))
+
+
+@pytest.fixture(scope="module")
+def hooks(pm, native):  # `native` first: the session's binding is the one the plugin reuses
+    return BackendHooks(pm, "cpu")
+
+
+def test_every_in_tree_plugin_registers(pm):
+    assert {name for name, _ in pm.list_name_plugin()} >= set(IN_TREE)
+    assert not pm.corral_failures
+
+
+def test_probe_rows(pm, cpu_lib):
+    rows = {r.name: r for r in probe_backends(pm, Config(load_plugins=IN_TREE))}
+    cpu, cuda, metal = rows["cpu"], rows["cuda"], rows["metal"]
+    assert cpu.usable and cpu.priority == 100 and "CPU variant" in cpu.reason
+    assert cpu.devices and cpu.devices[0].type == "cpu" and cpu.devices[0].memory_total > 0
+    assert (cuda.priority, metal.priority) == (200, 300)
+    if not Path("/proc/driver/nvidia").exists():
+        assert not cuda.usable
+        assert "not built" in cuda.reason or "no NVIDIA driver found" in cuda.reason
+    if sys.platform != "darwin":
+        assert not metal.usable and "macOS" in metal.reason
+
+
+def test_selection_picks_cpu_and_refuses_unusable_cuda(pm, cpu_lib):
+    config = Config(load_plugins=IN_TREE)
+    if Path("/proc/driver/nvidia").exists():
+        pytest.skip("this machine has an NVIDIA driver")
+    name, _ = select_backend(pm, config)
+    assert name == "cpu"
+    with pytest.raises(BackendUnavailableError) as err:
+        select_backend(pm, config, "cuda")
+    msg = str(err.value)
+    assert "cuda" in msg and "cpu" in msg and "metal" in msg  # every candidate, with its reason
+
+
+def test_probe_reasons_without_builds(tmp_path):
+    from corral_plugins.cpu.probe import probe_cpu
+    from corral_plugins.cuda.probe import probe_cuda
+    from corral_plugins.metal.probe import probe_metal
+
+    empty = tmp_path / "_lib"
+    assert probe_cpu(empty, Config()).reason == "not built: run build_backends.py --backend cpu"
+    cuda = probe_cuda(empty, Config())
+    assert not cuda.usable and "build_backends.py --backend cuda" in cuda.reason
+    if sys.platform != "darwin":
+        assert "Apple Silicon" in probe_metal(empty, Config()).reason
+
+
+def test_unusable_backend_never_loads_natives(tmp_path, native):
+    from corral_plugins._llama.backend import LlamaBackend
+    from corral_plugins.cuda.probe import probe_cuda
+
+    b = LlamaBackend("cuda", tmp_path / "_lib", 200, probe_cuda)
+    with pytest.raises(BackendUnavailableError, match="cannot run here"):
+        b.corral_load_model(str(tmp_path / "x.gguf"), LoadOptions(), None)
+    assert b.corral_quantize("a", "b", "q8_0", None) is None  # left to the cpu backend
+
+
+def test_hooks_on_tiny_model(hooks, tiny_gguf):
+    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=256, num_parallel=2))
+    assert handle.backend == "cpu" and handle.devices == ("CPU",)
+    assert handle.info.n_ctx == 256 and handle.memory.total > 0
+    toks = hooks.tokenize(handle, "hello world", add_special=False, parse_special=False)
+    assert hooks.detokenize(handle, toks) == "hello world"
+    hooks.unload(handle)
+    hooks.unload(handle)
+    with pytest.raises(BackendError, match="not loaded"):
+        hooks.tokenize(handle, "hello")
+
+
+def test_quantize_hook(pm, native, tmp_path):
+    src = write_tiny_gguf(tmp_path / "f16.gguf", quant="f16")
+    dst = tmp_path / "q8.gguf"
+    assert pm.hook.corral_quantize(source=src.path, destination=str(dst), file_type="Q8_0", progress=None)
+    assert dst.stat().st_size > 0
+    with pytest.raises(InvalidRequestError):
+        pm.hook.corral_quantize(source=str(dst), destination=str(tmp_path / "again.gguf"), file_type="q4_K_M",
+                                progress=None)
+
+
+class TestCpuContractTiny(BackendContract):
+    """The shared backend contract on the tiny random-weight llama."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend_hooks(cls, native):
+        return BackendHooks(make_plugin_manager(Config(load_plugins=IN_TREE)), "cpu")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model_path(cls, tiny_gguf):
+        return str(tiny_gguf)
+
+
+@pytest.mark.gemma
+class TestCpuContractGemma(BackendContract):
+    """The contract on the real Gemma 3 270M, which knows where Paris is."""
+
+    expect_capital_paris = True
+    # The base model continues "The capital of France is" with " the capital of the country of
+    # France." under greedy decoding; this longer prompt makes "Paris" its greedy continuation.
+    prompt_text = "The capital of France is the city of"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend_hooks(cls, native):
+        return BackendHooks(make_plugin_manager(Config(load_plugins=IN_TREE)), "cpu")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model_path(cls, gemma_path):
+        return str(gemma_path)
