@@ -114,10 +114,10 @@ class _Exec:
             elif isinstance(v, (list, tuple)):
                 pairs = list(enumerate(v))
             elif isinstance(v, int) and not isinstance(v, bool):
-                pairs = [(i, i) for i in range(max(0, v))]
                 if v > MAX_STEPS:
                     raise TemplateError(f"template: :{n.line}: range over {v} exceeds {MAX_STEPS} steps")
-            elif v is None:
+                pairs = [(i, i) for i in range(max(0, v))]
+            elif v is None or v == "":
                 pairs = []
             else:
                 raise TemplateError(f"template: :{n.line}: range can't iterate over {go_str(v)}")
