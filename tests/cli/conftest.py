@@ -45,6 +45,7 @@ def wait_for(client: Client, proc: subprocess.Popen[bytes], log: Path, timeout: 
 
 
 def stop_process(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM a process that is not our child (a background server), then SIGKILL if it lingers."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -98,8 +99,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         wait_for(server.client, proc, log)
         yield server
     finally:
-        stop_process(proc.pid)
-        proc.wait(timeout=5)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

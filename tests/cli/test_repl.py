@@ -16,7 +16,10 @@ PROMPT = ">>> "
 
 @pytest.fixture
 def repl(live_server: LiveServer, tiny_model: str) -> pexpect.spawn:
-    env = {**os.environ, **live_server.env, "TERM": "xterm", "COLUMNS": "100", "LINES": "40"}
+    # pexpect never answers prompt_toolkit's cursor-position query; without this each prompt waits
+    # for the query to time out (a real terminal answers at once).
+    env = {**os.environ, **live_server.env, "TERM": "xterm", "COLUMNS": "100", "LINES": "40",
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = pexpect.spawn(sys.executable, ["-m", "corral.cli", "run", tiny_model], env=env,
                           encoding="utf-8", timeout=30, dimensions=(40, 100))
     child.expect_exact(PROMPT)
