@@ -106,13 +106,14 @@ class _Renderer:
     """Renders a message list with the template that wins for this model and request."""
 
     def __init__(self, go: str | None, jinja_src: str | None, bos: str, eos: str, think: Think,
-                 think_on: bool) -> None:
+                 think_on: bool, thinks: bool = False) -> None:
         self.go = gotemplate.load(go) if go is not None else None
         self.jinja = jinja_src if go is None else None
         if self.go is None and self.jinja is None:
             self.go = gotemplate.load(gotemplate.DEFAULT_TEMPLATE)
         self.bos, self.eos = bos, eos
         self.think, self.think_on = think, think_on
+        self.thinks = thinks  # the model can reason: its template gets enable_thinking either way
 
     def render(self, messages: list[Message], tools: list[Tool]) -> str:
         if self.go is not None:
@@ -124,12 +125,13 @@ class _Renderer:
         prefill = bool(messages) and messages[-1].role == "assistant"
         variables: dict[str, Any] = {
             "messages": [_jinja_message(m) for m in messages],
-            "tools": [_jinja_tool(t) for t in tools] or None,
             "add_generation_prompt": not prefill,
             "bos_token": self.bos,
             "eos_token": self.eos,
         }
-        if self.think is not None:
+        if tools:  # left undefined otherwise: templates test `tools is defined` as often as `if tools`
+            variables["tools"] = [_jinja_tool(t) for t in tools]
+        if self.think is not None or self.thinks:
             variables["enable_thinking"] = self.think_on
             variables["thinking"] = self.think_on
             if isinstance(self.think, str):
@@ -185,7 +187,7 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
     if job.tools and not _has_tools(go_src, jinja_src):
         raise CapabilityError(f"{_full_name(record)} does not support tools")
     grammar = grammar_for(job.format)
-    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
     msgs = [_as_message(m) for m in getattr(record, "messages", None) or []] + list(job.messages)
@@ -235,7 +237,7 @@ def plan_generate(record: Any, job: GenerateJob, *, gguf_template: str | None, b
         tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
         text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
         return _finish(text, bos_token, stop=_stops(go_src or ""), **common)
-    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
     msgs: list[Message] = []
     system = job.system if job.system is not None else getattr(record, "system", None)
     if system:
