@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from typing import Any
@@ -14,6 +15,8 @@ from corral.prompts.capabilities import COMMON_TOOL_TAGS
 
 _ID_CHARS = string.ascii_lowercase + string.digits
 _CLOSERS = ("</tool_call>", "<|eom_id|>", "<|eot_id|>")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_MISTRAL_PARTIAL = re.compile(r"[A-Za-z0-9_.\-]+(\[(A(R(G(S)?)?)?)?)?")
 
 
 class ParsedDelta(msgspec.Struct, kw_only=True):
@@ -66,6 +69,7 @@ class _ThinkSplitter:
         self.inside = inside
         self.seen_open = inside
         self.done = False  # reasoning happens once, at the start of the answer
+        self.strip_pending = False
         self.buf = ""
 
     def feed(self, text: str, final: bool = False) -> tuple[str, str]:
@@ -74,6 +78,11 @@ class _ThinkSplitter:
         thinking, content = "", ""
         while True:
             if self.done:
+                if self.strip_pending:  # whitespace right after the closing marker is not content
+                    self.buf = self.buf.lstrip()
+                    if not self.buf:
+                        break
+                    self.strip_pending = False
                 content += self.buf
                 self.buf = ""
                 break
@@ -90,9 +99,10 @@ class _ThinkSplitter:
             idx = self.buf.find(self.close)
             if idx >= 0:
                 thinking += self.buf[:idx]
-                self.buf = self.buf[idx + len(self.close):].lstrip()
+                self.buf = self.buf[idx + len(self.close):]
                 self.inside = False
                 self.done = True
+                self.strip_pending = True
                 continue
             keep = 0 if final else _partial_suffix(self.buf, [self.close])
             thinking += self.buf[: len(self.buf) - keep]
@@ -110,6 +120,7 @@ class _ToolExtractor:
         self.in_call = False
         self.call_text = ""  # raw text of the call being parsed, released as content if it is not one
         self.at_start = True  # nothing but whitespace released yet: a bare `{` may open a call
+        self.after_call = False  # a call just ended: its closing tag and whitespace are dropped
         self.index = 0
 
     def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCall]]:
@@ -117,6 +128,19 @@ class _ToolExtractor:
         content = ""
         calls: list[ToolCall] = []
         while self.buf:
+            if self.after_call:
+                stripped = self.buf.lstrip()
+                closer = next((c for c in _CLOSERS if stripped.startswith(c)), None)
+                if closer is not None:
+                    self.buf = stripped[len(closer):]
+                    self.after_call = False
+                    continue
+                if not final and (not stripped or any(c.startswith(stripped) for c in _CLOSERS)):
+                    break
+                self.buf = stripped
+                self.after_call = False
+                if not self.buf:
+                    break
             if not self.in_call:
                 pos, taglen = self._find_opener()
                 if pos < 0:
@@ -138,6 +162,7 @@ class _ToolExtractor:
             if ok:
                 calls.extend(new_calls)
                 self.at_start = False
+                self.after_call = True
             else:
                 content += self.call_text
                 self.at_start = False
@@ -169,7 +194,9 @@ class _ToolExtractor:
         if s[i] not in "{[":
             # Mistral's newer form: [TOOL_CALLS]name[ARGS]{...}
             j = s.find("[ARGS]", i)
-            if j > i and s[i:j].strip().replace("_", "").replace("-", "").isalnum():
+            if j < 0 and not final and _MISTRAL_PARTIAL.fullmatch(s[i:]):
+                return None  # may still become `name[ARGS]{...}`
+            if j > i and _TOOL_NAME.fullmatch(s[i:j].strip()):
                 end = _json_end(s, j + 6) if j + 6 < len(s) and s[j + 6] == "{" else None
                 if end is None:
                     return None if not final and len(s) - i < 1 << 16 else (False, [])
@@ -182,7 +209,6 @@ class _ToolExtractor:
                     return False, []
                 self.call_text += s[:end]
                 self.buf = s[end:]
-                self._skip_closers()
                 return True, [self._call(name, args)]
             return False, []
         end = _json_end(s, i)
@@ -202,15 +228,7 @@ class _ToolExtractor:
             calls.append(call)
         self.call_text += s[:end]
         self.buf = s[end:]
-        self._skip_closers()
         return True, calls
-
-    def _skip_closers(self) -> None:
-        stripped = self.buf.lstrip()
-        for c in _CLOSERS:
-            if stripped.startswith(c):
-                self.buf = stripped[len(c):]
-                return
 
     def _to_call(self, item: Any) -> ToolCall | None:
         if not isinstance(item, dict):
