@@ -89,6 +89,7 @@ def create(store: Store, name: str, spec: CreateSpec, quantize: str | None = Non
                 is_projector = finfo.architecture == "clip"
                 layers.append(mf.Layer(mf.PROJECTOR if is_projector else mf.MODEL, digest,
                                        store.blob_path(digest).stat().st_size))
+                yield _layer_progress(digest, False)
                 if not is_projector and info is None:
                     info = finfo
             if info is None:
