@@ -1,0 +1,180 @@
+"""Prompt plans: template precedence, system/MESSAGE/raw/suffix, truncation, grammar, capability errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.conversation import Message
+from corral.errors import CapabilityError, GrammarError, InvalidRequestError, TemplateError
+from corral.jobs import ChatJob, GenerateJob
+from corral.prompts import GEMMA3_PARAMS, GEMMA3_TEMPLATE, JSON_GBNF, plan_chat, plan_generate
+
+from .conftest import CONVERSATION, WEATHER, go_template, jinja_template, make_record
+
+CHATML = go_template("chatml")
+JINJA_CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat(record, *, gguf: str | None = None, bos: str = "", **kw):
+    return plan_chat(record, ChatJob(model="x", **kw), gguf_template=gguf, bos_token=bos, eos_token="")
+
+
+def gen(record, *, gguf: str | None = None, bos: str = "", **kw):
+    return plan_generate(record, GenerateJob(model="x", **kw), gguf_template=gguf, bos_token=bos,
+                         eos_token="")
+
+
+def user(text: str) -> Message:
+    return Message(role="user", content=text)
+
+
+def test_template_precedence() -> None:
+    go = make_record(template="GO {{ range .Messages }}{{ .Content }}{{ end }}")
+    # the model's Go TEMPLATE beats the GGUF's Jinja template
+    assert chat(go, gguf=JINJA_CHATML, messages=[user("a")]).text == "GO a"
+    # no Go template: the GGUF's Jinja template
+    assert chat(make_record(), gguf=JINJA_CHATML, messages=[user("a")]).text == \
+        "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"
+    # neither: {{ .Prompt }}
+    assert chat(make_record(), messages=[user("a")]).text == "a"
+    # a generate request's template beats both
+    assert gen(go, gguf=JINJA_CHATML, prompt="p", template="[{{ .Prompt }}]").text == "[p]"
+
+
+def test_system_and_seeded_messages() -> None:
+    seeded = [user("seed q"), Message(role="assistant", content="seed a")]
+    rec = make_record(template=CHATML, system="SYS", messages=seeded)
+    text = chat(rec, messages=[user("q")]).text
+    assert text == ("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nseed q<|im_end|>\n"
+                    "<|im_start|>assistant\nseed a<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    # a conversation that brings its own system message keeps it (after the seeded MESSAGEs)
+    text = chat(make_record(template=CHATML, system="SYS"), messages=[Message(role="system", content="MINE"),
+                                                                      user("q")]).text
+    assert "SYS" not in text and text.startswith("<|im_start|>system\nMINE")
+
+
+def test_generate_system_override_raw_and_context() -> None:
+    rec = make_record(template=CHATML, system="SYS", messages=[user("seed")])
+    assert gen(rec, prompt="p").text.startswith("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nseed")
+    assert gen(rec, prompt="p", system="OTHER").text.startswith("<|im_start|>system\nOTHER<|im_end|>")
+    # continuing from `context`: seeded MESSAGEs are not repeated
+    assert "seed" not in gen(rec, prompt="p", context=[1, 2]).text
+    raw = gen(rec, prompt="<|im_start|>anything", raw=True)
+    assert raw.text == "<|im_start|>anything" and raw.add_special
+    with pytest.raises(InvalidRequestError, match="raw mode does not support template, system, or context"):
+        gen(rec, prompt="p", raw=True, system="s")
+
+
+def test_bos_is_not_doubled() -> None:
+    tmpl = "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert chat(make_record(), gguf=tmpl, bos="<bos>", messages=[user("a")]).add_special is False
+    assert chat(make_record(template=CHATML), bos="<bos>", messages=[user("a")]).add_special is True
+
+
+def test_history_truncation_keeps_system_and_last_message() -> None:
+    msgs = [Message(role="system", content="S")] + [user(f"m{i} " + "w " * 20) for i in range(10)]
+    rec = make_record(template=CHATML)
+    count = lambda s: len(s.split())  # noqa: E731 - a word counter stands in for the tokenizer
+    full = chat(rec, messages=msgs).text
+    assert not chat(rec, messages=msgs).truncated
+    limit = count(full) // 2
+    cut = plan_chat(rec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
+                    count_tokens=count, num_ctx=limit)
+    assert cut.truncated and count(cut.text) <= limit
+    assert cut.text.startswith("<|im_start|>system\nS<|im_end|>")
+    assert "m9 " in cut.text and "m0 " not in cut.text
+    # the newest messages are the ones kept
+    kept = [i for i in range(10) if f"m{i} " in cut.text]
+    assert kept == list(range(kept[0], 10))
+    # even when nothing fits, the last message stays
+    tiny = plan_chat(rec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
+                     count_tokens=count, num_ctx=1)
+    assert "m9 " in tiny.text and "m8 " not in tiny.text and "S<|im_end|>" in tiny.text
+
+
+def test_format_becomes_a_grammar() -> None:
+    rec = make_record(template=CHATML)
+    assert chat(rec, messages=[user("a")]).grammar is None
+    assert chat(rec, messages=[user("a")], format="json").grammar == JSON_GBNF
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    g = chat(rec, messages=[user("a")], format=schema).grammar
+    assert g is not None and '"\\"n\\""' in g
+    assert gen(rec, prompt="a", format='{"type": "boolean"}').grammar.startswith("root ::= boolean")
+    with pytest.raises(GrammarError, match="pattern"):
+        chat(rec, messages=[user("a")], format={"type": "string", "pattern": "x"})
+    with pytest.raises(InvalidRequestError, match="invalid format"):
+        chat(rec, messages=[user("a")], format="yaml")
+
+
+def test_capability_errors_use_ollamas_wording() -> None:
+    plain = make_record("llama3.2", template=CHATML)
+    full = r"^registry.ollama.ai/library/llama3.2:latest does not support tools$"
+    with pytest.raises(CapabilityError, match=full):
+        chat(plain, messages=[user("a")], tools=[WEATHER])
+    with pytest.raises(CapabilityError, match=r'^"llama3.2:latest" does not support thinking$'):
+        chat(plain, messages=[user("a")], think=True)
+    with pytest.raises(CapabilityError, match="does not support insert"):
+        gen(plain, prompt="a", suffix="b")
+    with pytest.raises(InvalidRequestError, match="invalid think value"):
+        chat(plain, messages=[user("a")], think="extreme")
+    assert chat(plain, messages=[user("a")], think=False).think is False  # false is always allowed
+
+
+def test_thinking_models_think_by_default() -> None:
+    rec = make_record(template=go_template("deepseek-r1"))
+    plan = chat(rec, messages=[user("2+2?")])
+    assert plan.think and plan.think_markers == ("<think>", "</think>")
+    assert chat(rec, messages=[user("2+2?")], think="high").think
+    assert not chat(rec, messages=[user("2+2?")], think=False).think
+    parser = plan.new_parser()
+    d1, d2 = parser.feed("<think>4, surely</think>\n\n4"), parser.finish()
+    assert (d1.thinking + d2.thinking, d1.content + d2.content) == ("4, surely", "4")
+
+
+def test_bad_templates_are_clear_errors() -> None:
+    with pytest.raises(TemplateError, match=":2: unexpected"):
+        chat(make_record(template="ok\n{{ end }}"), messages=[user("a")])
+    with pytest.raises(TemplateError, match="no way"):
+        chat(make_record(), gguf="{{ raise_exception('no way') }}", messages=[user("a")])
+    with pytest.raises(TemplateError, match="unclosed action"):
+        gen(make_record(), prompt="a", template="{{ .Prompt")
+
+
+def test_gemma3_builtin_plan() -> None:
+    rec = make_record("gemma3:270m", template=GEMMA3_TEMPLATE, params=GEMMA3_PARAMS)
+    plan = chat(rec, bos="<bos>", messages=list(CONVERSATION))
+    assert plan.add_special and plan.stop == ["<end_of_turn>"]
+    assert plan.text.startswith("<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>")
+    assert GEMMA3_PARAMS == {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95}
+    assert gen(rec, prompt="Hi").text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_images_are_collected() -> None:
+    msgs = [Message(role="user", content="look", images=[b"png1"]),
+            Message(role="user", content="and", images=[b"p2"])]
+    assert chat(make_record(template=CHATML), messages=msgs).images == [b"png1", b"p2"]
+    assert gen(make_record(template=CHATML), prompt="x", images=[b"i"]).images == [b"i"]
+
+
+def test_tool_plan_parses_the_templates_own_format() -> None:
+    rec = make_record(template=go_template("qwen2.5"))
+    plan = chat(rec, messages=[user("weather in Paris?")], tools=[WEATHER])
+    assert plan.tool_tag == "<tool_call>"
+    p = plan.new_parser()
+    d = p.feed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    calls = d.tool_calls + p.finish().tool_calls
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    # the parsed call goes back into the next prompt, followed by the tool's answer
+    follow = [user("weather in Paris?"), Message(role="assistant", tool_calls=calls),
+              Message(role="tool", content="22C", tool_name="get_weather")]
+    text = chat(rec, messages=follow, tools=[WEATHER]).text
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n</tool_call>' in text
+    assert text.endswith("<tool_response>\n22C\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    for family, tag in (("mistral", "[TOOL_CALLS]"), ("llama3", "{")):
+        rec = make_record(template=go_template(family))
+        assert chat(rec, messages=[user("a")], tools=[WEATHER]).tool_tag == tag
+    jinja = chat(make_record(), gguf=jinja_template("Qwen-Qwen2.5-7B-Instruct"), messages=[user("a")],
+                 tools=[WEATHER])
+    assert jinja.tool_tag == "<tool_call>"
