@@ -1,0 +1,68 @@
+"""The real pipeline: Gemma 3 270M on the CPU backend, in a runner subprocess, through the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import corral_plugins.cpu
+from corral.config import Config
+from corral.conversation import Message
+from corral.engine import Engine
+from corral.jobs import ChatJob, EmbedJob, GenerateJob
+from corral.store.store import Store
+
+CPU_LIB = Path(corral_plugins.cpu.__file__).parent / "_lib"
+
+pytestmark = [
+    pytest.mark.gemma,
+    pytest.mark.skipif(not any(CPU_LIB.glob("_llama_cpu*")),
+                       reason=f"the CPU backend is not built ({CPU_LIB} missing): run build_backends.py"),
+]
+
+
+def test_gemma_through_a_runner_subprocess(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gemma-engine")
+    store = Store(root / "models")
+    store.ensure_default_model()
+    config = Config(models=store.root, home=root, backend="cpu", num_parallel=2, context_length=1024)
+
+    async def main():
+        engine = Engine(config, store)  # the production default: subprocess runners
+        try:
+            # Greedy Gemma 3 270M (base) answers this form of the question with " Paris".
+            question = "Question: What is the capital of France?\nAnswer:"
+            job = GenerateJob(model="gemma3:270m", prompt=question, raw=True,
+                              options={"temperature": 0, "num_predict": 8})
+            chunks = [c async for c in engine.generate(job)]
+            text = "".join(c.content for c in chunks)
+            last = chunks[-1]
+            assert "Paris" in text, text
+            assert last.done_reason in ("stop", "length")
+            m = last.metrics
+            assert 0 < m.eval_count <= 8 and m.prompt_eval_count >= 5
+            assert m.eval_duration > 0 and m.prompt_eval_duration > 0 and m.load_duration > 0
+            assert last.context is None  # raw
+            [row] = engine.running()
+            assert row.backend == "cpu" and row.pid not in (None, os.getpid())
+            assert row.context_length == 1024 and row.size > 100_000_000
+
+            chat = ChatJob(model="gemma3:270m", messages=[Message(role="user", content="Say hello.")],
+                           options={"temperature": 0, "num_predict": 6})
+            answer = [c async for c in engine.chat(chat)]
+            assert answer[-1].done and "".join(c.content for c in answer).strip()
+            assert "<end_of_turn>" not in "".join(c.content for c in answer)
+
+            emb = await engine.embed(EmbedJob(model="gemma3:270m", inputs=["hello world"]))
+            [vec] = emb.embeddings
+            assert len(vec) == 640 and math.isclose(math.sqrt(sum(x * x for x in vec)), 1.0, rel_tol=1e-4)
+            pid = row.pid
+        finally:
+            await engine.shutdown()
+        assert not os.path.exists(f"/proc/{pid}")
+
+    asyncio.run(main())
