@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -53,6 +57,11 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.blobs_dir = self.root / "blobs"
         self._pins: Counter[str] = Counter()
+        self._lock_dir = self.blobs_dir / _blobs.LOCK_DIR
+        self._active_path = self._lock_dir / f"active-{uuid.uuid4().hex}.lock"
+        self._active = 0
+        self._active_fd: int | None = None
+        self._mutex = threading.Lock()
         self._downloads: dict[str, Any] = {}  # digest -> shared download (see corral.store.pull)
 
     @classmethod
@@ -105,10 +114,48 @@ class Store:
 
     @contextlib.contextmanager
     def activity(self) -> Iterator[None]:
-        """Shared store lock: a GC in any process skips its sweep while this is held."""
+        """Mark this Store busy: a GC in any other process or Store skips its sweep meanwhile.
+
+        While busy, the Store holds an exclusive flock on its own ``active-<id>.lock``; GC probes
+        the other such files. Registering waits for a running sweep (shared lock on gc.lock), so
+        a sweep never overlaps an operation that started after it checked.
+        """
         self._ensure_dirs()
-        with _blobs.file_lock(self.blobs_dir / _blobs.LOCK_DIR / "store.lock", shared=True):
+        with self._mutex:
+            if self._active == 0:
+                with _blobs.file_lock(self._lock_dir / "gc.lock", shared=True):
+                    self._lock_dir.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self._active_path, os.O_RDWR | os.O_CREAT, 0o644)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    self._active_fd = fd
+            self._active += 1
+        try:
             yield
+        finally:
+            with self._mutex:
+                self._active -= 1
+                if self._active == 0 and self._active_fd is not None:
+                    self._active_path.unlink(missing_ok=True)
+                    os.close(self._active_fd)  # closing releases the flock
+                    self._active_fd = None
+
+    def _others_active(self) -> bool:
+        """True when another process (or Store) holds its active lock; stale files are removed."""
+        for path in self._lock_dir.glob("active-*.lock"):
+            if path == self._active_path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+            path.unlink(missing_ok=True)  # its owner died without cleaning up
+        return False
 
     # ---- names and manifests ---------------------------------------------------------------------
     def manifest_path(self, name: ModelName) -> Path:
@@ -324,9 +371,9 @@ class Store:
         if self.noprune or not self.blobs_dir.is_dir():
             return []
         removed: list[str] = []
-        with _blobs.file_lock(self.blobs_dir / _blobs.LOCK_DIR / "store.lock", blocking=False) as got:
-            if not got:
-                log.info("not pruning: a pull, create or upload is in progress")
+        with _blobs.file_lock(self._lock_dir / "gc.lock", blocking=False) as got:
+            if not got or self._others_active():
+                log.info("not pruning: a pull, create or upload is in progress elsewhere")
                 return []
             used = self._referenced()
             if used is None:
