@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 import pytest
 
@@ -238,3 +239,47 @@ def test_chat_thinking_is_split_from_content(make_config, engine_store):
             await chunks_of(engine.chat(ChatJob(model="tooly", messages=ask, think=True)))
 
     run(make_config, engine_store, body, rules)
+
+
+def test_chat_history_is_truncated_to_the_context(make_config, engine_store):
+    async def body(engine):
+        history = []
+        for i in range(12):
+            history.append(Message(role="user", content=f"question number {i} " + "padding " * 6))
+            history.append(Message(role="assistant", content=f"answer number {i}"))
+        history.append(Message(role="user", content="the final question"))
+        system = Message(role="system", content="be brief")
+        job = ChatJob(model="alpha", messages=[system, *history], options={"num_ctx": 256, "num_predict": 4})
+        chunks = await chunks_of(engine.chat(job))
+        m = chunks[-1].metrics
+        assert 0 < m.prompt_eval_count <= 256  # older turns were dropped to fit
+        # without truncation the same conversation does not fit
+        with pytest.raises(ContextLengthError):
+            await chunks_of(engine.chat(ChatJob(model="alpha", messages=[system, *history], truncate=False,
+                                                options={"num_ctx": 256, "num_predict": 4})))
+
+    run(make_config, engine_store, body)
+
+
+def test_cancelling_the_consumer_task_stops_the_backend(make_config, engine_store):
+    rules = [{"match": "slow", "reply": "s" * 200, "delay": 0.05}]
+
+    async def body(engine):
+        got_one = asyncio.Event()
+
+        async def consume():
+            async for _ in engine.generate(GenerateJob(model="alpha", prompt="slow")):
+                got_one.set()
+
+        task = asyncio.create_task(consume())
+        await got_one.wait()
+        task.cancel()  # what the server does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+        # the backend's generation thread saw the cancel token and ended (it had ~10 s left)
+        assert not [t for t in threading.enumerate() if t.name == "local-runner-generate"]
+        ok = await chunks_of(engine.generate(GenerateJob(model="alpha", prompt="next")))
+        assert ok[-1].done
+
+    run(make_config, engine_store, body, rules, num_parallel=1)

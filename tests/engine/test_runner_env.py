@@ -1,0 +1,27 @@
+"""A runner subprocess rebuilds the server's exact Config from the environment it is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.config import Config
+from corral.runner.client import runner_env
+
+
+def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):
+    monkeypatch.setenv("CORRAL_LOAD_PLUGINS", "stale")  # must not leak into a config that loads all
+    monkeypatch.setenv("UNRELATED_VARIABLE", "kept")
+    configs = [
+        Config(),
+        Config(host="::1", port=8080, scheme="https", models=Path("/tmp/m s"), home=Path("/tmp/h"),
+               keep_alive=float("inf"), num_parallel=7, max_loaded_models=2, max_queue=3, context_length=512,
+               flash_attention=False, kv_cache_type="q8_0", backend="cpu", origins=("http://a", "http://b"),
+               api_key="secret", max_body=1234, noprune=True, debug=True, load_plugins=("cpu",),
+               disable_plugins=("cuda",), extra_plugins=("corral.testing.fake",), trace_plugins=True,
+               nohistory=True, fake_script="/tmp/rules.json"),
+        Config(keep_alive=0.25, flash_attention=True, load_plugins=()),
+    ]
+    for config in configs:
+        env = runner_env(config)
+        assert env["UNRELATED_VARIABLE"] == "kept"
+        assert Config.from_env(env) == config
