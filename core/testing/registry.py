@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -35,6 +36,9 @@ class Faults:
     ignore_range: bool = False  # answer 200 with the whole body
     manifests: dict[str, bytes] = field(default_factory=dict)  # "ns/model:tag" -> raw bytes served
     auth_realm: str | None = None  # when set, 401 + Bearer challenge unless a token is sent
+    chunk_size: int = 16 * 1024  # body write size; small so that mid-part faults land mid-part
+    redirect_blobs: str | None = None  # base URL (a "CDN") that blob GETs are redirected to (307)
+    gzip_manifests: bool = False  # send manifests gzip-compressed (Content-Encoding: gzip)
 
 
 @dataclass
@@ -216,7 +220,11 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 self._reply(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
                 return
-            self._reply(200, data, {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+            headers = {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"}
+            if reg.faults.gzip_manifests:
+                data = gzip.compress(data)
+                headers["Content-Encoding"] = "gzip"
+            self._reply(200, data, headers)
 
         def _blob(self, digest: str) -> None:
             try:
@@ -228,6 +236,9 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, b"blob unknown")
                 return
             if self._fault_5xx(digest):
+                return
+            if reg.faults.redirect_blobs and self.command == "GET":
+                self._reply(307, b"", {"Location": reg.faults.redirect_blobs + self.path})
                 return
             size = path.stat().st_size
             if self.command == "HEAD":
@@ -268,7 +279,7 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
             with open(path, "rb") as fh:
                 fh.seek(start)
                 while pos <= end:
-                    chunk = fh.read(min(16 * 1024, end - pos + 1))
+                    chunk = fh.read(min(f.chunk_size, end - pos + 1))
                     if digest in f.wrong_bytes and pos == start and chunk:
                         chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     if drop is not None and access.sent + len(chunk) > drop:

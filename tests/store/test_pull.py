@@ -287,3 +287,62 @@ def test_repull_of_changed_tag_removes_unused_layers(store: Store, registry: Tes
     progress = collect(store.pull(name, insecure=True))
     assert "removing unused layers" in statuses(progress)
     assert not store.blob_path(model_digest(first)).exists()
+
+
+def test_redirect_to_a_cdn_drops_credentials(store: Store, registry: TestRegistry, tmp_path: Path) -> None:
+    manifest = publish(registry)
+    with TestRegistry(tmp_path / "cdn") as cdn:
+        for layer in [*json.loads(manifest)["layers"], json.loads(manifest)["config"]]:
+            cdn.add_blob_file(registry.blob_file(layer["digest"]))
+        registry.faults.auth_realm = f"{registry.url}/token"
+        registry.faults.redirect_blobs = cdn.url
+        collect(store.pull(f"{registry.host}/library/tiny", insecure=True))
+        assert store.blob_path(model_digest(manifest)).read_bytes() == BLOB
+        assert cdn.requests("GET") and all(a.authorization is None for a in cdn.log)
+
+
+def test_gzip_bomb_manifest_is_bounded(store: Store, registry: TestRegistry) -> None:
+    registry.faults.manifests["library/bomb:latest"] = b" " * (16 * 1024 * 1024)  # ~16 KiB gzipped
+    registry.faults.gzip_manifests = True
+    with pytest.raises(RegistryError, match="manifest is larger than"):
+        collect(store.pull(f"{registry.host}/library/bomb", insecure=True))
+
+
+def test_hf_names_use_the_same_protocol() -> None:
+    from corral.names import parse_name
+    from corral.store.transfer import RegistryClient, TransferSettings
+
+    client = RegistryClient(parse_name("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"), insecure=False,
+                            settings=TransferSettings())
+    assert client.url("manifests", "Q4_K_M") == \
+        "https://hf.co/v2/bartowski/Llama-3.2-1B-Instruct-GGUF/manifests/Q4_K_M"
+    asyncio.run(client.http.aclose())
+
+
+def test_disk_full_mid_download_keeps_the_partial(store: Store, registry: TestRegistry,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from corral.store import download
+
+    manifest = publish(registry)
+    d = model_digest(manifest)
+    real = download._pwrite_all
+    calls = [0]
+
+    def full_disk(fd: int, data: bytes, pos: int) -> None:
+        calls[0] += 1
+        if calls[0] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, pos)
+
+    monkeypatch.setattr(download, "_pwrite_all", full_disk)
+    with pytest.raises(InsufficientStorageError, match="no space left on device"):
+        collect(store.pull(f"{registry.host}/library/tiny", insecure=True))
+    assert store._downloads == {} and not store.blob_path(d).exists()
+    assert list((store.blobs_dir / ".corral-tmp").glob("*.partial"))  # kept for resume
+    monkeypatch.setattr(download, "_pwrite_all", real)
+    mark = len(registry.log)
+    collect(store.pull(f"{registry.host}/library/tiny", insecure=True))  # no restart needed
+    assert store.blob_path(d).read_bytes() == BLOB
+    assert sum(a.sent for a in registry.log[mark:] if a.path.endswith(d)) < len(BLOB)
