@@ -45,7 +45,7 @@ class Batcher:
         # makes a common system prompt cost one evaluation for all concurrent users.
         cp.kv_unified = True
         cp.n_seq_max = n_par
-        cp.n_ctx = max(256, int(options.num_ctx)) * n_par
+        cp.n_ctx = max(256, int(options.num_ctx) * n_par)
         cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
         cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
         threads = int(options.num_thread) or _default_threads()
@@ -69,7 +69,7 @@ class Batcher:
                 raise
         self._mem = lib.llama_get_memory(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
-        self.n_ctx_seq = max(256, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
+        self.n_ctx_seq = max(32, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
         self.can_shift = bool(lib.llama_memory_can_shift(self._mem))
         add_bos = lib.llama_vocab_get_add_bos(self._vocab)
         self._bos = int(lib.llama_vocab_bos(self._vocab)) if add_bos else None
