@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s runner[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
     )
+    if not config.debug:  # llama.cpp's per-load INFO chatter is detail: CORRAL_DEBUG=1 shows it
+        logging.getLogger("corral.llama").setLevel(logging.WARNING)
     sock = socket.socket(fileno=args.fd)
     code = RunnerServer(sock, config, args.backend).serve()
     logging.shutdown()

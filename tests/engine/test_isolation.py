@@ -103,9 +103,16 @@ def test_runner_client_calls_and_cancel(make_config, engine_store):
         results = await asyncio.gather(*(_gen(runner, p) for p in prompts))
         assert len(set(results)) == 8
         # Closing the stream early cancels in the runner; it keeps serving.
+        threads = await settled_threads(runner.pid)
         stream = runner.generate(GenerationRequest(prompt=await runner.tokenize("slow")))
         await stream.__anext__()
+        assert await settled_threads(runner.pid) == threads + 1  # one thread per generation
         await stream.aclose()
+        for _ in range(50):  # the reply had ~5 s left; the cancel stops it within a token
+            if len(os.listdir(f"/proc/{runner.pid}/task")) == threads:
+                break
+            await asyncio.sleep(0.02)
+        assert len(os.listdir(f"/proc/{runner.pid}/task")) == threads
         emb = await runner.embed([await runner.tokenize("a b")])
         assert len(emb.embeddings) == 1 and emb.prompt_tokens > 0
         pid = runner.pid
@@ -114,6 +121,15 @@ def test_runner_client_calls_and_cancel(make_config, engine_store):
         assert_reaped(pid)
 
     asyncio.run(main())
+
+
+async def settled_threads(pid: int) -> int:
+    """The runner's thread count once short-lived request threads (tokenize, ...) have exited."""
+    counts = []
+    for _ in range(10):
+        counts.append(len(os.listdir(f"/proc/{pid}/task")))
+        await asyncio.sleep(0.02)
+    return min(counts)
 
 
 async def _gen(runner: RunnerClient, prompt: list[int]) -> str:
