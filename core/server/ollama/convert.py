@@ -15,6 +15,7 @@ from corral.server.ollama.schemas import (
     GenerateRequest,
     GenerateResponse,
     Logprob,
+    ResponseMessage,
     ToolCallFunction,
     ToolCallWire,
     TopLogprob,
@@ -121,8 +122,8 @@ def generate_response(model: str, c: Chunk) -> GenerateResponse:
 def chat_response(model: str, c: Chunk) -> ChatResponse:
     """A /api/chat chunk from a core chunk."""
     m = c.metrics
-    msg = ChatMessage(role="assistant", content=c.content, thinking=c.thinking or None,
-                      tool_calls=tool_calls(c.tool_calls))
+    msg = ResponseMessage(role="assistant", content=c.content, thinking=c.thinking or None,
+                          tool_calls=tool_calls(c.tool_calls))
     return ChatResponse(
         model=model, created_at=common.now_rfc3339(), message=msg, done=c.done,
         done_reason=c.done_reason if c.done else None, logprobs=logprobs(c.logprobs),

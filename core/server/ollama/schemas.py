@@ -42,6 +42,15 @@ class ChatMessage(Struct, kw_only=True, omit_defaults=True):
     tool_call_id: str | None = None
 
 
+class ResponseMessage(Struct, kw_only=True, omit_defaults=True):
+    """The assistant message of a chat chunk; ``role`` and ``content`` are always sent."""
+
+    role: str
+    content: str
+    thinking: str | None = None
+    tool_calls: list[ToolCallWire] | None = None
+
+
 class ToolFunction(Struct, kw_only=True, omit_defaults=True):
     """A tool's function: name, description, JSON-schema parameters."""
 
@@ -196,7 +205,7 @@ class ChatResponse(Struct, kw_only=True, omit_defaults=True):
 
     model: str
     created_at: str
-    message: ChatMessage
+    message: ResponseMessage
     done: bool
     done_reason: str | None = None
     total_duration: int = 0
