@@ -72,6 +72,9 @@ class BackendContract:
 
     expect_capital_paris: bool = False  # True for a real model that knows its geography
     prompt_text: str = "The capital of France is"
+    # One example first: small base models (Gemma 3 270M) continue the bare sentence greedily with
+    # " the capital of the country of France", but with the pattern shown they answer " Paris".
+    paris_prompt: str = "The capital of Germany is Berlin. The capital of France is"
     max_cancel_seconds: float = 5.0
 
     # ---- fixtures a subclass overrides ---------------------------------------------------------
@@ -261,10 +264,10 @@ class BackendContract:
         with pytest.raises(CorralError):
             backend_hooks.load_model(str(tmp_path / "nope.gguf"), LoadOptions(num_ctx=256, num_parallel=1))
 
-    def test_capital_of_france(self, backend_hooks: BackendHooks, model: ModelHandle,
-                               prompt: list[int]) -> None:
+    def test_capital_of_france(self, backend_hooks: BackendHooks, model: ModelHandle) -> None:
         if not self.expect_capital_paris:
             pytest.skip("this model is not expected to know (expect_capital_paris = False)")
+        prompt = backend_hooks.tokenize(model, self.paris_prompt, add_special=True, parse_special=False)
         text, _, _ = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=8)
-        assert "Paris" in text
+        assert "Paris" in text, f"{self.paris_prompt!r} continued greedily as {text!r}"
 
