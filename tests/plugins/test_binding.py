@@ -260,3 +260,49 @@ def test_gemma_file_is_assembled_once(gemma_path):
     mtime = gemma_path.stat().st_mtime_ns
     assert gemma_gguf() == gemma_path and gemma_path.stat().st_mtime_ns == mtime
     assert shutil.disk_usage(gemma_path.parent).free > 0
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------
+def write_lora(path: Path, n_embd: int, n_layer: int, scale: float, rank: int = 4) -> Path:
+    """A LoRA GGUF for the tiny llama's attn_q matrices (B = 0 is an adapter that changes nothing)."""
+    import gguf
+
+    rng = np.random.default_rng(1)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for i in range(n_layer):
+        # ggml shapes are numpy's reversed: A is [n_in, r] (numpy (r, n_in)), B is [r, n_out].
+        w.add_tensor(f"blk.{i}.attn_q.weight.lora_a", rng.standard_normal((rank, n_embd)).astype(np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight.lora_b",
+                     (scale * rng.standard_normal((n_embd, rank))).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_lora_adapter_changes_the_model(native, tiny_gguf_spec, tmp_path):
+    from corral_plugins._llama.embed import Embedder
+    from corral_plugins._llama.model import LlamaModel
+
+    spec = tiny_gguf_spec
+    zero = write_lora(tmp_path / "zero.gguf", spec.n_embd, spec.n_layer, 0.0)
+    real = write_lora(tmp_path / "real.gguf", spec.n_embd, spec.n_layer, 1.0)
+
+    def vector(adapters: tuple[str, ...]) -> np.ndarray:
+        opts = LoadOptions(num_ctx=64, adapters=adapters)
+        m = LlamaModel(native, spec.path, opts)
+        e = Embedder(m, opts)
+        try:
+            toks = m.tokenize("the capital of France is Paris")
+            return np.array(e.embed([toks], normalize=False).embeddings[0])
+        finally:
+            e.close()
+            m.free()
+
+    base = vector(())
+    assert np.allclose(vector((str(zero),)), base, atol=1e-5)  # B = 0: the adapter adds nothing
+    assert not np.allclose(vector((str(real),)), base, atol=1e-3)
