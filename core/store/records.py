@@ -64,7 +64,10 @@ class ModelRecord(msgspec.Struct, kw_only=True):
         """Details from the config blob alone (no GGUF read), as Ollama's ``/api/tags`` does."""
         c = self.config
         fams = c.get("model_families")
+        parent = next((layer.from_ for layer in self.manifest.layers
+                       if layer.media_type == "application/vnd.ollama.image.model" and layer.from_), "")
         return ModelDetails(
+            parent_model=parent,
             format=c.get("model_format") or "gguf",
             family=c.get("model_family") or "",
             families=list(fams) if isinstance(fams, list) else None,

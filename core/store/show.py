@@ -58,7 +58,6 @@ def show(store: Store, record: ModelRecord, *, verbose: bool = False) -> ShowInf
         details = ModelDetails(parent_model=parent_model(record), **gguf.details(info))
     else:
         details = record.details
-        details.parent_model = parent_model(record)
     projector_info = None
     if record.projector is not None and record.projector.is_file():
         try:

@@ -77,6 +77,7 @@ def test_create_from_model_merges(store: Store, base: str) -> None:
     assert rec.manifest.layers[0].from_ == "registry.ollama.ai/library/base:1"
     info = store.show("child")
     assert info.details.parent_model == "registry.ollama.ai/library/base:1"
+    assert rec.details.parent_model == "registry.ollama.ai/library/base:1"
 
 
 @pytest.mark.parametrize(("spec", "error", "message"), [

@@ -220,3 +220,12 @@ def test_default_model_import(tmp_path: Path) -> None:
     assert store.get("g:copy").model_path is not None
     store.delete("g:copy")
     assert store.list() == [] and not store.has_blob("sha256:" + EXPECTED_SHA256)
+
+
+def test_from_config_reads_noprune(tmp_path: Path) -> None:
+    from corral.config import Config
+
+    config = Config.from_env({"CORRAL_MODELS": str(tmp_path / "m"), "CORRAL_NOPRUNE": "1"})
+    store = Store.from_config(config)
+    assert store.root == tmp_path / "m" and store.noprune
+    assert not Store.from_config(Config.from_env({"CORRAL_MODELS": str(tmp_path)})).noprune
