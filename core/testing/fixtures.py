@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from corral.testing.tinymodel import TinyModelSpec, write_tiny_gguf
 
 __all__ = ["tiny_gguf", "tiny_gguf_spec"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from corral.textstream import StopMatcher, Utf8Decoder
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gguf
 import pytest
+
 from corral.testing.tinymodel import CHATML_TEMPLATE, write_tiny_gguf
 
 
