@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,23 @@ def check_gguf(path: str | Path) -> None:
     magic, version, every length and every tensor's bounds first (a directory, /dev/zero, a FIFO or a
     truncated file become ``InvalidModelFileError``).
     """
-    read_gguf_info(path, keep_arrays=False)
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _checked:
+        return
+    read_gguf_info(path, keep_arrays=False)  # about a second for a 262k-token vocabulary
+    if key is not None:
+        with _progress_lock:
+            if len(_checked) > 256:
+                _checked.clear()
+            _checked.add(key)
+
+
+# Files already validated, by identity and modification: a reload of an unchanged file skips the walk.
+_checked: set[tuple[str, int, int, int, int]] = set()
 
 
 class LlamaModel:
