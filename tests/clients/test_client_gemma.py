@@ -1,0 +1,43 @@
+"""The real clients against a live server running Gemma 3 270M on the CPU backend (a few short requests)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import ollama
+import openai
+import pytest
+from client_support import Served
+
+pytestmark = [pytest.mark.gemma, pytest.mark.slow]
+MODEL = "gemma3:270m"
+
+
+def test_ollama_json_schema_stream_and_logprobs(gemma_served: Served) -> None:
+    c = ollama.Client(host=gemma_served.url)
+    schema = {"type": "object", "required": ["name", "age"],
+              "properties": {"name": {"type": "string", "maxLength": 12},
+                             "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+    r = c.generate(model=MODEL, prompt="Describe a person as JSON.", format=schema,
+                   options={"temperature": 0, "num_predict": 48})
+    jsonschema.validate(json.loads(r.response), schema)
+    assert r.done_reason == "stop" and r.prompt_eval_count and r.eval_count
+
+    parts = list(c.chat(model=MODEL, messages=[{"role": "user", "content": "Say hello."}], stream=True,
+                        options={"num_predict": 4, "temperature": 0}, logprobs=True, top_logprobs=2))
+    assert parts[-1].done and parts[-1].eval_count == 4 and parts[-1].done_reason == "length"
+    lps = [lp for p in parts for lp in (p.logprobs or [])]
+    assert len(lps) == 4 and all(len(lp.top_logprobs or []) == 2 and lp.logprob <= 0 for lp in lps)
+    assert any(m.model == MODEL for m in c.ps().models)
+
+
+def test_openai_chat_stream_usage(gemma_served: Served) -> None:
+    c = openai.OpenAI(base_url=gemma_served.url + "/v1/", api_key="corral", max_retries=0)
+    chunks = list(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=5, temperature=0,
+        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 5
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text.strip()
