@@ -104,13 +104,15 @@ class Store:
     def pinned(self, digests: Iterable[str]) -> Iterator[None]:
         """Protect ``digests`` from GC and from delete's layer removal while the block runs."""
         ds = list(digests)
-        self._pins.update(ds)
+        with self._mutex:
+            self._pins.update(ds)
         try:
             with self.activity():
                 yield
         finally:
-            self._pins.subtract(ds)
-            self._pins += Counter()  # drop zero counts
+            with self._mutex:
+                self._pins.subtract(ds)
+                self._pins = +self._pins  # drop zero counts
 
     @contextlib.contextmanager
     def activity(self) -> Iterator[None]:
@@ -138,6 +140,10 @@ class Store:
                     self._active_path.unlink(missing_ok=True)
                     os.close(self._active_fd)  # closing releases the flock
                     self._active_fd = None
+
+    def _pinned(self) -> set[str]:
+        with self._mutex:
+            return set(self._pins)
 
     def _others_active(self) -> bool:
         """True when another process (or Store) holds its active lock; stale files are removed."""
@@ -336,7 +342,7 @@ class Store:
         used = self._referenced()
         if used is None:
             return []
-        gone = sorted(digests - used - set(self._pins))
+        gone = sorted(digests - used - self._pinned())
         for d in gone:
             self.blob_path(d).unlink(missing_ok=True)
         return gone
@@ -378,7 +384,7 @@ class Store:
             used = self._referenced()
             if used is None:
                 return []
-            keep = used | set(self._pins)
+            keep = used | self._pinned()
             cutoff = time.time() - grace
             for path in self.blobs_dir.iterdir():
                 if not path.is_file() or not _blobs.is_valid_digest(path.name):

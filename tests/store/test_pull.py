@@ -346,3 +346,11 @@ def test_disk_full_mid_download_keeps_the_partial(store: Store, registry: TestRe
     collect(store.pull(f"{registry.host}/library/tiny", insecure=True))  # no restart needed
     assert store.blob_path(d).read_bytes() == BLOB
     assert sum(a.sent for a in registry.log[mark:] if a.path.endswith(d)) < len(BLOB)
+
+
+def test_redirect_loop_is_bounded(store: Store, registry: TestRegistry) -> None:
+    manifest = publish(registry)
+    registry.faults.redirect_blobs = registry.url  # every blob GET redirects to itself
+    with pytest.raises(RegistryError, match="redirected more than 5 times"):
+        collect(store.pull(f"{registry.host}/library/tiny", insecure=True))
+    assert not store.blob_path(model_digest(manifest)).exists()
