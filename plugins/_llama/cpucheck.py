@@ -13,7 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-PROMPT = b"The capital of France is"
+# Long enough (40+ tokens) that prompt evaluation takes the batched matrix kernels (AMX tiles, sgemm)
+# as well as the one-token path the decode steps take: a variant must survive both.
+PROMPT = (b"Geography quiz. Answer each question with the name of a city. Germany has its capital in "
+          b"Berlin, Italy has its capital in Rome, Spain has its capital in Madrid, and the capital of "
+          b"France is")
 
 
 def variant_files(lib_dir: Path) -> list[Path]:
@@ -58,14 +62,14 @@ def check(variant: Path, model: Path) -> str:
     if m == ffi.NULL:
         raise RuntimeError(f"could not load {model}")
     cparams = lib.llama_context_default_params()
-    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 256, 64, 64, 1
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_seq_max = 256, 256, 256, 1
     cparams.n_threads = cparams.n_threads_batch = 2
     ctx = lib.llama_init_from_model(m, cparams)
     if ctx == ffi.NULL:
         raise RuntimeError("could not create a context")
     vocab = lib.llama_model_get_vocab(m)
-    toks = ffi.new("llama_token[64]")
-    n = lib.llama_tokenize(vocab, PROMPT, len(PROMPT), toks, 64, True, False)
+    toks = ffi.new("llama_token[256]")
+    n = lib.llama_tokenize(vocab, PROMPT, len(PROMPT), toks, 256, True, False)
     if n <= 0:
         raise RuntimeError(f"tokenize returned {n}")
     out = []
@@ -79,9 +83,12 @@ def check(variant: Path, model: Path) -> str:
         out.append(best)
         one = ffi.new("llama_token[1]", [best])
         rc = lib.llama_decode(ctx, lib.llama_batch_get_one(one, 1))
+    buf = ffi.new("char[64]")
+    text = b"".join(bytes(ffi.buffer(buf, max(0, lib.llama_token_to_piece(vocab, t, buf, 64, 0, False))))
+                    for t in out)
     lib.llama_free(ctx)
     lib.llama_model_free(m)
-    return f"OK {variant_name(variant)} {out}"
+    return f"OK {variant_name(variant)} {out} {text.decode('utf-8', 'replace')!r}"
 
 
 def main(argv: list[str] | None = None) -> int:
