@@ -41,6 +41,11 @@ def connect(*, autostart: bool = True, backend: str | None = None) -> Client:
         if ensure_server(client, config, backend=backend):
             err_console().print(f"[dim]started a corral server at {config.base_url} "
                                 f"(log: {config.home / 'logs' / 'server.log'})[/dim]")
+        elif backend:
+            # The backend is chosen when a server starts; a running one keeps its own.
+            err_console().print(f"[yellow]warning: a server already runs at {config.base_url}; "
+                                f"--backend {backend} applies only to a server this command starts "
+                                "(stop it, or run 'corral serve --backend ...')[/yellow]")
     return client
 
 

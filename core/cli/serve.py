@@ -13,8 +13,10 @@ from corral.cli.common import UsageError, err_console
 def _settings_help() -> str:
     from corral.config import SETTINGS
 
-    rows = "\n".join(f"  {s.env:<26} {s.help} (default: {s.default or 'unset'})" for s in SETTINGS)
-    return "Start the corral server.\n\nEnvironment variables:\n\n" + rows
+    # Typer's rich help joins single newlines into one paragraph: one paragraph per variable.
+    rows = "\n\n".join(f"[bold]{s.env}[/bold]  {s.help}" + (f" [dim](default {s.default})[/dim]" if s.default
+                                                               else "") for s in SETTINGS)
+    return "Start the corral server.\n\n[bold]Environment variables[/bold]\n\n" + rows
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,7 +78,8 @@ def serve(
     from corral.server.app import create_app
 
     app = create_app(config, pm=pm)
-    console.print(f"corral: listening on {config.base_url} (models in {config.models})")
+    where = f"[{config.host}]" if ":" in config.host else config.host
+    console.print(f"corral: listening on {config.scheme}://{where}:{config.port} (models in {config.models})")
     uvicorn.run(app, host=config.host, port=config.port,
                 log_level="debug" if config.debug else "info", timeout_graceful_shutdown=10)
 
