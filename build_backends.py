@@ -156,15 +156,15 @@ def backend_plan(requested: list[str] | None) -> list[tuple[str, bool, str]]:
 def ensure_source() -> Path:
     """Make vendor/llama.cpp hold the pinned tree; return its path."""
     src = PIN["source"]
-    if (VENDOR / ".git").exists():
+    stamp = VENDOR / ".corral-source.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == src["sha256"] \
+            and (VENDOR / "CMakeLists.txt").exists():
+        return VENDOR
+    if (VENDOR / ".git").is_dir():
         head = run(["git", "-C", str(VENDOR), "rev-parse", "HEAD"], quiet=True).strip()
         if not head.startswith(PIN["commit"]):
             raise BuildError(f"vendor/llama.cpp is a git checkout at {head[:12]}, not the pinned "
                              f"{PIN['commit']}: run `git -C vendor/llama.cpp checkout {PIN['commit']}`")
-        return VENDOR
-    stamp = VENDOR / ".corral-source.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == src["sha256"] \
-            and (VENDOR / "CMakeLists.txt").exists():
         return VENDOR
     archive = fetch_sdist()
     log(f"extracting {src['subdir']} from {archive.name}")
@@ -180,6 +180,8 @@ def ensure_source() -> Path:
             rel = Path(member.name[len(prefix):])
             if rel.is_absolute() or ".." in rel.parts or not (member.isfile() or member.isdir()):
                 continue  # no links, devices or escapes from the tree
+            if rel.parts[0] == ".git":
+                continue  # the sdist's submodule pointer, not a checkout
             target = VENDOR / rel
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
