@@ -43,11 +43,11 @@ def _follow_plain(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _follow_rich(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         DownloadColumn,
         Progress,
-        SpinnerColumn,
         TaskID,
         TextColumn,
         TimeRemainingColumn,
@@ -56,32 +56,24 @@ def _follow_rich(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
 
     console = err_console()
     last: dict[str, Any] | None = None
+    last_status = None
     bars: dict[str, TaskID] = {}
-    spinner: TaskID | None = None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+    # One bar per layer (size, speed, time left); statuses without sizes (parsing, writing
+    # manifest, success) are printed as lines above the bars.
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
         for ev in events:
             last = ev
             status = ev.get("status", "")
             digest = ev.get("digest")
             total, done = ev.get("total"), ev.get("completed") or 0
             if digest and total:
-                if spinner is not None:
-                    bar.update(spinner, completed=1, total=1)
-                    bar.stop_task(spinner)
-                    spinner = None
                 task = bars.get(digest)
                 if task is None:
                     label = f"{status.split(' ')[0]} {_short(digest)}"
-                    task = bars[digest] = bar.add_task(label, total=total)
+                    task = bars[digest] = bar.add_task(escape(label), total=total)
                 bar.update(task, completed=done, total=total)
-                continue
-            if spinner is not None:
-                bar.update(spinner, completed=1, total=1)
-                bar.stop_task(spinner)
-            # Statuses without sizes (verifying, writing manifest) get an indeterminate row each.
-            spinner = bar.add_task(status, total=None)
-        if spinner is not None:
-            bar.update(spinner, completed=1, total=1)
-            bar.stop_task(spinner)
+            elif status != last_status:
+                bar.console.print(escape(status), highlight=False)
+            last_status = status
     return last
