@@ -121,10 +121,7 @@ class TestCpuContractTiny(BackendContract):
 class TestCpuContractGemma(BackendContract):
     """The contract on the real Gemma 3 270M, which knows where Paris is."""
 
-    expect_capital_paris = True
-    # The base model continues "The capital of France is" with " the capital of the country of
-    # France." under greedy decoding; this longer prompt makes "Paris" its greedy continuation.
-    prompt_text = "The capital of France is the city of"
+    expect_capital_paris = True  # greedily, with the contract's one-shot paris_prompt
 
     @pytest.fixture(scope="class")
     @classmethod
