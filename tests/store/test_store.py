@@ -204,7 +204,9 @@ def test_default_model_import(tmp_path: Path) -> None:
     from corral.prompts.builtin import GEMMA3_PARAMS, GEMMA3_TEMPLATE
 
     store = Store(tmp_path / "models")
-    rec = store.ensure_default_model()
+    assert store.list() == []
+    rec = store.get("Gemma3:270M")  # resolves with no network: imported on first use
+    assert [r.display for r in store.list()] == ["gemma3:270m"]
     assert rec.display == "gemma3:270m" and rec.model_digest == "sha256:" + EXPECTED_SHA256
     assert rec.template == GEMMA3_TEMPLATE and rec.params["stop"] == ["<end_of_turn>"]
     assert rec.params == GEMMA3_PARAMS
