@@ -37,6 +37,16 @@ async def metrics_route(request: Request[Any, Any, Any]) -> str:
     return services(request).metrics.render()
 
 
+def _configure_logging(debug: bool) -> None:
+    """Make corral's own log lines (the request log above all) visible under uvicorn, once per process."""
+    root = logging.getLogger("corral")
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
 def _quantizer(pm: pluggy.PluginManager | None) -> Any:
     if pm is None:
         return None
@@ -95,6 +105,7 @@ def create_app(config: Config, *, engine: Any = None, store: Any = None,
         from corral.runner import subprocess_runners
 
         engine = Engine(config, store, runner_factory=subprocess_runners(config, backend=config.backend))
+    _configure_logging(config.debug)
     metrics = Metrics()
     _register_gauges(metrics, engine)
     svc = Services(config=config, engine=engine, store=store, metrics=metrics)

@@ -107,8 +107,10 @@ def openai_body(message: str, status: int, param: str | None = None) -> OpenAIEr
 def _log(request: Request, exc: BaseException, status: int) -> None:
     if status >= 500 and not isinstance(exc, E.CorralError):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    else:
-        log.debug("%s %s -> %d: %s", request.method, request.url.path, status, message_for(exc))
+    elif status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, message_for(exc))
+    else:  # CORRAL_DEBUG shows why each request was refused, with the traceback
+        log.debug("%s %s -> %d: %s", request.method, request.url.path, status, message_for(exc), exc_info=exc)
 
 
 def _missing_body(request: Request, exc: BaseException) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,6 +14,7 @@ import msgspec
 from litestar.response import Stream
 
 from corral.conversation import ToolCall
+from corral.errors import GenerationCancelledError
 from corral.jobs import Chunk, LogprobEntry
 from corral.server.errors import message_for, native_body, openai_body, status_for
 
@@ -183,3 +186,28 @@ async def last_item(items: AsyncIterator[T]) -> T | None:
     finally:
         await close_quietly(items)
     return last
+
+
+async def unless_disconnected(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T:
+    """Await ``work`` (a whole non-streamed answer), cancelling it if the client disconnects first.
+
+    The body has been read by then, so the next ASGI message can only be ``http.disconnect``; the
+    engine's cleanup frees the sequence's slot at once instead of decoding for nobody.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise GenerationCancelledError("request canceled: the client disconnected")

@@ -78,6 +78,25 @@ def test_disconnect_mid_stream_frees_the_slot(make_harness: Callable[..., Harnes
     assert len(gens) == 2
 
 
+def test_disconnect_in_a_non_streamed_request_frees_the_slot(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(num_parallel=1)
+    h.fake.enqueue("w" * 2000, delay=0.02, match="patient")  # 40 s if nobody stops it
+
+    async def main(url: str) -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+                await c.post("/v1/chat/completions", timeout=0.5, json={
+                    "model": "tiny", "messages": [{"role": "user", "content": "patient"}]})
+            t0 = time.monotonic()
+            r = await c.post("/api/generate", json={"model": "tiny", "prompt": "next", "stream": False,
+                                                    "options": {"num_predict": 2}})
+            assert r.status_code == 200
+            return time.monotonic() - t0
+
+    with LiveServer(h.app) as srv:
+        assert asyncio.run(main(srv.url)) < 5.0
+
+
 def test_full_queue_answers_503(make_harness: Callable[..., Harness]) -> None:
     h = make_harness(num_parallel=1, max_queue=1)
     h.fake.enqueue("y" * 400, delay=0.01, match="holder")

@@ -15,7 +15,15 @@ from corral.server import common
 from corral.server.ollama import convert
 from corral.server.ollama import schemas as W
 from corral.server.services import services
-from corral.server.streaming import amap, collect, last_item, ndjson_response, open_stream, thread_iter
+from corral.server.streaming import (
+    amap,
+    collect,
+    last_item,
+    ndjson_response,
+    open_stream,
+    thread_iter,
+    unless_disconnected,
+)
 
 Req = Request[Any, Any, Any]
 
@@ -33,7 +41,8 @@ async def generate(request: Req, data: JSONBody[W.GenerateRequest]) -> Response[
     job = convert.generate_job(data)
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.generate(job)))
     if not _streaming(data.stream):
-        return Response(convert.generate_response(data.model, await collect(chunks)))
+        done = await unless_disconnected(request.receive, collect(chunks))
+        return Response(convert.generate_response(data.model, done))
     return ndjson_response(amap(chunks, lambda c: convert.generate_response(data.model, c)))
 
 
@@ -44,7 +53,8 @@ async def chat(request: Req, data: JSONBody[W.ChatRequest]) -> Response[W.ChatRe
     job = convert.chat_job(data)
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
     if not _streaming(data.stream):
-        return Response(convert.chat_response(data.model, await collect(chunks)))
+        done = await unless_disconnected(request.receive, collect(chunks))
+        return Response(convert.chat_response(data.model, done))
     return ndjson_response(amap(chunks, lambda c: convert.chat_response(data.model, c)))
 
 

@@ -13,7 +13,7 @@ from corral.errors import ModelNotFoundError
 from corral.server.openai import convert
 from corral.server.openai import schemas as S
 from corral.server.services import services
-from corral.server.streaming import aflat, collect, open_stream, sse_response
+from corral.server.streaming import aflat, collect, open_stream, sse_response, unless_disconnected
 
 Req = Request[Any, Any, Any]
 
@@ -26,7 +26,8 @@ async def chat_completions(request: Req,
     job = convert.chat_job(data)
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
     if not data.stream:
-        return Response(convert.chat_completion(data.model, await collect(chunks)))
+        done = await unless_disconnected(request.receive, collect(chunks))
+        return Response(convert.chat_completion(data.model, done))
     state = convert.ChatStream(data.model, bool(data.stream_options and data.stream_options.include_usage))
     return sse_response(aflat(chunks, state.feed))
 
@@ -38,7 +39,8 @@ async def completions(request: Req, data: JSONBody[S.CompletionRequest]) -> Resp
     job = convert.completion_job(data)
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.generate(job)))
     if not data.stream:
-        return Response(convert.completion(data.model, await collect(chunks)))
+        done = await unless_disconnected(request.receive, collect(chunks))
+        return Response(convert.completion(data.model, done))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
     state = convert.CompletionStream(data.model, include_usage)
     return sse_response(aflat(chunks, state.feed))
