@@ -51,10 +51,21 @@ class OpenAIErrorBody(msgspec.Struct):
     error: OpenAIErrorDetail
 
 
+def _bad_body(exc: BaseException) -> str | None:
+    """What is wrong with a request body Litestar failed to decode before any handler ran, if that is it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid JSON in request body: not valid UTF-8"
+    if isinstance(exc, RecursionError) and "deserializing" in str(exc):
+        return "invalid JSON in request body: nested too deeply"
+    return None
+
+
 def status_for(exc: BaseException) -> int:
     """The HTTP status for an exception: the table for corral errors, the exception's own for HTTP ones."""
     if isinstance(exc, HTTPException):
         return exc.status_code
+    if _bad_body(exc):
+        return 400
     for cls, status in STATUS_TABLE:
         if isinstance(exc, cls):
             return status
@@ -65,6 +76,9 @@ def message_for(exc: BaseException) -> str:
     """The text a client sees. Unexpected exceptions never leak their details (paths, addresses)."""
     if isinstance(exc, E.CorralError):
         return exc.message
+    bad = _bad_body(exc)
+    if bad:
+        return bad
     if isinstance(exc, ValidationException) or (isinstance(exc, HTTPException) and exc.status_code == 400):
         return validation_message(exc)  # type: ignore[arg-type]
     if isinstance(exc, HTTPException):
