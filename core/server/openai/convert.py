@@ -27,6 +27,9 @@ def new_id(prefix: str) -> str:
 
 # ---- requests ------------------------------------------------------------------------------------
 def _sampling(req: S.ChatCompletionRequest | S.CompletionRequest, max_tokens: int | None) -> dict[str, Any]:
+    if req.n is not None and req.n != 1:
+        # One choice per request: n > 1 would multiply the work behind one queue slot.
+        raise InvalidRequestError("n must be 1 (one choice per request)")
     opts: dict[str, Any] = {}
     if max_tokens is not None:
         if max_tokens < 0:
