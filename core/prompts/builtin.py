@@ -29,6 +29,10 @@ GEMMA3_TEMPLATE = """\
 # compat(ollama): the gemma3 library model's params layer.
 GEMMA3_PARAMS: dict[str, Any] = {
     "stop": ["<end_of_turn>"],
+    # The embedded model is Gemma 3 270M *base*: it has no instruction tuning and rarely ends a turn by
+    # itself, so without a cap a one-line question runs to 10 x num_ctx tokens. A model created FROM it
+    # can lift the cap with `PARAMETER num_predict -1`.
+    "num_predict": 256,
     "temperature": 1.0,
     "top_k": 64,
     "top_p": 0.95,
