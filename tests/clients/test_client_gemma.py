@@ -17,7 +17,7 @@ MODEL = "gemma3:270m"
 def test_ollama_json_schema_stream_and_logprobs(gemma_served: Served) -> None:
     c = ollama.Client(host=gemma_served.url)
     schema = {"type": "object", "required": ["name", "age"],
-              "properties": {"name": {"type": "string", "maxLength": 12},
+              "properties": {"name": {"type": "string", "maxLength": 8},
                              "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
     r = c.generate(model=MODEL, prompt="Describe a person as JSON.", format=schema,
                    options={"temperature": 0, "num_predict": 48})

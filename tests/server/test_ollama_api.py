@@ -102,7 +102,7 @@ def test_ps_shows_running_model_fields(client: TestClient[Any]) -> None:
     client.post("/api/generate", json={"model": "tiny", "stream": False})
     (row,) = client.get("/api/ps").json()["models"]
     assert row["name"] == row["model"] == "tiny:latest"
-    assert len(row["digest"]) == 64 and row["size_vram"] == 0 if "size_vram" in row else True
+    assert len(row["digest"]) == 64 and row["size_vram"] == 0
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [

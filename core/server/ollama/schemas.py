@@ -271,8 +271,8 @@ class RunningModel(Struct, kw_only=True, omit_defaults=True):
     digest: str
     details: ModelDetails
     expires_at: str
-    size_vram: int = 0
-    context_length: int = 0
+    size_vram: int  # 0 on CPU; always sent so clients can compute the GPU share
+    context_length: int
 
 
 class PsResponse(Struct, kw_only=True):
