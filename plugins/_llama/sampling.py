@@ -24,13 +24,16 @@ class SamplerChain:
     top_p, min_p, temperature, dist(seed) — or greedy when temperature <= 0.
     """
 
-    __slots__ = ("_lib", "_ffi", "ptr", "_penalties", "grammar")
+    __slots__ = ("_lib", "_ffi", "ptr", "_penalties", "grammar", "_fast", "_bias", "_n_vocab")
 
     def __init__(self, native: Any, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> None:
         self._ffi = ffi = native.ffi
         self._lib = lib = native.lib
         self._penalties: Any = None
         self.grammar = bool(params.grammar and params.grammar.strip())
+        self._n_vocab = n_vocab
+        self._bias: list[tuple[int, float]] = []
+        self._fast = False
         cparams = lib.llama_sampler_chain_default_params()
         cparams.no_perf = True
         chain = lib.llama_sampler_chain_init(cparams)
@@ -86,6 +89,10 @@ class SamplerChain:
             self._add(g)
         if p.temperature <= 0:
             self._add(lib.llama_sampler_init_greedy())
+            # Plain greedy (bias allowed) is an argmax: numpy on the logits row skips llama.cpp's
+            # copy of the whole vocabulary into a candidate array (262k entries for Gemma 3).
+            self._fast = self._penalties is None and not self.grammar
+            self._bias = [(int(t), float(b)) for t, b in p.logit_bias.items()]
             return
         if p.top_k > 0:
             self._add(lib.llama_sampler_init_top_k(int(p.top_k)))
@@ -107,6 +114,21 @@ class SamplerChain:
 
     def sample(self, ctx: Any, idx: int) -> int:
         """Sample from output row ``idx`` of the last decode and accept the token into the chain."""
+        if self._fast:
+            ptr = self._lib.llama_get_logits_ith(ctx, idx)
+            logits = np.frombuffer(self._ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32)
+            best = int(logits.argmax())
+            if not self._bias:
+                return best
+            biased = dict(self._bias)
+            if best not in biased:
+                top = float(logits[best])
+                for t, b in self._bias:
+                    v = float(logits[t]) + b
+                    if v > top or (v == top and t < best):
+                        best, top = t, v
+                return best
+            # The raw winner is itself biased: let llama.cpp apply the bias to every candidate.
         return int(self._lib.llama_sampler_sample(self.ptr, ctx, idx))
 
     def close(self) -> None:
