@@ -130,6 +130,8 @@ def _release(store: Store, dl: Download) -> None:
     if dl.waiters <= 0:
         if not dl.task.done():
             dl.task.cancel()  # last waiter gone: stop, keeping the partial for resume
+        elif not dl.task.cancelled():
+            dl.task.exception()  # mark it retrieved: the pull already reported the first error
         with contextlib.suppress(KeyError):
             if store._downloads[dl.digest] is dl:
                 del store._downloads[dl.digest]
