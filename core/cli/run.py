@@ -209,6 +209,11 @@ def run(
         if not chat_once(client, {**body, "messages": [{"role": "user", "content": text}]}, answer):
             raise typer.Exit(130)
         return
+    if not sys.stdout.isatty():
+        # compat(ollama): output that is not a terminal never gets the REPL; with nothing to say
+        # the model is only loaded.
+        client.request("POST", "/api/chat", {**body, "messages": [], "stream": False})
+        return
     from corral.cli.repl import Repl
 
     Repl(client, model, info, format=format or None, think=think_value, keepalive=keep, verbose=verbose,
