@@ -81,3 +81,25 @@ def test_kill_9_then_resume(tmp_path: Path, registry: TestRegistry) -> None:
             have_lo, have_hi = p["offset"], p["offset"] + p["completed"]  # [lo, hi) on disk
             assert end < have_lo or start >= have_hi, (a.range, p)
     assert not list((root / "blobs" / ".corral-tmp").iterdir())
+
+
+def test_two_processes_on_one_store_download_once(tmp_path: Path, registry: TestRegistry) -> None:
+    blob = os.urandom(4 * 128 * 1024)
+    registry.add_model("library/big:latest", [(mf.MODEL, blob)])
+    digest = "sha256:" + __import__("hashlib").sha256(blob).hexdigest()
+    registry.faults.bytes_per_second = 300_000  # the child's download takes about a second
+    root = tmp_path / "models"
+    name = f"{registry.host}/library/big"
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(settings=SETTINGS), str(root), name])
+    try:
+        deadline = time.monotonic() + 30
+        while _sidecar(root) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The other process holds the blob's flock: this pull waits for it, then finds the blob.
+        progress = collect(Store(root, transfer=TransferSettings(**SETTINGS)).pull(name, insecure=True))
+        first = next(p for p in progress if p.digest == digest)
+        assert first.completed == 0  # it was not present yet: this pull joined through the lock
+    finally:
+        assert child.wait(30) == 0
+    assert sum(a.sent for a in registry.requests("GET", digest)) == len(blob)
+    assert Store(root).blob_path(digest).read_bytes() == blob
