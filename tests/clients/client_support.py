@@ -94,10 +94,11 @@ def fake_server(root: Path, gguf: Path) -> Served:
     return Served(config, store, engine, fake).start()
 
 
-def gemma_server(root: Path) -> Served:
-    """A server running Gemma 3 270M on the CPU backend in a runner subprocess (the production path)."""
+def gemma_server(root: Path, gguf: Path) -> Served:
+    """Gemma 3 270M and the tiny model on the CPU backend, in runner subprocesses (the production path)."""
     config = Config(models=root / "models", home=root, backend="cpu", num_parallel=2, context_length=1024)
     store = Store(config.models)
     store.ensure_default_model()
+    add_tiny_models(store, gguf)
     engine = Engine(config, store, runner_factory=subprocess_runners(config, backend="cpu"))
     return Served(config, store, engine).start()

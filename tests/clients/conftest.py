@@ -19,9 +19,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def gemma_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def gemma_served(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Served]:  # noqa: F811
     if not any(CPU_LIB.glob("libllama*")):
         pytest.skip("the CPU backend is not built (plugins/cpu/_lib is empty)")
-    srv = gemma_server(tmp_path_factory.mktemp("gemma"))
+    srv = gemma_server(tmp_path_factory.mktemp("gemma"), tiny_gguf)
     yield srv
     srv.stop()

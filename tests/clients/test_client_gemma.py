@@ -41,3 +41,11 @@ def test_openai_chat_stream_usage(gemma_served: Served) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 5
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text.strip()
+
+
+def test_tiny_generated_model_on_the_cpu_backend(gemma_served: Served) -> None:
+    c = ollama.Client(host=gemma_served.url)
+    r = c.generate(model="tiny", prompt="hello world", options={"num_predict": 6, "temperature": 0})
+    assert r.done and r.eval_count is not None and 0 < r.eval_count <= 6 and r.prompt_eval_count
+    e = c.embed(model="tiny", input=["hello", "world"])
+    assert len(e.embeddings) == 2 and abs(sum(x * x for x in e.embeddings[0]) - 1) < 1e-3

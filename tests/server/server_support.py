@@ -33,7 +33,7 @@ TOOLS_TEMPLATE = (
 )
 THINK_TEMPLATE = (
     "{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}"
-    "{{ if .Think }}<think>{{ end }}assistant: "
+    "assistant: {{ if .Think }}<think>{{ end }}"
 )
 
 

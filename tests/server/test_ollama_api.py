@@ -278,3 +278,30 @@ def test_pull_and_push_with_the_in_process_registry(client: TestClient[Any], tin
 def test_wrong_method_and_unknown_route(client: TestClient[Any]) -> None:
     assert client.get("/api/generate").status_code == 405
     assert client.get("/api/nothing-here").status_code == 404
+
+
+def test_native_tool_calls_and_thinking_shapes(client: TestClient[Any], harness: Harness) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    harness.fake.enqueue('<tool_call>{"name": "get_weather", "arguments": {"city": "Lima"}}</tool_call>')
+    r = client.post("/api/chat", json={"model": "tiny-tools", "tools": tools,
+                                       "messages": [{"role": "user", "content": "weather?"}]})
+    lines = ndjson(r.text)
+    calls = [c for o in lines for c in o["message"].get("tool_calls", [])]
+    assert len(calls) == 1  # emitted whole, once
+    (call,) = calls
+    assert call["function"] == {"name": "get_weather", "arguments": {"city": "Lima"}, "index": 0}
+    assert re.fullmatch(r"call_[a-z0-9]{8}", call["id"])
+    r = client.post("/api/chat", json={"model": "tiny", "tools": tools, "stream": False,
+                                       "messages": [{"role": "user", "content": "weather?"}]})
+    assert r.status_code == 400 and "does not support tools" in r.json()["error"]
+
+    harness.fake.enqueue("Hmm, two and two.</think>Four.")
+    r = client.post("/api/generate", json={"model": "tiny-think", "prompt": "2+2?", "think": True,
+                                           "stream": False})
+    body = r.json()
+    assert body["thinking"] == "Hmm, two and two." and body["response"] == "Four."
+    harness.fake.enqueue("Short thought.</think>Yes.")
+    r = client.post("/api/chat", json={"model": "tiny-think", "think": "high", "stream": False,
+                                       "messages": [{"role": "user", "content": "ok?"}]})
+    assert r.json()["message"] == {"role": "assistant", "content": "Yes.", "thinking": "Short thought."}
