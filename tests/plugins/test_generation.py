@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,25 +15,9 @@ GREEDY = SamplingParams(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def parts():
-    """(native, model) from the built cpu backend; skipped when the backend is not built here."""
-    try:
-        import corral_plugins.cpu as cpu_pkg
-        from corral_plugins._llama import library
-        from corral_plugins._llama.assets import gemma_gguf
-        from corral_plugins._llama.cpuvariant import choose_variant
-        from corral_plugins._llama.model import LlamaModel
-    except ImportError as exc:  # pragma: no cover - depends on the checkout
-        pytest.skip(f"llama binding not importable: {exc}")
-    lib_dir = Path(cpu_pkg.__file__).parent / "_lib"
-    if not any(lib_dir.glob("_llama_cpu*")):
-        pytest.skip("cpu backend not built: run build_backends.py --backend cpu")
-    path = gemma_gguf()
-    choice = choose_variant(lib_dir, model=path)
-    native = library.load(lib_dir, [choice.path])
-    model = LlamaModel(native, path, LoadOptions())
-    yield native, model
-    model.free()
+def parts(native, gemma):
+    """(native, model): the session's binding and Gemma load from tests/plugins/conftest.py."""
+    return native, gemma
 
 
 @pytest.fixture(scope="module")
