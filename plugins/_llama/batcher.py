@@ -507,8 +507,24 @@ class Batcher:
 
 
 def _default_threads() -> int:
+    """Physical cores this process may run on: llama.cpp gains nothing from SMT siblings."""
     try:
-        n = len(os.sched_getaffinity(0))
+        allowed = os.sched_getaffinity(0)
     except AttributeError:  # pragma: no cover - macOS
-        n = os.cpu_count() or 1
-    return max(1, n)
+        return max(1, os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        cpu, phys = -1, "0"
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "processor":
+                    cpu = int(val)
+                elif key == "physical id":
+                    phys = val
+                elif key == "core id" and cpu in allowed:
+                    cores.add((phys, val))
+    except (OSError, ValueError):
+        cores = set()
+    return max(1, min(len(cores), len(allowed)) if cores else len(allowed))
