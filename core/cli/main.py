@@ -28,7 +28,11 @@ def _hint(exc: CorralError) -> str:
         return ("check that 'corral serve' runs (or CORRAL_HOST points at one); "
                 "CORRAL_DEBUG=1 shows the traceback")
     if isinstance(exc, ModelNotFoundError):
+        if str(exc).startswith("couldn't find model"):
+            return "see the loaded models with 'corral ps'"
         return "see the models you have with 'corral list', or get one with 'corral pull NAME'"
+    if getattr(exc, "status", None) in (401, 403):
+        return "the server wants an API key: set CORRAL_API_KEY to the key it was started with"
     return "set CORRAL_DEBUG=1 for the traceback"
 
 

@@ -200,7 +200,9 @@ def run(
             raise UsageError(f"{model} is an embedding model: give it text to embed")
         out = client.request("POST", "/api/embed", {"model": model, "input": text,
                                                      **({"keep_alive": keep} if keep else {})})
-        sys.stdout.write(str((out or {}).get("embeddings", [[]])[0]) + "\n")
+        import json
+
+        sys.stdout.write(json.dumps((out or {}).get("embeddings", [[]])[0]) + "\n")
         return
     opts = {"format": format or None, "think": think_value, "keep_alive": keep}
     body = {"model": model, **{k: v for k, v in opts.items() if v is not None}}

@@ -33,6 +33,8 @@ def fresh(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def test_client_commands_autostart_a_background_server(fresh: dict[str, str], tiny_gguf: Path,
                                                        tmp_path: Path) -> None:
+    # With an API key the background server requires it, and the CLI sends it (same environment).
+    fresh = {**fresh, "CORRAL_API_KEY": "s3cret"}
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f"FROM {tiny_gguf}\n")
     created = corral(fresh, "create", "tiny", "-f", str(modelfile))
@@ -49,6 +51,8 @@ def test_client_commands_autostart_a_background_server(fresh: dict[str, str], ti
     stopped = corral(fresh, "stop", "tiny")
     assert stopped.returncode == 0, stopped.stderr
     assert "tiny:latest" not in corral(fresh, "ps").stdout
+    wrong_key = corral({**fresh, "CORRAL_API_KEY": "guess"}, "list")
+    assert wrong_key.returncode == 1 and "CORRAL_API_KEY" in wrong_key.stderr
     os.kill(pid, 0)  # the background server outlived every command
 
 

@@ -63,7 +63,7 @@ def test_repl_streams_sets_parameters_stops_on_ctrl_c_and_leaves(repl: pexpect.s
     assert repl.exitstatus == 0
 
 
-def test_repl_ctrl_d_leaves_and_help_lists_commands(repl: pexpect.spawn) -> None:
+def test_repl_help_system_save_clear_and_ctrl_d(repl: pexpect.spawn, live_server: LiveServer) -> None:
     repl.sendline("/?")
     repl.expect_exact("/set")
     repl.expect_exact("/bye")
@@ -71,6 +71,12 @@ def test_repl_ctrl_d_leaves_and_help_lists_commands(repl: pexpect.spawn) -> None
     repl.sendline("/set system You answer in French.")
     repl.expect_exact("Set system message.")
     repl.expect_exact(PROMPT)
+    repl.sendline("/save tiny-french")
+    repl.expect_exact("Created new model 'tiny-french'")
+    repl.expect_exact(PROMPT)
+    saved = live_server.client.request("POST", "/api/show", {"model": "tiny-french"})
+    assert saved["system"] == "You answer in French."
+    live_server.client.request("DELETE", "/api/delete", {"model": "tiny-french"})
     repl.sendline("/clear")
     repl.expect_exact("Cleared session context")
     repl.expect_exact(PROMPT)
