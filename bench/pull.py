@@ -5,6 +5,14 @@ bytes from a file (in this process, on threads); each pull runs in a child proce
 is read with ``wait4``, next to a child that only imports the store, so the difference is what
 the pull itself costs. Then a throttled pull is killed with SIGKILL halfway and run again: the
 second run must fetch only the bytes the first did not record as done.
+
+Results on the 2-core dev VM (2026-11-27; the registry is Python's threaded http.server in the
+same machine, which is what limits throughput):
+    pull of 250 MB: 6.7 s (37 MB/s) incl. sha256 verify + fsync; peak RSS 47.2 MiB vs 32.6 MiB for
+    an idle child (+14.6 MiB); a 50 MB pull adds 10.2 MiB: memory is bounded by parts x 1 MiB
+    write buffers, not by the blob size.
+    kill -9 at 51%: 126.9 MB recorded on disk; the re-run sent 3 range requests for exactly the
+    missing 123.1 MB (3.5 s), verified the sha256 and committed the blob.
 """
 
 from __future__ import annotations
