@@ -157,3 +157,36 @@ def test_runner_killed_mid_request(make_harness: Callable[..., Harness], tmp_pat
 
     with LiveServer(h.app) as srv:
         asyncio.run(main(srv.url))
+
+
+def test_shutdown_drains_in_flight_streams(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    for i in range(3):
+        h.fake.enqueue("d" * 40, delay=0.02, match=f"drain {i}")
+    srv = LiveServer(h.app).__enter__()
+
+    async def main() -> list[list[Any]]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+            started: set[int] = set()
+
+            async def one(i: int) -> list[Any]:
+                out = []
+                body = {"model": "tiny", "prompt": f"drain {i}"}
+                async with c.stream("POST", "/api/generate", json=body) as r:
+                    async for line in r.aiter_lines():
+                        if line:
+                            out.append(json.loads(line))
+                            started.add(i)
+                            if len(started) == 3:  # all streams are running: begin shutting down
+                                srv.server.should_exit = True  # what uvicorn does on SIGTERM
+                return out
+
+            return await asyncio.gather(*(one(i) for i in range(3)))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        srv.__exit__(None, None, None)
+    for out in results:  # all three finished normally although shutdown began mid-stream
+        assert "".join(o.get("response", "") for o in out) == "d" * 40 and out[-1]["done"] is True
+    assert not srv.thread.is_alive() and h.engine.running() == []  # runners stopped by the lifespan
