@@ -18,6 +18,8 @@ Usage:
                         [--only throughput,followup,shared,stall]
 
 Without --llama-server (or `llama-server` on PATH) only corral is measured and the ratios are skipped.
+`--build-llama-server` builds it first from the pinned tree (vendor/llama.cpp) into ~/.cache/corral;
+its default CPU flags avoid AMX, which faults under some hypervisors (override with --cmake-flags).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     extra: dict[str, Any]  # request fields this server needs (llama-server: cache_prompt)
-    options: dict[str, Any]  # per-request options (corral: num_thread via "options")
+    model: str = MODEL
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -111,7 +113,11 @@ def start_corral(models: Path, args: argparse.Namespace, log: Path) -> Server:
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, "/api/version", proc)
-    return Server("corral", url, proc, extra={}, options={"options": {"num_thread": args.threads}})
+    # The thread count is a model parameter in corral (num_thread): a derived model carries it.
+    r = httpx.post(url + "/api/create", timeout=120, json={
+        "model": "bench-gemma", "from": MODEL, "parameters": {"num_thread": args.threads}, "stream": False})
+    r.raise_for_status()
+    return Server("corral", url, proc, extra={}, model="bench-gemma")
 
 
 def start_llama_server(binary: str, gguf: Path, args: argparse.Namespace, log: Path) -> Server:
@@ -121,7 +127,7 @@ def start_llama_server(binary: str, gguf: Path, args: argparse.Namespace, log: P
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, "/health", proc)
-    return Server("llama-server", url, proc, extra={"cache_prompt": True}, options={})
+    return Server("llama-server", url, proc, extra={"cache_prompt": True})
 
 
 async def _sse(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -138,8 +144,8 @@ async def _sse(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Asy
 
 async def stream_completion(client: httpx.AsyncClient, srv: Server, prompt: str, max_tokens: int,
                             started: float | None = None) -> Stream:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            **srv.extra, **srv.options}
+    body = {"model": srv.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            **srv.extra}
     s = Stream(started=started if started is not None else time.perf_counter())
     async for ev in _sse(client, srv.url + "/v1/completions", body):
         for choice in ev.get("choices") or []:
@@ -151,8 +157,8 @@ async def stream_completion(client: httpx.AsyncClient, srv: Server, prompt: str,
 
 async def stream_chat(client: httpx.AsyncClient, srv: Server, messages: list[dict[str, str]],
                       max_tokens: int) -> Stream:
-    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            **srv.extra, **srv.options}
+    body = {"model": srv.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, **srv.extra}
     s = Stream(started=time.perf_counter())
     async for ev in _sse(client, srv.url + "/v1/chat/completions", body):
         for choice in ev.get("choices") or []:
@@ -222,6 +228,25 @@ def _prepare_model(models: Path) -> Path:
     return Path(record.model_path)
 
 
+DEFAULT_CMAKE_FLAGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                       "-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF "
+                       "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
+
+def build_llama_server(src: Path, flags: str) -> str:
+    """Build llama-server (static, tools on) from ``src``; returns the binary's path."""
+    out = Path.home() / ".cache" / "corral" / "llama-server-build"
+    binary = out / "bin" / "llama-server"
+    if binary.exists():
+        return str(binary)
+    configure = ["cmake", "-G", "Ninja", "-S", str(src), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", *flags.split()]
+    subprocess.run(configure, check=True)
+    subprocess.run(["cmake", "--build", str(out), "--target", "llama-server", "-j"], check=True)
+    return str(binary)
+
+
 def _bar(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -232,6 +257,8 @@ async def run(args: argparse.Namespace) -> int:
     models = Path(args.models) if args.models else work / "models"
     gguf = _prepare_model(models)
     binary = args.llama_server or shutil.which("llama-server")
+    if not binary and args.build_llama_server:
+        binary = build_llama_server(Path(args.llama_src), args.cmake_flags)
     servers = [start_corral(models, args, work / "corral.log")]
     if binary:
         servers.append(start_llama_server(binary, gguf, args, work / "llama-server.log"))
@@ -248,7 +275,7 @@ async def run(args: argparse.Namespace) -> int:
         if "throughput" in only:
             print(f"\n{'clients':>8} " + " ".join(f"{s.name + ' tok/s':>20} {'TTFT s':>8}" for s in servers)
                   + ("      ratio" if len(servers) == 2 else ""))
-            for n in (1, 4, 8):
+            for n in (int(x) for x in args.clients.split(",")):
                 row = []
                 for srv in servers:
                     tps, ttft = await throughput(srv, n, args.tokens)
@@ -299,6 +326,10 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128, help="tokens generated per throughput stream")
     p.add_argument("--models", help="corral model store to use (default: a fresh temporary one)")
     p.add_argument("--only", default="throughput,followup,shared,stall")
+    p.add_argument("--clients", default="1,4,8", help="concurrent clients for the throughput runs")
+    p.add_argument("--build-llama-server", action="store_true", help="build llama-server if none is found")
+    p.add_argument("--llama-src", default=str(Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp"))
+    p.add_argument("--cmake-flags", default=DEFAULT_CMAKE_FLAGS)
     sys.exit(asyncio.run(run(p.parse_args())))
 
 
