@@ -172,7 +172,8 @@ class AccessLog:
             self.metrics.in_flight -= 1
             elapsed = time.perf_counter() - started
             # The route template keeps label cardinality bounded (/api/blobs/{digest}, not each digest).
-            route = scope.get("path_template") or ("unmatched" if status == 404 else scope["path"])
+            # Requests refused before routing (Host, key, CSRF, size) have no template: one label for all.
+            route = scope.get("path_template") or "unmatched"
             self.metrics.requests.inc(route, scope["method"], str(status))
             self.metrics.request_seconds.observe(elapsed)
             qs = scope.get("query_string") or b""

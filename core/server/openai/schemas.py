@@ -99,7 +99,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
 
     model: str = ""
     messages: list[RequestMessage] | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -125,7 +125,7 @@ class CompletionRequest(Struct, kw_only=True):
     model: str = ""
     prompt: str | list[str] | None = None
     suffix: str | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     seed: int | None = None
@@ -135,7 +135,7 @@ class CompletionRequest(Struct, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     logprobs: int | None = None
-    echo: bool = False
+    echo: bool | None = None
     n: int | None = None
 
 
