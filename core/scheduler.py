@@ -19,6 +19,7 @@ from corral.types import LoadOptions, ModelHandle
 log = logging.getLogger("corral.scheduler")
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"  # compat(ollama): two spaces
+CLOSING = "server is shutting down and accepts no new requests; please try again shortly"
 # What /api/ps shows for "forever" (Ollama stores the largest duration it has: about 292 years).
 FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
 
@@ -117,7 +118,9 @@ class Scheduler:
         path = getattr(record, "model_path", None)
         if path is None:
             raise InvalidRequestError(f"{key!r} has no model weights to load")
-        if self._closing or self._pending >= self.config.max_queue:
+        if self._closing:
+            raise ServerBusyError(CLOSING)
+        if self._pending >= self.config.max_queue:
             raise ServerBusyError(BUSY)
         keep = self.config.keep_alive if keep_alive is None else keep_alive
         self._pending += 1
@@ -143,7 +146,7 @@ class Scheduler:
                     return Lease(self, m, time.monotonic_ns() - start, loaded_now)
                 async with self._load_lock:
                     if self._closing:
-                        raise ServerBusyError(BUSY)
+                        raise ServerBusyError(CLOSING)
                     m = self._models.get(key)
                     if m is not None and m.usable and m.options == load_options:
                         continue

@@ -145,7 +145,7 @@ def test_shutdown_drains_in_flight_requests(make_config, engine_store):
         chunks = await task
         assert "".join(c.content for c in chunks) == "abcdefgh" and chunks[-1].done_reason == "stop"
         assert not runner.alive and engine.running() == []
-        with pytest.raises(ServerBusyError):
+        with pytest.raises(ServerBusyError, match="shutting down"):
             await collect(engine, GenerateJob(model="alpha", prompt="late"))
 
     asyncio.run(main())
