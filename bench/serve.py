@@ -108,7 +108,9 @@ def start_corral(models: Path, args: argparse.Namespace, log: Path) -> Server:
     port = _free_port()
     env = {**os.environ, "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_MODELS": str(models),
            "CORRAL_NUM_PARALLEL": str(args.slots), "CORRAL_CONTEXT_LENGTH": str(args.ctx),
-           "CORRAL_KEEP_ALIVE": "-1", "CORRAL_BACKEND": "cpu"}
+           "CORRAL_KEEP_ALIVE": "-1", "CORRAL_BACKEND": args.backend}
+    if args.backend == "fake":  # a dry run of this script's own logic: instant, meaningless numbers
+        env["CORRAL_EXTRA_PLUGINS"] = "corral.testing.fake"
     proc = subprocess.Popen([sys.executable, "-m", "corral.cli", "serve"], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -327,6 +329,7 @@ def main() -> None:
     p.add_argument("--models", help="corral model store to use (default: a fresh temporary one)")
     p.add_argument("--only", default="throughput,followup,shared,stall")
     p.add_argument("--clients", default="1,4,8", help="concurrent clients for the throughput runs")
+    p.add_argument("--backend", default="cpu", help="corral backend (\"fake\" checks the script itself)")
     p.add_argument("--build-llama-server", action="store_true", help="build llama-server if none is found")
     p.add_argument("--llama-src", default=str(Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp"))
     p.add_argument("--cmake-flags", default=DEFAULT_CMAKE_FLAGS)
