@@ -174,3 +174,19 @@ def test_tool_calls_on_v1_are_json_strings(client: TestClient[Any], harness: Har
     (call,) = choice["message"]["tool_calls"]
     assert choice["finish_reason"] == "tool_calls" and call["type"] == "function"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"} and call["id"].startswith("call_")
+
+
+def test_response_format_reaches_the_sampler(client: TestClient[Any], harness: Harness) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    r = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": USER,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}})
+    assert r.status_code == 200
+    assert json.loads(r.json()["choices"][0]["message"]["content"])["ok"] in (True, False)
+    assert harness.fake.history[-1].request.sampling.grammar  # type: ignore[union-attr]
+    r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER,
+                                                  "response_format": {"type": "json_object"}})
+    assert r.status_code == 200 and harness.fake.history[-1].request.sampling.grammar  # type: ignore[union-attr]
+    r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER,
+                                                  "response_format": {"type": "json_schema"}})
+    assert r.status_code == 400 and "schema is required" in r.json()["error"]["message"]
