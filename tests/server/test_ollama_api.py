@@ -119,6 +119,8 @@ def test_ps_shows_running_model_fields(client: TestClient[Any]) -> None:
     (b'{"model": "tiny", "stream": "yes"}', 400, "'stream'"),
     (b'{"model": "tiny", "options": []}', 400, "'options'"),
     (b'{"model": "tiny", "images": [1]}', 400, "images"),
+    (b'{"model": "tiny", "prompt": "x", "images": ["!!not base64"]}', 400, "not valid base64"),
+    (b'{"model": "tiny", "prompt": "x", "suffix": "y"}', 400, "does not support insert"),
     (b'{"model": "tiny", "keep_alive": "3600"}', 400, "missing unit in duration"),
     (b'{"model": "tiny", "top_logprobs": 21}', 400, "top_logprobs must be between 0 and 20"),
     (b'{"model": "tiny", "format": "yaml"}', 400, "invalid format"),
