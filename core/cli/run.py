@@ -148,7 +148,8 @@ def check_keepalive(value: str | None) -> str | None:
     try:
         parse_duration(value)
     except ValueError as exc:
-        raise UsageError(f"invalid --keepalive {value!r}: {exc} (use e.g. 5m, 1h, -1 for forever)") from None
+        raise UsageError(f"invalid --keepalive {value!r}: {exc} "
+                         "(use e.g. 5m, 1h, or -1m for forever)") from None
     return value
 
 
