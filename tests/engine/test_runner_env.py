@@ -21,6 +21,10 @@ def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):
                nohistory=True, fake_script="/tmp/rules.json"),
         Config(keep_alive=0.25, flash_attention=True, load_plugins=()),
     ]
+    # The second config sets every field, so a new setting missing from Config.to_env fails here.
+    defaults = Config()
+    unset = [f for f in Config.__struct_fields__ if getattr(configs[1], f) == getattr(defaults, f)]
+    assert not unset, f"give these fields a non-default value in this test: {unset}"
     for config in configs:
         env = runner_env(config)
         assert env["UNRELATED_VARIABLE"] == "kept"
