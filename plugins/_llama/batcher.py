@@ -186,6 +186,9 @@ class Batcher:
             return
         plan = self._plan(active)
         if not plan:
+            # Nothing runnable this step (e.g. a retry after llama_decode found no room): do not spin.
+            with self._cond:
+                self._cond.wait(0.005)
             return
         self._decode(plan)
 
