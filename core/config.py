@@ -187,6 +187,7 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_TRACE_PLUGINS": "1" if self.trace_plugins else "",
             "CORRAL_NOHISTORY": "1" if self.nohistory else "",
             "CORRAL_FAKE_SCRIPT": self.fake_script or "",
+            "CORRAL_CPU_VARIANT": self.cpu_variant or "",
         }
         if self.load_plugins is not None:
             env["CORRAL_LOAD_PLUGINS"] = ",".join(self.load_plugins)
