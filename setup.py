@@ -38,6 +38,9 @@ class BuildWithBackends(build_py):
 setup(
     packages=find_packages(),
     package_dir=PACKAGE_DIRS,
-    package_data={"corral_plugins": ["*/_lib/*", "*/_lib/**/*"], "corral": ["py.typed", "**/*.jinja", "**/*.gotmpl", "**/*.json"]},
+    package_data={
+        "corral_plugins": ["*/_lib/*", "*/_lib/**/*"],
+        "corral": ["py.typed", "**/*.jinja", "**/*.gotmpl", "**/*.json"],
+    },
     cmdclass={"build_py": BuildWithBackends},
 )

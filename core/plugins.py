@@ -25,7 +25,9 @@ class PluginFailure(BackendInfo, kw_only=True):
     """A plugin that could not be imported or registered; shown by `corral backends`."""
 
 
-def make_plugin_manager(config: Config | None = None, *, load_entrypoints: bool = True) -> pluggy.PluginManager:
+def make_plugin_manager(
+    config: Config | None = None, *, load_entrypoints: bool = True
+) -> pluggy.PluginManager:
     """A fresh plugin manager. No module-global one exists: callers own theirs.
 
     Entry points in the ``corral`` group are imported one at a time; one that fails to import is

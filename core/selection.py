@@ -92,7 +92,9 @@ class BackendHooks:
             raise
         except Exception as exc:  # a plugin bug: say which plugin, keep the server alive
             log.exception("backend %s raised in %s", self.backend, hook)
-            raise BackendError(f"backend {self.backend!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(
+                f"backend {self.backend!r} failed in {hook}: {type(exc).__name__}: {exc}"
+            ) from exc
         if result is None and hook != "corral_unload":
             raise BackendError(f"backend {self.backend!r} does not implement {hook}")
         return result
@@ -120,7 +122,9 @@ class BackendHooks:
             log.exception("backend %s raised while generating", self.backend)
             raise BackendError(f"backend {self.backend!r} failed while generating: {exc}") from exc
 
-    def embed(self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
+    def embed(
+        self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True
+    ) -> EmbeddingResult:
         return self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
 
     def unload(self, handle: ModelHandle) -> None:
