@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from corral.cli.common import UsageError, connect
+from corral.errors import CorralError
 
 THINK_VALUES = ("true", "false", "low", "medium", "high", "max")
 
@@ -59,12 +60,13 @@ class WordWrapper:
 class Answer:
     """Prints one streamed chat answer: thinking (dim), content (wrapped), then metrics if verbose."""
 
-    def __init__(self, *, wordwrap: bool, hidethinking: bool, verbose: bool) -> None:
+    def __init__(self, *, wordwrap: bool, hidethinking: bool, verbose: bool, gap: bool = True) -> None:
         tty = sys.stdout.isatty()
         self.wrap = WordWrapper(shutil.get_terminal_size().columns - 1) if wordwrap and tty else None
         self.color = tty
         self.hidethinking = hidethinking
         self.verbose = verbose
+        self.gap = gap
         self.content: list[str] = []
         self.thinking: list[str] = []
         self.in_thinking = False
@@ -105,15 +107,16 @@ class Answer:
         if self.wrap is not None:
             sys.stdout.write(self.wrap.flush())
         text = "".join(self.content)
-        if interrupted or not text.endswith("\n"):
+        if (self.content or self.thinking) and (interrupted or not text.endswith("\n")):
             sys.stdout.write("\n")
         sys.stdout.flush()
         if self.verbose and self.final and not interrupted:
             from corral.cli.common import metrics_summary
 
             sys.stderr.write(metrics_summary(self.final) + "\n")
-        if not interrupted:
+        if self.gap and not interrupted:  # the REPL leaves a blank line before the next prompt
             sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def chat_once(client: Any, body: dict[str, Any], answer: Answer) -> bool:
@@ -127,6 +130,9 @@ def chat_once(client: Any, body: dict[str, Any], answer: Answer) -> bool:
         stream.close()
         answer.finish(interrupted=True)
         return False
+    except CorralError:
+        answer.finish(interrupted=True)  # end the half-printed line before the error
+        raise
     answer.finish()
     return True
 
@@ -208,7 +214,7 @@ def run(
     opts = {"format": format or None, "think": think_value, "keep_alive": keep}
     body = {"model": model, **{k: v for k, v in opts.items() if v is not None}}
     if text or piped:
-        answer = Answer(wordwrap=not nowordwrap, hidethinking=hidethinking, verbose=verbose)
+        answer = Answer(wordwrap=not nowordwrap, hidethinking=hidethinking, verbose=verbose, gap=False)
         if not chat_once(client, {**body, "messages": [{"role": "user", "content": text}]}, answer):
             raise typer.Exit(130)
         return
