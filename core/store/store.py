@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from corral.conversation import Message
-from corral.errors import InvalidModelNameError, ModelNotFoundError, RegistryError
+from corral.errors import (
+    InvalidModelFileError,
+    InvalidModelNameError,
+    ModelfileError,
+    ModelNotFoundError,
+    RegistryError,
+)
 from corral.names import ModelName, parse_name
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
@@ -100,6 +106,52 @@ class Store:
                 raise
             _, created = await asyncio.to_thread(writer.commit)
         return created
+
+    def add_blob_file(self, path: Path) -> str:
+        """Stream a local regular file into the store (hashing as it goes); returns its digest.
+
+        For Python callers and the CLI; the server never opens a path a client names.
+        """
+        import stat as _stat
+
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise InvalidModelFileError(f"cannot read {Path(path).name}: {exc.strerror}") from None
+        if not _stat.S_ISREG(st.st_mode):
+            raise InvalidModelFileError(f"{Path(path).name} is not a regular file")
+        self._ensure_dirs()
+        writer = _blobs.BlobWriter(self.blobs_dir, None)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_blobs.CHUNK):
+                    writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()[0]
+
+    def create_from_modelfile(self, name: str, modelfile: Path,
+                              quantize: str | None = None) -> Iterator[Progress]:
+        """Parse ``modelfile``, import the local files it names, and create ``name``."""
+        from corral.store.create import spec_from_modelfile
+        from corral.store.modelfile import parse_modelfile
+
+        parse_name(name)
+        try:
+            text = Path(modelfile).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelfileError(f"cannot read the Modelfile: {exc}") from None
+        spec, uploads = spec_from_modelfile(parse_modelfile(text), Path(modelfile).resolve().parent)
+        with self.pinned(uploads):
+            for digest, local in uploads.items():
+                size = local.stat().st_size
+                # compat(ollama): the CLI reports each local file as "copying file <digest>".
+                yield Progress(f"copying file {digest}", digest=digest, total=size, completed=0)
+                if not self.has_blob(digest) and self.add_blob_file(local) != digest:
+                    raise ModelfileError(f"{local.name} changed while it was being imported")
+                yield Progress(f"copying file {digest}", digest=digest, total=size, completed=size)
+            yield from self.create(name, spec, quantize)
 
     @contextlib.contextmanager
     def pinned(self, digests: Iterable[str]) -> Iterator[None]:

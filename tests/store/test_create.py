@@ -158,3 +158,24 @@ def test_quantize_with_the_cpu_backend(tmp_path: Path, qtype: str) -> None:
         list(store.create("qq", CreateSpec(from_="q"), quantize="q8_0"))
     assert not list((store.blobs_dir / ".corral-tmp").iterdir())
     json.loads(store.manifest_path(rec.name).read_bytes())
+
+
+def test_create_from_a_local_modelfile(store: Store, tmp_path: Path, tiny_gguf: Path) -> None:
+    (tmp_path / "w.gguf").write_bytes(tiny_gguf.read_bytes())
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\nSYSTEM be kind\nPARAMETER stop </s>\n")
+    progress = list(store.create_from_modelfile("local:1", tmp_path / "Modelfile"))
+    digest = sha256_file(tmp_path / "w.gguf")[0]
+    assert statuses(progress)[:2] == [f"copying file {digest}", "parsing GGUF"]
+    rec = store.get("local:1")
+    assert rec.model_digest == digest and rec.system == "be kind" and rec.params == {"stop": ["</s>"]}
+    # Recreate it from the Modelfile that show prints: same layers, same manifest digest.
+    (tmp_path / "Shown").write_text(store.show("local:1").modelfile)
+    list(store.create_from_modelfile("again:1", tmp_path / "Shown"))
+    assert store.get("again:1").digest == rec.digest
+
+
+def test_add_blob_file_refuses_non_regular(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(InvalidModelFileError, match="not a regular file"):
+        store.add_blob_file(Path("/dev/zero"))
+    with pytest.raises(InvalidModelFileError, match="not a regular file"):
+        store.add_blob_file(tmp_path)
