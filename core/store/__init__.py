@@ -1,9 +1,20 @@
 """The model store: Ollama-compatible manifests and blobs, and pull/push/create/list/show/copy/delete.
 
-Public API (the server, CLI and engine code against these names):
-``Store``, ``ModelRecord``, ``ModelDetails``, ``ShowInfo``, ``Progress``, ``CreateSpec``,
-``TransferSettings``; Modelfile helpers in ``corral.store.modelfile``; ``spec_from_modelfile`` in
-``corral.store.create``.
+Public API (the server, CLI and engine code against these names; keep them):
+
+- ``Store(root, *, noprune=False, quantizer=None, transfer=None)``; ``Store.from_config(config, quantizer=)``
+- ``store.list() -> list[ModelRecord]`` (newest first); ``store.get(name) -> ModelRecord``
+  (``gemma3:270m`` is imported from its PyPI package on first use); ``store.show(name, verbose=False)
+  -> ShowInfo``; ``store.copy(src, dst)``; ``store.delete(name)``; ``store.gc(grace=3600) -> list[str]``
+- ``store.blob_path(digest)`` (the one validating path builder), ``store.has_blob(digest)``,
+  ``await store.put_blob(digest, chunks) -> bool``, ``store.add_blob_file(path) -> digest``
+- ``store.create(name, spec, quantize=None) -> Iterator[Progress]`` (blocking; run it in a thread),
+  ``store.create_from_modelfile(name, path, quantize=None)``
+- ``store.pull(name, insecure=False)`` / ``store.push(name, insecure=False)``: async iterators of
+  ``Progress``; ``store.ensure_default_model() -> ModelRecord``
+- Modelfile: ``corral.store.modelfile.parse_modelfile``, ``parameters_of``, ``convert_parameter``;
+  ``corral.store.create.spec_from_modelfile(modelfile, base_dir) -> (CreateSpec, {digest: path})``
+- Test kit: ``corral.testing.registry.TestRegistry`` (an in-process registry with faults)
 """
 
 from __future__ import annotations
