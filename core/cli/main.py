@@ -74,7 +74,6 @@ app = typer.Typer(
     cls=CorralGroup,
     name="corral",
     help="corral: large language models on your machine, with the Ollama and OpenAI APIs.",
-    no_args_is_help=True,
     rich_markup_mode="rich",
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -106,12 +105,16 @@ def _version(value: bool) -> None:
     raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
                                           help="Show the client and server versions and exit.")] = False,
 ) -> None:
     """corral: large language models on your machine, with the Ollama and OpenAI APIs."""
+    if ctx.invoked_subcommand is None:  # bare `corral`: the help, and success, as `ollama` does
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 serve.register(app)

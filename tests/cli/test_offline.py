@@ -164,3 +164,8 @@ def test_serve_with_an_unavailable_backend_fails_before_http(monkeypatch: pytest
     assert "backend 'cuda'" in r.output and "NAME" in r.output  # the candidates table
     with socket.socket() as s:  # nothing was bound
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_bare_corral_prints_help_and_succeeds() -> None:
+    r = runner.invoke(app, [])
+    assert r.exit_code == 0 and "Usage:" in r.output and "run" in r.output
