@@ -104,7 +104,7 @@ def _save(sidecar: Path, state: _State) -> None:
 @contextlib.asynccontextmanager
 async def _locked(store: Store, digest: str) -> AsyncIterator[None]:
     """Cross-process exclusive flock on the digest, polled so no thread blocks on it."""
-    path = store.blobs_dir / _blobs.LOCK_DIR / f"sha256-{digest[7:]}.lock"
+    path = store.blobs_dir / _blobs.LOCK_DIR / f"sha256-{_blobs.normalize_digest(digest)[7:]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
