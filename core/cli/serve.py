@@ -28,6 +28,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail with a clear line, before the app starts, when the address is taken."""
+    import socket
+
+    from corral.errors import CorralError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # Same option uvicorn sets, so a port in TIME_WAIT is not reported as taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CorralError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(is another corral or ollama server running there? set CORRAL_HOST or --host)") from None
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind, [scheme://]host[:port] "
                                                   "(default: CORRAL_HOST or 127.0.0.1:11434).")] = None,
@@ -73,6 +91,7 @@ def serve(
             "CORRAL_API_KEY: anyone who can reach this machine can use and change your models. "
             "Set CORRAL_API_KEY or bind 127.0.0.1.[/bold yellow]")
 
+    _check_port(config.host, config.port)
     import uvicorn
 
     from corral.server.app import create_app

@@ -169,3 +169,16 @@ def test_serve_with_an_unavailable_backend_fails_before_http(monkeypatch: pytest
 def test_bare_corral_prints_help_and_succeeds() -> None:
     r = runner.invoke(app, [])
     assert r.exit_code == 0 and "Usage:" in r.output and "run" in r.output
+
+
+def test_serve_on_a_taken_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("corral.testing.fake")
+    monkeypatch.setenv("CORRAL_EXTRA_PLUGINS", "corral.testing.fake")
+    monkeypatch.setenv("CORRAL_BACKEND", "fake")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setenv("CORRAL_HOST", f"127.0.0.1:{busy.getsockname()[1]}")
+        r = runner.invoke(app, ["serve"])
+    assert r.exit_code == 1
+    assert "cannot listen on 127.0.0.1" in r.output and "in use" in r.output
