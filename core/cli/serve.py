@@ -99,7 +99,8 @@ def serve(
     app = create_app(config, pm=pm)
     where = f"[{config.host}]" if ":" in config.host else config.host
     console.print(f"corral: listening on {config.scheme}://{where}:{config.port} (models in {config.models})")
-    uvicorn.run(app, host=config.host, port=config.port,
+    # The app keeps its own access log (corral.server.access, with timings): uvicorn's would double it.
+    uvicorn.run(app, host=config.host, port=config.port, access_log=False,
                 log_level="debug" if config.debug else "info", timeout_graceful_shutdown=10)
 
 
