@@ -196,7 +196,13 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
         msgs.insert(0, Message(role="system", content=system))
 
     start = 0
+    fits = True
     if count_tokens is not None and num_ctx is not None and len(msgs) > 1:
+        # the common case first: the whole conversation fits and one render decides it
+        n = count_tokens(renderer.render(msgs, job.tools)) + IMAGE_TOKENS * sum(len(m.images) for m in msgs)
+        fits = n <= num_ctx
+    if not fits:
+        assert count_tokens is not None and num_ctx is not None
         start = len(msgs) - 1
         # walk back from the last message and keep every older one that still fits
         for i in range(len(msgs) - 2, -1, -1):

@@ -147,7 +147,8 @@ def test_gemma3_builtin_plan() -> None:
     plan = chat(rec, bos="<bos>", messages=list(CONVERSATION))
     assert plan.add_special and plan.stop == ["<end_of_turn>"]
     assert plan.text.startswith("<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>")
-    assert GEMMA3_PARAMS == {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95}
+    ollama_defaults = {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95}
+    assert {k: GEMMA3_PARAMS[k] for k in ollama_defaults} == ollama_defaults
     assert gen(rec, prompt="Hi").text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
