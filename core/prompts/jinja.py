@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,6 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 from jinja2 import nodes
-from jinja2.utils import Namespace
 
 from corral.errors import TemplateError
 
@@ -36,15 +37,10 @@ class _GenerationTag(jinja2.ext.Extension):
 
 
 class _Guard:
-    """Line tracer for template frames only: bounds time and value sizes however a loop is written.
+    """Line tracer for template frames only: stops any loop after the time limit, however it is written."""
 
-    The sandbox's operator hooks cannot see `~` concatenation or `{% set %}`, so after every line of
-    template code the frame's locals are checked for strings or lists beyond `max_value`.
-    """
-
-    def __init__(self, seconds: float, max_value: int) -> None:
+    def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds
-        self.max_value = max_value
         self.count = 0
 
     def global_trace(self, frame: Any, event: str, arg: Any) -> Any:
@@ -55,10 +51,6 @@ class _Guard:
 
     def local_trace(self, frame: Any, event: str, arg: Any) -> Any:
         self.count += 1
-        for v in frame.f_locals.values():
-            held = v._Namespace__attrs.values() if isinstance(v, Namespace) else ()
-            if _size(v) > self.max_value or any(_size(x) > self.max_value for x in held):
-                raise TemplateError("chat template builds a value that is too large")
         if self.count & 0x3F == 0:
             self.check()
         return self.local_trace
@@ -66,6 +58,14 @@ class _Guard:
     def check(self) -> None:
         if time.monotonic() > self.deadline:
             raise TemplateError(f"chat template took longer than {TIME_LIMIT_S:g} s to render")
+
+
+# The largest string or list the running render may build (per thread: renders run on worker threads).
+_limit = threading.local()
+
+
+def _max_value() -> int:
+    return getattr(_limit, "value", MAX_VALUE_CHARS)
 
 
 def _input_size(v: Any, depth: int = 0) -> int:
@@ -84,22 +84,90 @@ def _size(v: Any) -> int:
     return len(v) if isinstance(v, (str, bytes, list, tuple)) else 0
 
 
+def _too_large() -> TemplateError:
+    return TemplateError("chat template builds a value that is too large")
+
+
+def _check(v: Any) -> Any:
+    if _size(v) > _max_value():
+        raise _too_large()
+    return v
+
+
+_WIDTH = re.compile(r"%[-+ #0]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+
+
+def _check_widths(fmt: Any) -> None:
+    """Refuse %-format or str.format field widths that would allocate more than the limit."""
+    if isinstance(fmt, str):
+        for m in _WIDTH.finditer(fmt):
+            if int(m.group(1) or m.group(2)) > _max_value():
+                raise _too_large()
+
+
+def _check_args(name: str, target: Any, args: tuple[Any, ...]) -> None:
+    """Estimate, before running, what a size-multiplying string operation would build."""
+    if name in ("center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "truncate"):
+        if any(isinstance(a, int) and a > _max_value() for a in args):
+            raise _too_large()
+    elif name in ("format", "format_map"):
+        _check_widths(target)
+    elif name == "replace" and isinstance(target, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        hits = len(target) + 1 if not old else target.count(old)
+        if len(target) + hits * max(0, len(new) - len(old)) > _max_value():
+            raise _too_large()
+
+
+def _checked_join(join: Any) -> Any:
+    def checked(seq: Any) -> Any:
+        parts = list(seq)
+        if sum(len(str(p)) for p in parts) > _max_value():
+            raise _too_large()
+        return join(parts)
+
+    return checked
+
+
 class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    # every operator that can multiply the size of a value is checked before it runs
+    """The sandbox, plus size checks on everything that can multiply a value's size.
+
+    Operators, `~` concatenation (the compiled template's join helpers), str methods and filters
+    are checked before they run where the size is predictable, and their results after.
+    """
+
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for a, b in ((left, right), (right, left)):
-                if _size(a) and isinstance(b, int) and _size(a) * b > MAX_VALUE_CHARS:
-                    raise TemplateError("chat template builds a value that is too large")
+                if _size(a) and isinstance(b, int) and _size(a) * b > _max_value():
+                    raise _too_large()
         elif operator == "**":
             if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 256:
                 raise TemplateError("chat template computes a number that is too large")
-        result = super().call_binop(context, operator, left, right)
-        if _size(result) > MAX_VALUE_CHARS:
-            raise TemplateError("chat template builds a value that is too large")
-        return result
+        elif operator == "%":
+            _check_widths(left)
+        return _check(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        target = getattr(__obj, "__self__", None)
+        if isinstance(target, str):
+            _check_args(getattr(__obj, "__name__", ""), target, args + tuple(kwargs.values()))
+        return _check(super().call(__context, __obj, *args, **kwargs))
+
+
+
+def _checked_filter(name: str, fn: Any) -> Any:
+    skip = 1 if getattr(fn, "jinja_pass_arg", None) else 0  # context/environment comes first
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > skip:
+            _check_args(name, args[skip], args[skip + 1:] + tuple(kwargs.values()))
+        return _check(fn(*args, **kwargs))
+
+    return checked
 
 
 def _raise_exception(message: str) -> None:
@@ -122,6 +190,8 @@ def _environment() -> _Env:
     env = _Env(trim_blocks=True, lstrip_blocks=True,
                extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     env.filters["tojson"] = _tojson
+    # compiled templates call filters straight from this table, so the size checks wrap each one
+    env.filters = {name: _checked_filter(name, fn) for name, fn in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -134,16 +204,23 @@ def compile_template(source: str) -> jinja2.Template:
         raise TemplateError(
             f"chat template is too long ({len(source)} characters; limit {MAX_TEMPLATE_CHARS})")
     try:
-        return _environment().from_string(source)
+        tmpl = _environment().from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template syntax error at line {e.lineno}: {e.message}") from None
+    # `~` compiles to calls of these module-level helpers: swap in size-checked ones
+    namespace = tmpl.root_render_func.__globals__
+    for helper in ("str_join", "markup_join"):
+        if helper in namespace:
+            namespace[helper] = _checked_join(namespace[helper])
+    return tmpl
 
 
 def render(source: str, variables: dict[str, Any]) -> str:
     """Render a Jinja chat template with `variables`; every failure is a TemplateError."""
     tmpl = compile_template(source)
     # a template may copy its input a few times over, never grow it without bound
-    guard = _Guard(TIME_LIMIT_S, max(MAX_VALUE_CHARS, 4 * _input_size(variables)))
+    _limit.value = max(MAX_VALUE_CHARS, 4 * _input_size(variables))
+    guard = _Guard(TIME_LIMIT_S)
     previous = sys.gettrace()
     out: list[str] = []
     total = 0

@@ -103,6 +103,12 @@ def test_hermes_renders_without_tools() -> None:
     assert out.endswith("<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_large_inputs_are_not_mistaken_for_bombs() -> None:
+    big = "word " * 1_000_000  # 5 MB of conversation: the size limit scales with the input
+    tmpl = "{% for m in messages %}{{ '<|' + m.role + '|>' ~ m.content ~ '\\n' }}{% endfor %}"
+    assert len(render_jinja(tmpl, {"messages": [{"role": "user", "content": big}]})) == len(big) + 9
+
+
 def test_helpers_and_template_errors() -> None:
     out = render_jinja("{% generation %}{{ x|tojson }}{% endgeneration %}|{{ strftime_now('%Y') }}",
                        {"x": {"a": [1, "é"]}})
@@ -148,6 +154,13 @@ def test_ssti_payloads_are_refused(payload: str, tmp_path, monkeypatch) -> None:
     "{% set a = b~b~b~b~b~b~b~b~b~b~b~b~b~b~b~b %}{% set b = a~a~a~a~a~a~a~a~a~a~a~a~a~a~a~a %}"
     "{% set a = b~b~b~b~b~b~b~b~b~b~b~b~b~b~b~b %}{{ a|length }}",
     "{{ 2 ** 100000000 }}",
+    "{{ 'x'.center(10**9) }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ ('a' * 1000).replace('a', 'b' * 100000) }}",
+    "{{ ('a' * 1000) | replace('a', 'b' * 100000) }}",
+    "{{ 'x' | center(999999999) }}",
+    "{{ 'x' | indent(999999999, true) }}",
     "x" * (11 << 20),
 ])
 def test_resource_bombs_fail_fast(bomb: str, monkeypatch) -> None:
