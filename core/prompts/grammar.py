@@ -384,6 +384,22 @@ def schema_to_gbnf(schema: dict[str, Any]) -> str:
     return "".join(f"{k} ::= {v}\n" for k, v in rules.items())
 
 
+def with_think_block(grammar: str, markers: tuple[str, str], *, inside: bool) -> str:
+    """Let a thinking model reason before the constrained answer: `[open] text close ws` then `grammar`.
+
+    `inside`: the prompt already opened the block, so output starts in the reasoning text. The text
+    may not contain the close marker's first two characters in a row (they must start the marker).
+    """
+    open_, close = markers
+    c0, c1 = (gbnf_literal(c)[1:-1].replace("]", "\\]") for c in close[:2])
+    rules = re.sub(r"^root ::=", "answer ::=", grammar, count=1, flags=re.M)
+    block = f'think-text {gbnf_literal(close)} think-ws'
+    head = block if inside else f"( {gbnf_literal(open_)} {block} )?"
+    return (f"root ::= {head} answer\n"
+            f'think-text ::= ( [^{c0}] | "{c0}" [^{c1}] )*\n'
+            "think-ws ::= [ \\t\\n]{0,8}\n" + rules)
+
+
 def _json_grammar() -> str:
     conv = _Converter({})
     conv.primitive("value")

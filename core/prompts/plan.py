@@ -19,7 +19,7 @@ from corral.prompts.capabilities import (
     think_markers,
     tool_tag,
 )
-from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf
+from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.outparse import OutputParser
 
 IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
@@ -215,10 +215,13 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
     window = [m for m in msgs[:start] if m.role == "system"] + msgs[start:]
     text = renderer.render(window, job.tools)
     src = go_src or jinja_src or ""
+    inside = _starts_thinking(text, markers)
+    if grammar and think_on and markers is not None:
+        grammar = with_think_block(grammar, markers, inside=inside)
     return _finish(
         text, bos_token, grammar=grammar, stop=_stops(src),
         images=[img for m in window for img in m.images], think=think_on,
-        think_markers=markers or ("<think>", "</think>"), starts_thinking=_starts_thinking(text, markers),
+        think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
         tools=list(job.tools), tool_tag=tool_tag(go_src, jinja_src), truncated=start > 0,
     )
 
@@ -253,5 +256,7 @@ def plan_generate(record: Any, job: GenerateJob, *, gguf_template: str | None, b
         msgs.extend(_as_message(m) for m in getattr(record, "messages", None) or [])
     msgs.append(Message(role="user", content=job.prompt, images=list(job.images)))
     text = renderer.render(msgs, [])
-    return _finish(text, bos_token, stop=_stops(go_src or jinja_src or ""),
-                   starts_thinking=_starts_thinking(text, markers), **common)
+    inside = _starts_thinking(text, markers)
+    if grammar and think_on and markers is not None:
+        common["grammar"] = with_think_block(grammar, markers, inside=inside)
+    return _finish(text, bos_token, stop=_stops(go_src or jinja_src or ""), starts_thinking=inside, **common)

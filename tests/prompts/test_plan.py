@@ -179,3 +179,26 @@ def test_tool_plan_parses_the_templates_own_format() -> None:
     jinja = chat(make_record(), gguf=jinja_template("Qwen-Qwen2.5-7B-Instruct"), messages=[user("a")],
                  tools=[WEATHER])
     assert jinja.tool_tag == "<tool_call>"
+
+
+def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
+    from . import gbnf
+
+    rec = make_record(template=go_template("deepseek-r1"))
+    plan = chat(rec, messages=[user("as JSON")], format="json")
+    rules = gbnf.parse(plan.grammar)
+    assert gbnf.matches(rules, '<think>\nok, {braces} and <tags>\n</think>\n\n{"a": 1}')
+    assert gbnf.matches(rules, '{"a": 1}')  # reasoning is optional
+    assert not gbnf.matches(rules, '<think>x</think> not json')
+    p = plan.new_parser()
+    d = [p.feed('<think>\nok\n</think>\n\n{"a": 1}'), p.finish()]
+    assert ("".join(x.thinking for x in d), "".join(x.content for x in d)) == ("ok\n", '{"a": 1}')
+    # the prompt opened the block: output starts inside it
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    inside = chat(make_record(), gguf=jinja_template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"),
+                  messages=[user("as JSON")], format=schema)
+    rules = gbnf.parse(inside.grammar)
+    assert inside.starts_thinking and gbnf.matches(rules, 'hmm</think>\n{"n": 3}')
+    assert not gbnf.matches(rules, '{"n": 3}')
+    # thinking off: the plain grammar
+    assert chat(rec, messages=[user("as JSON")], format="json", think=False).grammar == JSON_GBNF
