@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from corral.conversation import Message, Tool
 from corral.errors import CapabilityError, InvalidRequestError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
@@ -167,6 +169,18 @@ def _jinja_tool(t: Tool) -> dict[str, Any]:
     return {"type": t.type or "function", "function": fn}
 
 
+def _strip_reasoning(m: Message, markers: tuple[str, str]) -> Message:
+    """An earlier assistant turn without the reasoning a client echoed back inside its content.
+
+    compat(ollama): done for qwen3 and deepseek-r1; models are trained on histories without it.
+    """
+    open_, close = markers
+    head = m.content.lstrip()
+    if m.role != "assistant" or not head.startswith(open_) or close not in head:
+        return m
+    return msgspec.structs.replace(m, content=head.split(close, 1)[1].lstrip())
+
+
 def _finish(text: str, bos: str, **kw: Any) -> PromptPlan:
     add_special = not (bos and text.startswith(bos))
     return PromptPlan(text=text, add_special=add_special, **kw)
@@ -194,6 +208,9 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
     system = getattr(record, "system", None)
     if system and (not msgs or msgs[0].role != "system"):
         msgs.insert(0, Message(role="system", content=system))
+
+    if markers is not None:
+        msgs = [_strip_reasoning(m, markers) if i < len(msgs) - 1 else m for i, m in enumerate(msgs)]
 
     start = 0
     fits = True

@@ -202,3 +202,12 @@ def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
     assert not gbnf.matches(rules, '{"n": 3}')
     # thinking off: the plain grammar
     assert chat(rec, messages=[user("as JSON")], format="json", think=False).grammar == JSON_GBNF
+
+
+def test_echoed_reasoning_is_dropped_from_earlier_turns() -> None:
+    rec = make_record(template=go_template("deepseek-r1"))
+    msgs = [user("a"), Message(role="assistant", content="<think>secret plan</think>\n\nB"), user("c")]
+    text = chat(rec, messages=msgs).text
+    assert "secret plan" not in text and "<｜Assistant｜>B<｜end▁of▁sentence｜>" in text
+    # a model that does not think keeps the text as written
+    assert "secret plan" in chat(make_record(template=CHATML), messages=msgs).text
