@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parent
 VENDOR = ROOT / "vendor" / "llama.cpp"
 PIN = json.loads((VENDOR / "corral-pin.json").read_text())
 FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
-RECIPE_VERSION = 1  # bump when the way outputs are produced changes
+RECIPE_VERSION = 1  # bump when the way the libraries are compiled changes (rebuilds everything)
+LAYOUT_VERSION = 2  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
 TOOL_TARGETS = ("llama-bench", "llama-server")
 
@@ -339,7 +340,7 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
         else:
             parts = name.split(".so")
             soname = len(parts) == 2 and parts[1].count(".") == 1  # libllama.so.0
-            module = name.endswith(".so") and name.startswith("libggml-")  # DL backend modules
+            module = name.endswith(".so") and name.startswith("libggml-") and not path.is_symlink()
             keep = name.startswith("lib") and (soname or module)
         if keep and path.is_file():
             out.append(path)
@@ -349,7 +350,7 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
 def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str) -> None:
     """Copy the libraries and compile the cffi module into out_dir, unless it already matches."""
     info_path = out_dir / "build-info.json"
-    want = {"key": key, "python": py_key}
+    want = {"key": key, "python": py_key, "layout": LAYOUT_VERSION}
     if info_path.exists():
         have = json.loads(info_path.read_text())
         if {k: have.get(k) for k in want} == want:
