@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,6 +113,16 @@ def create_app(config: Config, *, engine: Any = None, store: Any = None,
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # compat(ollama): unreferenced blobs are pruned at startup (CORRAL_NOPRUNE keeps them); in a
+        # thread, since a big store means many stat() calls, and never fatal to serving.
+        gc = getattr(store, "gc", None)
+        if gc is not None:
+            try:
+                removed = await asyncio.to_thread(gc)
+                if removed:
+                    log.info("pruned %d unused blob(s)", len(removed))
+            except Exception as exc:
+                log.warning("startup pruning skipped: %s", exc)
         try:
             yield
         finally:
