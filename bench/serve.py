@@ -17,9 +17,8 @@ Usage:
   python bench/serve.py [--llama-server PATH] [--threads 2] [--slots 4] [--ctx 2048] [--tokens 128]
                         [--only throughput,followup,shared,stall]
 
-Without --llama-server (or `llama-server` on PATH) only corral is measured and the ratios are skipped.
-`--build-llama-server` builds it first from the pinned tree (vendor/llama.cpp) into ~/.cache/corral;
-its default CPU flags avoid AMX, which faults under some hypervisors (override with --cmake-flags).
+llama-server comes from `python build_backends.py --tools` (the same pin and flags as corral's cpu
+backend) and runs on the same CPU variant as corral; `--corral-only` measures corral alone.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -41,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tools import find_tool, stage_tool  # noqa: E402
 
 MODEL = "gemma3:270m"
 # Filler that tokenizes to roughly one token per word with Gemma's tokenizer.
@@ -230,25 +231,6 @@ def _prepare_model(models: Path) -> Path:
     return Path(record.model_path)
 
 
-DEFAULT_CMAKE_FLAGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-                       "-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF "
-                       "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
-
-
-def build_llama_server(src: Path, flags: str) -> str:
-    """Build llama-server (static, tools on) from ``src``; returns the binary's path."""
-    out = Path.home() / ".cache" / "corral" / "llama-server-build"
-    binary = out / "bin" / "llama-server"
-    if binary.exists():
-        return str(binary)
-    configure = ["cmake", "-G", "Ninja", "-S", str(src), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF",
-                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", *flags.split()]
-    subprocess.run(configure, check=True)
-    subprocess.run(["cmake", "--build", str(out), "--target", "llama-server", "-j"], check=True)
-    return str(binary)
-
-
 def _bar(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -258,9 +240,9 @@ async def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     models = Path(args.models) if args.models else work / "models"
     gguf = _prepare_model(models)
-    binary = args.llama_server or shutil.which("llama-server")
-    if not binary and args.build_llama_server:
-        binary = build_llama_server(Path(args.llama_src), args.cmake_flags)
+    binary = None
+    if not args.corral_only:
+        binary = str(stage_tool(find_tool("llama-server", args.llama_server), work / "llama-server"))
     servers = [start_corral(models, args, work / "corral.log")]
     if binary:
         servers.append(start_llama_server(binary, gguf, args, work / "llama-server.log"))
@@ -330,9 +312,7 @@ def main() -> None:
     p.add_argument("--only", default="throughput,followup,shared,stall")
     p.add_argument("--clients", default="1,4,8", help="concurrent clients for the throughput runs")
     p.add_argument("--backend", default="cpu", help="corral backend (\"fake\" checks the script itself)")
-    p.add_argument("--build-llama-server", action="store_true", help="build llama-server if none is found")
-    p.add_argument("--llama-src", default=str(Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp"))
-    p.add_argument("--cmake-flags", default=DEFAULT_CMAKE_FLAGS)
+    p.add_argument("--corral-only", action="store_true", help="measure corral alone (no ratios)")
     sys.exit(asyncio.run(run(p.parse_args())))
 
 
