@@ -1,13 +1,15 @@
-"""Produce a random string that a GBNF grammar accepts, so the fake backend can honour `format`."""
+"""GBNF for tests: parse a grammar, sample a string it accepts (the fake backend honours `format`),
+and tell whether a text is in its language."""
 
 from __future__ import annotations
 
 import random
 import re
+import sys
 
 from corral.errors import GrammarError
 
-__all__ = ["parse_gbnf", "sample_grammar"]
+__all__ = ["matches", "parse_gbnf", "sample_grammar"]
 
 # Grammar tree nodes, as tuples to stay small: ("lit", str) ("cls", ranges, negated) ("any",)
 # ("ref", name) ("seq", [nodes]) ("alt", [nodes]) ("rep", node, lo, hi_or_None)
@@ -301,3 +303,54 @@ def sample_grammar(grammar: str, *, seed: int = 0, start: str = "root") -> str:
     sampler.gen(rules[start], 0)
     return "".join(sampler.out)
 
+
+
+def matches(grammar: str | Rules, text: str, *, start: str = "root") -> bool:
+    """Whether the whole of ``text`` is in the language of ``grammar`` (GBNF text or `parse_gbnf` rules)."""
+    rules = parse_gbnf(grammar) if isinstance(grammar, str) else grammar
+    memo: dict[tuple[int, int], frozenset[int]] = {}  # (id(node), start) -> end positions
+
+    def ends(n: Node, pos: int) -> frozenset[int]:
+        key = (id(n), pos)
+        if key in memo:
+            return memo[key]
+        kind = n[0]
+        if kind == "lit":
+            found = frozenset([pos + len(n[1])]) if text.startswith(n[1], pos) else frozenset()
+        elif kind in ("cls", "any"):
+            inside = pos < len(text) and (kind == "any" or
+                                          any(lo <= ord(text[pos]) <= hi for lo, hi in n[1]) != n[2])
+            found = frozenset([pos + 1]) if inside else frozenset()
+        elif kind == "ref":
+            found = ends(rules[n[1]], pos)
+        elif kind == "seq":
+            found = frozenset([pos])
+            for x in n[1]:
+                found = frozenset(q for p in found for q in ends(x, p))
+                if not found:
+                    break
+        elif kind == "alt":
+            found = frozenset(q for x in n[1] for q in ends(x, pos))
+        else:  # ("rep", child, lo, hi): breadth-first over repetition counts
+            _, child, lo, hi = n
+            result: set[int] = set()
+            cur, count = frozenset([pos]), 0
+            while cur:
+                if count >= lo:
+                    result |= cur
+                if hi is not None and count >= hi:
+                    break
+                # past the minimum, an empty repetition adds nothing (and would never end)
+                step = frozenset(q for p in cur for q in ends(child, p) if count < lo or q != p)
+                cur = step - result if count >= lo else step
+                count += 1
+            found = frozenset(result)
+        memo[key] = found
+        return found
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))  # nested rules recurse once per level
+    try:
+        return len(text) in ends(rules[start], 0)
+    finally:
+        sys.setrecursionlimit(limit)

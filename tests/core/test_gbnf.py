@@ -1,4 +1,4 @@
-"""Tests for corral.testing.gbnf: sampled strings match their grammar; bad grammars are errors."""
+"""Tests for corral.testing.gbnf: sampled strings match their grammar (and `matches`); bad grammars raise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from corral.errors import GrammarError
 from corral.testing.contract import JSON_GRAMMAR
-from corral.testing.gbnf import parse_gbnf, sample_grammar
+from corral.testing.gbnf import matches, parse_gbnf, sample_grammar
 
 FULL_JSON = r'''
 root   ::= object
@@ -59,3 +59,19 @@ def test_bad_grammars_raise(bad: str) -> None:
 
 def test_parse_names_rules() -> None:
     assert set(parse_gbnf(FULL_JSON)) == {"root", "value", "object", "array", "string", "number", "ws"}
+
+
+def test_matches_recognizes_the_language() -> None:
+    rules = parse_gbnf(FULL_JSON)
+    for seed in range(10):
+        assert matches(rules, sample_grammar(FULL_JSON, seed=seed))
+    assert matches(FULL_JSON, '{"a": [1, "x\\n", true, {}]}')  # grammar text works too
+    assert not matches(rules, '{"a": 1')
+    grammar = r'root ::= "x" [a-c]{2,3} [^a-z] "\u00e9"? . # trailing comment'
+    assert matches(grammar, "xabZé!") and matches(grammar, "xcccZq")
+    assert not matches(grammar, "xaZ!") and not matches(grammar, "xabzé!")
+    assert matches('root ::= ("a"?){2} "b"', "b")  # empty repetitions count toward the minimum
+    nested = 'root ::= "(" root ")" | "x"'
+    assert matches(nested, "((x))") and not matches(nested, "((x)")
+    with pytest.raises(GrammarError):
+        matches("root ::= missing", "")

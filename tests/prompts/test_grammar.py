@@ -10,9 +10,7 @@ import pytest
 from corral.errors import GrammarError
 from corral.prompts import JSON_GBNF, schema_to_gbnf
 from corral.prompts.grammar import int_range
-from corral.testing.gbnf import sample_grammar
-
-from . import gbnf
+from corral.testing.gbnf import matches, parse_gbnf, sample_grammar
 
 PERSON = {
     "type": "object",
@@ -64,11 +62,11 @@ SCHEMAS = {
 def test_sampled_outputs_validate(name: str) -> None:
     schema = SCHEMAS[name]
     grammar = schema_to_gbnf(schema)
-    rules = gbnf.parse(grammar)  # well-formed: every rule defined, root present
+    rules = parse_gbnf(grammar)  # well-formed: every rule defined, root present
     for seed in range(25):
         text = sample_grammar(grammar, seed=seed)
         jsonschema.validate(json.loads(text), schema)
-        assert gbnf.matches(rules, text)  # the test recognizer agrees with the sampler
+        assert matches(rules, text)  # the test recognizer agrees with the sampler
 
 
 @pytest.mark.parametrize(("name", "doc"), [
@@ -87,10 +85,10 @@ def test_sampled_outputs_validate(name: str) -> None:
     ("enum-mixed", {"k": [1, 2]}),
 ])
 def test_valid_documents_are_accepted(name: str, doc: object) -> None:
-    rules = gbnf.parse(schema_to_gbnf(SCHEMAS[name]))
-    assert gbnf.matches(rules, json.dumps(doc, separators=(",", ":")))
+    rules = parse_gbnf(schema_to_gbnf(SCHEMAS[name]))
+    assert matches(rules, json.dumps(doc, separators=(",", ":")))
     if name != "enum-mixed":  # const/enum values are matched in their compact form only
-        assert gbnf.matches(rules, json.dumps(doc))
+        assert matches(rules, json.dumps(doc))
 
 
 @pytest.mark.parametrize(("name", "doc"), [
@@ -107,26 +105,26 @@ def test_valid_documents_are_accepted(name: str, doc: object) -> None:
     ("tree", {"value": 1, "children": [{"value": 2}, {"value": 3}, {"value": 4}]}),  # maxItems
 ])
 def test_invalid_documents_are_rejected(name: str, doc: object) -> None:
-    rules = gbnf.parse(schema_to_gbnf(SCHEMAS[name]))
-    assert not gbnf.matches(rules, json.dumps(doc))
+    rules = parse_gbnf(schema_to_gbnf(SCHEMAS[name]))
+    assert not matches(rules, json.dumps(doc))
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(0, 150), (-20, 7), (5, None), (None, -3), (-999, -100), (37, 4021),
                                         (None, 12), (0, 0), (-1, 1), (100, 100)])
 def test_integer_ranges_are_exact(lo: int | None, hi: int | None) -> None:
-    rules = gbnf.parse(f"root ::= {int_range(lo, hi)}")
+    rules = parse_gbnf(f"root ::= {int_range(lo, hi)}")
     edges = {b + d for b in (lo, hi) if b is not None for d in (-11, -10, -9, -2, -1, 0, 1, 2, 9, 10, 11)}
     for n in sorted(set(range(-130, 130)) | edges | {-1000, -999, 999, 1000, 4021, 4022}):
         inside = (lo is None or n >= lo) and (hi is None or n <= hi)
-        assert gbnf.matches(rules, str(n)) == inside, n
-    assert not gbnf.matches(rules, "007")  # no leading zeros
-    assert gbnf.matches(rules, "123456789012") == (hi is None and (lo is None or lo <= 123456789012))
+        assert matches(rules, str(n)) == inside, n
+    assert not matches(rules, "007")  # no leading zeros
+    assert matches(rules, "123456789012") == (hi is None and (lo is None or lo <= 123456789012))
 
 
 def test_json_grammar_is_any_object() -> None:
-    rules = gbnf.parse(JSON_GBNF)
-    assert gbnf.matches(rules, '{"a": [1, 2.5, -3e4, "x\\n", true, null, {}]}')
-    assert not gbnf.matches(rules, "[1, 2]")  # format json asks for an object
+    rules = parse_gbnf(JSON_GBNF)
+    assert matches(rules, '{"a": [1, 2.5, -3e4, "x\\n", true, null, {}]}')
+    assert not matches(rules, "[1, 2]")  # format json asks for an object
     for seed in range(10):
         assert isinstance(json.loads(sample_grammar(JSON_GBNF, seed=seed)), dict)
 

@@ -8,6 +8,7 @@ from corral.conversation import Message
 from corral.errors import CapabilityError, GrammarError, InvalidRequestError, TemplateError
 from corral.jobs import ChatJob, GenerateJob
 from corral.prompts import GEMMA3_PARAMS, GEMMA3_TEMPLATE, JSON_GBNF, plan_chat, plan_generate
+from corral.testing.gbnf import matches, parse_gbnf
 
 from .conftest import CONVERSATION, WEATHER, go_template, jinja_template, make_record
 
@@ -182,14 +183,12 @@ def test_tool_plan_parses_the_templates_own_format() -> None:
 
 
 def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
-    from . import gbnf
-
     rec = make_record(template=go_template("deepseek-r1"))
     plan = chat(rec, messages=[user("as JSON")], format="json")
-    rules = gbnf.parse(plan.grammar)
-    assert gbnf.matches(rules, '<think>\nok, {braces} and <tags>\n</think>\n\n{"a": 1}')
-    assert gbnf.matches(rules, '{"a": 1}')  # reasoning is optional
-    assert not gbnf.matches(rules, '<think>x</think> not json')
+    rules = parse_gbnf(plan.grammar)
+    assert matches(rules, '<think>\nok, {braces} and <tags>\n</think>\n\n{"a": 1}')
+    assert matches(rules, '{"a": 1}')  # reasoning is optional
+    assert not matches(rules, '<think>x</think> not json')
     p = plan.new_parser()
     d = [p.feed('<think>\nok\n</think>\n\n{"a": 1}'), p.finish()]
     assert ("".join(x.thinking for x in d), "".join(x.content for x in d)) == ("ok\n", '{"a": 1}')
@@ -197,9 +196,9 @@ def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     inside = chat(make_record(), gguf=jinja_template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"),
                   messages=[user("as JSON")], format=schema)
-    rules = gbnf.parse(inside.grammar)
-    assert inside.starts_thinking and gbnf.matches(rules, 'hmm</think>\n{"n": 3}')
-    assert not gbnf.matches(rules, '{"n": 3}')
+    rules = parse_gbnf(inside.grammar)
+    assert inside.starts_thinking and matches(rules, 'hmm</think>\n{"n": 3}')
+    assert not matches(rules, '{"n": 3}')
     # thinking off: the plain grammar
     assert chat(rec, messages=[user("as JSON")], format="json", think=False).grammar == JSON_GBNF
 
