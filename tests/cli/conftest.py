@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,13 @@ from typer.testing import CliRunner
 from corral.cli.client import Client
 from corral.cli.main import app
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (fixtures)
+from corral.testing.live import free_port
 
 # Prompts containing these words get scripted fake answers (the runner reads this file at start).
 FAKE_RULES = [
     {"match": "go slowly", "reply": "one two three four five six seven eight nine ten " * 20, "delay": 0.05},
     {"match": "fail please", "error": "scripted failure"},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(client: Client, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
