@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from corral.errors import InsufficientStorageError, InvalidRequestError
@@ -160,6 +160,26 @@ class BlobWriter:
         with contextlib.suppress(OSError):
             self._f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def write_blob(blobs_dir: Path, expected: str | None, chunks: Iterable[bytes]) -> tuple[str, bool]:
+    """Stream ``chunks`` into a blob and commit it: (digest, created). Nothing is kept if anything fails."""
+    writer = BlobWriter(blobs_dir, expected)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+def file_chunks(paths: Iterable[str | os.PathLike[str]]) -> Iterator[bytes]:
+    """The bytes of the files at ``paths``, one after another, in ``CHUNK``-sized pieces."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
 
 
 @contextlib.contextmanager

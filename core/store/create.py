@@ -50,13 +50,7 @@ def _check_files(files: dict[str, str], what: str) -> dict[str, str]:
 
 
 def _put_bytes(store: Store, data: bytes) -> tuple[str, bool]:
-    w = _blobs.BlobWriter(store.blobs_dir, None)
-    try:
-        w.write(data)
-    except BaseException:
-        w.abort()
-        raise
-    return w.commit()
+    return _blobs.write_blob(store.blobs_dir, None, [data])
 
 
 def _layer_progress(digest: str, created: bool) -> Progress:

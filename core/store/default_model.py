@@ -46,17 +46,8 @@ def ensure_default_model(store: Store) -> ModelRecord:
     store._ensure_dirs()
     if not store.has_blob(digest):
         log.info("importing %s from its Python package", DEFAULT_MODEL)
-        writer = _blobs.BlobWriter(store.blobs_dir, digest)
         try:
-            for part in chunk_paths():
-                with open(part, "rb") as f:
-                    while chunk := f.read(_blobs.CHUNK):
-                        writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        try:
-            writer.commit()
+            _blobs.write_blob(store.blobs_dir, digest, _blobs.file_chunks(chunk_paths()))
         except InvalidRequestError as exc:
             raise InvalidModelFileError(f"the installed gemma3-270m package is damaged: {exc}") from None
     spec = CreateSpec(files={MODEL_NAME: digest}, template=GEMMA3_TEMPLATE, parameters=dict(GEMMA3_PARAMS))

@@ -121,15 +121,7 @@ class Store:
         if not _stat.S_ISREG(st.st_mode):
             raise InvalidModelFileError(f"{Path(path).name} is not a regular file")
         self._ensure_dirs()
-        writer = _blobs.BlobWriter(self.blobs_dir, None)
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(_blobs.CHUNK):
-                    writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.commit()[0]
+        return _blobs.write_blob(self.blobs_dir, None, _blobs.file_chunks([path]))[0]
 
     def create_from_modelfile(self, name: str, modelfile: Path,
                               quantize: str | None = None) -> Iterator[Progress]:
