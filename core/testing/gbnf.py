@@ -198,29 +198,30 @@ def _refs(rules: Rules) -> set[str]:
     return found
 
 
+def _node_cost(n: Node, cost: dict[str, float]) -> float:
+    """Shortest expansion length of node ``n``, given each rule's in ``cost``."""
+    kind = n[0]
+    if kind == "lit":
+        return len(n[1])
+    if kind in ("cls", "any"):
+        return 1
+    if kind == "ref":
+        return cost[n[1]]
+    if kind == "seq":
+        return sum(_node_cost(x, cost) for x in n[1])
+    if kind == "alt":
+        return min(_node_cost(x, cost) for x in n[1])
+    return 0 if n[2] == 0 else n[2] * _node_cost(n[1], cost)
+
+
 def _costs(rules: Rules) -> dict[str, float]:
     """Shortest expansion length of each rule (a fixpoint; inf where a rule never terminates)."""
     cost = dict.fromkeys(rules, float("inf"))
-
-    def c(n: Node) -> float:
-        kind = n[0]
-        if kind == "lit":
-            return len(n[1])
-        if kind in ("cls", "any"):
-            return 1
-        if kind == "ref":
-            return cost[n[1]]
-        if kind == "seq":
-            return sum(c(x) for x in n[1])
-        if kind == "alt":
-            return min(c(x) for x in n[1])
-        return 0 if n[2] == 0 else n[2] * c(n[1])
-
     changed = True
     while changed:
         changed = False
         for name, node in rules.items():
-            v = c(node)
+            v = _node_cost(node, cost)
             if v < cost[name]:
                 cost[name], changed = v, True
     return cost
@@ -233,18 +234,7 @@ class _Sampler:
         self.length = 0
 
     def node_cost(self, n: Node) -> float:
-        kind = n[0]
-        if kind == "lit":
-            return len(n[1])
-        if kind in ("cls", "any"):
-            return 1
-        if kind == "ref":
-            return self.cost[n[1]]
-        if kind == "seq":
-            return sum(self.node_cost(x) for x in n[1])
-        if kind == "alt":
-            return min(self.node_cost(x) for x in n[1])
-        return 0 if n[2] == 0 else n[2] * self.node_cost(n[1])
+        return _node_cost(n, self.cost)
 
     def emit(self, text: str) -> None:
         self.out.append(text)
