@@ -132,23 +132,24 @@ def _missing_body(request: Request, exc: BaseException) -> bool:
         and request.headers.get("transfer-encoding") is None
 
 
-def ollama_error(request: Request, exc: Exception) -> Response[ErrorBody]:
-    """Exception handler for the native API."""
+def _status_and_message(request: Request, exc: Exception) -> tuple[int, str]:
+    """What either API answers for ``exc`` (logged here): its status and message."""
     status = status_for(exc)
     if isinstance(exc, ValidationException):
         status = 400
     _log(request, exc, status)
-    msg = "missing request body" if _missing_body(request, exc) else message_for(exc)
+    return status, "missing request body" if _missing_body(request, exc) else message_for(exc)
+
+
+def ollama_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    """Exception handler for the native API."""
+    status, msg = _status_and_message(request, exc)
     return Response(native_body(msg), status_code=status, media_type="application/json")
 
 
 def openai_error(request: Request, exc: Exception) -> Response[OpenAIErrorBody]:
     """Exception handler for the OpenAI API."""
-    status = status_for(exc)
-    if isinstance(exc, ValidationException):
-        status = 400
-    _log(request, exc, status)
-    msg = "missing request body" if _missing_body(request, exc) else message_for(exc)
+    status, msg = _status_and_message(request, exc)
     return Response(openai_body(msg, status), status_code=status, media_type="application/json")
 
 
