@@ -135,20 +135,7 @@ class Batcher:
 
     # ---- consumer side ---------------------------------------------------------------------------
     def _stream(self, job: Job) -> Iterator[TokenEvent]:
-        try:
-            while True:
-                item = job.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            if not job.done:
-                # The consumer went away mid-stream: treat it as a cancel so the slot is freed.
-                job.cancel.cancel()
-                with self._cond:
-                    self._cond.notify()
+        return _Stream(job)
 
     # ---- loop ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -507,6 +494,41 @@ class Batcher:
         self._lib.llama_batch_free(self._batch[0])
         self._lib.llama_free(self._ctx)
         self._ctx = self._ffi.NULL
+
+
+class _Stream:
+    """The iterator ``submit`` returns. Closing it, or dropping it unread, cancels the request so
+    its slot is freed (a generator that never started would not run its cleanup)."""
+
+    __slots__ = ("_job", "_over")
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._over = False
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> TokenEvent:
+        if self._over:
+            raise StopIteration
+        item = self._job.out.get()
+        if isinstance(item, BaseException):
+            self._over = True
+            raise item
+        if item.finish_reason is not None:
+            self._over = True
+        return item
+
+    def close(self) -> None:
+        self._over = True
+        if not self._job.done:
+            # The loop checks cancel tokens every step, so no wake-up (and no lock) is needed here:
+            # this may run from a garbage collection on any thread.
+            self._job.cancel.cancel()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _default_threads() -> int:

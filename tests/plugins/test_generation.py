@@ -165,6 +165,20 @@ def test_abandoned_stream_frees_the_slot(parts, engine):
     assert ev[-1].finish_reason == "length"
 
 
+def test_dropped_unread_streams_free_their_slots(parts, engine):
+    import gc
+
+    for _ in range(4):  # as many as there are slots, each asking for far more than a test could wait
+        engine.submit(GenerationRequest(prompt=tok(parts, "Endless text:"), sampling=GREEDY,
+                                        num_predict=100_000), CancelToken())
+    gc.collect()
+    done: list[list[TokenEvent]] = []
+    t = threading.Thread(target=lambda: done.append(run(engine, tok(parts, "Hello"), num_predict=2)))
+    t.start()
+    t.join(120)  # a hang detector, not a speed bar: without the cancel this waits for 400k tokens
+    assert done and done[0][-1].finish_reason == "length"
+
+
 def test_stop_strings_including_one_spanning_tokens(parts, engine):
     p = tok(parts, "The capital of France is Paris. The capital of Germany is")
     full = run(engine, p, num_predict=24)
