@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -15,7 +14,7 @@ from corral.errors import BackendError, CorralError, GenerationCancelledError, I
 from corral.types import CancelToken, GenerationRequest, GenerationStats, LoadOptions, TokenEvent
 
 from .sampling import MAX_TOP_LOGPROBS, SamplerChain, logprobs_from_logits
-from .slots import Job, Slot, common_prefix, fit_prompt
+from .slots import Job, Slot, Stream, common_prefix, default_threads, fit_prompt
 
 __all__ = ["Batcher"]
 
@@ -48,7 +47,7 @@ class Batcher:
         cp.n_ctx = max(256, int(options.num_ctx) * n_par)
         cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
         cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
-        threads = int(options.num_thread) or _default_threads()
+        threads = int(options.num_thread) or default_threads()
         cp.n_threads = cp.n_threads_batch = threads
         cp.no_perf = True
         cp.swa_full = True  # keep full SWA caches so prefixes stay reusable on SWA models (Gemma 3)
@@ -135,7 +134,7 @@ class Batcher:
 
     # ---- consumer side ---------------------------------------------------------------------------
     def _stream(self, job: Job) -> Iterator[TokenEvent]:
-        return _Stream(job)
+        return Stream(job)
 
     # ---- loop ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -494,62 +493,3 @@ class Batcher:
         self._lib.llama_batch_free(self._batch[0])
         self._lib.llama_free(self._ctx)
         self._ctx = self._ffi.NULL
-
-
-class _Stream:
-    """The iterator ``submit`` returns. Closing it, or dropping it unread, cancels the request so
-    its slot is freed (a generator that never started would not run its cleanup)."""
-
-    __slots__ = ("_job", "_over")
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-        self._over = False
-
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> TokenEvent:
-        if self._over:
-            raise StopIteration
-        item = self._job.out.get()
-        if isinstance(item, BaseException):
-            self._over = True
-            raise item
-        if item.finish_reason is not None:
-            self._over = True
-        return item
-
-    def close(self) -> None:
-        self._over = True
-        if not self._job.done:
-            # The loop checks cancel tokens every step, so no wake-up (and no lock) is needed here:
-            # this may run from a garbage collection on any thread.
-            self._job.cancel.cancel()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _default_threads() -> int:
-    """Physical cores this process may run on: llama.cpp gains nothing from SMT siblings."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
-    cores: set[tuple[str, str]] = set()
-    try:
-        cpu, phys = -1, "0"
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "processor":
-                    cpu = int(val)
-                elif key == "physical id":
-                    phys = val
-                elif key == "core id" and cpu in allowed:
-                    cores.add((phys, val))
-    except (OSError, ValueError):
-        cores = set()
-    return max(1, min(len(cores), len(allowed)) if cores else len(allowed))

@@ -1,18 +1,21 @@
-"""Per-request and per-sequence state of the batching loop: jobs, slots, prefix matching."""
+"""Per-request and per-sequence state of the batching loop: jobs, slots, streams, prefix matching."""
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from typing import Any
 
 from corral.errors import ContextLengthError
 from corral.textstream import StopMatcher, Utf8Decoder
-from corral.types import CancelToken, GenerationRequest
+from corral.types import CancelToken, GenerationRequest, TokenEvent
 
 from .sampling import SamplerChain
 
-__all__ = ["CONTEXT_LENGTH_MESSAGE", "Job", "Slot", "common_prefix", "fit_prompt"]
+__all__ = [
+    "CONTEXT_LENGTH_MESSAGE", "Job", "Slot", "Stream", "common_prefix", "default_threads", "fit_prompt",
+]
 
 CONTEXT_LENGTH_MESSAGE = (
     "the prompt is longer than the context length currently available to the model; shorten the "
@@ -113,3 +116,62 @@ class Slot:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+
+class Stream:
+    """The iterator ``submit`` returns. Closing it, or dropping it unread, cancels the request so
+    its slot is freed (a generator that never started would not run its cleanup)."""
+
+    __slots__ = ("_job", "_over")
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._over = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> TokenEvent:
+        if self._over:
+            raise StopIteration
+        item = self._job.out.get()
+        if isinstance(item, BaseException):
+            self._over = True
+            raise item
+        if item.finish_reason is not None:
+            self._over = True
+        return item
+
+    def close(self) -> None:
+        self._over = True
+        if not self._job.done:
+            # The loop checks cancel tokens every step, so no wake-up (and no lock) is needed here:
+            # this may run from a garbage collection on any thread.
+            self._job.cancel.cancel()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def default_threads() -> int:
+    """Physical cores this process may run on: llama.cpp gains nothing from SMT siblings."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        cpu, phys = -1, "0"
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "processor":
+                    cpu = int(val)
+                elif key == "physical id":
+                    phys = val
+                elif key == "core id" and cpu in allowed:
+                    cores.add((phys, val))
+    except (OSError, ValueError):
+        cores = set()
+    return max(1, min(len(cores), len(allowed)) if cores else len(allowed))
