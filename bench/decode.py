@@ -69,7 +69,7 @@ def run_llama_bench(exe: Path, model: Path, threads: int) -> dict[str, float]:
 class Corral:
     """corral's Batcher on one sequence, driven exactly as a client would (events, wall clock)."""
 
-    def __init__(self, lib_dir: Path, variant: Path, model_path: Path, threads: int) -> None:
+    def __init__(self, lib_dir: Path, variant: Path, model_path: Path, threads: int, sampling: str) -> None:
         from corral.types import LoadOptions
         from corral_plugins._llama import library
         from corral_plugins._llama.batcher import Batcher
@@ -84,6 +84,7 @@ class Corral:
         self.no_eog = {t: float("-inf") for t in range(n_vocab) if self.model.is_eog(t)}
         self.rng = random.Random(0)
         self.n_vocab = n_vocab
+        self.sampling = sampling
 
     def _prompt(self, n: int) -> list[int]:
         # Random tokens, like llama-bench; a fresh first token each time defeats prefix reuse.
@@ -103,7 +104,9 @@ class Corral:
     def tg128(self) -> float:
         from corral.types import CancelToken, GenerationRequest, SamplingParams
 
-        sampling = SamplingParams(temperature=0, logit_bias=self.no_eog)
+        # greedy: what llama-bench's tg measures (no sampler); default: Ollama's sampler chain on top.
+        temp = 0.0 if self.sampling == "greedy" else 0.8
+        sampling = SamplingParams(temperature=temp, seed=1, logit_bias=self.no_eog)
         req = GenerationRequest(prompt=self._prompt(1), sampling=sampling, num_predict=129)
         it = self.batcher.submit(req, CancelToken())
         next(it)  # the first token comes from the prompt: tg counts the 128 decode steps after it
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-bench", type=Path, default=None,
                     help="path of llama-bench (default: build_backends.py's tools dir)")
     ap.add_argument("--lib-dir", type=Path, default=ROOT / "plugins" / "cpu" / "_lib")
+    ap.add_argument("--sampling", choices=("greedy", "default"), default="greedy",
+                    help="corral's tg128 sampler: greedy argmax, or Ollama's default chain (top_k 40 ...)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -141,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = gemma_gguf()
     choice = choose_variant(args.lib_dir, model=model)
-    print(f"model {model.name}, cpu variant {choice.name}, threads {args.threads}, rounds {args.rounds}")
-    corral = Corral(args.lib_dir, choice.path, model, args.threads)
+    print(f"model {model.name}, cpu variant {choice.name}, threads {args.threads}, rounds {args.rounds}, "
+          f"corral sampling {args.sampling}")
+    corral = Corral(args.lib_dir, choice.path, model, args.threads, args.sampling)
     corral.pp512()  # warm-up: first-use allocations, page cache
     res: dict[str, dict[str, list[float]]] = {"llama-bench": {"pp512": [], "tg128": []},
                                               "corral": {"pp512": [], "tg128": []}}
