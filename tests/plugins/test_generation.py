@@ -85,6 +85,17 @@ def test_seeded_sampling_reproducible(parts, engine):
     assert len(others) > 1  # different seeds really sample differently
 
 
+def test_top_k_preselection_samples_exactly_like_the_full_vocabulary(parts, engine, monkeypatch):
+    from corral_plugins._llama import sampling
+
+    p = tok(parts, "My favourite animal is the")
+    s = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, seed=99, logit_bias={236761: 2.0})
+    fast = run(engine, p, sampling=s, num_predict=12)
+    monkeypatch.setattr(sampling, "_CAND_MAX", 0)  # disables the numpy pre-selection
+    full = run(engine, p, sampling=s, num_predict=12)
+    assert tokens_of(fast) == tokens_of(full)
+
+
 def test_concurrent_sequences_match_running_alone(parts, engine):
     """Batched sequences see only their own KV: same tokens as alone, up to float noise.
 
