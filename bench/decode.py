@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,37 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _tools import find_tool, stage_tool  # noqa: E402
+
 BAR = 0.95
-
-
-def tools_dir() -> Path | None:
-    """Where build_backends.py --tools put llama-bench (None if it cannot say)."""
-    try:
-        out = subprocess.run([sys.executable, str(ROOT / "build_backends.py"), "--print-tools-dir"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return Path(out) if out else None
-
-
-def stage_llama_bench(bench: Path, lib_dir: Path, variant: Path, tmp: Path) -> Path:
-    """Copy llama-bench next to the shipped libraries and ONLY the chosen CPU variant.
-
-    A GGML_BACKEND_DL build loads the best-scoring variant found next to the executable; on a CPU
-    that advertises AMX but faults on it that would be a SIGILL, and in any case it must be the
-    variant corral uses for the comparison to mean anything.
-    """
-    for lib in lib_dir.iterdir():
-        if lib.name.startswith(("libllama", "libggml")) and not lib.name.startswith("libggml-cpu"):
-            shutil.copy2(lib, tmp / lib.name, follow_symlinks=True)
-    shutil.copy2(variant, tmp / variant.name)
-    # llama-bench also needs libllama-common etc. from its own build folder.
-    for lib in bench.parent.glob("lib*.so*"):
-        if not (tmp / lib.name).exists() and not lib.name.startswith("libggml-cpu"):
-            shutil.copy2(lib, tmp / lib.name, follow_symlinks=True)
-    exe = tmp / "llama-bench"
-    shutil.copy2(bench, exe)
-    return exe
 
 
 def run_llama_bench(exe: Path, model: Path, threads: int) -> dict[str, float]:
@@ -136,14 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from corral_plugins._llama.assets import gemma_gguf
     from corral_plugins._llama.cpuvariant import choose_variant
 
-    bench = args.llama_bench
-    if bench is None:
-        d = tools_dir()
-        bench = d / "llama-bench" if d else None
-    if bench is None or not bench.is_file():
-        print("llama-bench not found: run `python build_backends.py --tools` or pass --llama-bench",
-              file=sys.stderr)
-        return 2
+    bench = find_tool("llama-bench", args.llama_bench)
     model = gemma_gguf()
     choice = choose_variant(args.lib_dir, model=model)
     print(f"model {model.name}, cpu variant {choice.name}, threads {args.threads}, rounds {args.rounds}, "
@@ -153,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, dict[str, list[float]]] = {"llama-bench": {"pp512": [], "tg128": []},
                                               "corral": {"pp512": [], "tg128": []}}
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
-        exe = stage_llama_bench(bench, args.lib_dir, choice.path, Path(tmp))
+        exe = stage_tool(bench, Path(tmp), args.lib_dir, choice.path)
         for r in range(args.rounds):
             lb = run_llama_bench(exe, model, args.threads)
             c = {"pp512": corral.pp512(), "tg128": corral.tg128()}

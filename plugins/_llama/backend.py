@@ -118,9 +118,7 @@ class LlamaBackend:
             if not options.embedding:
                 from corral_plugins._llama.batcher import Batcher
 
-                entry.batcher = Batcher(native, model, options)
-                # LoRA adapters belong to a context; the batcher owns its context.
-                model.apply_adapters(entry.batcher._ctx)
+                entry.batcher = Batcher(native, model, options)  # it applies LoRA to its context
                 info = msgspec.structs.replace(info, n_ctx=int(entry.batcher.n_ctx_seq),
                                                can_shift=bool(entry.batcher.can_shift))
             else:

@@ -59,13 +59,11 @@ class Batcher:
         if ctx == ffi.NULL:
             raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
         self._ctx = ctx
-        apply_adapters = getattr(model, "apply_adapters", None)
-        if apply_adapters is not None:  # LoRA adapters are set per context, not per model
-            try:
-                apply_adapters(ctx)
-            except BaseException:
-                lib.llama_free(ctx)
-                raise
+        try:  # LoRA adapters are set per context, not per model
+            model.apply_adapters(ctx)
+        except BaseException:
+            lib.llama_free(ctx)
+            raise
         self._mem = lib.llama_get_memory(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
         self.n_ctx_seq = max(32, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
