@@ -76,14 +76,17 @@ def query_gpus() -> tuple[list[DeviceInfo], str]:
 def probe_cuda(lib_dir: Path, config: Config) -> Probe:
     if not sys.platform.startswith("linux") and not sys.platform.startswith("win"):
         return Probe(False, f"CUDA is not available on {sys.platform}")
+    # The machine's lack comes first: a build alone would not make this backend usable.
+    no_driver = sys.platform.startswith("linux") and not DRIVER_DIR.exists()
+    driver_note = f"no NVIDIA driver found ({DRIVER_DIR} missing)"
     why = not_built("cuda", lib_dir)
     if why:
-        return Probe(False, why)
+        return Probe(False, f"{driver_note}; also {why}" if no_driver else why)
     modules = sorted(lib_dir.glob("libggml-cuda.*"))
     if not modules:
         return Probe(False, f"no libggml-cuda in {lib_dir}: run build_backends.py --backend cuda")
-    if sys.platform.startswith("linux") and not DRIVER_DIR.exists():
-        return Probe(False, f"no NVIDIA driver found ({DRIVER_DIR} missing)")
+    if no_driver:
+        return Probe(False, driver_note)
     gpus, problem = query_gpus()
     if not gpus:
         return Probe(False, problem)
