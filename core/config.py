@@ -37,7 +37,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_MAX_BODY", "128MiB", "Largest JSON request body accepted"),
     Setting("CORRAL_NOPRUNE", "", "Set to keep unreferenced blobs (no garbage collection)"),
     Setting("CORRAL_DEBUG", "", "1 for debug logs and tracebacks"),
-    Setting("CORRAL_LOAD_PLUGINS", "", "Plugin names to load, comma separated (unset: all; set but empty: none)"),
+    Setting("CORRAL_LOAD_PLUGINS", "", "Plugins to load, comma separated (unset: all; empty: none)"),
     Setting("CORRAL_DISABLE_PLUGINS", "", "Comma-separated plugin names to block"),
     Setting("CORRAL_EXTRA_PLUGINS", "", "Comma-separated module paths registered as plugins"),
     Setting("CORRAL_TRACE_PLUGINS", "", "1 to log every hook call"),
