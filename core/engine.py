@@ -185,6 +185,9 @@ class Engine:
             tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special, parse_special=True)
             request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
                                     logprobs=job.logprobs, top_logprobs=job.top_logprobs)
+            if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
+                turn = await lease.runner.tokenize(plan.turn_suffix, add_special=False, parse_special=True)
+                request = msgspec.structs.replace(request, turn_suffix=turn)
             async with aclosing(self._stream(lease, plan.new_parser(), request, start,
                                              want_context=False)) as chunks:
                 async for chunk in chunks:

@@ -117,6 +117,10 @@ class GenerationRequest(Struct, frozen=True, kw_only=True):
     shift: bool = True  # shift the context when full instead of stopping with "length"
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20
+    # Tokens the chat template puts after an answer before the next user message (end of turn, next
+    # turn's header). A backend may evaluate them into the cache once the answer ends naturally, so the
+    # follow-up turn reuses them; one that does not simply ignores this.
+    turn_suffix: list[int] = msgspec.field(default_factory=list)
 
 
 class TokenLogprob(Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from corral.conversation import Message, Tool
-from corral.errors import CapabilityError, InvalidRequestError
+from corral.errors import CapabilityError, CorralError, InvalidRequestError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
 from corral.prompts import gotemplate, jinja
 from corral.prompts.capabilities import (
@@ -45,6 +45,7 @@ class PromptPlan:
     tools: list[Tool] = field(default_factory=list)
     tool_tag: str = "{"
     truncated: bool = False  # history messages were dropped to fit num_ctx
+    turn_suffix: str = ""  # what the template writes after an answer, up to the next user message
 
     def new_parser(self) -> OutputParser:
         """A fresh streaming parser for this plan's output (thinking, tool calls, content)."""
@@ -186,6 +187,28 @@ def _finish(text: str, bos: str, **kw: Any) -> PromptPlan:
     return PromptPlan(text=text, add_special=add_special, **kw)
 
 
+_ANSWER, _NEXT = "\x00corral-answer\x00", "\x00corral-next\x00"
+
+
+def _turn_suffix(renderer: _Renderer) -> str:
+    """The text a template puts between an assistant answer and the next user message.
+
+    Read off a probe conversation rather than guessed per template family; "" when the template
+    will not say (it rejects the probe, or reorders turns). Whatever follows the answer in the next
+    turn's prompt starts with this text, so a backend may evaluate it ahead of time.
+    """
+    probe = [Message(role="user", content="hi"), Message(role="assistant", content=_ANSWER),
+             Message(role="user", content=_NEXT)]
+    try:
+        text = renderer.render(probe, [])
+    except CorralError:  # a template that rejects the probe (say, strict role order) gets no suffix
+        return ""
+    i, j = text.find(_ANSWER), text.find(_NEXT)
+    if i < 0 or j < i:
+        return ""
+    return text[i + len(_ANSWER) : j]
+
+
 def _starts_thinking(text: str, markers: tuple[str, str] | None) -> bool:
     return markers is not None and text.rstrip().endswith(markers[0])
 
@@ -240,6 +263,7 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
         images=[img for m in window for img in m.images], think=think_on,
         think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
         tools=list(job.tools), tool_tag=tool_tag(go_src, jinja_src), truncated=start > 0,
+        turn_suffix=_turn_suffix(renderer),
     )
 
 

@@ -138,7 +138,7 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._active():
+                while not self._closed and not self._waiting and not self._busy():
                     self._cond.wait()
                 if self._closed:
                     break
@@ -153,6 +153,12 @@ class Batcher:
     def _active(self) -> list[Slot]:
         return [s for s in self._slots if s.job is not None]
 
+    def _warming(self) -> list[Slot]:
+        return [s for s in self._slots if s.job is None and s.warm]
+
+    def _busy(self) -> bool:
+        return any(s.job is not None or s.warm for s in self._slots)
+
     def _step(self) -> None:
         with self._cond:
             gone = [j for j in self._waiting if j.cancel.cancelled]
@@ -165,10 +171,10 @@ class Batcher:
             assert s.job is not None
             if s.job.cancel.cancelled:
                 self._finish(s, "stop")
-        active = self._active()
-        if not active:
+        active, warming = self._active(), self._warming()
+        if not active and not warming:
             return
-        plan = self._plan(active)
+        plan = self._plan(active, warming)
         if not plan:
             # Nothing runnable this step (e.g. a retry after llama_decode found no room): do not spin.
             with self._cond:
@@ -200,14 +206,15 @@ class Batcher:
             self._truncate(best, keep)
             job.cached_tokens = keep
             job.t_admit = time.perf_counter_ns()
-            best.job, best.state = job, "prefill"
+            best.job, best.state, best.warm = job, "prefill", []
             best.touch()
             if job.limit == 0:
                 job.t_first = job.t_last = job.t_admit
                 self._finish(best, "length")
 
-    def _plan(self, active: list[Slot]) -> list[tuple[Slot, int, int]]:
-        """Decide this step's batch: (slot, first prompt index or -1 for a decode token, count)."""
+    def _plan(self, active: list[Slot], warming: list[Slot]) -> list[tuple[Slot, int, int]]:
+        """Decide this step's batch: (slot, first prompt index, or -1 for a decode token, or -2 for
+        idle-time warm tokens, count). Warm tokens only fill what requests leave of the budget."""
         plan: list[tuple[Slot, int, int]] = []
         n_gen = 0
         for s in active:
@@ -231,6 +238,11 @@ class Batcher:
             n = min(len(job.prompt) - start, budget)
             plan.append((s, start, n))
             budget -= n
+        for s in warming:
+            n = min(len(s.warm), budget)
+            if n > 0:
+                plan.append((s, -2, n))
+                budget -= n
         return plan
 
     def _mixed_budget(self) -> int:
@@ -266,6 +278,7 @@ class Batcher:
 
     # ---- KV bookkeeping --------------------------------------------------------------------------
     def _truncate(self, s: Slot, p: int) -> None:
+        s.warm = []
         self._lib.llama_memory_seq_rm(self._mem, s.id, p, -1)
         del s.cached[p:]
         s.reuse_limit = min(s.reuse_limit, len(s.cached))
@@ -328,18 +341,21 @@ class Batcher:
         n_prompt = 0
         for s, start, n in plan:
             job = s.job
-            assert job is not None
             p0 = len(s.cached)
-            if start < 0:
+            if start == -1:
                 toks = [s.last_token]
+            elif start == -2:
+                toks = s.warm[:n]
+                n_prompt += n
             else:
+                assert job is not None
                 toks = job.prompt[start : start + n]
                 n_prompt += n
             tok[i : i + n] = toks
             pos[i : i + n] = range(p0, p0 + n)
             seq[i : i + n] = [s.id] * n
             lg[i : i + n] = [0] * n
-            last = start < 0 or start + n == len(job.prompt)
+            last = start == -1 or (job is not None and start >= 0 and start + n == len(job.prompt))
             if last:
                 lg[i + n - 1] = 1
                 outputs.append((s, i + n - 1))
@@ -352,13 +368,19 @@ class Batcher:
         if rc != 0:
             self._decode_failed(plan, rc)
             return
-        self._learn(dt, n_prompt, len(plan) - sum(1 for _, st, _ in plan if st >= 0))
+        self._learn(dt, n_prompt, sum(1 for _, st, _ in plan if st == -1))
         self._prompt_cap = self.n_batch
         for s, start, n in plan:
             job = s.job
-            assert job is not None
             exact = s.reuse_limit == len(s.cached)  # nothing shifted: the new tokens extend an exact prefix
-            s.cached.extend([s.last_token] if start < 0 else job.prompt[start : start + n])
+            if start == -1:
+                s.cached.append(s.last_token)
+            elif start == -2:
+                s.cached.extend(s.warm[:n])
+                del s.warm[:n]
+            else:
+                assert job is not None
+                s.cached.extend(job.prompt[start : start + n])
             if exact:
                 s.reuse_limit = len(s.cached)
         now = time.perf_counter_ns()
@@ -403,7 +425,8 @@ class Batcher:
         job.t_last = now
         s.state = "gen"
         if self._is_eog(t):
-            self._finish(s, "stop")
+            # The end-of-turn token was sampled, not evaluated: the cache ends with the answer.
+            self._finish(s, "stop", warm=job.request.turn_suffix)
             return
         job.n_gen += 1
         s.last_token = t
@@ -420,7 +443,8 @@ class Batcher:
             return
         job.out.put(TokenEvent(token=t, text=text, logprob=lp, top_logprobs=tops))
         if job.n_gen >= job.limit:
-            self._finish(s, "length")
+            suffix = job.request.turn_suffix
+            self._finish(s, "length", warm=[t, *suffix] if suffix else None)
 
     def _piece(self, t: int) -> bytes:
         p = self._pieces[t]
@@ -435,12 +459,15 @@ class Batcher:
         return v
 
     # ---- endings ---------------------------------------------------------------------------------
-    def _finish(self, s: Slot, reason: str) -> None:
+    def _finish(self, s: Slot, reason: str, warm: list[int] | None = None) -> None:
         job = s.job
         assert job is not None
         self._emit_final(job, reason)
         s.job, s.state = None, "idle"
         s.touch()
+        # Only an exact cache that ends with the whole answer is worth extending for the next turn.
+        if warm and s.reuse_limit == len(s.cached) and len(s.cached) + len(warm) < self.n_ctx_seq:
+            s.warm = list(warm)
 
     def _emit_final(self, job: Job, reason: str) -> None:
         text = job.stopper.feed(job.decoder.flush())[0]
@@ -461,7 +488,7 @@ class Batcher:
 
     def _fail(self, s: Slot, err: BaseException, keep: int) -> None:
         job = s.job
-        s.job, s.state = None, "idle"
+        s.job, s.state, s.warm = None, "idle", []
         self._truncate(s, keep)
         if job is not None:
             job.done = True

@@ -98,7 +98,7 @@ class Slot:
     (``seq_cp`` in a unified cache shares cells), which a context shift must not move.
     """
 
-    __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares")
+    __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm")
 
     def __init__(self, seq_id: int) -> None:
         self.id = seq_id
@@ -109,6 +109,9 @@ class Slot:
         self.last_token = -1
         self.last_used = 0.0
         self.shares: dict[int, int] = {}
+        # Tokens to evaluate while the slot is idle: the chat template's turn suffix after an answer,
+        # so the next turn (which starts with it) finds it cached. Dropped when a job takes the slot.
+        self.warm: list[int] = []
 
     @property
     def reusable(self) -> list[int]:

@@ -279,6 +279,26 @@ def test_prefix_reuse_counts_cached_tokens(parts, engine):
     assert st.cached_tokens >= len(history) + len(tokens_of(first)) - 1
 
 
+def test_turn_suffix_is_cached_for_the_next_turn(parts, engine):
+    """After an answer, the template's turn suffix is evaluated while idle: the follow-up finds the
+    answer AND the suffix cached, and evaluates only its own words."""
+    history = tok(parts, "User: Name a large river in Europe. Model:")
+    suffix = parts[1].tokenize(" User:", False)
+    first = run(engine, history, num_predict=6, turn_suffix=suffix)  # ends by "length"
+    assert first[-1].finish_reason == "length"
+    follow = history + tokens_of(first) + suffix + parts[1].tokenize(" And in Asia? Model:", False)
+    deadline = time.monotonic() + 10
+    while engine._busy() and time.monotonic() < deadline:  # the warm-up runs on the loop thread
+        time.sleep(0.01)
+    second = run(engine, follow, num_predict=2)
+    assert second[-1].stats.cached_tokens >= len(history) + len(tokens_of(first)) + len(suffix)
+    # without a suffix, only the answer (less its last, unevaluated token) is cached
+    other = tok(parts, "User: Name a large lake in Africa. Model:")
+    plain = run(engine, other, num_predict=6)
+    again = run(engine, other + tokens_of(plain) + suffix + parts[1].tokenize(" Why?", False), num_predict=2)
+    assert again[-1].stats.cached_tokens == len(other) + len(tokens_of(plain)) - 1
+
+
 def test_shared_prefix_is_evaluated_once(parts, engine):
     system = tok(parts, "You are a careful assistant. " * 25)
     prompts = [system + parts[1].tokenize(f" Question {i}: what is {i} plus {i}?", False) for i in range(3)]

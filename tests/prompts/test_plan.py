@@ -153,6 +153,17 @@ def test_gemma3_builtin_plan() -> None:
     assert gen(rec, prompt="Hi").text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
+def test_turn_suffix_is_what_follows_an_answer() -> None:
+    gemma = chat(make_record(template=GEMMA3_TEMPLATE), messages=list(CONVERSATION))
+    assert gemma.turn_suffix == "<end_of_turn>\n<start_of_turn>user\n"
+    assert chat(make_record(template=CHATML), messages=[user("hi")]).turn_suffix == (
+        "<|im_end|>\n<|im_start|>user\n")
+    # the next turn's prompt really does continue the answer with it
+    msgs = [user("hi"), Message(role="assistant", content="Hello!"), user("and?")]
+    assert "Hello!" + gemma.turn_suffix + "and?" in chat(
+        make_record(template=GEMMA3_TEMPLATE), messages=msgs).text
+
+
 def test_images_are_collected() -> None:
     msgs = [Message(role="user", content="look", images=[b"png1"]),
             Message(role="user", content="and", images=[b"p2"])]
