@@ -189,13 +189,20 @@ async def throughput(srv: Server, clients: int, tokens: int) -> tuple[float, flo
     return n / wall, statistics.mean(s.ttft for s in streams)
 
 
+PAUSE_S = 0.5  # between turns of the follow-up scenario
+
+
 async def followup(srv: Server) -> tuple[float, float]:
     """(fresh short prompt TTFT, follow-up turn TTFT) on a ~600-token conversation."""
     async with httpx.AsyncClient(timeout=600) as c:
         history = [{"role": "system", "content": filler(500)}, {"role": "user", "content": "Summarise that."}]
         first = await stream_chat(c, srv, history, 32)
         history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And why?"}]
+        # A person reads the answer and types before the next turn; the pauses also keep each request
+        # from sharing a step with the previous one's after-work, so both TTFTs are measured alone.
+        await asyncio.sleep(PAUSE_S)
         follow = await stream_chat(c, srv, history, 8)
+        await asyncio.sleep(PAUSE_S)
         fresh = await stream_chat(c, srv, [{"role": "user", "content": "Hi there."}], 8)
     return fresh.ttft, follow.ttft
 
