@@ -192,19 +192,27 @@ async def throughput(srv: Server, clients: int, tokens: int) -> tuple[float, flo
 PAUSE_S = 0.5  # between turns of the follow-up scenario
 
 
-async def followup(srv: Server) -> tuple[float, float]:
-    """(fresh short prompt TTFT, follow-up turn TTFT) on a ~600-token conversation."""
+async def followup(srv: Server, rounds: int = 3) -> tuple[float, float]:
+    """Median (fresh short prompt TTFT, follow-up turn TTFT) on ~600-token conversations.
+
+    Every round uses new text, so nothing is a cache hit from an earlier round."""
+    fresh_t, follow_t = [], []
     async with httpx.AsyncClient(timeout=600) as c:
-        history = [{"role": "system", "content": filler(500)}, {"role": "user", "content": "Summarise that."}]
-        first = await stream_chat(c, srv, history, 32)
-        history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And why?"}]
-        # A person reads the answer and types before the next turn; the pauses also keep each request
-        # from sharing a step with the previous one's after-work, so both TTFTs are measured alone.
-        await asyncio.sleep(PAUSE_S)
-        follow = await stream_chat(c, srv, history, 8)
-        await asyncio.sleep(PAUSE_S)
-        fresh = await stream_chat(c, srv, [{"role": "user", "content": "Hi there."}], 8)
-    return fresh.ttft, follow.ttft
+        for r in range(rounds):
+            tag = f"[{time.time_ns()}-{r}] "
+            history = [{"role": "system", "content": tag + filler(500)},
+                       {"role": "user", "content": "Summarise that."}]
+            first = await stream_chat(c, srv, history, 32)
+            history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And why?"}]
+            # A person reads the answer and types before the next turn; the pauses also keep each
+            # request from sharing a step with the previous one's after-work: each TTFT is measured alone.
+            await asyncio.sleep(PAUSE_S)
+            follow_t.append((await stream_chat(c, srv, history, 8)).ttft)
+            await asyncio.sleep(PAUSE_S)
+            hello = [{"role": "user", "content": tag + "Hi there."}]
+            fresh_t.append((await stream_chat(c, srv, hello, 8)).ttft)
+            await asyncio.sleep(PAUSE_S)
+    return statistics.median(fresh_t), statistics.median(follow_t)
 
 
 async def shared_prefix(srv: Server, tag: str) -> float:
