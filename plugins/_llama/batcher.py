@@ -14,14 +14,10 @@ from corral.errors import BackendError, CorralError, GenerationCancelledError, I
 from corral.types import CancelToken, GenerationRequest, GenerationStats, LoadOptions, TokenEvent
 
 from .sampling import MAX_TOP_LOGPROBS, SamplerChain, logprobs_from_logits
-from .slots import Job, Slot, Stream, common_prefix, default_threads, fit_prompt
+from .slots import Job, Slot, StepClock, Stream, common_prefix, default_threads, fit_prompt
 
 __all__ = ["Batcher"]
 
-# A step that mixes decoding with prompt chunks should take about this long, so that a long prompt
-# arriving never stalls the streams that are already generating by much more (issue #4: 250 ms).
-_MIXED_STEP_TARGET_S = 0.18
-_MIN_CHUNK = 16
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 _MIN_SHARE = 16
 _KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
@@ -84,8 +80,7 @@ class Batcher:
         self._order = 0
         self._closed = False
         self._freed = False
-        self._t_gen_step = 0.0  # EMA of a decode-only step (s)
-        self._t_prompt_tok = 0.0  # EMA of the cost of one prompt token (s)
+        self._clock = StepClock(self.n_batch)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
         self._thread.start()
@@ -225,7 +220,7 @@ class Batcher:
             plan.append((s, -1, 1))
             n_gen += 1
         room = min(self.n_batch - n_gen, self._prompt_cap)
-        budget = min(room, self._mixed_budget()) if n_gen else room
+        budget = min(room, self._clock.mixed_budget()) if n_gen else room
         prefilling = sorted((s for s in active if s.state == "prefill"), key=lambda s: s.job.order)  # type: ignore[union-attr]
         for s in prefilling:
             if budget <= 0:
@@ -244,12 +239,6 @@ class Batcher:
                 plan.append((s, -2, n))
                 budget -= n
         return plan
-
-    def _mixed_budget(self) -> int:
-        if self._t_prompt_tok <= 0:
-            return 64
-        n = int((_MIXED_STEP_TARGET_S - self._t_gen_step) / self._t_prompt_tok)
-        return max(_MIN_CHUNK, min(self.n_batch, n))
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
@@ -368,7 +357,7 @@ class Batcher:
         if rc != 0:
             self._decode_failed(plan, rc)
             return
-        self._learn(dt, n_prompt, sum(1 for _, st, _ in plan if st == -1))
+        self._clock.learn(dt, n_prompt, sum(1 for _, st, _ in plan if st == -1))
         self._prompt_cap = self.n_batch
         for s, start, n in plan:
             job = s.job
@@ -386,14 +375,6 @@ class Batcher:
         now = time.perf_counter_ns()
         for s, row in outputs:
             self._sampled(s, row, now)
-
-    def _learn(self, dt: float, n_prompt: int, n_gen: int) -> None:
-        a = 0.3
-        if n_prompt == 0:
-            self._t_gen_step = dt if self._t_gen_step == 0 else (1 - a) * self._t_gen_step + a * dt
-        elif n_prompt >= _MIN_CHUNK:
-            per = max(dt - (self._t_gen_step if n_gen else 0.0), 0.0) / n_prompt
-            self._t_prompt_tok = per if self._t_prompt_tok == 0 else (1 - a) * self._t_prompt_tok + a * per
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         if rc == 1:

@@ -178,3 +178,35 @@ def default_threads() -> int:
     except (OSError, ValueError):
         cores = set()
     return max(1, min(len(cores), len(allowed)) if cores else len(allowed))
+
+
+# A step that mixes decoding with prompt chunks should take about this long, so that a long prompt
+# arriving never stalls the streams that are already generating by much more (issue #4: 250 ms).
+MIXED_STEP_TARGET_S = 0.18
+MIN_CHUNK = 16
+
+
+class StepClock:
+    """Learned costs of a decode-only step and of one prompt token (moving averages), which size the
+    prompt chunks of a step that also decodes so that step stays near ``MIXED_STEP_TARGET_S``."""
+
+    __slots__ = ("n_batch", "t_gen_step", "t_prompt_tok")
+
+    def __init__(self, n_batch: int) -> None:
+        self.n_batch = n_batch
+        self.t_gen_step = 0.0  # seconds
+        self.t_prompt_tok = 0.0  # seconds
+
+    def learn(self, dt: float, n_prompt: int, n_gen: int) -> None:
+        a = 0.3
+        if n_prompt == 0:
+            self.t_gen_step = dt if self.t_gen_step == 0 else (1 - a) * self.t_gen_step + a * dt
+        elif n_prompt >= MIN_CHUNK:
+            per = max(dt - (self.t_gen_step if n_gen else 0.0), 0.0) / n_prompt
+            self.t_prompt_tok = per if self.t_prompt_tok == 0 else (1 - a) * self.t_prompt_tok + a * per
+
+    def mixed_budget(self) -> int:
+        if self.t_prompt_tok <= 0:
+            return 64
+        n = int((MIXED_STEP_TARGET_S - self.t_gen_step) / self.t_prompt_tok)
+        return max(MIN_CHUNK, min(self.n_batch, n))
