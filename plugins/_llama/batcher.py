@@ -148,9 +148,6 @@ class Batcher:
     def _active(self) -> list[Slot]:
         return [s for s in self._slots if s.job is not None]
 
-    def _warming(self) -> list[Slot]:
-        return [s for s in self._slots if s.job is None and s.warm]
-
     def _busy(self) -> bool:
         return any(s.job is not None or s.warm for s in self._slots)
 
@@ -166,7 +163,7 @@ class Batcher:
             assert s.job is not None
             if s.job.cancel.cancelled:
                 self._finish(s, "stop")
-        active, warming = self._active(), self._warming()
+        active, warming = self._active(), [s for s in self._slots if s.job is None and s.warm]
         if not active and not warming:
             return
         plan = self._plan(active, warming)
