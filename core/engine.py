@@ -39,6 +39,7 @@ class Engine:
         self.store = store
         self.scheduler = scheduler or Scheduler(config, runner_factory or subprocess_runners(config))
         self._kv_cache: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+        self._suffix_tokens: dict[tuple[str, str], list[int]] = {}
 
     # ---- shared steps ---------------------------------------------------------------------------
     async def _resolve(self, model: str, needed: list[str]) -> tuple[Any, dict[str, Any] | None]:
@@ -186,7 +187,12 @@ class Engine:
             request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
                                     logprobs=job.logprobs, top_logprobs=job.top_logprobs)
             if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
-                turn = await lease.runner.tokenize(plan.turn_suffix, add_special=False, parse_special=True)
+                key = (getattr(record, "digest", ""), plan.turn_suffix)
+                turn = self._suffix_tokens.get(key)
+                if turn is None:  # the same for every turn of a model: tokenized once
+                    turn = await lease.runner.tokenize(plan.turn_suffix, add_special=False,
+                                                       parse_special=True)
+                    self._suffix_tokens[key] = turn
                 request = msgspec.structs.replace(request, turn_suffix=turn)
             async with aclosing(self._stream(lease, plan.new_parser(), request, start,
                                              want_context=False)) as chunks:
