@@ -14,6 +14,7 @@ import msgspec
 
 from corral.config import Config
 from corral.errors import BackendError, ContextLengthError, InvalidRequestError
+from corral.gguf import read_gguf_info
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
 from corral.options import merge_options, to_generation, to_load_options
 from corral.prompts import capabilities, check_capabilities, plan_chat, plan_generate
@@ -59,12 +60,7 @@ class Engine:
             return None
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key not in self._kv_cache:
-            try:
-                from corral.gguf import read_gguf_info
-
-                self._kv_cache[key] = read_gguf_info(path, keep_arrays=False).kv
-            except ImportError:
-                self._kv_cache[key] = None
+            self._kv_cache[key] = read_gguf_info(path, keep_arrays=False).kv
         return self._kv_cache[key]
 
     def _load_options(self, record: Any, kv: dict[str, Any] | None, options: dict[str, Any], *,

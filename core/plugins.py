@@ -40,6 +40,7 @@ def make_plugin_manager(
     pm.register(defaults, name="corral.defaults")
     failures: list[PluginFailure] = []
     pm.corral_failures = failures  # type: ignore[attr-defined]
+    pm.corral_dists = {}  # type: ignore[attr-defined]  # plugin name -> (distribution, version)
     only = config.load_plugins if config else None
     blocked = set(config.disable_plugins) if config else set()
     for name in blocked:
@@ -55,7 +56,6 @@ def make_plugin_manager(
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
-                pm.corral_dists = getattr(pm, "corral_dists", {})  # type: ignore[attr-defined]
                 pm.corral_dists[ep.name] = (dist, version)  # type: ignore[attr-defined]
             except Exception as exc:  # a broken plugin must never block the others
                 reason = f"plugin failed to load: {type(exc).__name__}: {exc}"
