@@ -6,8 +6,8 @@ backend plugin needs and nothing depends on the machine that built it:
 
 | backend | CMake flags on top of the common ones                     | built by "auto" when            |
 |---------|-----------------------------------------------------------|---------------------------------|
-| cpu     | GGML_CPU_ALL_VARIANTS=ON (variant chosen and verified at  | always                          |
-|         | run time by the plugin)                                   |                                 |
+| cpu     | the CPU variants below (one chosen and verified at run    | always                          |
+|         | time by the plugin)                                       |                                 |
 | cuda    | GGML_CUDA=ON, CMAKE_CUDA_ARCHITECTURES (--cuda-arch)      | CUDA toolkit + NVIDIA driver    |
 | metal   | GGML_METAL=ON, GGML_METAL_EMBED_LIBRARY=ON                | macOS on Apple Silicon          |
 | vulkan  | GGML_VULKAN=ON                                            | only when asked, SDK found      |
@@ -16,9 +16,18 @@ backend plugin needs and nothing depends on the machine that built it:
 of nvcc for nothing); `--backend cuda` builds it wherever the toolkit is.
 
 Common: Release, BUILD_SHARED_LIBS=ON, GGML_BACKEND_DL=ON, GGML_NATIVE=OFF (portable: never -march=native,
-which dies on CPUs that advertise instructions their hypervisor forbids), rpath $ORIGIN, no curl/openssl,
-no web UI download. The build tree also configures llama.cpp's tools, so `--tools` adds llama-bench and
+which dies on CPUs that advertise instructions their hypervisor forbids), GGML_RPC=ON (remote devices),
+libmtmd (images and audio), rpath $ORIGIN, no curl/openssl, no web UI download, ccache or sccache when
+one is on PATH. The build tree also configures llama.cpp's tools, so `--tools` adds llama-bench and
 llama-server (for the benchmarks) without a second full build.
+
+CPU variants (x86-64), CORRAL_CPU_VARIANTS:
+- unset or "native": the variant this CPU will choose at run time (plugins/_llama/cpufeatures.py scores
+  them as ggml does), the best one without AMX when that one uses AMX, and the portable baseline `x64`;
+- "all": every variant ggml knows (GGML_CPU_ALL_VARIANTS), for a wheel that runs on any x86-64 CPU;
+- a comma list of names (`haswell,x64`).
+The first variant is compiled in the backend's own build tree; each other one is a `ggml-cpu` target
+of its own small tree (shared by every backend). Other architectures build ggml's variant list.
 
 Outputs per backend: the SONAME-named libraries, the backend modules, the cffi extension module
 `_llama_<backend>` compiled against the pinned llama.h by plugins/_llama/ffi_build.py, and build-info.json.
@@ -42,16 +51,18 @@ import sysconfig
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent
 VENDOR = ROOT / "vendor" / "llama.cpp"
 PIN = json.loads((VENDOR / "corral-pin.json").read_text())
 FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
-RECIPE_VERSION = 1  # bump when the way the libraries are compiled changes (rebuilds everything)
+CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
+RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
 LAYOUT_VERSION = 2  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
+LIBRARY_TARGETS = ("llama", "mtmd")
 TOOL_TARGETS = ("llama-bench", "llama-server")
 
 
@@ -205,14 +216,24 @@ def sha256_file(path: Path) -> str:
 
 
 def fetch_sdist() -> Path:
-    """The pinned source distribution from PyPI, verified, cached; never trusted unverified."""
+    """The pinned source distribution from PyPI, verified, cached; never trusted unverified.
+
+    It comes through `pip download`, so the user's pip configuration (index, mirrors, proxy,
+    certificates) applies exactly as it did to the install that runs this script.
+    """
     src = PIN["source"]
     dest = cache_root() / "sdist" / src["filename"]
     if dest.exists() and sha256_file(dest) == src["sha256"]:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        got = _download_from_index(src, Path(tmp)) or _download_with_pip(src, Path(tmp))
+        log(f"downloading {src['filename']} with pip")
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             f"{src['package']}=={src['version']}", "-d", tmp], quiet=True)
+        got = Path(tmp) / src["filename"]
+        if not got.exists():
+            raise BuildError(f"pip download did not produce {src['filename']}: is the package index "
+                             "reachable (pip's own configuration is used)?")
         digest = sha256_file(got)
         if digest != src["sha256"]:
             raise BuildError(f"{src['filename']} has sha256 {digest}, expected {src['sha256']}: "
@@ -221,45 +242,55 @@ def fetch_sdist() -> Path:
     return dest
 
 
-def _download_from_index(src: dict, tmp: Path) -> Path | None:
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    url = f"{index}/{src['package']}/"
-    try:
-        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            files = json.load(resp).get("files", [])
-        entry = next(f for f in files if f.get("filename") == src["filename"])
-        out = tmp / src["filename"]
-        log(f"downloading {src['filename']} from {index}")
-        with urllib.request.urlopen(entry["url"], timeout=300) as resp, open(out, "wb") as f:
-            shutil.copyfileobj(resp, f, 1 << 20)
-        return out
-    except Exception as exc:  # fall back to pip, which knows the machine's index configuration
-        log(f"index download failed ({type(exc).__name__}: {exc}); trying pip download")
-        return None
-
-
-def _download_with_pip(src: dict, tmp: Path) -> Path:
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"{src['package']}=={src['version']}", "-d", str(tmp)], quiet=True)
-    out = tmp / src["filename"]
-    if not out.exists():
-        raise BuildError(f"pip download did not produce {src['filename']}: is PyPI reachable?")
-    return out
-
-
 # ---- configure / build --------------------------------------------------------------------------------
-def cmake_args(backend: str, cuda_arch: str | None) -> list[str]:
+def cpu_features() -> ModuleType:
+    """plugins/_llama/cpufeatures.py, loaded by path: this script runs before the package is installed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_corral_cpufeatures", CPU_FEATURES)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_variants() -> list[str] | None:
+    """The x86 CPU variants to build, first one in the backend's tree; None means ggml's whole list."""
+    feats = cpu_features()
+    choice = os.environ.get("CORRAL_CPU_VARIANTS", "native").strip().lower()
+    if not feats.is_x86() or sys.platform == "darwin" or choice == "all":
+        return None
+    if choice in ("", "native"):
+        return list(feats.build_choice(feats.cpu_flags()))
+    names = [n.strip() for n in choice.split(",") if n.strip()]
+    unknown = [n for n in names if n not in feats.X86_VARIANTS]
+    if unknown:
+        raise BuildError(f"CORRAL_CPU_VARIANTS names unknown variant(s) {', '.join(unknown)}; known: "
+                         f"native, all, {', '.join(feats.X86_VARIANTS)}")
+    return names
+
+
+def variant_args(variant: str) -> list[str]:
+    """CMake switches that make a single-variant build compile exactly ``variant``'s instructions."""
+    feats = cpu_features()
+    on = set(feats.X86_VARIANTS[variant])
+    every = sorted({f for fs in feats.X86_VARIANTS.values() for f in fs} | {"AMX_BF16"})
+    return ["-DGGML_CPU_ALL_VARIANTS=OFF", *(f"-DGGML_{f}={'ON' if f in on else 'OFF'}" for f in every)]
+
+
+def cmake_args(backend: str, cuda_arch: str | None, variants: list[str] | None) -> list[str]:
     rpath = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
     args = [
         "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=OFF",
-        "-DGGML_CCACHE=OFF", f"-DCMAKE_INSTALL_RPATH={rpath}", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+        f"-DCMAKE_INSTALL_RPATH={rpath}", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON", "-DGGML_RPC=ON",
         # tools are configured (built only with --tools); nothing may be fetched from the network
         "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
     ]
-    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64") and not is_apple_silicon():
+    if variants:
+        args += variant_args(variants[0])
+    elif platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64") and not is_apple_silicon():
         args.append("-DGGML_CPU_ALL_VARIANTS=ON")
     if backend == "cuda":
         args += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NCCL=OFF", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
@@ -273,6 +304,12 @@ def cmake_args(backend: str, cuda_arch: str | None) -> list[str]:
     else:
         args += ["-DGGML_METAL=OFF"] if sys.platform == "darwin" else []
     return args
+
+
+def compiler_cache_args() -> list[str]:
+    """ccache/sccache speed up rebuilds (a pin bump recompiles only what changed) without changing the
+    output, so they stay out of the build key."""
+    return ["-DGGML_CCACHE=ON" if shutil.which("ccache") or shutil.which("sccache") else "-DGGML_CCACHE=OFF"]
 
 
 def default_cuda_arch() -> str:
@@ -292,21 +329,21 @@ def default_cuda_arch() -> str:
     return "75-virtual;80;86;89;90"
 
 
-def build_key(backend: str, args: list[str]) -> str:
+def build_key(backend: str, args: list[str], variants: list[str] | None = None) -> str:
     cmake_version = run([require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`"),
                          "--version"], quiet=True).splitlines()[0]
     facts = {"pin": PIN, "backend": backend, "args": args, "compilers": compiler_ids(),
              "cmake": cmake_version, "machine": platform.machine(), "system": platform.system(),
-             "recipe": RECIPE_VERSION}
+             "recipe": RECIPE_VERSION, "cpu_variants": variants or "all"}
     if backend == "cuda":
         facts["nvcc"] = run([nvcc_path() or "nvcc", "--version"], quiet=True).strip().splitlines()[-1]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def cmake_build(backend: str, args: list[str], key: str, jobs: int, force: bool,
-                targets: tuple[str, ...]) -> Path:
+                targets: tuple[str, ...], name: str | None = None) -> Path:
     """Configure and build in the cache; returns the build's bin directory."""
-    build_dir = cache_root() / f"{backend}-{key}"
+    build_dir = cache_root() / f"{name or backend}-{key}"
     stamp = build_dir / "corral-targets.json"
     done = set(json.loads(stamp.read_text())) if stamp.exists() and not force else set()
     if set(targets) <= done:
@@ -318,11 +355,11 @@ def cmake_build(backend: str, args: list[str], key: str, jobs: int, force: bool,
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     if not (build_dir / "CMakeCache.txt").exists():
         log(f"configuring {backend} in {build_dir}")
-        run([cmake, "-S", str(src), "-B", str(build_dir), *gen, *args], quiet=True)
-    log(f"building {backend}: {' '.join(targets)} (-j{jobs}); this takes minutes on a small machine")
+        run([cmake, "-S", str(src), "-B", str(build_dir), *gen, *args, *compiler_cache_args()], quiet=True)
+    log(f"building {name or backend}: {' '.join(targets)} (-j{jobs}); this takes minutes on a small machine")
     started = time.monotonic()
     run([cmake, "--build", str(build_dir), "-j", str(jobs), "--target", *targets], quiet=True)
-    log(f"built {backend} in {time.monotonic() - started:.0f}s")
+    log(f"built {name or backend} in {time.monotonic() - started:.0f}s")
     stamp.write_text(json.dumps(sorted(done | set(targets))))
     return build_dir / "bin"
 
@@ -347,8 +384,25 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
     return out
 
 
-def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str) -> None:
-    """Copy the libraries and compile the cffi module into out_dir, unless it already matches."""
+def build_variant_modules(variants: list[str] | None, jobs: int, force: bool) -> dict[str, Path]:
+    """{variant: its libggml-cpu module} for every variant after the first, each from its own small tree
+    (only the `ggml-cpu` target is built there; the trees are shared by every backend)."""
+    modules: dict[str, Path] = {}
+    for variant in (variants or [])[1:]:
+        args = cmake_args("cpu", None, [variant])
+        key = build_key("cpu-variant", args, [variant])
+        bin_dir = cmake_build("cpu", args, key, jobs, force, ("ggml-cpu",), name=f"cpu-variant-{variant}")
+        modules[variant] = bin_dir / "libggml-cpu.so"
+    return modules
+
+
+def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str,
+                    variants: list[str] | None = None, extra: dict[str, Path] | None = None) -> None:
+    """Copy the libraries and compile the cffi module into out_dir, unless it already matches.
+
+    In a per-variant build the backend tree's `libggml-cpu` is the first variant: it and the other
+    variants' modules are shipped as `libggml-cpu-<variant>`, the names ggml's own loader scans for.
+    """
     info_path = out_dir / "build-info.json"
     want = {"key": key, "python": py_key, "layout": LAYOUT_VERSION}
     if info_path.exists():
@@ -359,17 +413,26 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     libs = shipped_libraries(bin_dir)
+    names = []
     for lib in libs:
-        shutil.copy2(lib, staging / lib.name, follow_symlinks=True)
+        name = lib.name
+        if variants and lib.name.split(".")[0] == "libggml-cpu":
+            name = lib.name.replace("libggml-cpu", f"libggml-cpu-{variants[0]}", 1)
+        shutil.copy2(lib, staging / name, follow_symlinks=True)
+        names.append(name)
+    for variant, module in (extra or {}).items():
+        name = module.name.replace("libggml-cpu", f"libggml-cpu-{variant}", 1)
+        shutil.copy2(module, staging / name)
+        names.append(name)
     include_dirs = [str(VENDOR / "include"), str(VENDOR / "ggml" / "include")]
     module = compile_ffi(backend, include_dirs, bin_dir, staging, py_key)
     info = {**want, "backend": backend, "pin": PIN["commit"], "module": module.name,
-            "libraries": sorted(p.name for p in libs),
-            "cpu_variants": sorted(p.name for p in libs if p.name.startswith("libggml-cpu"))}
+            "libraries": sorted(names),
+            "cpu_variants": sorted(n for n in names if n.startswith("libggml-cpu"))}
     (staging / "build-info.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(staging, out_dir)
-    log(f"{backend}: {len(libs)} libraries + {module.name} in {out_dir.relative_to(ROOT)}")
+    log(f"{backend}: {len(names)} libraries + {module.name} in {out_dir.relative_to(ROOT)}")
 
 
 def python_key() -> str:
@@ -423,34 +486,42 @@ def main(argv: list[str] | None = None) -> int:
                          f"known: {', '.join(KNOWN_BACKENDS)}")
     plan = backend_plan(requested)
     cuda_arch = opts.cuda_arch or default_cuda_arch()
+    variants = cpu_variants()
 
-    if opts.list or opts.print_tools_dir:
+    def tree(name: str) -> tuple[list[str], str]:
+        args = cmake_args(name, cuda_arch if name == "cuda" else None, variants)
+        return args, build_key(name, args, variants)
+
+    if opts.print_tools_dir:
+        print(cache_root() / f"cpu-{tree('cpu')[1]}" / "bin")
+        return 0
+    if opts.list:
+        print(f"cpu variants: {', '.join(variants) if variants else 'all of ggml list'}"
+              " (CORRAL_CPU_VARIANTS: native, all or a comma list)")
         for name, ok, why in plan:
-            if opts.print_tools_dir:
-                if name == "cpu":
-                    print(cache_root() / f"cpu-{build_key('cpu', cmake_args('cpu', None))}" / "bin")
-                continue
-            args = cmake_args(name, cuda_arch)
-            state = "build" if ok else "skip"
             extra = ""
             if ok:
-                key = build_key(name, args)
-                done = (cache_root() / f"{name}-{key}" / "corral-targets.json").exists()
-                extra = f"  [{'cached' if done else 'not built yet'}: {cache_root() / f'{name}-{key}'}]"
-            print(f"{name:<7} {state:<6} {why}{extra}")
+                where = cache_root() / f"{name}-{tree(name)[1]}"
+                done = (where / "corral-targets.json").exists()
+                extra = f"  [{'cached' if done else 'not built yet'}: {where}]"
+            print(f"{name:<7} {'build' if ok else 'skip':<6} {why}{extra}")
         return 0
 
     py_key = python_key()
+    started = time.monotonic()
+    modules: dict[str, Path] | None = None
     for name, ok, _why in plan:
         if not ok:
             continue
-        args = cmake_args(name, cuda_arch if name == "cuda" else None)
-        key = build_key(name, args)
-        targets = ("llama", *TOOL_TARGETS) if (opts.tools and name == "cpu") else ("llama",)
+        args, key = tree(name)
+        targets = LIBRARY_TARGETS + (TOOL_TARGETS if (opts.tools and name == "cpu") else ())
         bin_dir = cmake_build(name, args, key, opts.jobs, opts.force, targets)
-        install_backend(name, bin_dir, key, ROOT / "plugins" / name / "_lib", py_key)
+        if modules is None:
+            modules = build_variant_modules(variants, opts.jobs, opts.force)
+        install_backend(name, bin_dir, key, ROOT / "plugins" / name / "_lib", py_key, variants, modules)
         if opts.tools and name == "cpu":
             log(f"tools: {bin_dir / 'llama-bench'}, {bin_dir / 'llama-server'}")
+    log(f"done in {time.monotonic() - started:.0f}s")
     return 0
 
 

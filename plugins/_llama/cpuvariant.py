@@ -16,6 +16,7 @@ from pathlib import Path
 from corral.errors import BackendError
 from corral_plugins._llama.assets import cache_dir
 from corral_plugins._llama.cpucheck import variant_files, variant_name
+from corral_plugins._llama.cpufeatures import BASELINE
 
 log = logging.getLogger("corral.llama.cpu")
 
@@ -146,6 +147,10 @@ def choose_variant(lib_dir: Path, override: str | None = None, *, model: Path | 
         why = verify_variant(files[name], model)
         if why is None:
             log.info("CPU variant %s verified (score %d)", name, scores[name])
+            if name == BASELINE and len(files) > 1:  # a folder built on (or for) another CPU
+                log.warning("CPU variant %s is the portable baseline: the faster variant(s) in %s cannot "
+                            "run on this CPU (%s); rebuild with build_backends.py for full speed", name,
+                            lib_dir, "; ".join(f"{n}: {w}" for n, w in sorted(rejected.items())))
             choice = VariantChoice(name=name, path=files[name], scores=scores, rejected=rejected)
             if use_cache:
                 cache = _load_cache()
