@@ -38,12 +38,21 @@ class _Continue(Exception):
 
 # ---- execution ------------------------------------------------------------------------------------
 class _Exec:
+    """Go's exec state: one flat variable stack; a control structure pops what it pushed.
+
+    As in text/template, `{{$x := v}}` pushes onto the stack and stays until the enclosing
+    if/with/range ends (a plain list of nodes opens no scope); `{{$x = v}}` overwrites the nearest
+    `$x`; a range iteration pops back to the mark taken after its pipeline; `{{template}}` runs
+    with a fresh stack holding only `$`.
+    """
+
     def __init__(self, tmpl: GoTemplate) -> None:
         self.tmpl = tmpl
         self.out: list[str] = []
         self.size = 0
         self.steps = 0
         self.depth = 0
+        self.vars: list[list[Any]] = []  # [name, value] pairs, innermost last
 
     def emit(self, s: str) -> None:
         self.size += len(s)
@@ -56,25 +65,21 @@ class _Exec:
         if self.steps > MAX_STEPS:
             raise TemplateError(f"template: :{line}: evaluation exceeds {MAX_STEPS} steps")
 
-    def run_list(self, nodes: list[Any], dot: Any, scope: list[dict[str, Any]]) -> None:
-        scope.append({})
-        try:
-            for n in nodes:
-                self.run_node(n, dot, scope)
-        finally:
-            scope.pop()
+    def run_list(self, nodes: list[Any], dot: Any) -> None:
+        for n in nodes:
+            self.run_node(n, dot)
 
-    def run_node(self, n: Any, dot: Any, scope: list[dict[str, Any]]) -> None:
+    def run_node(self, n: Any, dot: Any) -> None:
         if isinstance(n, Text):
             self.emit(n.text)
             return
         self.tick(getattr(n, "line", 0))
         if isinstance(n, Action):
-            v = self.eval_pipe(n.pipe, dot, scope)
+            v = self.eval_pipe(n.pipe, dot)
             if not n.pipe.decl:
                 self.emit(go_str(v))
         elif isinstance(n, Branch):
-            self.run_branch(n, dot, scope)
+            self.run_branch(n, dot)
         elif isinstance(n, Control):
             raise _Break() if n.kind == "break" else _Continue()
         elif isinstance(n, Include):
@@ -83,32 +88,33 @@ class _Exec:
                 raise TemplateError(f'template: :{n.line}: no such template "{n.name}"')
             if self.depth >= MAX_DEPTH:
                 raise TemplateError(f"template: :{n.line}: exceeded maximum template depth ({MAX_DEPTH})")
-            new_dot = self.eval_pipe(n.pipe, dot, scope) if n.pipe is not None else None
+            new_dot = self.eval_pipe(n.pipe, dot) if n.pipe is not None else None
+            saved, self.vars = self.vars, [["$", new_dot]]
             self.depth += 1
             try:
-                self.run_list(body, new_dot, [{"$": new_dot}])
+                self.run_list(body, new_dot)
             finally:
                 self.depth -= 1
+                self.vars = saved
 
-    def run_branch(self, n: Branch, dot: Any, scope: list[dict[str, Any]]) -> None:
+    def run_branch(self, n: Branch, dot: Any) -> None:
         if n.kind == "range":
-            self.run_range(n, dot, scope)
+            self.run_range(n, dot)
             return
-        scope.append({})
+        mark = len(self.vars)
         try:
-            v = self.eval_pipe(n.pipe, dot, scope)
+            v = self.eval_pipe(n.pipe, dot)
             if truth(v):
-                self.run_list(n.body, v if n.kind == "with" else dot, scope)
+                self.run_list(n.body, v if n.kind == "with" else dot)
             elif n.else_body is not None:
-                self.run_list(n.else_body, dot, scope)
+                self.run_list(n.else_body, dot)
         finally:
-            scope.pop()
+            del self.vars[mark:]
 
-    def run_range(self, n: Branch, dot: Any, scope: list[dict[str, Any]]) -> None:
-        scope.append({})
+    def run_range(self, n: Branch, dot: Any) -> None:
+        outer = len(self.vars)
         try:
-            pipe = Pipe(n.pipe.cmds, [], False, n.pipe.line)
-            v = self.eval_pipe(pipe, dot, scope)
+            v = self.eval_pipe(n.pipe, dot)
             if isinstance(v, Mapping):
                 pairs = [(k, v[k]) for k in sorted(v, key=str)]
             elif isinstance(v, (list, tuple)):
@@ -123,63 +129,66 @@ class _Exec:
                 raise TemplateError(f"template: :{n.line}: range can't iterate over {go_str(v)}")
             if not pairs:
                 if n.else_body is not None:
-                    self.run_list(n.else_body, dot, scope)
+                    self.run_list(n.else_body, dot)
                 return
+            mark = len(self.vars)
+            decl = n.pipe.decl
             for k, elem in pairs:
                 self.tick(n.line)
-                frame: dict[str, Any] = {}
-                if len(n.pipe.decl) == 1:
-                    frame[n.pipe.decl[0]] = elem
-                elif len(n.pipe.decl) == 2:
-                    frame[n.pipe.decl[0]] = k
-                    frame[n.pipe.decl[1]] = elem
-                scope.append(frame)
+                # Go: one variable gets the element; two get (index or key, element)
+                if n.pipe.assign:
+                    for name, val in zip(decl, (k, elem) if len(decl) == 2 else (elem,), strict=True):
+                        self.set_var(name, val, n.line)
+                elif len(decl) == 1:
+                    self.vars[-1][1] = elem
+                elif len(decl) == 2:
+                    self.vars[-2][1], self.vars[-1][1] = k, elem
                 try:
-                    self.run_list(n.body, elem, scope)
+                    self.run_list(n.body, elem)
                 except _Continue:
                     pass
                 except _Break:
                     break
                 finally:
-                    scope.pop()
+                    del self.vars[mark:]
         finally:
-            scope.pop()
+            del self.vars[outer:]
 
-    def lookup_var(self, name: str, scope: list[dict[str, Any]], line: int) -> Any:
-        for frame in reversed(scope):
-            if name in frame:
-                return frame[name]
+    def lookup_var(self, name: str, line: int) -> Any:
+        for entry in reversed(self.vars):
+            if entry[0] == name:
+                return entry[1]
         raise TemplateError(f"template: :{line}: undefined variable: {name}")
 
-    def eval_pipe(self, p: Pipe, dot: Any, scope: list[dict[str, Any]]) -> Any:
+    def set_var(self, name: str, value: Any, line: int) -> None:
+        for entry in reversed(self.vars):
+            if entry[0] == name:
+                entry[1] = value
+                return
+        raise TemplateError(f"template: :{line}: undefined variable: {name}")
+
+    def eval_pipe(self, p: Pipe, dot: Any) -> Any:
         val: Any = None
         has_val = False
         for c in p.cmds:
-            val = self.eval_cmd(c, dot, scope, val, has_val)
+            val = self.eval_cmd(c, dot, val, has_val)
             has_val = True
-        if p.decl:
-            name = p.decl[0]
+        for name in p.decl:
             if p.assign:
-                for frame in reversed(scope):
-                    if name in frame:
-                        frame[name] = val
-                        break
-                else:
-                    raise TemplateError(f"template: :{p.line}: undefined variable: {name}")
+                self.set_var(name, val, p.line)
             else:
-                # `:=` declares in the enclosing block (the frame that run_list/run_branch pushed)
-                scope[-1][name] = val
+                self.vars.append([name, val])
         return val
 
-    def eval_cmd(self, c: Command, dot: Any, scope: list[dict[str, Any]], piped: Any, has_piped: bool) -> Any:
+    def eval_cmd(self, c: Command, dot: Any, piped: Any, has_piped: bool) -> Any:
         head = c.args[0]
         if isinstance(head, Ident):
             if head.name in ("and", "or"):
-                return self.eval_logic(head.name, c, dot, scope, piped, has_piped)
+                return self.eval_logic(head.name, c, dot, piped, has_piped)
             fn = FUNCS.get(head.name)
             if fn is None:
                 raise TemplateError(f'template: :{head.line}: function "{head.name}" not defined')
-            args = [self.eval_arg(a, dot, scope) for a in c.args[1:]]
+            args = [self.eval_arg(a, dot) for a in c.args[1:]]
             if has_piped:
                 args.append(piped)
             try:
@@ -192,10 +201,9 @@ class _Exec:
                 ) from None
         if len(c.args) > 1 or has_piped:
             raise TemplateError(f"template: :{c.line}: can't give argument to non-function {_describe(head)}")
-        return self.eval_arg(head, dot, scope)
+        return self.eval_arg(head, dot)
 
-    def eval_logic(self, name: str, c: Command, dot: Any, scope: list[dict[str, Any]], piped: Any,
-                   has_piped: bool) -> Any:
+    def eval_logic(self, name: str, c: Command, dot: Any, piped: Any, has_piped: bool) -> Any:
         # Go 1.18+: and/or stop evaluating at the first argument that decides the result
         operands: list[Any] = list(c.args[1:])
         if has_piped:
@@ -205,23 +213,23 @@ class _Exec:
                 f"template: :{c.line}: wrong number of args for {name}: want at least 1 got 0")
         v: Any = None
         for a in operands:
-            v = self.eval_arg(a, dot, scope)
+            v = self.eval_arg(a, dot)
             if (name == "and") != truth(v):
                 return v
         return v
 
-    def eval_arg(self, a: Any, dot: Any, scope: list[dict[str, Any]]) -> Any:
+    def eval_arg(self, a: Any, dot: Any) -> Any:
         if isinstance(a, Literal):
             return a.value
         if isinstance(a, Dot):
             return dot
         if isinstance(a, Var):
-            return self.lookup_var(a.name, scope, a.line)
+            return self.lookup_var(a.name, a.line)
         if isinstance(a, Field):
-            base = dot if a.receiver is None else self.eval_arg(a.receiver, dot, scope)
+            base = dot if a.receiver is None else self.eval_arg(a.receiver, dot)
             return self.field_chain(base, a)
         if isinstance(a, Pipe):
-            return self.eval_pipe(a, dot, scope)
+            return self.eval_pipe(a, dot)
         if isinstance(a, Ident):
             fn = FUNCS.get(a.name)
             if fn is None:
@@ -268,8 +276,9 @@ def _describe(n: Any) -> str:
 def execute(tmpl: GoTemplate, data: Any, root: list[Any] | None = None) -> str:
     """Render `tmpl` (or an edited copy of its node list, `root`) with `data` as dot and `$`."""
     ex = _Exec(tmpl)
+    ex.vars.append(["$", data])
     try:
-        ex.run_list(tmpl.root if root is None else root, data, [{"$": data}])
+        ex.run_list(tmpl.root if root is None else root, data)
     except RecursionError:
         raise TemplateError("template nests too deeply") from None
     except (_Break, _Continue):  # the parser rejects these outside range; kept as a guard

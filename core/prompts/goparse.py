@@ -149,13 +149,18 @@ def _lex_action(src: str, line: int) -> list[tuple[str, Any, int]]:
     """Tokens of one action's inside; a token keeps the line it starts on."""
     toks: list[tuple[str, Any, int]] = []
     pos = 0
+    prev = ""  # kind of the token just before, "ws" after whitespace
     while pos < len(src):
         m = _TOKEN.match(src, pos)
         if m is None:
             raise TemplateError(f"template: :{line}: unexpected {src[pos]!r} in command")
         kind = m.lastgroup or ""
         text = m.group()
-        # a field right after `)` or a variable is a field chain on that operand, not on dot
+        if kind == "field" and prev in ("var", "rparen"):
+            # Go: a field glued to a variable or `)` chains on that operand (`$m.Role`); after a
+            # space it is a separate argument on dot (`and $x .Content`)
+            kind = "chain"
+        prev = kind
         if kind == "ws":
             line += text.count("\n")
         elif kind == "str":
@@ -284,6 +289,8 @@ class _Parser:
         self.i = 0
         self.defines: dict[str, list[Any]] = {}
         self.range_depth = 0
+        # Go checks variables while parsing: each name declared so far in an enclosing scope
+        self.vars: list[str] = ["$"]
 
     def parse_list(self, stop: tuple[str, ...]) -> tuple[list[Any], _Item | None]:
         """Nodes until an action whose first keyword is in `stop` (returned, unconsumed)."""
@@ -320,6 +327,14 @@ class _Parser:
         return nodes, None
 
     def parse_branch(self, kind: str, toks: list, line: int) -> Branch:
+        # Go's parseControl: what the pipeline, the body or the else part declares ends at {{end}}
+        mark = len(self.vars)
+        try:
+            return self._parse_branch(kind, toks, line)
+        finally:
+            del self.vars[mark:]
+
+    def _parse_branch(self, kind: str, toks: list, line: int) -> Branch:
         if not toks:
             raise TemplateError(f"template: :{line}: missing value for {kind}")
         pipe = self.parse_pipe(toks, line, decl_ok=True, range_decl=kind == "range")
@@ -357,7 +372,11 @@ class _Parser:
         if not toks or toks[0][0] != "lit" or not isinstance(toks[0][1], str):
             raise TemplateError(f"template: :{line}: {kw} needs a quoted template name")
         name = toks[0][1]
-        body, end = self.parse_list(("end",))
+        saved, self.vars = self.vars, ["$"]  # a defined template sees only `$`
+        try:
+            body, end = self.parse_list(("end",))
+        finally:
+            self.vars = saved
         if end is None:
             raise TemplateError(f"template: :{line}: unexpected EOF: {{{{{kw}}}}} has no {{{{end}}}}")
         self.i += 1
@@ -383,6 +402,9 @@ class _Parser:
             elif range_decl and len(toks) > 3 and toks[1][0] == "comma" and toks[2][0] == "var" \
                     and toks[3][0] in ("decl", "assign"):
                 decl, assign, toks = [toks[0][1], toks[2][1]], toks[3][0] == "assign", toks[4:]
+        # Go's parser knows the names before it reads the value (`{{$x := $x}}` parses; it fails
+        # when run), and an assignment counts as a use that declares nothing new at run time
+        self.vars.extend(decl)
         cmds: list[Command] = []
         cur: list[Any] = []
         pos = 0
@@ -418,6 +440,8 @@ class _Parser:
         elif kind == "field":
             node = Field(val[1:].split("."), line)
         elif kind == "var":
+            if val not in self.vars:
+                raise TemplateError(f'template: :{line}: undefined variable "{val}"')
             node = Var(val, line)
         elif kind == "ident":
             if val in _KEYWORDS:
@@ -437,7 +461,7 @@ class _Parser:
         else:
             raise TemplateError(f"template: :{line}: unexpected {val!r} in operand")
         # a field chain glued to a variable or a parenthesized pipeline: `$m.Role`, `(index . 0).Name`
-        if pos < len(toks) and toks[pos][0] == "field" and kind in ("var", "rparen", "lparen"):
+        if pos < len(toks) and toks[pos][0] == "chain" and kind in ("var", "lparen"):
             node = Field(toks[pos][1][1:].split("."), line, receiver=node)
             pos += 1
         return node, pos

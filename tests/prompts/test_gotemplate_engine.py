@@ -94,7 +94,7 @@ def test_current_date() -> None:
     ("a\nb\n{{ end }}", r":3: unexpected \{\{end\}\}"),
     ("{{ if .X }}\nno end", r":1: unexpected EOF"),
     ("{{ else }}", r":1: unexpected \{\{else\}\}"),
-    ("\n{{ $undefined }}", r":2: undefined variable: \$undefined"),
+    ("\n{{ $undefined }}", r':2: undefined variable "\$undefined"'),
     ("{{ nosuchfunc 1 }}", r'function "nosuchfunc" not defined'),
     ("\n\n{{ break }}", r":3: \{\{break\}\} outside \{\{range\}\}"),
     ("{{ .Name 1 }}", r"can't give argument to non-function \.Name"),
