@@ -18,13 +18,15 @@ from pathlib import Path
 
 from corral.config import Config
 from corral.runner import LocalRunner, Runner, RunnerClient
+from corral.spec import ModelFiles, ModelSpec
 from corral.testing.tinymodel import write_tiny_gguf
 from corral.types import GenerationRequest, LoadOptions, SamplingParams
 
 
 async def measure(runner: Runner, model: Path, tokens: int, streams: int) -> float:
     await runner.start()
-    await runner.load(str(model), LoadOptions(num_ctx=4096, num_parallel=streams))
+    spec = ModelSpec(name=model.name, display=model.name, digest="", files=ModelFiles(model=str(model)))
+    await runner.load(spec, LoadOptions(num_ctx=4096, num_parallel=streams))
     prompt = await runner.tokenize("Once upon a time")
     # sampling with a fixed seed: the same tokens on both sides, and a real model keeps talking
     sampling = SamplingParams(temperature=0.8, seed=1)

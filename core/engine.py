@@ -14,12 +14,13 @@ import msgspec
 
 from corral.config import Config
 from corral.errors import BackendError, ContextLengthError, InvalidRequestError
-from corral.gguf import read_gguf_info
-from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
+from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics, Think
 from corral.options import merge_options, to_generation, to_load_options
-from corral.prompts import capabilities, check_capabilities, plan_chat, plan_generate
+from corral.prompts import OutputParser, ParsedDelta, PromptPlan, check_capabilities, plan_chat, plan_generate
 from corral.runner import RunnerFactory, subprocess_runners
 from corral.scheduler import Lease, RunningModel, Scheduler
+from corral.spec import ModelSpec
+from corral.store import Store
 from corral.types import GenerationRequest, LoadOptions, TokenEvent
 
 log = logging.getLogger("corral.engine")
@@ -34,67 +35,44 @@ INPUT_TOO_LONG = "the input length exceeds the context length"
 class Engine:
     """Runs generate, chat and embed jobs; owns the scheduler (and through it every runner)."""
 
-    def __init__(self, config: Config, store: Any, scheduler: Scheduler | None = None, *,
+    def __init__(self, config: Config, store: Store, scheduler: Scheduler | None = None, *,
                  runner_factory: RunnerFactory | None = None) -> None:
         self.config = config
         self.store = store
         self.scheduler = scheduler or Scheduler(config, runner_factory or subprocess_runners(config))
-        self._kv_cache: dict[tuple[str, int, int], dict[str, Any] | None] = {}
         self._suffix_tokens: dict[tuple[str, str], list[int]] = {}
 
     # ---- shared steps ---------------------------------------------------------------------------
-    async def _resolve(self, model: str, needed: list[str]) -> tuple[Any, dict[str, Any] | None]:
-        record = await asyncio.to_thread(self.store.get, model)  # 404 / 400 propagate
-        kv = await asyncio.to_thread(self._gguf_kv, record)
-        check_capabilities(record, kv, needed)
-        return record, kv
+    async def _resolve(self, model: str, needed: list[str]) -> ModelSpec:
+        spec = await asyncio.to_thread(self.store.resolve, model)  # 404 / 400 propagate
+        check_capabilities(spec, needed)
+        return spec
 
-    def _gguf_kv(self, record: Any) -> dict[str, Any] | None:
-        """The GGUF metadata (without big arrays) for capability checks, cached per file version."""
-        path = getattr(record, "model_path", None)
-        if path is None:
-            return None
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in self._kv_cache:
-            self._kv_cache[key] = read_gguf_info(path, keep_arrays=False).kv
-        return self._kv_cache[key]
-
-    def _load_options(self, record: Any, kv: dict[str, Any] | None, options: dict[str, Any], *,
+    def _load_options(self, spec: ModelSpec, options: dict[str, Any], *,
                       top_logprobs: int = 0) -> tuple[dict[str, Any], LoadOptions]:
         """Merged options and the load options they imply; every 400 about options is raised here,
         before anything is loaded."""
-        opts = merge_options(getattr(record, "params", None) or {}, options)
+        opts = merge_options(spec.parameters, options)
         to_generation(opts, top_logprobs=top_logprobs)  # validation only: a bad value is a 400 now
-        n_ctx_train = None
-        if kv:
-            trained = kv.get(f"{kv.get('general.architecture', '')}.context_length")
-            n_ctx_train = trained if isinstance(trained, int) and trained > 0 else None
-        caps = capabilities(record, kv)
-        embedding_only = "embedding" in caps and "completion" not in caps
-        adapters = [str(p) for p in getattr(record, "adapters", None) or []]
-        load = to_load_options(opts, self.config, n_ctx_train=n_ctx_train, embedding=embedding_only,
-                               adapters=adapters)
-        if embedding_only:  # compat(ollama): embedding models always run one sequence at a time
+        load = to_load_options(opts, self.config, n_ctx_train=spec.gguf.context_length,
+                               embedding=spec.embedding_only, adapters=spec.files.adapters)
+        if spec.embedding_only:  # compat(ollama): embedding models always run one sequence at a time
             load = msgspec.structs.replace(load, num_parallel=1)
         return opts, load
 
-    async def _load_only(self, record: Any, load: LoadOptions, keep_alive: float | None,
+    async def _load_only(self, spec: ModelSpec, load: LoadOptions, keep_alive: float | None,
                          start: int) -> Chunk:
         """Empty prompt / messages: load the model (or unload it with keep_alive 0)."""
         if keep_alive is not None and keep_alive <= 0:
-            await self.scheduler.unload(record)
+            await self.scheduler.unload(spec)
             return Chunk(done=True, done_reason="unload")
-        lease = await self.scheduler.acquire(record, load, keep_alive)
+        lease = await self.scheduler.acquire(spec, load, keep_alive)
         lease.release()
         return Chunk(done=True, done_reason="load",
                      metrics=Metrics(total_duration=time.monotonic_ns() - start,
                                      load_duration=lease.load_duration_ns))
 
-    async def _stream(self, lease: Lease, parser: Any, request: GenerationRequest, start: int,
+    async def _stream(self, lease: Lease, parser: OutputParser, request: GenerationRequest, start: int,
                       want_context: bool) -> AsyncIterator[Chunk]:
         """Run ``request`` and turn its token events into chunks, parsed into content/thinking/tools."""
         generated: list[int] = []
@@ -123,13 +101,13 @@ class Engine:
         yield Chunk(done=True, done_reason=reason, metrics=metrics,
                     context=request.prompt + generated if want_context else None)
 
-    def _request(self, opts: dict[str, Any], tokens: list[int], plan: Any, n_ctx: int, *, truncate: bool,
-                 shift: bool, logprobs: bool, top_logprobs: int) -> GenerationRequest:
+    def _request(self, opts: dict[str, Any], tokens: list[int], plan: PromptPlan, n_ctx: int, *,
+                 truncate: bool, shift: bool, logprobs: bool, top_logprobs: int) -> GenerationRequest:
         if not truncate and len(tokens) >= n_ctx:
             raise ContextLengthError(PROMPT_TOO_LONG)
         request = to_generation(opts, tokens, n_ctx=n_ctx, grammar=plan.grammar, shift=shift,
                                 logprobs=logprobs, top_logprobs=top_logprobs)
-        extra = getattr(plan, "stop", None) or []
+        extra = plan.stop
         if extra:  # the template's end-of-turn strings, after the user's own stops
             request = msgspec.structs.replace(request, stop=list(dict.fromkeys([*request.stop, *extra])))
         return request
@@ -140,15 +118,15 @@ class Engine:
         start = time.monotonic_ns()
         needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
                                                                          else [])
-        record, kv = await self._resolve(job.model, needed)
-        opts, load = self._load_options(record, kv, job.options, top_logprobs=job.top_logprobs)
+        spec = await self._resolve(job.model, needed)
+        opts, load = self._load_options(spec, job.options, top_logprobs=job.top_logprobs)
         if not job.prompt and not job.suffix and not job.images:
-            yield await self._load_only(record, load, job.keep_alive, start)
+            yield await self._load_only(spec, load, job.keep_alive, start)
             return
-        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             info = lease.handle.info
-            plan = plan_generate(record, job, gguf_template=info.chat_template, bos_token=info.bos_token,
+            plan = plan_generate(spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
                                  eos_token=info.eos_token)
             tokens = list(job.context) + await lease.runner.tokenize(
                 plan.text, add_special=plan.add_special and not job.context, parse_special=not job.raw)
@@ -166,24 +144,24 @@ class Engine:
         start = time.monotonic_ns()
         needed = ["completion"] + (["tools"] if job.tools else [])
         needed += ["thinking"] if _wants(job.think) else []
-        record, kv = await self._resolve(job.model, needed)
-        opts, load = self._load_options(record, kv, job.options, top_logprobs=job.top_logprobs)
+        spec = await self._resolve(job.model, needed)
+        opts, load = self._load_options(spec, job.options, top_logprobs=job.top_logprobs)
         if not job.messages:
-            yield await self._load_only(record, load, job.keep_alive, start)
+            yield await self._load_only(spec, load, job.keep_alive, start)
             return
-        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             info = lease.handle.info
             counter = _token_counter(lease, asyncio.get_running_loop())
             # Rendering may call the token counter, which waits on this loop: so render on a thread.
             plan = await asyncio.to_thread(
-                plan_chat, record, job, gguf_template=info.chat_template, bos_token=info.bos_token,
+                plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
                 eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
             tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special, parse_special=True)
             request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
                                     logprobs=job.logprobs, top_logprobs=job.top_logprobs)
             if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
-                key = (getattr(record, "digest", ""), plan.turn_suffix)
+                key = (spec.digest, plan.turn_suffix)
                 turn = self._suffix_tokens.get(key)
                 if turn is None:  # the same for every turn of a model: tokenized once
                     turn = await lease.runner.tokenize(plan.turn_suffix, add_special=False,
@@ -202,9 +180,9 @@ class Engine:
         start = time.monotonic_ns()
         if job.dimensions is not None and job.dimensions < 1:
             raise InvalidRequestError("dimensions must be greater than 0")
-        record, kv = await self._resolve(job.model, [])
-        _opts, load = self._load_options(record, kv, job.options)
-        lease = await self.scheduler.acquire(record, load, job.keep_alive)
+        spec = await self._resolve(job.model, [])
+        _opts, load = self._load_options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             if not job.inputs:
                 return EmbedOutput(embeddings=[], total_duration=time.monotonic_ns() - start,
@@ -227,8 +205,8 @@ class Engine:
     # ---- management -----------------------------------------------------------------------------
     async def unload(self, model: str) -> bool:
         """Unload ``model`` now (or when its running requests end). False if it was not loaded."""
-        record = await asyncio.to_thread(self.store.get, model)
-        return await self.scheduler.unload(record)
+        spec = await asyncio.to_thread(self.store.resolve, model)
+        return await self.scheduler.unload(spec)
 
     def running(self) -> list[RunningModel]:
         return self.scheduler.running()
@@ -238,11 +216,11 @@ class Engine:
         await self.scheduler.shutdown(drain_timeout)
 
 
-def _wants(think: Any) -> bool:
+def _wants(think: Think) -> bool:
     return think is not None and think is not False
 
 
-def _delta_chunk(delta: Any, ev: TokenEvent | None) -> Chunk | None:
+def _delta_chunk(delta: ParsedDelta | None, ev: TokenEvent | None) -> Chunk | None:
     """A chunk for a parsed delta and the event's logprobs, or None when there is nothing to send."""
     logprobs = []
     if ev is not None and ev.logprob is not None:

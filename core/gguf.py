@@ -12,6 +12,7 @@ import msgspec
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from corral.errors import InvalidModelFileError
+from corral.spec import ModelDetails
 
 MAGIC = b"GGUF"
 MAX_STRING = 16 * 1024 * 1024  # bytes in one string
@@ -303,21 +304,23 @@ def quantization(info: GGUFInfo) -> str:
     return max(counts, key=counts.__getitem__) if counts else "unknown"
 
 
-def details(info: GGUFInfo) -> dict[str, Any]:
-    """family, parameter_size, quantization_level, context_length, embedding_length."""
+def details(info: GGUFInfo, parent_model: str = "") -> ModelDetails:
+    """``details`` from the header: family, parameter size, quantization, context and embedding length."""
     arch = info.architecture
-    out: dict[str, Any] = {
-        "format": "gguf",
-        "family": arch,
-        "families": [arch] if arch else [],
-        "parameter_size": human_number(int(info.kv.get("general.parameter_count") or info.n_params)),
-        "quantization_level": quantization(info),
-    }
-    for field in ("context_length", "embedding_length"):
-        value = info.kv.get(f"{arch}.{field}")
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[field] = value
-    return out
+    lengths = {}
+    for name in ("context_length", "embedding_length"):
+        value = info.kv.get(f"{arch}.{name}")
+        lengths[name] = value if isinstance(value, int) and not isinstance(value, bool) else None
+    return ModelDetails(
+        parent_model=parent_model,
+        format="gguf",
+        family=arch,
+        families=(arch,) if arch else (),
+        parameter_size=human_number(int(info.kv.get("general.parameter_count") or info.n_params)),
+        quantization_level=quantization(info),
+        context_length=lengths["context_length"],
+        embedding_length=lengths["embedding_length"],
+    )
 
 
 def summarize(info: GGUFInfo, verbose: bool = False) -> dict[str, Any]:

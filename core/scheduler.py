@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,6 +15,7 @@ import msgspec
 from corral.config import Config
 from corral.errors import InvalidRequestError, ServerBusyError
 from corral.runner import Runner, RunnerFactory
+from corral.spec import ModelDetails, ModelSpec
 from corral.types import LoadOptions, ModelHandle
 
 log = logging.getLogger("corral.scheduler")
@@ -32,7 +34,7 @@ class RunningModel(msgspec.Struct, kw_only=True):
     digest: str
     size: int
     size_vram: int
-    details: dict[str, Any]
+    details: ModelDetails
     expires_at: datetime
     context_length: int
     backend: str = ""
@@ -42,10 +44,9 @@ class RunningModel(msgspec.Struct, kw_only=True):
 class _Loaded:
     """A model in a runner, with its reference count, slots and expiry timer."""
 
-    def __init__(self, key: str, record: Any, options: LoadOptions, runner: Runner, handle: ModelHandle,
+    def __init__(self, spec: ModelSpec, options: LoadOptions, runner: Runner, handle: ModelHandle,
                  keep_alive: float, load_ns: int) -> None:
-        self.key = key
-        self.record = record
+        self.spec = spec  # as the request that loaded it resolved it (its digest is the key)
         self.options = options
         self.runner = runner
         self.handle = handle
@@ -59,6 +60,14 @@ class _Loaded:
         self.expires_at: float | None = None  # wall-clock seconds; None while in use or forever
         self.last_used = time.monotonic()
         self.gone = False  # unloaded or crashed: never hand out again
+
+    @property
+    def key(self) -> str:
+        return self.spec.digest
+
+    @property
+    def name(self) -> str:
+        return self.spec.display
 
     @property
     def usable(self) -> bool:
@@ -99,25 +108,29 @@ class Lease:
 
 
 class Scheduler:
-    """Owns every runner. All methods run on one event loop."""
+    """Owns every runner. All methods run on one event loop.
+
+    A loaded model is identified by its spec's digest and its load options: a request for the same
+    digest with other load options reloads it (unloading the old copy first).
+    """
 
     def __init__(self, config: Config, runner_factory: RunnerFactory) -> None:
         self.config = config
         self.runner_factory = runner_factory
-        self._models: dict[str, _Loaded] = {}
+        self._models: dict[str, _Loaded] = {}  # by ModelSpec.digest
         self._load_lock = asyncio.Lock()  # one load (and its evictions) at a time, as Ollama does
         self._pending = 0
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- acquiring ------------------------------------------------------------------------------
-    async def acquire(self, record: Any, load_options: LoadOptions, keep_alive: float | None = None) -> Lease:
-        """A lease on ``record``'s model loaded with ``load_options``; loads or reloads it if needed."""
+    async def acquire(self, spec: ModelSpec, load_options: LoadOptions,
+                      keep_alive: float | None = None) -> Lease:
+        """A lease on ``spec``'s model loaded with ``load_options``; loads or reloads it if needed."""
         start = time.monotonic_ns()
-        key = _key(record)
-        path = getattr(record, "model_path", None)
-        if path is None:
-            raise InvalidRequestError(f"{key!r} has no model weights to load")
+        key = spec.digest
+        if spec.files.model is None:
+            raise InvalidRequestError(f"{spec.display!r} has no model weights to load")
         if self._closing:
             raise ServerBusyError(CLOSING)
         if self._pending >= self.config.max_queue:
@@ -129,7 +142,6 @@ class Scheduler:
             while True:
                 m = self._models.get(key)
                 if m is not None and m.usable and m.options == load_options:
-                    m.record = record
                     m.keep_alive = keep
                     m.refs += 1  # counted before waiting so eviction sees the model as wanted
                     m.stop_timer()
@@ -152,34 +164,34 @@ class Scheduler:
                         continue
                     if m is not None:
                         if m.usable:
-                            log.info("reloading %s: load options changed", key)
+                            log.info("reloading %s: load options changed", m.name)
                         await self._evict(m)
                     await self._make_room()
-                    await self._load(key, record, str(path), load_options, keep)
+                    await self._load(spec, load_options, keep)
                     loaded_now = True
         finally:
             self._pending -= 1
 
-    async def _load(self, key: str, record: Any, path: str, options: LoadOptions, keep: float) -> None:
+    async def _load(self, spec: ModelSpec, options: LoadOptions, keep: float) -> None:
         t0 = time.monotonic_ns()
         runner = self.runner_factory()
         try:
             await runner.start()
-            handle = await runner.load(path, options)
+            handle = await runner.load(spec, options)
         except BaseException:
             await _quietly(runner.close())
             raise
-        m = _Loaded(key, record, options, runner, handle, keep, time.monotonic_ns() - t0)
+        m = _Loaded(spec, options, runner, handle, keep, time.monotonic_ns() - t0)
         runner.add_stopped_callback(lambda r: self._on_stopped(m))
-        self._models[key] = m
-        log.info("loaded %s on %s (pid %s) in %.2f s", key, runner.backend, runner.pid, m.load_ns / 1e9)
+        self._models[m.key] = m
+        log.info("loaded %s on %s (pid %s) in %.2f s", m.name, runner.backend, runner.pid, m.load_ns / 1e9)
 
     async def _make_room(self) -> None:
         while len(self._models) >= self.config.max_loaded_models:
             models = list(self._models.values())
             idle = [m for m in models if m.refs == 0]
             victim = min(idle or models, key=lambda m: m.last_used)  # least recently used; idle first
-            log.info("unloading %s to make room (max %d loaded)", victim.key, self.config.max_loaded_models)
+            log.info("unloading %s to make room (max %d loaded)", victim.name, self.config.max_loaded_models)
             await self._evict(victim)
 
     async def _evict(self, m: _Loaded) -> None:
@@ -211,13 +223,13 @@ class Scheduler:
     def _expire(self, m: _Loaded) -> None:
         m.timer = None
         if m.refs == 0 and not m.gone:
-            log.info("%s expired after %.0f s idle", m.key, m.keep_alive)
+            log.info("%s expired after %.0f s idle", m.name, m.keep_alive)
             self._spawn(self._unload(m))
 
     def _on_stopped(self, m: _Loaded) -> None:
         """A runner stopped (crash or close): forget the model so the next request loads it afresh."""
         if not m.gone:
-            log.warning("runner for %s stopped; it will be reloaded on the next request", m.key)
+            log.warning("runner for %s stopped; it will be reloaded on the next request", m.name)
         m.gone = True
         m.stop_timer()
         if self._models.get(m.key) is m:
@@ -229,28 +241,23 @@ class Scheduler:
         if self._models.get(m.key) is m:
             del self._models[m.key]
         await _quietly(m.runner.close())
-        log.info("unloaded %s", m.key)
+        log.info("unloaded %s", m.name)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # ---- public controls ------------------------------------------------------------------------
-    async def unload(self, name: str | Any) -> bool:
+    async def unload(self, spec: ModelSpec) -> bool:
         """Unload a model now if idle, or as soon as its current requests finish. False if not loaded."""
-        key = name if isinstance(name, str) else _key(name)
-        m = self._models.get(key)
+        m = self._models.get(spec.digest)
         if m is None:
             return False
         m.keep_alive = 0
         if m.refs == 0:
             await self._unload(m)
         return True
-
-    def loaded(self, name: str) -> ModelHandle | None:
-        m = self._models.get(name)
-        return m.handle if m is not None and m.usable else None
 
     def running(self) -> list[RunningModel]:
         """Rows for /api/ps, the longest remaining time first."""
@@ -266,10 +273,13 @@ class Scheduler:
             else:  # in use: Ollama shows now + keep_alive
                 expires = now + timedelta(seconds=m.keep_alive)
             info = m.handle.info
+            details = m.spec.details
+            if not details.quantization_level:  # the config blob did not say: the loaded file does
+                details = msgspec.structs.replace(details, quantization_level=info.file_type)
             rows.append(RunningModel(
-                name=m.key, model=m.key, digest=str(getattr(m.record, "digest", "") or ""),
+                name=m.name, model=m.name, digest=m.spec.digest,
                 size=m.handle.memory.total or info.size, size_vram=m.handle.memory.vram,
-                details=_details(m.record, info.file_type), expires_at=expires,
+                details=details, expires_at=expires,
                 context_length=info.n_ctx, backend=m.runner.backend, pid=m.runner.pid))
         rows.sort(key=lambda r: r.expires_at, reverse=True)
         return rows
@@ -296,22 +306,7 @@ class Scheduler:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def _key(record: Any) -> str:
-    return str(getattr(record, "display", None) or getattr(record, "name", record))
-
-
-def _details(record: Any, file_type: str) -> dict[str, Any]:
-    """Ollama's ``details`` object for /api/ps, from the store record's details."""
-    details = getattr(record, "details", None)
-    out: dict[str, Any] = {"parent_model": "", "format": "gguf", "family": "", "families": None,
-                           "parameter_size": "", "quantization_level": file_type}
-    if details is not None:
-        raw = details if isinstance(details, dict) else msgspec.to_builtins(details)
-        out.update({k: v for k, v in raw.items() if k in out and v not in (None, "")})
-    return out
-
-
-async def _quietly(coro: Any) -> None:
+async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
     try:
         await coro
     except Exception:

@@ -2,9 +2,9 @@
 
 Public API (the engine and server code against these names):
 
-- ``plan_chat(record, job, *, gguf_template, bos_token, eos_token, count_tokens=None, num_ctx=None)
-  -> PromptPlan`` and ``plan_generate(record, job, *, gguf_template, bos_token, eos_token) -> PromptPlan``.
-  ``record`` is a ``corral.store.ModelRecord`` (``template``, ``system``, ``params``, ``messages``,
+- ``plan_chat(spec, job, *, gguf_template, bos_token, eos_token, count_tokens=None, num_ctx=None)
+  -> PromptPlan`` and ``plan_generate(spec, job, *, gguf_template, bos_token, eos_token) -> PromptPlan``.
+  ``spec`` is the request's ``corral.spec.ModelSpec`` (``template``, ``system``, ``messages``,
   ``display``, ``name`` are read). Template precedence (Ollama's): a request ``template`` (generate),
   else the model's Go TEMPLATE, else the GGUF's Jinja ``tokenizer.chat_template``, else
   ``{{ .Prompt }}``. Chat: Modelfile MESSAGEs first, then the request's; SYSTEM is inserted first
@@ -23,8 +23,9 @@ Public API (the engine and server code against these names):
   output starts inside the block when the prompt opened it) and tool calls (template tag,
   ``<tool_call>``, ``[TOOL_CALLS]``, ``<|python_tag|>``, bare Llama-3 JSON) are split out; a call is
   emitted once, whole, with a ``call_xxxxxxxx`` id and its index. Never emits a partial marker.
-- ``capabilities(record, gguf_kv) -> list[str]`` and ``check_capabilities(record, gguf_kv, needed)``
-  (raises ``CapabilityError`` with Ollama's wording).
+- ``capabilities(template, gguf_facts, projector=False) -> list[str]`` (the store calls it once per
+  resolved spec) and ``check_capabilities(spec, needed)`` (raises ``CapabilityError`` with Ollama's
+  wording).
 - ``schema_to_gbnf(schema) -> str``, ``JSON_GBNF`` (``format: "json"``), ``grammar_for(format)``.
 - ``GEMMA3_TEMPLATE``, ``GEMMA3_PARAMS``: the embedded gemma3:270m model's template and params.
 - ``render_go_template(source, data)`` and ``render_jinja(source, variables)`` for direct use.

@@ -7,7 +7,8 @@ from typing import Any
 
 from corral.errors import CapabilityError, TemplateError
 from corral.prompts import gotemplate
-from corral.prompts.goparse import Branch, Field, Text, walk_fields
+from corral.prompts.goparse import Action, Branch, Field, Text, walk_fields
+from corral.spec import GGUFFacts, ModelSpec
 
 # (open, close) reasoning markers, in the order they are looked for in a template
 THINK_MARKERS: list[tuple[str, str]] = [
@@ -22,13 +23,11 @@ _EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jin
                     "modern-bert", "neo-bert", "roberta", "xlm-roberta", "gte"}
 
 
-def template_source(record: Any, gguf_kv: dict[str, Any] | None) -> tuple[str | None, str | None]:
+def template_source(template: str | None, gguf: GGUFFacts) -> tuple[str | None, str | None]:
     """(Go template, Jinja template) the model would render with; at most one is not None."""
-    go = getattr(record, "template", None) or None
-    if go:
-        return go, None
-    jinja = (gguf_kv or {}).get("tokenizer.chat_template")
-    return None, jinja if isinstance(jinja, str) and jinja else None
+    if template:
+        return template, None
+    return None, gguf.chat_template or None
 
 
 def think_markers(go: str | None, jinja: str | None) -> tuple[str, str] | None:
@@ -101,8 +100,6 @@ def _find_toolcalls_if(nodes: list[Any]) -> Branch | None:
 
 
 def _pipe_fields(b: Branch) -> list[Field]:
-    from corral.prompts.goparse import Action
-
     return walk_fields([Action(b.pipe, b.line)])
 
 
@@ -117,42 +114,38 @@ def _first_text(nodes: list[Any]) -> str | None:
     return None
 
 
-def capabilities(record: Any, gguf_kv: dict[str, Any] | None) -> list[str]:
-    """Ollama's capability list for a model, from its template, GGUF metadata and projector."""
-    kv = gguf_kv or {}
-    arch = str(kv.get("general.architecture") or "")
+def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = False) -> list[str]:
+    """Ollama's capability list for a model, from its Go template, GGUF facts and projector.
+
+    The store calls this once when it resolves a ``ModelSpec`` (and for ``/api/show``); everything
+    else reads ``ModelSpec.capabilities``.
+    """
     caps: list[str] = []
-    embedding = (f"{arch}.pooling_type" in kv) or arch in _EMBEDDING_ARCHS
+    embedding = gguf.pooling or gguf.architecture in _EMBEDDING_ARCHS
     caps.append("embedding" if embedding else "completion")
-    go, jinja = template_source(record, gguf_kv)
+    go, jinja = template_source(template, gguf)
     if not embedding:
         if _has_tools(go, jinja):
             caps.append("tools")
         if _has_suffix(go):
             caps.append("insert")
-    if getattr(record, "projector", None) or any(".vision." in k for k in kv):
+    if projector or gguf.vision:
         caps.append("vision")
     if not embedding and think_markers(go, jinja) is not None:
         caps.append("thinking")
     return caps
 
 
-def _full_name(record: Any) -> str:
-    name = getattr(record, "name", None)
-    return str(getattr(name, "full", None) or name or getattr(record, "display", "model"))
-
-
-def _short_name(record: Any) -> str:
-    return str(getattr(record, "display", None) or getattr(getattr(record, "name", None), "display", None)
-               or _full_name(record))
-
-
-def check_capabilities(record: Any, gguf_kv: dict[str, Any] | None, needed: list[str]) -> None:
+def check_capabilities(spec: ModelSpec, needed: list[str]) -> None:
     """Raise CapabilityError (Ollama's wording) for the first capability in `needed` the model lacks."""
-    have = capabilities(record, gguf_kv)
     for cap in needed:
-        if cap in have:
+        if spec.has(cap):
             continue
-        if cap == "thinking":
-            raise CapabilityError(f'"{_short_name(record)}" does not support thinking')
-        raise CapabilityError(f"{_full_name(record)} does not support {cap}")
+        raise missing_capability(spec, cap)
+
+
+def missing_capability(spec: ModelSpec, cap: str) -> CapabilityError:
+    """The error for a capability the model lacks, in Ollama's words (thinking quotes the short name)."""
+    if cap == "thinking":
+        return CapabilityError(f'"{spec.display}" does not support thinking')
+    return CapabilityError(f"{spec.name} does not support {cap}")

@@ -10,19 +10,13 @@ from typing import Any
 import msgspec
 
 from corral.conversation import Message, Tool
-from corral.errors import CapabilityError, CorralError, InvalidRequestError
+from corral.errors import CorralError, InvalidRequestError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
 from corral.prompts import gotemplate, jinja
-from corral.prompts.capabilities import (
-    _full_name,
-    _has_suffix,
-    _has_tools,
-    _short_name,
-    think_markers,
-    tool_tag,
-)
+from corral.prompts.capabilities import _has_suffix, _has_tools, missing_capability, think_markers, tool_tag
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.outparse import OutputParser
+from corral.spec import ModelSpec
 
 IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
 # end-of-turn strings that real templates close a turn with; a model that prints one as text is done
@@ -82,23 +76,15 @@ def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
     return {"Think": enabled, "ThinkLevel": level, "IsThinkSet": think is not None}
 
 
-def _resolve_think(record: Any, think: Think, markers: tuple[str, str] | None) -> bool:
+def _resolve_think(spec: ModelSpec, think: Think, markers: tuple[str, str] | None) -> bool:
     if isinstance(think, str) and think not in ("low", "medium", "high", "max"):
         raise InvalidRequestError(
             f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)')
     wanted = think is True or isinstance(think, str)
     if wanted and markers is None:
-        raise CapabilityError(f'"{_short_name(record)}" does not support thinking')
+        raise missing_capability(spec, "thinking")
     # compat(ollama): thinking-capable models think unless told not to
     return markers is not None and think is not False
-
-
-def _as_message(m: Any) -> Message:
-    if isinstance(m, Message):
-        return m
-    if isinstance(m, dict):
-        return Message(role=str(m.get("role", "user")), content=str(m.get("content", "")))
-    return Message(role=str(getattr(m, "role", "user")), content=str(getattr(m, "content", "")))
 
 
 def _stops(src: str) -> list[str]:
@@ -214,21 +200,21 @@ def _starts_thinking(text: str, markers: tuple[str, str] | None) -> bool:
 
 
 # ---- public entry points --------------------------------------------------------------------------
-def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token: str, eos_token: str,
+def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_token: str, eos_token: str,
               count_tokens: Callable[[str], int] | None = None, num_ctx: int | None = None) -> PromptPlan:
     """Render a chat job's prompt (see the package docstring for the rules)."""
-    go_src = getattr(record, "template", None) or None
+    go_src = spec.template or None
     jinja_src = gguf_template if not go_src else None
     markers = think_markers(go_src, jinja_src)
-    think_on = _resolve_think(record, job.think, markers)
+    think_on = _resolve_think(spec, job.think, markers)
     if job.tools and not _has_tools(go_src, jinja_src):
-        raise CapabilityError(f"{_full_name(record)} does not support tools")
+        raise missing_capability(spec, "tools")
     grammar = grammar_for(job.format)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
-    msgs = [_as_message(m) for m in getattr(record, "messages", None) or []] + list(job.messages)
-    system = getattr(record, "system", None)
+    msgs = [*spec.messages, *job.messages]
+    system = spec.system
     if system and (not msgs or msgs[0].role != "system"):
         msgs.insert(0, Message(role="system", content=system))
 
@@ -267,15 +253,15 @@ def plan_chat(record: Any, job: ChatJob, *, gguf_template: str | None, bos_token
     )
 
 
-def plan_generate(record: Any, job: GenerateJob, *, gguf_template: str | None, bos_token: str,
+def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | None, bos_token: str,
                   eos_token: str) -> PromptPlan:
     """Render a generate job's prompt: raw, fill-in-the-middle, or the prompt as one user turn."""
     if job.raw and (job.template or job.system or job.context):
         raise InvalidRequestError("raw mode does not support template, system, or context")
-    go_src = job.template or getattr(record, "template", None) or None
+    go_src = job.template or spec.template or None
     jinja_src = gguf_template if not go_src else None
     markers = think_markers(go_src, jinja_src)
-    think_on = _resolve_think(record, job.think, markers)
+    think_on = _resolve_think(spec, job.think, markers)
     grammar = grammar_for(job.format)
     common: dict[str, Any] = {"grammar": grammar, "images": list(job.images), "think": think_on,
                               "think_markers": markers or ("<think>", "</think>")}
@@ -283,18 +269,18 @@ def plan_generate(record: Any, job: GenerateJob, *, gguf_template: str | None, b
         return _finish(job.prompt, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
     if job.suffix:
         if not _has_suffix(go_src):
-            raise CapabilityError(f"{_full_name(record)} does not support insert")
+            raise missing_capability(spec, "insert")
         tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
         text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
         return _finish(text, bos_token, stop=_stops(go_src or ""), **common)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
     msgs: list[Message] = []
-    system = job.system if job.system is not None else getattr(record, "system", None)
+    system = job.system if job.system is not None else spec.system
     if system:
         msgs.append(Message(role="system", content=system))
     if not job.context:
         # compat(ollama): seeded MESSAGEs are skipped when the client continues from `context`
-        msgs.extend(_as_message(m) for m in getattr(record, "messages", None) or [])
+        msgs.extend(spec.messages)
     msgs.append(Message(role="user", content=job.prompt, images=list(job.images)))
     text = renderer.render(msgs, [])
     inside = _starts_thinking(text, markers)

@@ -6,6 +6,8 @@ import abc
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from corral.errors import BackendError
+from corral.spec import ModelSpec
 from corral.types import EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
 
 log = logging.getLogger("corral.runner")
@@ -15,6 +17,13 @@ RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
     "check corral server logs for details"
 )
+
+
+def model_file(spec: ModelSpec) -> str:
+    """The GGUF a runner loads for ``spec`` (the scheduler never asks for a spec without one)."""
+    if spec.files.model is None:
+        raise BackendError(f"{spec.display!r} has no model weights to load")
+    return spec.files.model
 
 
 class Runner(abc.ABC):
@@ -52,8 +61,8 @@ class Runner(abc.ABC):
         """Get a backend ready (build the plugin manager and select the backend)."""
 
     @abc.abstractmethod
-    async def load(self, path: str, options: LoadOptions) -> ModelHandle:
-        """Load the GGUF at ``path``; the handle is kept in ``self.handle``."""
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
+        """Load ``spec``'s model file with ``options``; the handle is kept in ``self.handle``."""
 
     @abc.abstractmethod
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

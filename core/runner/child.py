@@ -16,7 +16,10 @@ import msgspec
 
 from corral.config import Config
 from corral.errors import BackendError, CorralError
+from corral.plugins import make_plugin_manager
 from corral.runner import protocol as p
+from corral.runner.base import model_file
+from corral.selection import BackendHooks, select_backend
 from corral.types import CancelToken, GenerationStats, ModelHandle, TokenEvent
 
 log = logging.getLogger("corral.runner.child")
@@ -75,21 +78,25 @@ class RunnerServer:
         self.config = config
         self.requested = backend
         self.writer = _Writer(sock)
-        self.hooks: Any = None
+        self._hooks: BackendHooks | None = None
         self.handle: ModelHandle | None = None
         self.cancels: dict[int, CancelToken] = {}
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
 
+    @property
+    def hooks(self) -> BackendHooks:
+        """The selected backend's per-model hooks (``setup`` has selected it)."""
+        if self._hooks is None:
+            raise BackendError("this runner has no backend selected")
+        return self._hooks
+
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> bool:
-        from corral.plugins import make_plugin_manager
-        from corral.selection import BackendHooks, select_backend
-
         try:
             pm = make_plugin_manager(self.config)
             name = select_backend(pm, self.config, self.requested)[0]
-            self.hooks = BackendHooks(pm, name)
+            self._hooks = BackendHooks(pm, name)
         except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, CorralError) else "BackendError"
             self.writer.send(p.Ready(pid=os.getpid(), error=str(exc), error_kind=kind))
@@ -155,9 +162,9 @@ class RunnerServer:
             threads = list(self.threads)
         for t in threads:
             t.join(5)
-        if self.handle is not None:
+        if self.handle is not None and self._hooks is not None:
             try:
-                self.hooks.unload(self.handle)
+                self._hooks.unload(self.handle)
             except Exception:
                 log.exception("unload at shutdown failed")
             self.handle = None
@@ -187,7 +194,7 @@ class RunnerServer:
         if isinstance(msg, p.Load):
             if self.handle is not None:
                 raise BackendError("this runner already has a model loaded")
-            self.handle = self.hooks.load_model(msg.path, msg.options)
+            self.handle = self.hooks.load_model(model_file(msg.model), msg.options)
             return self.handle
         if isinstance(msg, p.Tokenize):
             return self.hooks.tokenize(self._loaded(), msg.text, add_special=msg.add_special,

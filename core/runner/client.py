@@ -18,6 +18,7 @@ from corral.config import Config
 from corral.errors import BackendError, CorralError, RunnerStoppedError
 from corral.runner import protocol as p
 from corral.runner.base import RUNNER_STOPPED, Runner
+from corral.spec import ModelSpec
 from corral.types import EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
 
 log = logging.getLogger("corral.runner")
@@ -205,8 +206,8 @@ class RunnerClient(Runner):
         value = await fut
         return msgspec.convert(value, result_type)
 
-    async def load(self, path: str, options: LoadOptions) -> ModelHandle:
-        self.handle = await self._call(p.Load(id=next(self._ids), path=path, options=options), ModelHandle)
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
+        self.handle = await self._call(p.Load(id=next(self._ids), model=spec, options=options), ModelHandle)
         return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

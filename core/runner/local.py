@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import BackendError, RunnerStoppedError
-from corral.runner.base import RUNNER_STOPPED, Runner
+from corral.plugins import make_plugin_manager
+from corral.runner.base import RUNNER_STOPPED, Runner, model_file
+from corral.selection import BackendHooks, select_backend
+from corral.spec import ModelSpec
 from corral.types import CancelToken, EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
 
 if TYPE_CHECKING:
@@ -28,7 +31,7 @@ class LocalRunner(Runner):
         self.config = config
         self._pm = pm
         self.requested_backend = backend
-        self._hooks: Any = None
+        self._backend_hooks: BackendHooks | None = None
         self._alive = False
         self._cancels: set[CancelToken] = set()
 
@@ -36,17 +39,20 @@ class LocalRunner(Runner):
     def alive(self) -> bool:
         return self._alive
 
-    async def start(self) -> None:
-        from corral.plugins import make_plugin_manager
-        from corral.selection import BackendHooks, select_backend
+    @property
+    def _hooks(self) -> BackendHooks:
+        if self._backend_hooks is None:
+            raise BackendError("this runner has not been started")
+        return self._backend_hooks
 
-        def setup() -> Any:
+    async def start(self) -> None:
+        def setup() -> BackendHooks:
             pm = self._pm or make_plugin_manager(self.config)
             name = select_backend(pm, self.config, self.requested_backend)[0]
             return BackendHooks(pm, name)
 
-        self._hooks = await asyncio.to_thread(setup)
-        self.backend = self._hooks.backend
+        self._backend_hooks = await asyncio.to_thread(setup)
+        self.backend = self._backend_hooks.backend
         self._alive = True
 
     def _loaded(self) -> ModelHandle:
@@ -56,10 +62,10 @@ class LocalRunner(Runner):
             raise BackendError("no model is loaded in this runner")
         return self.handle
 
-    async def load(self, path: str, options: LoadOptions) -> ModelHandle:
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
         if self.handle is not None:
             raise BackendError("this runner already has a model loaded")
-        self.handle = await asyncio.to_thread(self._hooks.load_model, path, options)
+        self.handle = await asyncio.to_thread(self._hooks.load_model, model_file(spec), options)
         return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Struct
 
 from corral import errors
+from corral.spec import ModelSpec
 from corral.types import GenerationRequest, LoadOptions, TokenEvent
 
 # A frame is a 4-byte big-endian length then that many bytes of msgpack. The cap keeps a corrupt or
@@ -20,7 +21,7 @@ MAX_FRAME = 256 * 1024 * 1024
 # ---- parent -> runner ----------------------------------------------------------------------------
 class Load(Struct, tag="load", kw_only=True):
     id: int
-    path: str
+    model: ModelSpec
     options: LoadOptions
 
 

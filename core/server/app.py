@@ -14,13 +14,17 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 import corral
 from corral.config import Config
+from corral.engine import Engine
 from corral.errors import InvalidRequestError
+from corral.runner import subprocess_runners
 from corral.server.errors import plain_error
 from corral.server.metrics import AccessLog, Metrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
 from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
 from corral.server.security import SecurityMiddleware
 from corral.server.services import Services, services
+from corral.store import Store
+from corral.store.store import Quantizer
 
 if TYPE_CHECKING:
     import pluggy
@@ -48,7 +52,7 @@ def _configure_logging(debug: bool) -> None:
         root.addHandler(handler)
 
 
-def _quantizer(pm: pluggy.PluginManager | None) -> Any:
+def _quantizer(pm: pluggy.PluginManager | None) -> Quantizer | None:
     if pm is None:
         return None
 
@@ -61,14 +65,11 @@ def _quantizer(pm: pluggy.PluginManager | None) -> Any:
     return quantize
 
 
-def _register_gauges(metrics: Metrics, engine: Any) -> None:
-    scheduler = getattr(engine, "scheduler", None)
-    if scheduler is not None and hasattr(scheduler, "pending"):
-        def depth() -> list[tuple[dict[str, str], float]]:
-            pending = scheduler.pending
-            return [({}, float(pending() if callable(pending) else pending))]
+def _register_gauges(metrics: Metrics, engine: Engine) -> None:
+    def depth() -> list[tuple[dict[str, str], float]]:
+        return [({}, float(engine.scheduler.pending))]
 
-        metrics.gauge("corral_queue_depth", "Requests waiting for a model load or a decode slot", depth)
+    metrics.gauge("corral_queue_depth", "Requests waiting for a model load or a decode slot", depth)
 
     def loaded() -> list[tuple[dict[str, str], float]]:
         return [({"model": r.name}, 1.0) for r in engine.running()]
@@ -84,7 +85,7 @@ def _register_gauges(metrics: Metrics, engine: Any) -> None:
     metrics.gauge("corral_model_memory_bytes", "Memory held by each loaded model", memory)
 
 
-def create_app(config: Config, *, engine: Any = None, store: Any = None,
+def create_app(config: Config, *, engine: Engine | None = None, store: Store | None = None,
                pm: pluggy.PluginManager | None = None) -> Litestar:
     """The corral server app.
 
@@ -97,37 +98,30 @@ def create_app(config: Config, *, engine: Any = None, store: Any = None,
     Returns:
         The Litestar app; its lifespan stops every runner (draining in-flight work) on shutdown.
     """
-    if store is None:
-        from corral.store import Store
-
-        store = Store.from_config(config, quantizer=_quantizer(pm))
-    if engine is None:
-        from corral.engine import Engine
-        from corral.runner import subprocess_runners
-
-        engine = Engine(config, store, runner_factory=subprocess_runners(config, backend=config.backend))
+    store = store if store is not None else Store.from_config(config, quantizer=_quantizer(pm))
+    engine = engine if engine is not None else Engine(
+        config, store, runner_factory=subprocess_runners(config, backend=config.backend))
     _configure_logging(config.debug)
     metrics = Metrics()
     _register_gauges(metrics, engine)
     svc = Services(config=config, engine=engine, store=store, metrics=metrics)
+    the_store, the_engine = store, engine  # the lifespan closes over these (never None)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # compat(ollama): unreferenced blobs are pruned at startup (CORRAL_NOPRUNE keeps them); in a
         # thread, since a big store means many stat() calls, and never fatal to serving.
-        gc = getattr(store, "gc", None)
-        if gc is not None:
-            try:
-                removed = await asyncio.to_thread(gc)
-                if removed:
-                    log.info("pruned %d unused blob(s)", len(removed))
-            except Exception as exc:
-                log.warning("startup pruning skipped: %s", exc)
+        try:
+            removed = await asyncio.to_thread(the_store.gc)
+            if removed:
+                log.info("pruned %d unused blob(s)", len(removed))
+        except Exception as exc:
+            log.warning("startup pruning skipped: %s", exc)
         try:
             yield
         finally:
             log.info("shutting down: draining in-flight requests and stopping runners")
-            await engine.shutdown(DRAIN_TIMEOUT)
+            await the_engine.shutdown(DRAIN_TIMEOUT)
 
     def security(app: Any) -> Any:
         return SecurityMiddleware(app, config)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from corral.jobs import Chunk
+from corral.jobs import Metrics as GenerationMetrics
 from corral.server.streaming import close_quietly
 
 log = logging.getLogger("corral.server.access")
@@ -139,7 +140,7 @@ class Metrics:
         finally:
             await close_quietly(chunks)
 
-    def record_done(self, model: str, m: Any) -> None:
+    def record_done(self, model: str, m: GenerationMetrics) -> None:
         self.tokens_in.inc(model, amount=m.prompt_eval_count)
         self.tokens_out.inc(model, amount=m.eval_count)
         if m.eval_count > 0 and m.eval_duration > 0:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from litestar import Request
 
 from corral.config import Config
+from corral.engine import Engine
 from corral.server.metrics import Metrics
-
-if TYPE_CHECKING:
-    from corral.store import Store
+from corral.store import Store
 
 
 @dataclass
@@ -19,7 +18,7 @@ class Services:
     """The engine (generation), the store (models on disk), metrics and the config."""
 
     config: Config
-    engine: Any  # corral.engine.Engine; typed loosely so the server imports without it
+    engine: Engine
     store: Store
     metrics: Metrics
 

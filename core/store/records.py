@@ -1,4 +1,4 @@
-"""What the store hands out: ModelRecord, ModelDetails, ShowInfo, Progress, CreateSpec."""
+"""What the store hands out: ModelRecord, ShowInfo, Progress, CreateSpec (the engine gets a ModelSpec)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import msgspec
 
 from corral.conversation import Message
 from corral.names import ModelName
+from corral.spec import ModelDetails
 from corral.store.manifest import Manifest
 
 
@@ -20,19 +21,6 @@ class Progress(msgspec.Struct, omit_defaults=True):
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
-
-
-class ModelDetails(msgspec.Struct, kw_only=True):
-    """``details`` of ``/api/tags`` and ``/api/show``."""
-
-    parent_model: str = ""
-    format: str = "gguf"
-    family: str = ""
-    families: list[str] | None = None
-    parameter_size: str = ""
-    quantization_level: str = ""
-    context_length: int | None = None
-    embedding_length: int | None = None
 
 
 class ModelRecord(msgspec.Struct, kw_only=True):
@@ -70,7 +58,7 @@ class ModelRecord(msgspec.Struct, kw_only=True):
             parent_model=parent,
             format=c.get("model_format") or "gguf",
             family=c.get("model_family") or "",
-            families=list(fams) if isinstance(fams, list) else None,
+            families=tuple(str(f) for f in fams) if isinstance(fams, list) else None,
             parameter_size=c.get("model_type") or "",
             quantization_level=c.get("file_type") or "",
             context_length=_int_or_none(c.get("context_length")),

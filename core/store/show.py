@@ -2,58 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral import gguf
 from corral.errors import InvalidModelFileError
+from corral.prompts.capabilities import capabilities
+from corral.spec import GGUFFacts
 from corral.store import manifest as mf
 from corral.store.modelfile import go_value, quote
-from corral.store.records import ModelDetails, ModelRecord, ShowInfo
+from corral.store.records import ModelRecord, ShowInfo
+from corral.store.resolve import header
 
 if TYPE_CHECKING:
     from corral.store.store import Store
-
-_EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder", "neo-bert",
-                    "modern-bert"}
-
-
-def model_capabilities(record: ModelRecord, kv: dict[str, Any] | None) -> list[str]:
-    """The ONE place the store asks for capabilities (``corral.prompts.capabilities`` when present)."""
-    try:
-        from corral.prompts.capabilities import capabilities  # the prompts helper owns the rules
-    except ImportError:
-        return _basic_capabilities(record, kv)
-    return list(capabilities(record, kv))
-
-
-def _basic_capabilities(record: ModelRecord, kv: dict[str, Any] | None) -> list[str]:
-    # Used only until corral.prompts lands: completion vs embedding from GGUF metadata.
-    kv = kv or {}
-    arch = kv.get("general.architecture", "")
-    embedding = arch in _EMBEDDING_ARCHS or f"{arch}.pooling_type" in kv
-    caps = ["embedding"] if embedding else ["completion"]
-    tmpl = record.template or ""
-    if not embedding:
-        caps += [c for c, marker in (("tools", ".Tools"), ("insert", ".Suffix"), ("thinking", ".Think"))
-                 if marker in tmpl]
-    if record.projector is not None:
-        caps.append("vision")
-    return caps
-
-
-def header(path: Path) -> gguf.GGUFInfo:
-    """The GGUF header without large arrays, cached: blobs are immutable, so path + inode +
-    size + mtime identify the content (a 256k-token vocabulary takes ~0.5 s to walk)."""
-    st = path.stat()
-    return _header(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _header(path: str, ino: int, size: int, mtime_ns: int) -> gguf.GGUFInfo:
-    return gguf.read_gguf_info(path, keep_arrays=False)
-
 
 def parent_model(record: ModelRecord) -> str:
     return next((layer.from_ for layer in record.manifest.layers
@@ -70,7 +31,7 @@ def show(store: Store, record: ModelRecord, *, verbose: bool = False) -> ShowInf
         except (InvalidModelFileError, OSError):
             info = None
     if info is not None:
-        details = ModelDetails(parent_model=parent_model(record), **gguf.details(info))
+        details = gguf.details(info, parent_model(record))
     else:
         details = record.details
     projector_info = None
@@ -92,7 +53,8 @@ def show(store: Store, record: ModelRecord, *, verbose: bool = False) -> ShowInf
         details=details,
         messages=list(record.messages),
         model_info=gguf.summarize(info, verbose) if info is not None else {},
-        capabilities=model_capabilities(record, info.kv if info is not None else None),
+        capabilities=capabilities(record.template, GGUFFacts.from_kv(info.kv if info is not None else None),
+                                  projector=record.projector is not None),
         modified_at=record.modified_at,
         projector_info=projector_info,
         tensors=tensors,

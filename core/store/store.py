@@ -28,9 +28,11 @@ from corral.errors import (
     RegistryError,
 )
 from corral.names import ModelName, parse_name
+from corral.spec import ModelSpec
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
 from corral.store.records import CreateSpec, ModelRecord, Progress, ShowInfo
+from corral.store.resolve import model_spec
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -295,6 +297,14 @@ class Store:
         except RegistryError as exc:
             raise ModelNotFoundError(
                 f'model "{parsed.display}" is damaged ({exc}); pull or create it again') from None
+
+    def resolve(self, name: str | ModelName) -> ModelSpec:
+        """The engine's frozen ``ModelSpec`` for ``name``: ``get`` plus the GGUF header facts and the
+        capabilities, read once per request (the header is cached per file version).
+
+        Raises what ``get`` raises, and ``InvalidModelFileError`` when the model file is not a GGUF.
+        """
+        return model_spec(self.get(name))
 
     def _record(self, name: ModelName, path: Path) -> ModelRecord:
         manifest, data = self.read_manifest(path)

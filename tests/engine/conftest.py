@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from corral.config import Config
+from corral.engine import Engine
+from corral.runner import Runner
 from corral.store.records import CreateSpec
 from corral.store.store import Store
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (session fixtures)
@@ -43,14 +45,22 @@ def engine_store(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> S
         yield data
 
     asyncio.run(store.put_blob(digest, chunks()))
-    for name in MODELS:
-        for _ in store.create(name, CreateSpec(files={"tiny.gguf": digest}, parameters={"temperature": 0})):
+    for seed, name in enumerate(MODELS):
+        # A distinct parameter makes each a model of its own: identical manifests would be one model
+        # under three names, sharing one loaded copy.
+        params = {"temperature": 0, "seed": seed}
+        for _ in store.create(name, CreateSpec(files={"tiny.gguf": digest}, parameters=params)):
             pass
     for name, template in (("tooly", TOOLS_TEMPLATE), ("thinker", THINK_TEMPLATE)):
         spec = CreateSpec(files={"tiny.gguf": digest}, template=template, parameters={"temperature": 0})
         for _ in store.create(name, spec):
             pass
     return store
+
+
+def runner_of(engine: Engine, name: str) -> Runner:
+    """The runner holding the loaded model that ``name`` (its display name) loaded."""
+    return next(m.runner for m in engine.scheduler._models.values() if m.name == name)
 
 
 @pytest.fixture

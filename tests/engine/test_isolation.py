@@ -93,8 +93,7 @@ def test_runner_client_calls_and_cancel(make_config, engine_store):
         runner = RunnerClient(make_config(rules))
         await runner.start()
         assert runner.backend == "fake" and runner.pid
-        path = str(engine_store.get("alpha").model_path)
-        handle = await runner.load(path, LoadOptions(num_ctx=128))
+        handle = await runner.load(engine_store.resolve("alpha"), LoadOptions(num_ctx=128))
         assert handle.info.n_ctx == 128
         tokens = await runner.tokenize("héllo 世界")
         assert await runner.detokenize(tokens) == "héllo 世界"

@@ -21,6 +21,8 @@ from corral.gguf import read_gguf_info
 from corral.jobs import ChatJob, EmbedJob, GenerateJob
 from corral.runner import local_runners
 
+from .conftest import runner_of
+
 
 def run(make_config, engine_store, body, rules=None, **config):
     """Run ``body(engine)`` on a fresh engine, then shut it down."""
@@ -55,7 +57,7 @@ def test_generate_streams_content_metrics_and_context(make_config, engine_store)
         assert m.prompt_eval_count > 0 and m.eval_count > 0 and m.eval_duration > 0
         # context = prompt tokens + generated tokens, so a follow-up can continue from it
         assert len(last.context) == m.prompt_eval_count + m.eval_count
-        runner = engine.scheduler._models["alpha:latest"].runner
+        runner = runner_of(engine, "alpha:latest")
         assert await runner.detokenize(last.context[m.prompt_eval_count:]) == content(parts)
 
         follow = await chunks_of(engine.generate(GenerateJob(model="alpha", prompt="And at night?",
@@ -194,7 +196,7 @@ def test_unload_and_running(make_config, engine_store):
     async def body(engine):
         await chunks_of(engine.generate(GenerateJob(model="alpha", prompt="")))
         [row] = engine.running()
-        assert row.model == "alpha:latest" and row.digest and row.details["family"] == "llama"
+        assert row.model == "alpha:latest" and row.digest and row.details.family == "llama"
         kv = read_gguf_info(engine_store.get("alpha").model_path, keep_arrays=False).kv
         trained = kv["llama.context_length"]
         assert row.context_length == min(4096, trained) and row.size_vram == 0  # capped at the trained ctx

@@ -14,6 +14,8 @@ from corral.jobs import GenerateJob
 from corral.runner import local_runners
 from corral.scheduler import BUSY
 
+from .conftest import runner_of
+
 
 def engine_for(config, store) -> Engine:
     return Engine(config, store, runner_factory=local_runners(config))
@@ -31,10 +33,10 @@ def test_loads_on_demand_and_reuses_the_runner(make_config, engine_store):
         assert first[-1].done and first[-1].done_reason in ("stop", "length")
         [row] = engine.running()
         assert row.name == "alpha:latest" and row.context_length > 0 and row.size > 0
-        runner = engine.scheduler._models["alpha:latest"].runner
+        runner = runner_of(engine, "alpha:latest")
         second = await collect(engine, GenerateJob(model="alpha", prompt="hello again"))
         assert second[-1].done
-        assert engine.scheduler._models["alpha:latest"].runner is runner  # no reload
+        assert runner_of(engine, "alpha:latest") is runner  # no reload
         # A fresh load costs more than attaching to a loaded model.
         assert second[-1].metrics.load_duration < first[-1].metrics.load_duration
         await engine.shutdown()
@@ -77,20 +79,41 @@ def test_lru_eviction_at_max_loaded_models(make_config, engine_store):
     asyncio.run(main())
 
 
+def test_names_of_one_model_share_its_loaded_copy(make_config, engine_store):
+    # A loaded model is its spec's digest (plus load options): a copy under another name is the same
+    # model, so it attaches to the loaded copy (as Ollama does) and unloading either name unloads it.
+    engine_store.copy("alpha", "alpha-twin")
+    try:
+        async def main():
+            engine = engine_for(make_config(), engine_store)
+            await collect(engine, GenerateJob(model="alpha", prompt="a"))
+            runner = runner_of(engine, "alpha:latest")
+            await collect(engine, GenerateJob(model="alpha-twin", prompt="b"))
+            [row] = engine.running()
+            assert row.name == "alpha:latest" and runner_of(engine, "alpha:latest") is runner
+            assert row.digest == engine_store.resolve("alpha-twin").digest
+            assert await engine.unload("alpha-twin") is True and engine.running() == []
+            await engine.shutdown()
+
+        asyncio.run(main())
+    finally:
+        engine_store.delete("alpha-twin")
+
+
 def test_reload_when_num_ctx_changes(make_config, engine_store):
     async def main():
         engine = engine_for(make_config(context_length=512), engine_store)
         await collect(engine, GenerateJob(model="alpha", prompt="a"))
-        first = engine.scheduler._models["alpha:latest"].runner
+        first = runner_of(engine, "alpha:latest")
         assert engine.running()[0].context_length == 512
         await collect(engine, GenerateJob(model="alpha", prompt="a", options={"num_ctx": 256}))
         assert engine.running()[0].context_length == 256
-        assert engine.scheduler._models["alpha:latest"].runner is not first
+        assert runner_of(engine, "alpha:latest") is not first
         assert not first.alive
-        second = engine.scheduler._models["alpha:latest"].runner
+        second = runner_of(engine, "alpha:latest")
         same_ctx = {"num_ctx": 256, "temperature": 0.5}
         await collect(engine, GenerateJob(model="alpha", prompt="a", options=same_ctx))
-        assert engine.scheduler._models["alpha:latest"].runner is second  # sampling options never reload
+        assert runner_of(engine, "alpha:latest") is second  # sampling options never reload
         await engine.shutdown()
 
     asyncio.run(main())
@@ -140,7 +163,7 @@ def test_shutdown_drains_in_flight_requests(make_config, engine_store):
         engine = engine_for(make_config(rules), engine_store)
         task = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="slow")))
         await asyncio.sleep(0.1)
-        runner = engine.scheduler._models["alpha:latest"].runner
+        runner = runner_of(engine, "alpha:latest")
         await engine.shutdown(drain_timeout=10)
         chunks = await task
         assert "".join(c.content for c in chunks) == "abcdefgh" and chunks[-1].done_reason == "stop"

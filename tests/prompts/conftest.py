@@ -1,17 +1,14 @@
-"""Fixtures for the prompt tests: real ModelRecords and the template files under data/."""
+"""Fixtures for the prompt tests: real ModelSpecs and the template files under data/."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from corral.conversation import Message, Tool
 from corral.names import parse_name
-from corral.store.manifest import Manifest
-from corral.store.records import ModelRecord
+from corral.prompts import capabilities
+from corral.spec import GGUFFacts, ModelFiles, ModelSpec
 
 DATA = Path(__file__).parent / "data"
 
@@ -34,15 +31,13 @@ def jinja_template(name: str) -> str:
     return (DATA / "jinja" / f"{name}.jinja").read_text(encoding="utf-8")
 
 
-def make_record(name: str = "x", *, template: str | None = None, system: str | None = None,
-                messages: list[Message] | None = None, params: dict[str, Any] | None = None) -> ModelRecord:
+def make_spec(name: str = "x", *, template: str | None = None, system: str | None = None,
+              messages: list[Message] | None = None, params: dict[str, Any] | None = None,
+              kv: dict[str, Any] | None = None, projector: str | None = None) -> ModelSpec:
+    """A spec as ``Store.resolve`` builds one: capabilities from the template, GGUF facts and projector."""
     n = parse_name(name)
-    return ModelRecord(name=n, display=n.display, digest="0" * 64,
-                       modified_at=dt.datetime.now(dt.timezone.utc), size=0, manifest=Manifest(),
-                       template=template, system=system,
-                       messages=list(messages or []), params=dict(params or {}))
-
-
-@pytest.fixture
-def record_for():
-    return make_record
+    facts = GGUFFacts.from_kv(kv)
+    return ModelSpec(name=n.full, display=n.display, digest="0" * 64, files=ModelFiles(projector=projector),
+                     template=template, system=system, messages=tuple(messages or ()),
+                     parameters=dict(params or {}), gguf=facts,
+                     capabilities=tuple(capabilities(template, facts, projector=projector is not None)))

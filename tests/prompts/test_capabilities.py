@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import msgspec
 import pytest
 
 from corral.errors import CapabilityError
 from corral.prompts import GEMMA3_TEMPLATE, capabilities, check_capabilities
+from corral.spec import GGUFFacts
 
-from .conftest import go_template, jinja_template, make_record
+from .conftest import go_template, jinja_template, make_spec
 
 LLAMA_KV = {"general.architecture": "llama"}
 
@@ -31,24 +29,28 @@ LLAMA_KV = {"general.architecture": "llama"}
     (None, None, ["completion"]),
 ])
 def test_capabilities(template: str | None, kv: dict | None, expected: list[str]) -> None:
-    assert capabilities(make_record(template=template), kv) == expected
+    assert capabilities(template, GGUFFacts.from_kv(kv)) == expected
+    assert make_spec(template=template, kv=kv).capabilities == tuple(expected)
 
 
-def test_vision_from_a_projector() -> None:
-    rec = msgspec.structs.replace(make_record(template=GEMMA3_TEMPLATE), projector=Path("/blobs/proj"))
-    assert capabilities(rec, None) == ["completion", "vision"]
+def test_vision_from_a_projector_or_the_file() -> None:
+    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts(), projector=True) == ["completion", "vision"]
+    assert make_spec(template=GEMMA3_TEMPLATE, projector="/blobs/proj").has("vision")
+    kv = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
+    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts.from_kv(kv)) == ["completion", "vision"]
 
 
 def test_check_capabilities_wording() -> None:
-    rec = make_record("gemma3:270m", template=GEMMA3_TEMPLATE)
-    check_capabilities(rec, None, ["completion"])
+    spec = make_spec("gemma3:270m", template=GEMMA3_TEMPLATE)
+    check_capabilities(spec, ["completion"])
     with pytest.raises(CapabilityError) as e:
-        check_capabilities(rec, None, ["completion", "tools"])
+        check_capabilities(spec, ["completion", "tools"])
     assert str(e.value) == "registry.ollama.ai/library/gemma3:270m does not support tools"
     with pytest.raises(CapabilityError) as e:
-        check_capabilities(rec, None, ["thinking"])
+        check_capabilities(spec, ["thinking"])
     assert str(e.value) == '"gemma3:270m" does not support thinking'
-    emb = make_record("me/embedder", template=None)
+    emb = make_spec("me/embedder", template=None, kv={"general.architecture": "bert", "bert.pooling_type": 1})
+    assert emb.embedding_only
     wording = "^registry.ollama.ai/me/embedder:latest does not support completion$"
     with pytest.raises(CapabilityError, match=wording):
-        check_capabilities(emb, {"general.architecture": "bert", "bert.pooling_type": 1}, ["completion"])
+        check_capabilities(emb, ["completion"])

@@ -16,11 +16,11 @@ from corral.prompts import GEMMA3_TEMPLATE, plan_chat, plan_generate
 from corral.selection import BackendHooks
 from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams
 
-from .conftest import make_record
+from .conftest import make_spec
 
 CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
 pytestmark = [pytest.mark.gemma, pytest.mark.slow]
-RECORD = make_record("gemma3:270m", template=GEMMA3_TEMPLATE)
+SPEC = make_spec("gemma3:270m", template=GEMMA3_TEMPLATE)
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -55,7 +55,7 @@ def _generate(gemma_hooks, plan) -> tuple[str, str]:
 
 def test_schema_format_output_validates(gemma_hooks) -> None:
     question = Message(role="user", content="What is the weather in Paris? Answer in JSON.")
-    plan = plan_chat(RECORD, ChatJob(model="gemma3:270m", messages=[question], format=WEATHER_SCHEMA),
+    plan = plan_chat(SPEC, ChatJob(model="gemma3:270m", messages=[question], format=WEATHER_SCHEMA),
                      gguf_template=None, bos_token="<bos>", eos_token="<eos>")
     text, reason = _generate(gemma_hooks, plan)
     assert reason == "stop", text  # the grammar ends generation once the object is complete
@@ -66,7 +66,7 @@ def test_json_format_output_is_an_object(gemma_hooks) -> None:
     # a few-shot raw prompt: the base model continues the pattern, the grammar keeps it to one object
     prompt = ('Q: Is the sky blue?\nJSON: {"ok": true}\nQ: Is fire cold?\nJSON: {"ok": false}\n'
               "Q: Is snow white?\nJSON: ")
-    plan = plan_generate(RECORD, GenerateJob(model="gemma3:270m", prompt=prompt, raw=True, format="json"),
+    plan = plan_generate(SPEC, GenerateJob(model="gemma3:270m", prompt=prompt, raw=True, format="json"),
                          gguf_template=None, bos_token="<bos>", eos_token="<eos>")
     text, reason = _generate(gemma_hooks, plan)
     assert reason == "stop", text

@@ -14,7 +14,7 @@ from corral.jobs import ChatJob
 from corral.prompts import jinja, plan_chat, render_jinja
 from corral.prompts.jinja import render_chat
 
-from .conftest import CONVERSATION, DATA, WEATHER, jinja_template, make_record
+from .conftest import CONVERSATION, DATA, WEATHER, jinja_template, make_spec
 
 CASES = json.loads((DATA / "llama_cpp_chat_cases.json").read_text(encoding="utf-8"))
 
@@ -31,7 +31,7 @@ def test_llama_cpp_expected_renderings(case: dict) -> None:
 
 
 def _plan(template: str, messages: list[Message], **kw):
-    return plan_chat(make_record(), ChatJob(model="x", messages=messages, **kw), gguf_template=template,
+    return plan_chat(make_spec(), ChatJob(model="x", messages=messages, **kw), gguf_template=template,
                      bos_token="<s>", eos_token="</s>")
 
 

@@ -10,7 +10,7 @@ from corral.conversation import Message, ToolCall
 from corral.jobs import ChatJob, GenerateJob
 from corral.prompts import GEMMA3_TEMPLATE, plan_chat, plan_generate
 
-from .conftest import CONVERSATION, DATA, WEATHER, go_template, jinja_template, make_record
+from .conftest import CONVERSATION, DATA, WEATHER, go_template, jinja_template, make_spec
 
 SYS = "You are a helpful assistant"
 GOLDEN = {
@@ -54,7 +54,7 @@ GOLDEN = {
 
 
 def chat(template: str, messages=CONVERSATION, **kw) -> str:
-    return plan_chat(make_record(template=template), ChatJob(model="x", messages=list(messages), **kw),
+    return plan_chat(make_spec(template=template), ChatJob(model="x", messages=list(messages), **kw),
                      gguf_template=None, bos_token="<s>", eos_token="</s>").text
 
 
@@ -79,7 +79,7 @@ def test_builtin_gemma3_matches_gemmas_own_format() -> None:
 @pytest.mark.parametrize(("go", "jinja"), [("qwen2.5", "Qwen-Qwen2.5-7B-Instruct"),
                                            ("chatml", "Qwen-Qwen2.5-7B-Instruct")])
 def test_go_and_jinja_agree_for_the_same_family(go: str, jinja: str) -> None:
-    via_jinja = plan_chat(make_record(), ChatJob(model="x", messages=list(CONVERSATION)),
+    via_jinja = plan_chat(make_spec(), ChatJob(model="x", messages=list(CONVERSATION)),
                           gguf_template=jinja_template(jinja), bos_token="", eos_token="").text
     assert chat(go_template(go)) == via_jinja
 
@@ -120,7 +120,7 @@ def test_mistral_tools_block() -> None:
 
 
 def test_fill_in_the_middle() -> None:
-    rec = make_record(template=go_template("codellama-fim"))
+    rec = make_spec(template=go_template("codellama-fim"))
     plan = plan_generate(rec, GenerateJob(model="x", prompt="def f(", suffix="return x"), gguf_template=None,
                          bos_token="<s>", eos_token="</s>")
     assert plan.text == "<PRE> def f( <SUF>return x <MID>"

@@ -10,19 +10,19 @@ from corral.jobs import ChatJob, GenerateJob
 from corral.prompts import GEMMA3_PARAMS, GEMMA3_TEMPLATE, JSON_GBNF, plan_chat, plan_generate
 from corral.testing.gbnf import matches, parse_gbnf
 
-from .conftest import CONVERSATION, WEATHER, go_template, jinja_template, make_record
+from .conftest import CONVERSATION, WEATHER, go_template, jinja_template, make_spec
 
 CHATML = go_template("chatml")
 JINJA_CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def chat(record, *, gguf: str | None = None, bos: str = "", **kw):
-    return plan_chat(record, ChatJob(model="x", **kw), gguf_template=gguf, bos_token=bos, eos_token="")
+def chat(spec, *, gguf: str | None = None, bos: str = "", **kw):
+    return plan_chat(spec, ChatJob(model="x", **kw), gguf_template=gguf, bos_token=bos, eos_token="")
 
 
-def gen(record, *, gguf: str | None = None, bos: str = "", **kw):
-    return plan_generate(record, GenerateJob(model="x", **kw), gguf_template=gguf, bos_token=bos,
+def gen(spec, *, gguf: str | None = None, bos: str = "", **kw):
+    return plan_generate(spec, GenerateJob(model="x", **kw), gguf_template=gguf, bos_token=bos,
                          eos_token="")
 
 
@@ -31,57 +31,57 @@ def user(text: str) -> Message:
 
 
 def test_template_precedence() -> None:
-    go = make_record(template="GO {{ range .Messages }}{{ .Content }}{{ end }}")
+    go = make_spec(template="GO {{ range .Messages }}{{ .Content }}{{ end }}")
     # the model's Go TEMPLATE beats the GGUF's Jinja template
     assert chat(go, gguf=JINJA_CHATML, messages=[user("a")]).text == "GO a"
     # no Go template: the GGUF's Jinja template
-    assert chat(make_record(), gguf=JINJA_CHATML, messages=[user("a")]).text == \
+    assert chat(make_spec(), gguf=JINJA_CHATML, messages=[user("a")]).text == \
         "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"
     # neither: {{ .Prompt }}
-    assert chat(make_record(), messages=[user("a")]).text == "a"
+    assert chat(make_spec(), messages=[user("a")]).text == "a"
     # a generate request's template beats both
     assert gen(go, gguf=JINJA_CHATML, prompt="p", template="[{{ .Prompt }}]").text == "[p]"
 
 
 def test_system_and_seeded_messages() -> None:
     seeded = [user("seed q"), Message(role="assistant", content="seed a")]
-    rec = make_record(template=CHATML, system="SYS", messages=seeded)
-    text = chat(rec, messages=[user("q")]).text
+    spec = make_spec(template=CHATML, system="SYS", messages=seeded)
+    text = chat(spec, messages=[user("q")]).text
     assert text == ("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nseed q<|im_end|>\n"
                     "<|im_start|>assistant\nseed a<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
                     "<|im_start|>assistant\n")
     # a conversation that brings its own system message keeps it (after the seeded MESSAGEs)
-    text = chat(make_record(template=CHATML, system="SYS"), messages=[Message(role="system", content="MINE"),
+    text = chat(make_spec(template=CHATML, system="SYS"), messages=[Message(role="system", content="MINE"),
                                                                       user("q")]).text
     assert "SYS" not in text and text.startswith("<|im_start|>system\nMINE")
 
 
 def test_generate_system_override_raw_and_context() -> None:
-    rec = make_record(template=CHATML, system="SYS", messages=[user("seed")])
-    assert gen(rec, prompt="p").text.startswith("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nseed")
-    assert gen(rec, prompt="p", system="OTHER").text.startswith("<|im_start|>system\nOTHER<|im_end|>")
+    spec = make_spec(template=CHATML, system="SYS", messages=[user("seed")])
+    assert gen(spec, prompt="p").text.startswith("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nseed")
+    assert gen(spec, prompt="p", system="OTHER").text.startswith("<|im_start|>system\nOTHER<|im_end|>")
     # continuing from `context`: seeded MESSAGEs are not repeated
-    assert "seed" not in gen(rec, prompt="p", context=[1, 2]).text
-    raw = gen(rec, prompt="<|im_start|>anything", raw=True)
+    assert "seed" not in gen(spec, prompt="p", context=[1, 2]).text
+    raw = gen(spec, prompt="<|im_start|>anything", raw=True)
     assert raw.text == "<|im_start|>anything" and raw.add_special
     with pytest.raises(InvalidRequestError, match="raw mode does not support template, system, or context"):
-        gen(rec, prompt="p", raw=True, system="s")
+        gen(spec, prompt="p", raw=True, system="s")
 
 
 def test_bos_is_not_doubled() -> None:
     tmpl = "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
-    assert chat(make_record(), gguf=tmpl, bos="<bos>", messages=[user("a")]).add_special is False
-    assert chat(make_record(template=CHATML), bos="<bos>", messages=[user("a")]).add_special is True
+    assert chat(make_spec(), gguf=tmpl, bos="<bos>", messages=[user("a")]).add_special is False
+    assert chat(make_spec(template=CHATML), bos="<bos>", messages=[user("a")]).add_special is True
 
 
 def test_history_truncation_keeps_system_and_last_message() -> None:
     msgs = [Message(role="system", content="S")] + [user(f"m{i} " + "w " * 20) for i in range(10)]
-    rec = make_record(template=CHATML)
+    spec = make_spec(template=CHATML)
     count = lambda s: len(s.split())  # noqa: E731 - a word counter stands in for the tokenizer
-    full = chat(rec, messages=msgs).text
-    assert not chat(rec, messages=msgs).truncated
+    full = chat(spec, messages=msgs).text
+    assert not chat(spec, messages=msgs).truncated
     limit = count(full) // 2
-    cut = plan_chat(rec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
+    cut = plan_chat(spec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
                     count_tokens=count, num_ctx=limit)
     assert cut.truncated and count(cut.text) <= limit
     assert cut.text.startswith("<|im_start|>system\nS<|im_end|>")
@@ -90,27 +90,27 @@ def test_history_truncation_keeps_system_and_last_message() -> None:
     kept = [i for i in range(10) if f"m{i} " in cut.text]
     assert kept == list(range(kept[0], 10))
     # even when nothing fits, the last message stays
-    tiny = plan_chat(rec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
+    tiny = plan_chat(spec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
                      count_tokens=count, num_ctx=1)
     assert "m9 " in tiny.text and "m8 " not in tiny.text and "S<|im_end|>" in tiny.text
 
 
 def test_format_becomes_a_grammar() -> None:
-    rec = make_record(template=CHATML)
-    assert chat(rec, messages=[user("a")]).grammar is None
-    assert chat(rec, messages=[user("a")], format="json").grammar == JSON_GBNF
+    spec = make_spec(template=CHATML)
+    assert chat(spec, messages=[user("a")]).grammar is None
+    assert chat(spec, messages=[user("a")], format="json").grammar == JSON_GBNF
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
-    g = chat(rec, messages=[user("a")], format=schema).grammar
+    g = chat(spec, messages=[user("a")], format=schema).grammar
     assert g is not None and '"\\"n\\""' in g
-    assert gen(rec, prompt="a", format='{"type": "boolean"}').grammar.startswith("root ::= boolean")
+    assert gen(spec, prompt="a", format='{"type": "boolean"}').grammar.startswith("root ::= boolean")
     with pytest.raises(GrammarError, match="pattern"):
-        chat(rec, messages=[user("a")], format={"type": "string", "pattern": "x"})
+        chat(spec, messages=[user("a")], format={"type": "string", "pattern": "x"})
     with pytest.raises(InvalidRequestError, match="invalid format"):
-        chat(rec, messages=[user("a")], format="yaml")
+        chat(spec, messages=[user("a")], format="yaml")
 
 
 def test_capability_errors_use_ollamas_wording() -> None:
-    plain = make_record("llama3.2", template=CHATML)
+    plain = make_spec("llama3.2", template=CHATML)
     full = r"^registry.ollama.ai/library/llama3.2:latest does not support tools$"
     with pytest.raises(CapabilityError, match=full):
         chat(plain, messages=[user("a")], tools=[WEATHER])
@@ -124,11 +124,11 @@ def test_capability_errors_use_ollamas_wording() -> None:
 
 
 def test_thinking_models_think_by_default() -> None:
-    rec = make_record(template=go_template("deepseek-r1"))
-    plan = chat(rec, messages=[user("2+2?")])
+    spec = make_spec(template=go_template("deepseek-r1"))
+    plan = chat(spec, messages=[user("2+2?")])
     assert plan.think and plan.think_markers == ("<think>", "</think>")
-    assert chat(rec, messages=[user("2+2?")], think="high").think
-    assert not chat(rec, messages=[user("2+2?")], think=False).think
+    assert chat(spec, messages=[user("2+2?")], think="high").think
+    assert not chat(spec, messages=[user("2+2?")], think=False).think
     parser = plan.new_parser()
     d1, d2 = parser.feed("<think>4, surely</think>\n\n4"), parser.finish()
     assert (d1.thinking + d2.thinking, d1.content + d2.content) == ("4, surely", "4")
@@ -136,44 +136,44 @@ def test_thinking_models_think_by_default() -> None:
 
 def test_bad_templates_are_clear_errors() -> None:
     with pytest.raises(TemplateError, match=":2: unexpected"):
-        chat(make_record(template="ok\n{{ end }}"), messages=[user("a")])
+        chat(make_spec(template="ok\n{{ end }}"), messages=[user("a")])
     with pytest.raises(TemplateError, match="no way"):
-        chat(make_record(), gguf="{{ raise_exception('no way') }}", messages=[user("a")])
+        chat(make_spec(), gguf="{{ raise_exception('no way') }}", messages=[user("a")])
     with pytest.raises(TemplateError, match="unclosed action"):
-        gen(make_record(), prompt="a", template="{{ .Prompt")
+        gen(make_spec(), prompt="a", template="{{ .Prompt")
 
 
 def test_gemma3_builtin_plan() -> None:
-    rec = make_record("gemma3:270m", template=GEMMA3_TEMPLATE, params=GEMMA3_PARAMS)
-    plan = chat(rec, bos="<bos>", messages=list(CONVERSATION))
+    spec = make_spec("gemma3:270m", template=GEMMA3_TEMPLATE, params=GEMMA3_PARAMS)
+    plan = chat(spec, bos="<bos>", messages=list(CONVERSATION))
     assert plan.add_special and plan.stop == ["<end_of_turn>"]
     assert plan.text.startswith("<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>")
     ollama_defaults = {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95}
     assert {k: GEMMA3_PARAMS[k] for k in ollama_defaults} == ollama_defaults
-    assert gen(rec, prompt="Hi").text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert gen(spec, prompt="Hi").text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
 def test_turn_suffix_is_what_follows_an_answer() -> None:
-    gemma = chat(make_record(template=GEMMA3_TEMPLATE), messages=list(CONVERSATION))
+    gemma = chat(make_spec(template=GEMMA3_TEMPLATE), messages=list(CONVERSATION))
     assert gemma.turn_suffix == "<end_of_turn>\n<start_of_turn>user\n"
-    assert chat(make_record(template=CHATML), messages=[user("hi")]).turn_suffix == (
+    assert chat(make_spec(template=CHATML), messages=[user("hi")]).turn_suffix == (
         "<|im_end|>\n<|im_start|>user\n")
     # the next turn's prompt really does continue the answer with it
     msgs = [user("hi"), Message(role="assistant", content="Hello!"), user("and?")]
     assert "Hello!" + gemma.turn_suffix + "and?" in chat(
-        make_record(template=GEMMA3_TEMPLATE), messages=msgs).text
+        make_spec(template=GEMMA3_TEMPLATE), messages=msgs).text
 
 
 def test_images_are_collected() -> None:
     msgs = [Message(role="user", content="look", images=[b"png1"]),
             Message(role="user", content="and", images=[b"p2"])]
-    assert chat(make_record(template=CHATML), messages=msgs).images == [b"png1", b"p2"]
-    assert gen(make_record(template=CHATML), prompt="x", images=[b"i"]).images == [b"i"]
+    assert chat(make_spec(template=CHATML), messages=msgs).images == [b"png1", b"p2"]
+    assert gen(make_spec(template=CHATML), prompt="x", images=[b"i"]).images == [b"i"]
 
 
 def test_tool_plan_parses_the_templates_own_format() -> None:
-    rec = make_record(template=go_template("qwen2.5"))
-    plan = chat(rec, messages=[user("weather in Paris?")], tools=[WEATHER])
+    spec = make_spec(template=go_template("qwen2.5"))
+    plan = chat(spec, messages=[user("weather in Paris?")], tools=[WEATHER])
     assert plan.tool_tag == "<tool_call>"
     p = plan.new_parser()
     d = p.feed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
@@ -182,20 +182,20 @@ def test_tool_plan_parses_the_templates_own_format() -> None:
     # the parsed call goes back into the next prompt, followed by the tool's answer
     follow = [user("weather in Paris?"), Message(role="assistant", tool_calls=calls),
               Message(role="tool", content="22C", tool_name="get_weather")]
-    text = chat(rec, messages=follow, tools=[WEATHER]).text
+    text = chat(spec, messages=follow, tools=[WEATHER]).text
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n</tool_call>' in text
     assert text.endswith("<tool_response>\n22C\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
     for family, tag in (("mistral", "[TOOL_CALLS]"), ("llama3", "{")):
-        rec = make_record(template=go_template(family))
-        assert chat(rec, messages=[user("a")], tools=[WEATHER]).tool_tag == tag
-    jinja = chat(make_record(), gguf=jinja_template("Qwen-Qwen2.5-7B-Instruct"), messages=[user("a")],
+        spec = make_spec(template=go_template(family))
+        assert chat(spec, messages=[user("a")], tools=[WEATHER]).tool_tag == tag
+    jinja = chat(make_spec(), gguf=jinja_template("Qwen-Qwen2.5-7B-Instruct"), messages=[user("a")],
                  tools=[WEATHER])
     assert jinja.tool_tag == "<tool_call>"
 
 
 def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
-    rec = make_record(template=go_template("deepseek-r1"))
-    plan = chat(rec, messages=[user("as JSON")], format="json")
+    spec = make_spec(template=go_template("deepseek-r1"))
+    plan = chat(spec, messages=[user("as JSON")], format="json")
     rules = parse_gbnf(plan.grammar)
     assert matches(rules, '<think>\nok, {braces} and <tags>\n</think>\n\n{"a": 1}')
     assert matches(rules, '{"a": 1}')  # reasoning is optional
@@ -205,19 +205,19 @@ def test_thinking_models_may_reason_before_a_constrained_answer() -> None:
     assert ("".join(x.thinking for x in d), "".join(x.content for x in d)) == ("ok\n", '{"a": 1}')
     # the prompt opened the block: output starts inside it
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
-    inside = chat(make_record(), gguf=jinja_template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"),
+    inside = chat(make_spec(), gguf=jinja_template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"),
                   messages=[user("as JSON")], format=schema)
     rules = parse_gbnf(inside.grammar)
     assert inside.starts_thinking and matches(rules, 'hmm</think>\n{"n": 3}')
     assert not matches(rules, '{"n": 3}')
     # thinking off: the plain grammar
-    assert chat(rec, messages=[user("as JSON")], format="json", think=False).grammar == JSON_GBNF
+    assert chat(spec, messages=[user("as JSON")], format="json", think=False).grammar == JSON_GBNF
 
 
 def test_echoed_reasoning_is_dropped_from_earlier_turns() -> None:
-    rec = make_record(template=go_template("deepseek-r1"))
+    spec = make_spec(template=go_template("deepseek-r1"))
     msgs = [user("a"), Message(role="assistant", content="<think>secret plan</think>\n\nB"), user("c")]
-    text = chat(rec, messages=msgs).text
+    text = chat(spec, messages=msgs).text
     assert "secret plan" not in text and "<｜Assistant｜>B<｜end▁of▁sentence｜>" in text
     # a model that does not think keeps the text as written
-    assert "secret plan" in chat(make_record(template=CHATML), messages=msgs).text
+    assert "secret plan" in chat(make_spec(template=CHATML), messages=msgs).text

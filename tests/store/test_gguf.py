@@ -62,7 +62,8 @@ def test_reads_a_small_valid_file(tmp_path: Path) -> None:
 def test_real_tiny_model_and_summary(tiny_gguf: Path) -> None:
     info = read_gguf_info(tiny_gguf)
     d = details(info)
-    assert d["family"] == "llama" and d["quantization_level"] == "F32" and d["context_length"] == 2048
+    assert d.family == "llama" and d.families == ("llama",) and d.quantization_level == "F32"
+    assert d.context_length == 2048 and d.embedding_length is not None and d.parameter_size
     summary = summarize(info)
     assert "general.name" not in summary and "tokenizer.chat_template" not in summary
     assert summary["tokenizer.ggml.tokens"] == []  # arrays > 5 elements hidden unless verbose

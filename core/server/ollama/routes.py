@@ -24,6 +24,7 @@ from corral.server.streaming import (
     thread_iter,
     unless_disconnected,
 )
+from corral.spec import ModelDetails
 
 Req = Request[Any, Any, Any]
 
@@ -78,10 +79,10 @@ async def embeddings(request: Req, data: JSONBody[W.EmbeddingsRequest]) -> W.Emb
 
 
 # ---- models --------------------------------------------------------------------------------------
-def _details(d: Any) -> W.ModelDetails:
-    return W.ModelDetails(parent_model=d.parent_model or "", format=d.format or "gguf", family=d.family or "",
-                          families=d.families, parameter_size=d.parameter_size or "",
-                          quantization_level=d.quantization_level or "")
+def _details(d: ModelDetails) -> W.Details:
+    return W.Details(parent_model=d.parent_model, format=d.format or "gguf", family=d.family,
+                     families=list(d.families) if d.families is not None else None,
+                     parameter_size=d.parameter_size, quantization_level=d.quantization_level)
 
 
 @get(["/api/tags"], operation_id="tags", tags=["ollama"])
@@ -101,18 +102,11 @@ async def tags_head() -> None:
 @get("/api/ps", operation_id="ps", tags=["ollama"])
 async def ps(request: Req) -> W.PsResponse:
     """Loaded models, the longest remaining keep-alive first."""
-    rows = services(request).engine.running()
-    out = []
-    for r in rows:
-        d = r.details if isinstance(r.details, dict) else {}
-        out.append(W.RunningModel(
-            name=r.name, model=r.model, size=r.size, digest=r.digest, expires_at=common.rfc3339(r.expires_at),
-            size_vram=r.size_vram, context_length=r.context_length,
-            details=W.ModelDetails(parent_model=d.get("parent_model", ""), format=d.get("format", "gguf"),
-                                   family=d.get("family", ""), families=d.get("families"),
-                                   parameter_size=d.get("parameter_size", ""),
-                                   quantization_level=d.get("quantization_level", ""))))
-    return W.PsResponse(models=out)
+    return W.PsResponse(models=[
+        W.PsModel(name=r.name, model=r.model, size=r.size, digest=r.digest,
+                  expires_at=common.rfc3339(r.expires_at), size_vram=r.size_vram,
+                  context_length=r.context_length, details=_details(r.details))
+        for r in services(request).engine.running()])
 
 
 def _model_name(data: JSONBody[W.ModelRequest]) -> str:

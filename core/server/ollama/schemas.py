@@ -233,7 +233,7 @@ class EmbeddingsResponse(Struct, kw_only=True):
     embedding: list[float]
 
 
-class ModelDetails(Struct, kw_only=True, omit_defaults=True):
+class Details(Struct, kw_only=True, omit_defaults=True):
     """``details`` in tags, ps and show."""
 
     parent_model: str = ""
@@ -252,7 +252,7 @@ class ListedModel(Struct, kw_only=True, omit_defaults=True):
     modified_at: str
     size: int
     digest: str
-    details: ModelDetails
+    details: Details
     capabilities: list[str] | None = None
 
 
@@ -262,14 +262,14 @@ class TagsResponse(Struct, kw_only=True):
     models: list[ListedModel]
 
 
-class RunningModel(Struct, kw_only=True, omit_defaults=True):
+class PsModel(Struct, kw_only=True, omit_defaults=True):
     """One /api/ps entry."""
 
     name: str
     model: str
     size: int
     digest: str
-    details: ModelDetails
+    details: Details
     expires_at: str
     size_vram: int  # 0 on CPU; always sent so clients can compute the GPU share
     context_length: int
@@ -278,7 +278,7 @@ class RunningModel(Struct, kw_only=True, omit_defaults=True):
 class PsResponse(Struct, kw_only=True):
     """GET /api/ps."""
 
-    models: list[RunningModel]
+    models: list[PsModel]
 
 
 class ShowResponse(Struct, kw_only=True, omit_defaults=True):
@@ -290,7 +290,7 @@ class ShowResponse(Struct, kw_only=True, omit_defaults=True):
     template: str = ""
     system: str = ""
     license: str = ""
-    details: ModelDetails | None = None
+    details: Details | None = None
     messages: list[ChatMessage] | None = None
     capabilities: list[str] | None = None
     tensors: list[dict[str, Any]] | None = None

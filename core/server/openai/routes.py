@@ -14,6 +14,7 @@ from corral.server.openai import convert
 from corral.server.openai import schemas as S
 from corral.server.services import services
 from corral.server.streaming import aflat, collect, open_stream, sse_response, unless_disconnected
+from corral.store.records import ModelRecord
 
 Req = Request[Any, Any, Any]
 
@@ -56,9 +57,9 @@ async def embeddings(request: Req, data: JSONBody[S.EmbeddingRequest]) -> S.Embe
     return convert.embeddings(data.model, out, b64)
 
 
-def _model(r: Any) -> S.Model:
+def _model(r: ModelRecord) -> S.Model:
     # compat(ollama): owned_by is the namespace ("library" for official models).
-    owner = getattr(r.name, "namespace", "") or "library"
+    owner = r.name.namespace or "library"
     return S.Model(id=r.display, object="model", created=int(r.modified_at.timestamp()), owned_by=owner)
 
 
