@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from corral.config import Config
-from corral.runner import LocalRunner, Runner, RunnerClient
+from corral.runner import LocalRunner, ProcessRunner, Runner
 from corral.spec import ModelFiles, ModelSpec
 from corral.testing.tinymodel import write_tiny_gguf
 from corral.types import GenerationRequest, LoadOptions, SamplingParams
@@ -59,7 +59,7 @@ def main() -> None:
         config = Config(extra_plugins=("corral.testing.fake",), load_plugins=(), fake_script=str(script))
         for streams in args.streams:
             local = asyncio.run(measure(LocalRunner(config), Path(model), args.tokens, streams))
-            remote = asyncio.run(measure(RunnerClient(config), Path(model), args.tokens, streams))
+            remote = asyncio.run(measure(ProcessRunner(config), Path(model), args.tokens, streams))
             overhead_us = (1 / remote - 1 / local) * 1e6
             print(f"streams={streams}: in-process {local:,.0f} tok/s, subprocess {remote:,.0f} tok/s, "
                   f"channel cost {overhead_us:.1f} us/token")
@@ -76,7 +76,7 @@ def gemma(args: argparse.Namespace) -> None:
             local, remote = [], []
             for _ in range(args.rounds):
                 local.append(asyncio.run(measure(LocalRunner(config), model, args.tokens, streams)))
-                remote.append(asyncio.run(measure(RunnerClient(config), model, args.tokens, streams)))
+                remote.append(asyncio.run(measure(ProcessRunner(config), model, args.tokens, streams)))
             best_l, best_r = max(local), max(remote)
             print(f"gemma streams={streams} tokens={args.tokens}: in-process best {best_l:.1f} tok/s, "
                   f"subprocess best {best_r:.1f} tok/s, ratio {best_r / best_l:.3f} "

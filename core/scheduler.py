@@ -41,7 +41,7 @@ class RunningModel(msgspec.Struct, kw_only=True):
     pid: int | None = None
 
 
-class _Loaded:
+class _LoadedModel:
     """A model in a runner, with its reference count, slots and expiry timer."""
 
     def __init__(self, spec: ModelSpec, options: LoadOptions, runner: Runner, handle: ModelHandle,
@@ -83,14 +83,12 @@ class _Loaded:
 class Lease:
     """A request's hold on a loaded model and one of its parallel slots. Release exactly once."""
 
-    def __init__(self, scheduler: Scheduler, loaded: _Loaded, load_duration_ns: int,
-                 loaded_now: bool) -> None:
+    def __init__(self, scheduler: Scheduler, loaded: _LoadedModel, load_duration_ns: int) -> None:
         self._scheduler = scheduler
         self._loaded = loaded
         self.runner: Runner = loaded.runner
         self.handle: ModelHandle = loaded.handle
         self.load_duration_ns = load_duration_ns  # request start until a slot was ours (Ollama's meaning)
-        self.loaded_now = loaded_now
         self._released = False
 
     def release(self) -> None:
@@ -99,12 +97,6 @@ class Lease:
             return
         self._released = True
         self._scheduler._release(self._loaded)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
 
 class Scheduler:
@@ -117,7 +109,7 @@ class Scheduler:
     def __init__(self, config: Config, runner_factory: RunnerFactory) -> None:
         self.config = config
         self.runner_factory = runner_factory
-        self._models: dict[str, _Loaded] = {}  # by ModelSpec.digest
+        self._models: dict[str, _LoadedModel] = {}  # by ModelSpec.digest
         self._load_lock = asyncio.Lock()  # one load (and its evictions) at a time, as Ollama does
         self._pending = 0
         self._closing = False
@@ -137,7 +129,6 @@ class Scheduler:
             raise ServerBusyError(BUSY)
         keep = self.config.keep_alive if keep_alive is None else keep_alive
         self._pending += 1
-        loaded_now = False
         try:
             while True:
                 m = self._models.get(key)
@@ -155,7 +146,7 @@ class Scheduler:
                         self._release(m)
                         continue
                     m.last_used = time.monotonic()
-                    return Lease(self, m, time.monotonic_ns() - start, loaded_now)
+                    return Lease(self, m, time.monotonic_ns() - start)
                 async with self._load_lock:
                     if self._closing:
                         raise ServerBusyError(CLOSING)
@@ -168,7 +159,6 @@ class Scheduler:
                         await self._evict(m)
                     await self._make_room()
                     await self._load(spec, load_options, keep)
-                    loaded_now = True
         finally:
             self._pending -= 1
 
@@ -181,7 +171,7 @@ class Scheduler:
         except BaseException:
             await _quietly(runner.close())
             raise
-        m = _Loaded(spec, options, runner, handle, keep, time.monotonic_ns() - t0)
+        m = _LoadedModel(spec, options, runner, handle, keep, time.monotonic_ns() - t0)
         runner.add_stopped_callback(lambda r: self._on_stopped(m))
         self._models[m.key] = m
         log.info("loaded %s on %s (pid %s) in %.2f s", m.name, runner.backend, runner.pid, m.load_ns / 1e9)
@@ -194,13 +184,13 @@ class Scheduler:
             log.info("unloading %s to make room (max %d loaded)", victim.name, self.config.max_loaded_models)
             await self._evict(victim)
 
-    async def _evict(self, m: _Loaded) -> None:
+    async def _evict(self, m: _LoadedModel) -> None:
         """Wait until nobody uses ``m``, then unload it."""
         await m.idle.wait()
         await self._unload(m)
 
     # ---- releasing and expiry -------------------------------------------------------------------
-    def _release(self, m: _Loaded, *, slot: bool = True) -> None:
+    def _release(self, m: _LoadedModel, *, slot: bool = True) -> None:
         if slot:
             m.slots.release()
         m.refs -= 1
@@ -220,13 +210,13 @@ class Scheduler:
             m.expires_at = time.time() + m.keep_alive
             m.timer = asyncio.get_running_loop().call_later(m.keep_alive, self._expire, m)
 
-    def _expire(self, m: _Loaded) -> None:
+    def _expire(self, m: _LoadedModel) -> None:
         m.timer = None
         if m.refs == 0 and not m.gone:
             log.info("%s expired after %.0f s idle", m.name, m.keep_alive)
             self._spawn(self._unload(m))
 
-    def _on_stopped(self, m: _Loaded) -> None:
+    def _on_stopped(self, m: _LoadedModel) -> None:
         """A runner stopped (crash or close): forget the model so the next request loads it afresh."""
         if not m.gone:
             log.warning("runner for %s stopped; it will be reloaded on the next request", m.name)
@@ -235,7 +225,7 @@ class Scheduler:
         if self._models.get(m.key) is m:
             del self._models[m.key]
 
-    async def _unload(self, m: _Loaded) -> None:
+    async def _unload(self, m: _LoadedModel) -> None:
         m.gone = True
         m.stop_timer()
         if self._models.get(m.key) is m:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from corral.runner.base import RUNNER_STOPPED, Runner
-from corral.runner.client import RunnerClient
 from corral.runner.local import LocalRunner
+from corral.runner.process import ProcessRunner
 
 if TYPE_CHECKING:
     import pluggy
@@ -20,7 +20,7 @@ RunnerFactory = Callable[[], Runner]
 
 def subprocess_runners(config: Config, *, backend: str | None = None) -> RunnerFactory:
     """Runners in their own processes (``python -m corral.runner``): what ``corral serve`` uses."""
-    return lambda: RunnerClient(config, backend=backend)
+    return lambda: ProcessRunner(config, backend=backend)
 
 
 def local_runners(config: Config, *, pm: pluggy.PluginManager | None = None,
@@ -29,5 +29,5 @@ def local_runners(config: Config, *, pm: pluggy.PluginManager | None = None,
     return lambda: LocalRunner(config, pm=pm, backend=backend)
 
 
-__all__ = ["RUNNER_STOPPED", "LocalRunner", "Runner", "RunnerClient", "RunnerFactory", "local_runners",
+__all__ = ["RUNNER_STOPPED", "LocalRunner", "ProcessRunner", "Runner", "RunnerFactory", "local_runners",
            "subprocess_runners"]

@@ -27,7 +27,7 @@ def model_file(spec: ModelSpec) -> str:
 
 
 class Runner(abc.ABC):
-    """Hosts at most one loaded model. Subclasses: ``RunnerClient`` (a subprocess), ``LocalRunner``."""
+    """Hosts at most one loaded model. Subclasses: ``ProcessRunner`` (a subprocess), ``LocalRunner``."""
 
     def __init__(self) -> None:
         self.handle: ModelHandle | None = None

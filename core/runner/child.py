@@ -70,7 +70,7 @@ class _Writer:
                 return
 
 
-class RunnerServer:
+class RunnerChild:
     """Reads requests from the socket and answers each on its own thread (the backend batches them)."""
 
     def __init__(self, sock: socket.socket, config: Config, backend: str | None) -> None:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.debug:  # llama.cpp's per-load INFO chatter is detail: CORRAL_DEBUG=1 shows it
         logging.getLogger("corral.llama").setLevel(logging.WARNING)
     sock = socket.socket(fileno=args.fd)
-    code = RunnerServer(sock, config, args.backend).serve()
+    code = RunnerChild(sock, config, args.backend).serve()
     logging.shutdown()
     # Native threads (a backend's decode loop) may still be winding down; they hold nothing we need.
     os._exit(code)

@@ -23,7 +23,7 @@ _DONE = object()
 
 
 class LocalRunner(Runner):
-    """Calls the backend hooks on worker threads of this process. Production uses ``RunnerClient``."""
+    """Calls the backend hooks on worker threads of this process. Production uses ``ProcessRunner``."""
 
     def __init__(self, config: Config, *, pm: pluggy.PluginManager | None = None,
                  backend: str | None = None) -> None:

@@ -18,7 +18,7 @@ from corral.engine import Engine
 from corral.errors import InvalidRequestError
 from corral.runner import subprocess_runners
 from corral.server.errors import plain_error
-from corral.server.metrics import AccessLog, Metrics
+from corral.server.metrics import AccessLog, ServerMetrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
 from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
 from corral.server.security import SecurityMiddleware
@@ -65,7 +65,7 @@ def _quantizer(pm: pluggy.PluginManager | None) -> Quantizer | None:
     return quantize
 
 
-def _register_gauges(metrics: Metrics, engine: Engine) -> None:
+def _register_gauges(metrics: ServerMetrics, engine: Engine) -> None:
     def depth() -> list[tuple[dict[str, str], float]]:
         return [({}, float(engine.scheduler.pending))]
 
@@ -102,7 +102,7 @@ def create_app(config: Config, *, engine: Engine | None = None, store: Store | N
     engine = engine if engine is not None else Engine(
         config, store, runner_factory=subprocess_runners(config, backend=config.backend))
     _configure_logging(config.debug)
-    metrics = Metrics()
+    metrics = ServerMetrics()
     _register_gauges(metrics, engine)
     svc = Services(config=config, engine=engine, store=store, metrics=metrics)
     the_store, the_engine = store, engine  # the lifespan closes over these (never None)

@@ -9,8 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from corral.jobs import Chunk
-from corral.jobs import Metrics as GenerationMetrics
+from corral.jobs import Chunk, Metrics
 from corral.server.streaming import close_quietly
 
 log = logging.getLogger("corral.server.access")
@@ -90,7 +89,7 @@ class Histogram:
         yield f"{self.name}_count {acc}"
 
 
-class Metrics:
+class ServerMetrics:
     """Every metric the server exports. ``gauges`` supplies values read at scrape time (queue, models)."""
 
     def __init__(self) -> None:
@@ -140,7 +139,7 @@ class Metrics:
         finally:
             await close_quietly(chunks)
 
-    def record_done(self, model: str, m: GenerationMetrics) -> None:
+    def record_done(self, model: str, m: Metrics) -> None:
         self.tokens_in.inc(model, amount=m.prompt_eval_count)
         self.tokens_out.inc(model, amount=m.eval_count)
         if m.eval_count > 0 and m.eval_duration > 0:
@@ -150,7 +149,7 @@ class Metrics:
 class AccessLog:
     """ASGI middleware: one log line per request (method, path, status, duration) and request metrics."""
 
-    def __init__(self, app: Any, metrics: Metrics, debug: bool = False) -> None:
+    def __init__(self, app: Any, metrics: ServerMetrics, debug: bool = False) -> None:
         self.app, self.metrics, self.debug = app, metrics, debug
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -9,7 +9,7 @@ from litestar import Request
 
 from corral.config import Config
 from corral.engine import Engine
-from corral.server.metrics import Metrics
+from corral.server.metrics import ServerMetrics
 from corral.store import Store
 
 
@@ -20,7 +20,7 @@ class Services:
     config: Config
     engine: Engine
     store: Store
-    metrics: Metrics
+    metrics: ServerMetrics
 
 
 def services(request: Request[Any, Any, Any]) -> Services:

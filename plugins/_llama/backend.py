@@ -47,7 +47,7 @@ ProbeFn = Callable[[Path, Config], Probe]
 
 
 @dataclass
-class _Loaded:
+class _NativeModel:
     model: Any  # LlamaModel
     batcher: Any = None  # Batcher, unless loaded for embeddings only
     embedder: Any = None  # Embedder, created on the first embed
@@ -68,7 +68,7 @@ class LlamaBackend:
         self.priority = priority
         self.probe_fn = probe_fn
         self._probe: Probe | None = None
-        self._models: dict[str, _Loaded] = {}
+        self._models: dict[str, _NativeModel] = {}
         self._lock = threading.Lock()
 
     def hooks(self) -> dict[str, Callable[..., Any]]:
@@ -112,7 +112,7 @@ class LlamaBackend:
 
         native = self.native()
         model = LlamaModel(native, path, options, progress)
-        entry = _Loaded(model=model)
+        entry = _NativeModel(model=model)
         try:
             info = model.info
             if not options.embedding:
@@ -140,7 +140,7 @@ class LlamaBackend:
 
         return Embedder(model, options, n_threads=int(options.num_thread))
 
-    def _entry(self, handle: ModelHandle) -> _Loaded:
+    def _entry(self, handle: ModelHandle) -> _NativeModel:
         with self._lock:
             entry = self._models.get(handle.id)
         if entry is None:
@@ -184,7 +184,7 @@ class LlamaBackend:
         return True
 
     @staticmethod
-    def _close(entry: _Loaded) -> None:
+    def _close(entry: _NativeModel) -> None:
         # The contexts go before the model they were made from.
         if entry.batcher is not None:
             entry.batcher.close()
@@ -208,10 +208,6 @@ class LlamaBackend:
         from corral_plugins._llama.quantize import quantize
 
         return quantize(native, source, destination, file_type, progress)
-
-    def loaded_handles(self) -> list[str]:
-        with self._lock:
-            return list(self._models)
 
 
 def _build_version(lib_dir: Path) -> str:

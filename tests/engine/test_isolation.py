@@ -11,7 +11,7 @@ import pytest
 from corral.engine import Engine
 from corral.errors import BackendError, RunnerStoppedError
 from corral.jobs import GenerateJob
-from corral.runner import RUNNER_STOPPED, RunnerClient, subprocess_runners
+from corral.runner import RUNNER_STOPPED, ProcessRunner, subprocess_runners
 from corral.types import GenerationRequest, LoadOptions
 
 
@@ -90,7 +90,7 @@ def test_runner_client_calls_and_cancel(make_config, engine_store):
     rules = [{"match": "slow", "reply": "z" * 100, "delay": 0.05}]
 
     async def main():
-        runner = RunnerClient(make_config(rules))
+        runner = ProcessRunner(make_config(rules))
         await runner.start()
         assert runner.backend == "fake" and runner.pid
         handle = await runner.load(engine_store.resolve("alpha"), LoadOptions(num_ctx=128))
@@ -131,13 +131,13 @@ async def settled_threads(pid: int) -> int:
     return min(counts)
 
 
-async def _gen(runner: RunnerClient, prompt: list[int]) -> str:
+async def _gen(runner: ProcessRunner, prompt: list[int]) -> str:
     return "".join([e.text async for e in runner.generate(GenerationRequest(prompt=prompt))])
 
 
 def test_runner_start_failure_is_a_clear_error(make_config):
     async def main():
-        runner = RunnerClient(make_config(backend="nonexistent"))
+        runner = ProcessRunner(make_config(backend="nonexistent"))
         with pytest.raises(Exception) as err:
             await runner.start()
         assert "nonexistent" in str(err.value)

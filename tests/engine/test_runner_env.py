@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corral.config import Config
-from corral.runner.client import runner_env
+from corral.runner.process import runner_env
 
 
 def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 from server_support import ndjson
 
-from corral.server.metrics import Counter, Histogram, Metrics
+from corral.server.metrics import Counter, Histogram, ServerMetrics
 
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+(Inf)?$')
 
@@ -60,7 +60,7 @@ def test_histogram_and_counter_text() -> None:
     c = Counter("y_total", "help", ("model",))
     c.inc('a"b\\c\nd', amount=2)
     assert 'y_total{model="a\\"b\\\\c\\nd"} 2' in list(c.render())
-    assert Metrics().render().endswith("\n")
+    assert ServerMetrics().render().endswith("\n")
 
 
 def test_request_log_line(client: TestClient[Any], caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -36,7 +35,7 @@ def runner_env(config: Config) -> dict[str, str]:
     return env
 
 
-class RunnerClient(Runner):
+class ProcessRunner(Runner):
     """A runner in a subprocess (``python -m corral.runner``): a crash there is an error here, not a crash."""
 
     def __init__(self, config: Config, *, backend: str | None = None, start_timeout: float = 300.0) -> None:
@@ -113,11 +112,6 @@ class RunnerClient(Runner):
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
         self._alive = False
-
-    def kill(self) -> None:
-        """Stop the runner process at once (what a crash looks like; used by shutdown timeouts)."""
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGKILL)
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         why = "connection closed"
