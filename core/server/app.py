@@ -24,7 +24,7 @@ from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
 from corral.server.security import SecurityMiddleware
 from corral.server.services import Services, services
 from corral.store import Store
-from corral.store.store import Quantizer
+from corral.store.create import Quantizer
 
 if TYPE_CHECKING:
     import pluggy

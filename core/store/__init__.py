@@ -14,6 +14,9 @@ Public API (the server, CLI and engine code against these names; keep them):
   ``store.create_from_modelfile(name, path, quantize=None)``
 - ``store.pull(name, insecure=False)`` / ``store.push(name, insecure=False)``: async iterators of
   ``Progress``; ``store.ensure_default_model() -> ModelRecord``
+- ``corral.store.layout.StoreLayout`` (the ``Store``'s base): the files on disk (``blob_path``,
+  ``find_manifest``, ``read_manifest``/``write_manifest``, ``read_record``, ``pinned``, ``remove_unused``);
+  the operation modules (create, pull, push, show, default_model) take a layout, never the Store
 - Modelfile: ``corral.store.modelfile.parse_modelfile``, ``parameters_of``, ``convert_parameter``;
   ``corral.store.create.spec_from_modelfile(modelfile, base_dir) -> (CreateSpec, {digest: path})``
 - Test kit: ``corral.testing.registry.TestRegistry`` (an in-process registry with faults)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -15,11 +15,12 @@ from corral.errors import InvalidModelFileError, InvalidRequestError, ModelfileE
 from corral.names import parse_name
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
+from corral.store.layout import StoreLayout
 from corral.store.modelfile import ROLES, Modelfile, merge_parameters, parameters_of
 from corral.store.records import CreateSpec, Progress
 
-if TYPE_CHECKING:
-    from corral.store.store import Store
+# quantizer(source, destination, file_type): the selected backend's quantization, in a runner process
+Quantizer = Callable[[str, str, str], None]
 
 # compat(ollama): fs/ggml/type.go ParseFileType accepts these for create's quantize.
 QUANT_TYPES = {"q4_k_m": "Q4_K_M", "q4_k_s": "Q4_K_S", "q8_0": "Q8_0"}
@@ -49,7 +50,7 @@ def _check_files(files: dict[str, str], what: str) -> dict[str, str]:
     return out
 
 
-def _put_bytes(store: Store, data: bytes) -> tuple[str, bool]:
+def _put_bytes(store: StoreLayout, data: bytes) -> tuple[str, bool]:
     return _blobs.write_blob(store.blobs_dir, None, [data])
 
 
@@ -57,8 +58,12 @@ def _layer_progress(digest: str, created: bool) -> Progress:
     return Progress(("creating new layer " if created else "using existing layer ") + digest)
 
 
-def create(store: Store, name: str, spec: CreateSpec, quantize: str | None = None) -> Iterator[Progress]:
+def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None = None, *,
+           quantizer: Quantizer | None = None) -> Iterator[Progress]:
     """Build the layers, write the config and the manifest; yields Ollama's create statuses.
+
+    ``FROM`` names are read through ``store.get`` (the ``Store`` imports the embedded default model
+    there); ``quantize`` needs ``quantizer``.
 
     Raises:
         InvalidModelNameError, InvalidRequestError, InvalidModelFileError, ModelNotFoundError.
@@ -71,7 +76,7 @@ def create(store: Store, name: str, spec: CreateSpec, quantize: str | None = Non
         if not store.has_blob(digest):
             raise InvalidRequestError(
                 f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
-    store._ensure_dirs()
+    store.ensure_dirs()
     layers: list[mf.Layer] = []
     base: dict[str, Any] = {"params": {}, "template": None, "system": None, "messages": None, "license": None}
     info: gguf.GGUFInfo | None = None
@@ -106,7 +111,7 @@ def create(store: Store, name: str, spec: CreateSpec, quantize: str | None = Non
             raise InvalidRequestError("neither from nor files was specified")
         with store.pinned([layer.digest for layer in layers]):
             if qlabel:
-                info, layers = yield from _quantize(store, info, layers, qlabel)
+                info, layers = yield from _quantize(store, quantizer, info, layers, qlabel)
             for fname, digest in adapters.items():
                 _read(store, digest, fname)
                 layers.append(mf.Layer(mf.ADAPTER, digest, store.blob_path(digest).stat().st_size))
@@ -124,14 +129,14 @@ def create(store: Store, name: str, spec: CreateSpec, quantize: str | None = Non
     yield Progress("success")
 
 
-def _read(store: Store, digest: str, label: str) -> gguf.GGUFInfo:
+def _read(store: StoreLayout, digest: str, label: str) -> gguf.GGUFInfo:
     try:
         return gguf.read_gguf_info(store.blob_path(digest), keep_arrays=False)
     except InvalidModelFileError as exc:
         raise InvalidModelFileError(f"{label}: {exc}") from None
 
 
-def _text_layers(store: Store, spec: CreateSpec, base: dict[str, Any],
+def _text_layers(store: StoreLayout, spec: CreateSpec, base: dict[str, Any],
                  layers: list[mf.Layer]) -> Iterator[Progress]:
     template = spec.template if spec.template is not None else base["template"]
     system = spec.system if spec.system is not None else base["system"]
@@ -163,13 +168,13 @@ def _text_layers(store: Store, spec: CreateSpec, base: dict[str, Any],
         yield _layer_progress(digest, created)
 
 
-def _quantize(store: Store, info: gguf.GGUFInfo, layers: list[mf.Layer],
+def _quantize(store: StoreLayout, quantizer: Quantizer | None, info: gguf.GGUFInfo, layers: list[mf.Layer],
               qlabel: str) -> Generator[Progress, None, tuple[gguf.GGUFInfo, list[mf.Layer]]]:
     current = gguf.quantization(info)
     if current not in QUANTIZABLE:
         raise InvalidRequestError(f"quantization is only supported for F16, BF16 and F32 models; "
                                   f"this model is {current}")
-    if store.quantizer is None:
+    if quantizer is None:
         raise InvalidRequestError("quantization needs a backend; none is available in this process")
     model = next(i for i, layer in enumerate(layers) if layer.media_type == mf.MODEL)
     src = store.blob_path(layers[model].digest)
@@ -178,7 +183,7 @@ def _quantize(store: Store, info: gguf.GGUFInfo, layers: list[mf.Layer],
     tmp = _blobs.temp_path(store.blobs_dir, "quantize")
     try:
         try:
-            store.quantizer(str(src), str(tmp), qlabel.lower().replace("_k_", "_K_"))
+            quantizer(str(src), str(tmp), qlabel.lower().replace("_k_", "_K_"))
         except OSError as exc:
             raise _blobs.storage_error(exc, "quantizing") from exc
         yield Progress("verifying conversion")

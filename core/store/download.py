@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
@@ -19,10 +18,8 @@ import msgspec
 from corral.errors import CorralError, InsufficientStorageError, RegistryError
 from corral.names import ModelName
 from corral.store import blobs as _blobs
+from corral.store.layout import StoreLayout
 from corral.store.transfer import RegistryClient, TransferSettings, raise_for_status
-
-if TYPE_CHECKING:
-    from corral.store.store import Store
 
 log = logging.getLogger("corral.store.download")
 _FLUSH = 1 << 20  # write to disk in 1 MiB pieces (off the event loop)
@@ -43,7 +40,7 @@ class _State(msgspec.Struct):
 
 
 class Download:
-    """A download shared by every pull that needs the blob (``store._downloads``)."""
+    """A download shared by every pull of this store that needs the blob (``Store._downloads``)."""
 
     def __init__(self, digest: str, size: int) -> None:
         self.digest = digest
@@ -53,13 +50,13 @@ class Download:
         self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set right after creation
 
 
-def _paths(store: Store, digest: str) -> tuple[Path, Path]:
+def _paths(store: StoreLayout, digest: str) -> tuple[Path, Path]:
     stem = "sha256-" + _blobs.normalize_digest(digest)[7:]
     tmp = store.blobs_dir / _blobs.TMP_DIR
     return tmp / f"{stem}.partial", tmp / f"{stem}.partial.json"
 
 
-def _load_state(store: Store, digest: str, size: int) -> _State | None:
+def _load_state(store: StoreLayout, digest: str, size: int) -> _State | None:
     partial, sidecar = _paths(store, digest)
     try:
         state = msgspec.json.decode(sidecar.read_bytes(), type=_State)
@@ -78,7 +75,7 @@ def _load_state(store: Store, digest: str, size: int) -> _State | None:
     return state
 
 
-def partial_progress(store: Store, digest: str, size: int) -> int:
+def partial_progress(store: StoreLayout, digest: str, size: int) -> int:
     """Bytes of ``digest`` already on disk from an interrupted download."""
     state = _load_state(store, digest, size)
     return sum(p.completed for p in state.parts) if state else 0
@@ -102,7 +99,7 @@ def _save(sidecar: Path, state: _State) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _locked(store: Store, digest: str) -> AsyncIterator[None]:
+async def _locked(store: StoreLayout, digest: str) -> AsyncIterator[None]:
     """Cross-process exclusive flock on the digest, polled so no thread blocks on it."""
     path = store.blobs_dir / _blobs.LOCK_DIR / f"sha256-{_blobs.normalize_digest(digest)[7:]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +119,8 @@ async def _locked(store: Store, digest: str) -> AsyncIterator[None]:
         os.close(fd)
 
 
-async def run_download(store: Store, dl: Download, name: ModelName, *, insecure: bool, token: str | None,
-                       settings: TransferSettings) -> None:
+async def run_download(store: StoreLayout, dl: Download, name: ModelName, *, insecure: bool,
+                       token: str | None, settings: TransferSettings) -> None:
     """Download ``dl.digest`` into the store; verify its sha256 before it becomes visible."""
     final = store.blob_path(dl.digest)
     async with _locked(store, dl.digest), RegistryClient(name, insecure=insecure, settings=settings,
@@ -145,18 +142,18 @@ async def run_download(store: Store, dl: Download, name: ModelName, *, insecure:
             f"digest mismatch, file must be downloaded again: expected {dl.digest}, got {got}")
 
 
-def _commit(store: Store, digest: str) -> None:
+def _commit(store: StoreLayout, digest: str) -> None:
     partial, sidecar = _paths(store, digest)
     _blobs.commit_file(partial, store.blob_path(digest))
     sidecar.unlink(missing_ok=True)
 
 
-def _discard(store: Store, digest: str) -> None:
+def _discard(store: StoreLayout, digest: str) -> None:
     for p in _paths(store, digest):
         p.unlink(missing_ok=True)
 
 
-def _prepare(store: Store, dl: Download, settings: TransferSettings) -> _State:
+def _prepare(store: StoreLayout, dl: Download, settings: TransferSettings) -> _State:
     partial, sidecar = _paths(store, dl.digest)
     state = _load_state(store, dl.digest, dl.size)
     if state is None:
@@ -170,7 +167,8 @@ def _prepare(store: Store, dl: Download, settings: TransferSettings) -> _State:
     return state
 
 
-async def _fetch(store: Store, dl: Download, client: RegistryClient, settings: TransferSettings) -> None:
+async def _fetch(store: StoreLayout, dl: Download, client: RegistryClient,
+                 settings: TransferSettings) -> None:
     state = await asyncio.to_thread(_prepare, store, dl, settings)
     partial, sidecar = _paths(store, dl.digest)
     dl.completed = sum(p.completed for p in state.parts)

@@ -7,35 +7,37 @@ import contextlib
 import logging
 import shutil
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from corral.errors import InsufficientStorageError, RegistryError
-from corral.names import parse_name
+from corral.names import ModelName, parse_name
 from corral.store import manifest as mf
 from corral.store.download import Download, partial_progress, run_download
+from corral.store.layout import StoreLayout
 from corral.store.records import Progress
 from corral.store.transfer import RegistryClient, TransferSettings
-
-if TYPE_CHECKING:
-    from corral.store.store import Store
 
 log = logging.getLogger("corral.store.pull")
 
 
-async def pull(store: Store, name: str, *, insecure: bool = False) -> AsyncIterator[Progress]:
+async def pull(store: StoreLayout, name: str, *, insecure: bool = False,
+               transfer: TransferSettings | None = None,
+               downloads: dict[str, Download]) -> AsyncIterator[Progress]:
     """Pull ``name``; yields Ollama's ``/api/pull`` statuses in order.
+
+    ``downloads`` (digest -> running download) is shared by every pull into this store, so two pulls
+    that need one blob download it once.
 
     Raises:
         InvalidModelNameError, ModelNotFoundError (unknown in the registry), RegistryError (protocol,
         digest mismatch, retries exhausted), InsufficientStorageError (before or while downloading).
     """
     parsed = parse_name(name)
-    settings = store.transfer or TransferSettings()
+    settings = transfer or TransferSettings()
     yield Progress("pulling manifest")
     async with RegistryClient(parsed, insecure=insecure, settings=settings) as client:
         data = await client.get_manifest()
         manifest = mf.decode_manifest(data, source="registry manifest")
-        await asyncio.to_thread(store._ensure_dirs)
+        await asyncio.to_thread(store.ensure_dirs)
         # compat(ollama): layers first, then the config; a digest listed twice is fetched and
         # verified once (never "cached" because an earlier entry claimed it, see issue #15485).
         layers: list[mf.Layer] = []
@@ -49,14 +51,14 @@ async def pull(store: Store, name: str, *, insecure: bool = False) -> AsyncItera
             cached = {layer.digest: await asyncio.to_thread(_cached, store, layer) for layer in layers}
             missing = [layer for layer in layers if not cached[layer.digest]]
             await asyncio.to_thread(_check_space, store, missing, settings)
-            downloads = [_acquire(store, client, layer, settings) for layer in missing]
+            mine = [_acquire(store, downloads, client, layer, settings) for layer in missing]
             try:
                 for layer in layers:
                     status = f"pulling {layer.digest[7:19]}"
                     if cached[layer.digest]:
                         yield Progress(status, layer.digest, layer.size, layer.size)
                         continue
-                    dl = next(d for d in downloads if d.digest == layer.digest)
+                    dl = next(d for d in mine if d.digest == layer.digest)
                     last = -1
                     while not dl.task.done():
                         if dl.completed != last:
@@ -66,8 +68,8 @@ async def pull(store: Store, name: str, *, insecure: bool = False) -> AsyncItera
                     dl.task.result()  # re-raises the download's error
                     yield Progress(status, layer.digest, layer.size, layer.size)
             finally:
-                for dl in downloads:
-                    _release(store, dl)
+                for dl in mine:
+                    _release(downloads, dl)
             yield Progress("verifying sha256 digest")
             yield Progress("writing manifest")
             await asyncio.to_thread(store.write_manifest, parsed, data)
@@ -78,8 +80,8 @@ async def pull(store: Store, name: str, *, insecure: bool = False) -> AsyncItera
     yield Progress("success")
 
 
-def _old_digests(store: Store, name: object) -> set[str]:
-    path = store._resolve(name)  # type: ignore[arg-type]
+def _old_digests(store: StoreLayout, name: ModelName) -> set[str]:
+    path = store.find_manifest(name)
     if path is None:
         return set()
     try:
@@ -88,7 +90,7 @@ def _old_digests(store: Store, name: object) -> set[str]:
         return set()
 
 
-def _cached(store: Store, layer: mf.Layer) -> bool:
+def _cached(store: StoreLayout, layer: mf.Layer) -> bool:
     """A blob counts as present only at the manifest's size; a damaged one is removed."""
     path = store.blob_path(layer.digest)
     try:
@@ -102,7 +104,7 @@ def _cached(store: Store, layer: mf.Layer) -> bool:
     return False
 
 
-def _check_space(store: Store, missing: list[mf.Layer], settings: TransferSettings) -> None:
+def _check_space(store: StoreLayout, missing: list[mf.Layer], settings: TransferSettings) -> None:
     need = sum(max(0, layer.size - partial_progress(store, layer.digest, layer.size)) for layer in missing)
     free = shutil.disk_usage(store.blobs_dir).free
     if need + settings.disk_margin > free:
@@ -111,21 +113,22 @@ def _check_space(store: Store, missing: list[mf.Layer], settings: TransferSettin
             f"{max(0, free - settings.disk_margin) / 1e9:.2f} GB available")
 
 
-def _acquire(store: Store, client: RegistryClient, layer: mf.Layer, settings: TransferSettings) -> Download:
+def _acquire(store: StoreLayout, downloads: dict[str, Download], client: RegistryClient, layer: mf.Layer,
+             settings: TransferSettings) -> Download:
     """Join the running download of this digest, or start one (one download per blob)."""
-    dl = store._downloads.get(layer.digest)
+    dl = downloads.get(layer.digest)
     if dl is None or dl.task.done():
         dl = Download(layer.digest, layer.size)
         # The download owns its own client so it outlives the pull that started it while others wait.
         dl.task = asyncio.get_running_loop().create_task(
             run_download(store, dl, client.name, insecure=client.insecure, token=client.token,
                          settings=settings))
-        store._downloads[layer.digest] = dl
+        downloads[layer.digest] = dl
     dl.waiters += 1
     return dl
 
 
-def _release(store: Store, dl: Download) -> None:
+def _release(downloads: dict[str, Download], dl: Download) -> None:
     dl.waiters -= 1
     if dl.waiters <= 0:
         if not dl.task.done():
@@ -133,5 +136,5 @@ def _release(store: Store, dl: Download) -> None:
         elif not dl.task.cancelled():
             dl.task.exception()  # mark it retrieved: the pull already reported the first error
         with contextlib.suppress(KeyError):
-            if store._downloads[dl.digest] is dl:
-                del store._downloads[dl.digest]
+            if downloads[dl.digest] is dl:
+                del downloads[dl.digest]

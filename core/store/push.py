@@ -5,31 +5,28 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from corral.errors import RegistryError
 from corral.names import parse_name
 from corral.store import manifest as mf
+from corral.store.layout import StoreLayout
 from corral.store.records import Progress
 from corral.store.transfer import RegistryClient, TransferSettings, raise_for_status
 
-if TYPE_CHECKING:
-    from pathlib import Path
 
-    from corral.store.store import Store
-
-
-async def push(store: Store, name: str, *, insecure: bool = False) -> AsyncIterator[Progress]:
+async def push(store: StoreLayout, name: str, *, insecure: bool = False,
+               transfer: TransferSettings | None = None) -> AsyncIterator[Progress]:
     """Push ``name`` to the registry its name points at; yields Ollama's ``/api/push`` statuses.
 
     Raises:
         InvalidModelNameError, ModelNotFoundError, RegistryError.
     """
     parsed = parse_name(name)
-    settings = store.transfer or TransferSettings()
+    settings = transfer or TransferSettings()
     yield Progress("retrieving manifest")
     record = await asyncio.to_thread(store.get, parsed)
-    path = await asyncio.to_thread(store._resolve, record.name)
+    path = await asyncio.to_thread(store.find_manifest, record.name)
     if path is None:
         raise RegistryError(f'model "{parsed.display}" disappeared while pushing')
     data = await asyncio.to_thread(path.read_bytes)

@@ -191,7 +191,7 @@ def test_write_manifest_requires_blobs(tmp_path: Path) -> None:
     store = Store(tmp_path)
     m = mf.Manifest(config=mf.Layer(mf.CONFIG_MEDIA_TYPE, "sha256:" + "1" * 64, 2),
                     layers=[mf.Layer(mf.MODEL, "sha256:" + "2" * 64, 3)])
-    store._ensure_dirs()
+    store.ensure_dirs()
     with pytest.raises(RegistryError, match="is missing"):
         store.write_manifest(parse_name("x"), m)
     assert store.list() == []
