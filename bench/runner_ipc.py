@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def main() -> None:
         model = write_tiny_gguf(Path(tmp) / "tiny.gguf").path
         script = Path(tmp) / "script.json"
         script.write_text(json.dumps([{"reply": "x" * args.tokens}]))
-        config = Config(extra_plugins=("corral.testing.fake",), load_plugins=(), fake_script=str(script))
+        os.environ["CORRAL_FAKE_SCRIPT"] = str(script)  # the fake backend's own variable (runners inherit it)
+        config = Config(extra_plugins=("corral.testing.fake",), load_plugins=())
         for streams in args.streams:
             local = asyncio.run(measure(LocalRunner(config), Path(model), args.tokens, streams))
             remote = asyncio.run(measure(ProcessRunner(config), Path(model), args.tokens, streams))

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 DEFAULT_PORT = 11434
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
 class Setting(msgspec.Struct, frozen=True):
@@ -43,8 +44,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_TRACE_PLUGINS", "", "1 to log every hook call"),
     Setting("CORRAL_NOHISTORY", "", "Set to keep no REPL history"),
     Setting("CORRAL_HOME", "~/.corral", "Where history, logs and the server pid live"),
-    Setting("CORRAL_FAKE_SCRIPT", "", "Test kit: JSON rules file scripting the fake backend"),
 )
+# The test kit's own variable: not a server setting, so not part of Config (read by fake_script()).
+FAKE_SCRIPT = Setting("CORRAL_FAKE_SCRIPT", "", "Test kit: JSON rules file scripting the fake backend")
+
+
+def fake_script(env: Mapping[str, str] | None = None) -> str | None:
+    """The rules file that scripts ``corral.testing.fake`` (``CORRAL_FAKE_SCRIPT``), or None."""
+    value = (os.environ if env is None else env).get(FAKE_SCRIPT.env, "").strip()
+    return value or None
 
 
 def parse_bool(value: str | None) -> bool:
@@ -153,7 +161,18 @@ class Config(msgspec.Struct, kw_only=True):
     extra_plugins: tuple[str, ...] = ()
     trace_plugins: bool = False
     nohistory: bool = False
-    fake_script: str | None = None  # CORRAL_FAKE_SCRIPT, read by corral.testing.fake
+
+    def __post_init__(self) -> None:
+        """A setting no request could ever use is refused here, when the server starts."""
+        if self.kv_cache_type not in KV_CACHE_TYPES:
+            raise ValueError(f"CORRAL_KV_CACHE_TYPE must be one of {', '.join(KV_CACHE_TYPES)}, "
+                             f"not {self.kv_cache_type!r}")
+        for env, value in (("CORRAL_NUM_PARALLEL", self.num_parallel),
+                           ("CORRAL_MAX_LOADED_MODELS", self.max_loaded_models),
+                           ("CORRAL_MAX_QUEUE", self.max_queue),
+                           ("CORRAL_CONTEXT_LENGTH", self.context_length)):
+            if value < 1:
+                raise ValueError(f"{env} must be at least 1, not {value}")
 
     @property
     def base_url(self) -> str:
@@ -186,7 +205,6 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_EXTRA_PLUGINS": ",".join(self.extra_plugins),
             "CORRAL_TRACE_PLUGINS": "1" if self.trace_plugins else "",
             "CORRAL_NOHISTORY": "1" if self.nohistory else "",
-            "CORRAL_FAKE_SCRIPT": self.fake_script or "",
             "CORRAL_CPU_VARIANT": self.cpu_variant or "",
         }
         if self.load_plugins is not None:
@@ -216,10 +234,10 @@ class Config(msgspec.Struct, kw_only=True):
                 models=Path(get("CORRAL_MODELS")).expanduser(),
                 home=Path(get("CORRAL_HOME")).expanduser(),
                 keep_alive=_keep_alive_env(get("CORRAL_KEEP_ALIVE")),
-                num_parallel=max(1, int(get("CORRAL_NUM_PARALLEL"))),
-                max_loaded_models=max(1, int(get("CORRAL_MAX_LOADED_MODELS"))),
-                max_queue=max(1, int(get("CORRAL_MAX_QUEUE"))),
-                context_length=max(4, int(get("CORRAL_CONTEXT_LENGTH"))),
+                num_parallel=int(get("CORRAL_NUM_PARALLEL")),
+                max_loaded_models=int(get("CORRAL_MAX_LOADED_MODELS")),
+                max_queue=int(get("CORRAL_MAX_QUEUE")),
+                context_length=int(get("CORRAL_CONTEXT_LENGTH")),
                 flash_attention=None if fa == "" else parse_bool(fa),
                 kv_cache_type=get("CORRAL_KV_CACHE_TYPE") or "f16",
                 backend=get("CORRAL_BACKEND") or None,
@@ -234,7 +252,6 @@ class Config(msgspec.Struct, kw_only=True):
                 extra_plugins=names("CORRAL_EXTRA_PLUGINS"),
                 trace_plugins=parse_bool(get("CORRAL_TRACE_PLUGINS")),
                 nohistory=parse_bool(get("CORRAL_NOHISTORY")),
-                fake_script=get("CORRAL_FAKE_SCRIPT") or None,
             )
         except ValueError as exc:
             raise ValueError(f"invalid environment setting: {exc}") from None

@@ -6,17 +6,25 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import msgspec
 
 from corral.config import Config
-from corral.errors import BackendError, ContextLengthError, InvalidRequestError
+from corral.errors import BackendError, ContextLengthError
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics, Think
-from corral.options import merge_options, to_generation, to_load_options
-from corral.prompts import OutputParser, ParsedDelta, PromptPlan, check_capabilities, plan_chat, plan_generate
+from corral.options import for_prompt, merge_options, to_generation, to_load_options
+from corral.prompts import (
+    OutputParser,
+    ParsedDelta,
+    PromptPlan,
+    TokenCounter,
+    check_capabilities,
+    plan_chat,
+    plan_generate,
+)
 from corral.runner import RunnerFactory, subprocess_runners
 from corral.scheduler import Lease, RunningModel, Scheduler
 from corral.spec import ModelSpec
@@ -48,17 +56,18 @@ class Engine:
         check_capabilities(spec, needed)
         return spec
 
-    def _load_options(self, spec: ModelSpec, options: dict[str, Any], *,
-                      top_logprobs: int = 0) -> tuple[dict[str, Any], LoadOptions]:
-        """Merged options and the load options they imply; every 400 about options is raised here,
-        before anything is loaded."""
+    def _options(self, spec: ModelSpec, options: dict[str, Any], *, shift: bool = True,
+                 logprobs: bool = False, top_logprobs: int = 0) -> tuple[LoadOptions, GenerationRequest]:
+        """The load options and the generation settings of one request, each converted once from the
+        model's parameters and the request's options: every 400 about options is raised here, before
+        anything is loaded. The generation settings get their prompt from ``for_prompt``."""
         opts = merge_options(spec.parameters, options)
-        to_generation(opts, top_logprobs=top_logprobs)  # validation only: a bad value is a 400 now
+        generation = to_generation(opts, shift=shift, logprobs=logprobs, top_logprobs=top_logprobs)
         load = to_load_options(opts, self.config, n_ctx_train=spec.gguf.context_length,
                                embedding=spec.embedding_only, adapters=spec.files.adapters)
         if spec.embedding_only:  # compat(ollama): embedding models always run one sequence at a time
             load = msgspec.structs.replace(load, num_parallel=1)
-        return opts, load
+        return load, generation
 
     async def _load_only(self, spec: ModelSpec, load: LoadOptions, keep_alive: float | None,
                          start: int) -> Chunk:
@@ -101,16 +110,13 @@ class Engine:
         yield Chunk(done=True, done_reason=reason, metrics=metrics,
                     context=request.prompt + generated if want_context else None)
 
-    def _request(self, opts: dict[str, Any], tokens: list[int], plan: PromptPlan, n_ctx: int, *,
-                 truncate: bool, shift: bool, logprobs: bool, top_logprobs: int) -> GenerationRequest:
+    @staticmethod
+    def _request(generation: GenerationRequest, tokens: list[int], plan: PromptPlan, n_ctx: int, *,
+                 truncate: bool) -> GenerationRequest:
         if not truncate and len(tokens) >= n_ctx:
             raise ContextLengthError(PROMPT_TOO_LONG)
-        request = to_generation(opts, tokens, n_ctx=n_ctx, grammar=plan.grammar, shift=shift,
-                                logprobs=logprobs, top_logprobs=top_logprobs)
-        extra = plan.stop
-        if extra:  # the template's end-of-turn strings, after the user's own stops
-            request = msgspec.structs.replace(request, stop=list(dict.fromkeys([*request.stop, *extra])))
-        return request
+        # the template's end-of-turn strings come after the user's own stops
+        return for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar, stop=plan.stop)
 
     # ---- jobs -----------------------------------------------------------------------------------
     async def generate(self, job: GenerateJob) -> AsyncIterator[Chunk]:
@@ -119,7 +125,8 @@ class Engine:
         needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
                                                                          else [])
         spec = await self._resolve(job.model, needed)
-        opts, load = self._load_options(spec, job.options, top_logprobs=job.top_logprobs)
+        load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
+                                         top_logprobs=job.top_logprobs)
         if not job.prompt and not job.suffix and not job.images:
             yield await self._load_only(spec, load, job.keep_alive, start)
             return
@@ -130,8 +137,7 @@ class Engine:
                                  eos_token=info.eos_token)
             tokens = list(job.context) + await lease.runner.tokenize(
                 plan.text, add_special=plan.add_special and not job.context, parse_special=not job.raw)
-            request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
-                                    logprobs=job.logprobs, top_logprobs=job.top_logprobs)
+            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate)
             async with aclosing(self._stream(lease, plan.new_parser(), request, start,
                                              want_context=not job.raw)) as chunks:
                 async for chunk in chunks:
@@ -145,7 +151,8 @@ class Engine:
         needed = ["completion"] + (["tools"] if job.tools else [])
         needed += ["thinking"] if _wants(job.think) else []
         spec = await self._resolve(job.model, needed)
-        opts, load = self._load_options(spec, job.options, top_logprobs=job.top_logprobs)
+        load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
+                                         top_logprobs=job.top_logprobs)
         if not job.messages:
             yield await self._load_only(spec, load, job.keep_alive, start)
             return
@@ -157,9 +164,11 @@ class Engine:
             plan = await asyncio.to_thread(
                 plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
                 eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
-            tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special, parse_special=True)
-            request = self._request(opts, tokens, plan, info.n_ctx, truncate=job.truncate, shift=job.shift,
-                                    logprobs=job.logprobs, top_logprobs=job.top_logprobs)
+            tokens = plan.tokens  # counted while fitting the history, or:
+            if tokens is None:
+                tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special,
+                                                     parse_special=True)
+            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate)
             if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
                 key = (spec.digest, plan.turn_suffix)
                 turn = self._suffix_tokens.get(key)
@@ -178,10 +187,8 @@ class Engine:
     async def embed(self, job: EmbedJob) -> EmbedOutput:
         """One vector per input (L2-normalised when asked; ``dimensions`` truncates then re-normalises)."""
         start = time.monotonic_ns()
-        if job.dimensions is not None and job.dimensions < 1:
-            raise InvalidRequestError("dimensions must be greater than 0")
         spec = await self._resolve(job.model, [])
-        _opts, load = self._load_options(spec, job.options)
+        load, _generation = self._options(spec, job.options)  # sampling options are checked, then unused
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             if not job.inputs:
@@ -245,12 +252,13 @@ def _finish_vector(v: list[float], dimensions: int | None, normalize: bool) -> l
     return v
 
 
-def _token_counter(lease: Lease, loop: asyncio.AbstractEventLoop) -> Callable[[str], int]:
-    """A blocking token counter for prompt rendering running on a worker thread."""
+def _token_counter(lease: Lease, loop: asyncio.AbstractEventLoop) -> TokenCounter:
+    """A blocking tokenizer for prompt planning on a worker thread: the tokens it counts are the ones
+    the engine sends (same flags as the engine's own tokenize of a chat prompt)."""
 
-    def count(text: str) -> int:
+    def count(text: str, add_special: bool) -> list[int]:
         fut = asyncio.run_coroutine_threadsafe(
-            lease.runner.tokenize(text, add_special=False, parse_special=True), loop)
-        return len(fut.result())
+            lease.runner.tokenize(text, add_special=add_special, parse_special=True), loop)
+        return fut.result()
 
     return count

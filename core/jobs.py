@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
 from msgspec import Struct
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.types import TokenLogprob
+from corral.errors import InvalidRequestError
+from corral.types import MAX_TOP_LOGPROBS, TokenLogprob
 
 # `format` as the core sees it: None, "json", or a JSON-schema object.
 Format = str | dict[str, Any] | None
 # `think` as the core sees it: None (model default), a bool, or "low" | "medium" | "high".
 Think = bool | str | None
+THINK_LEVELS = ("low", "medium", "high")
+
+# A job checks its own fields when it is made (in a wire layer's converter, the edge): every later
+# step trusts them, and each rule below has this one home and one message.
+
+
+def _think(value: Think) -> Think:
+    """``think``: a bool or a level; "max" is taken as "high" (the strongest level we pass on)."""
+    if value is None or isinstance(value, bool):
+        return value
+    level = value.strip().lower()
+    if level == "max":
+        return "high"
+    if level in THINK_LEVELS:
+        return level
+    raise InvalidRequestError(f"invalid think value: {value!r} (use true, false, low, medium or high)")
+
+
+def _format(value: Format) -> Format:
+    """``format``: None/"" = free text, "json", or a JSON-schema object (also as JSON-encoded text)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() == "json":
+            return "json"
+        # compat(ollama): a JSON-schema object may arrive as a JSON-encoded string
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            return decoded
+    raise InvalidRequestError(f'invalid format: expected "json" or a valid JSON schema, got {value!r}')
+
+
+def _top_logprobs(value: int) -> int:
+    if not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise InvalidRequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    return value
 
 
 class GenerateJob(Struct, kw_only=True):
@@ -36,6 +79,14 @@ class GenerateJob(Struct, kw_only=True):
     top_logprobs: int = 0
     images: list[bytes] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.raw and (self.template or self.system or self.context):
+            # compat(ollama): routes.go GenerateHandler.
+            raise InvalidRequestError("raw mode does not support template, system, or context")
+        self.think = _think(self.think)
+        self.format = _format(self.format)
+        _top_logprobs(self.top_logprobs)
+
 
 class ChatJob(Struct, kw_only=True):
     """A chat turn: Ollama's /api/chat, OpenAI's /v1/chat/completions."""
@@ -52,6 +103,11 @@ class ChatJob(Struct, kw_only=True):
     logprobs: bool = False
     top_logprobs: int = 0
 
+    def __post_init__(self) -> None:
+        self.think = _think(self.think)
+        self.format = _format(self.format)
+        _top_logprobs(self.top_logprobs)
+
 
 class EmbedJob(Struct, kw_only=True):
     """Embeddings for one or more inputs."""
@@ -63,6 +119,10 @@ class EmbedJob(Struct, kw_only=True):
     normalize: bool = True
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     keep_alive: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dimensions is not None and self.dimensions < 1:
+            raise InvalidRequestError("dimensions must be a positive integer")
 
 
 class Metrics(Struct, kw_only=True):

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from corral.config import Config
 
 __all__ = [
-    "LOAD_KEYS", "OPTIONS", "REMOVED_OPTIONS", "Option", "check_option", "default_options",
-    "merge_options", "parse_parameter", "to_generation", "to_load_options",
+    "LOAD_KEYS", "MIN_NUM_CTX", "OPTIONS", "REMOVED_OPTIONS", "Option", "check_option", "default_options",
+    "for_prompt", "merge_options", "parse_parameter", "to_generation", "to_load_options",
 ]
 
 log = logging.getLogger("corral.options")
@@ -68,7 +68,7 @@ _TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]
 _MAX_CTX = 1 << 20  # no model is trained on more; a bigger request is a typo or an attack
 _MAX_STOPS, _MAX_STOP_LEN = 64, 1024
 _MAX_THREADS, _MAX_GPUS, _MAX_LAYERS = 1024, 64, 100_000
-KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+MIN_NUM_CTX = 4  # compat(ollama): a smaller context (from a request, a Modelfile or the config) becomes 4
 
 
 def default_options() -> dict[str, Any]:
@@ -181,21 +181,19 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
     """The options that decide how a model is loaded; anything out of range is a 400.
 
     ``num_ctx`` defaults to ``config.context_length`` and is capped at the model's trained context
-    when ``n_ctx_train`` is known (compat(ollama)); values below 4 become 4.
+    when ``n_ctx_train`` is known (compat(ollama)); values below ``MIN_NUM_CTX`` become it. The
+    config's own values (KV cache type, parallel sequences) were checked when it was built.
     """
     num_ctx = _bounded(opts, "num_ctx", 0, _MAX_CTX)
     if num_ctx is None or num_ctx == 0:
         num_ctx = config.context_length
     if n_ctx_train and n_ctx_train > 0:
         num_ctx = min(num_ctx, n_ctx_train)
-    num_ctx = max(4, num_ctx)
+    num_ctx = max(MIN_NUM_CTX, num_ctx)
     num_batch = _bounded(opts, "num_batch", 1, _MAX_CTX)
-    if config.kv_cache_type not in KV_CACHE_TYPES:
-        raise InvalidRequestError(
-            f"CORRAL_KV_CACHE_TYPE must be one of {', '.join(KV_CACHE_TYPES)}, not {config.kv_cache_type!r}")
     return LoadOptions(
         num_ctx=num_ctx,
-        num_parallel=max(1, config.num_parallel),
+        num_parallel=config.num_parallel,
         num_batch=num_batch,
         num_gpu=_bounded(opts, "num_gpu", -1, _MAX_LAYERS),
         main_gpu=_bounded(opts, "main_gpu", 0, _MAX_GPUS - 1),
@@ -208,14 +206,14 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
     )
 
 
-def to_generation(opts: Mapping[str, Any], prompt_tokens: Sequence[int] = (), *, n_ctx: int | None = None,
-                  grammar: str | None = None, shift: bool = True, logprobs: bool = False,
+def to_generation(opts: Mapping[str, Any], *, shift: bool = True, logprobs: bool = False,
                   top_logprobs: int = 0) -> GenerationRequest:
     """The sampling and stopping rules of one request, checked; anything out of range is a 400.
 
-    ``n_ctx`` is the loaded context (for ``repeat_last_n: -1``); it defaults to ``opts["num_ctx"]``.
+    Runs once per request, before anything is loaded. The result has no prompt yet and keeps the
+    values that depend on the loaded context as asked (``repeat_last_n`` and ``num_keep`` -1);
+    ``for_prompt`` settles them once the prompt is tokenized.
     """
-    n_ctx = n_ctx or opts.get("num_ctx") or 4096
     big = float(_MAX_CTX) * 16
     temperature = _bounded(opts, "temperature", 0.0, 1e6)
     top_k = _bounded(opts, "top_k", 0, big)
@@ -226,8 +224,6 @@ def to_generation(opts: Mapping[str, Any], prompt_tokens: Sequence[int] = (), *,
     if repeat_penalty == 0:  # llama.cpp divides by it; 0 has always meant "off" in practice
         repeat_penalty = 1.0
     repeat_last_n = _bounded(opts, "repeat_last_n", -1, _MAX_CTX)
-    if repeat_last_n == -1:
-        repeat_last_n = n_ctx
     presence = _bounded(opts, "presence_penalty", -1e6, 1e6)
     frequency = _bounded(opts, "frequency_penalty", -1e6, 1e6)
     seed = opts.get("seed", -1)
@@ -236,21 +232,33 @@ def to_generation(opts: Mapping[str, Any], prompt_tokens: Sequence[int] = (), *,
     num_predict = opts.get("num_predict", -1)
     if num_predict < 0:  # compat(ollama): -1 until a stop, -2 until the context is full
         num_predict = -1
-    num_keep = opts.get("num_keep", 4)
-    if num_keep < 0:  # -1 keeps the whole prompt
-        num_keep = len(prompt_tokens)
-    num_keep = min(num_keep, max(0, n_ctx - 1))
+    num_keep = max(-1, opts.get("num_keep", 4))  # -1 keeps the whole prompt
     stop = [s for s in opts.get("stop") or () if s]
     if len(stop) > _MAX_STOPS or any(len(s) > _MAX_STOP_LEN for s in stop):
         raise InvalidRequestError(
             f'option "stop" allows at most {_MAX_STOPS} strings of at most {_MAX_STOP_LEN} characters')
-    if not 0 <= top_logprobs <= 20:
-        raise InvalidRequestError("top_logprobs must be between 0 and 20")
     sampling = SamplingParams(
         temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p, typical_p=typical_p,
         repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence,
-        frequency_penalty=frequency, seed=seed, grammar=grammar,
+        frequency_penalty=frequency, seed=seed,
     )
-    return GenerationRequest(prompt=list(prompt_tokens), sampling=sampling, num_predict=num_predict,
-                             stop=stop, num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,
+    return GenerationRequest(prompt=[], sampling=sampling, num_predict=num_predict, stop=stop,
+                             num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,
                              top_logprobs=top_logprobs)
+
+
+def for_prompt(request: GenerationRequest, prompt: Sequence[int], *, n_ctx: int, grammar: str | None = None,
+               stop: Sequence[str] = ()) -> GenerationRequest:
+    """``request`` (from ``to_generation``) for ``prompt`` on a model loaded with ``n_ctx``: no new checks.
+
+    ``repeat_last_n`` -1 becomes the whole context, ``num_keep`` -1 the whole prompt (and it stays
+    below ``n_ctx``); ``grammar`` constrains the output; ``stop`` (the template's end-of-turn
+    strings) comes after the request's own.
+    """
+    sampling = request.sampling
+    repeat_last_n = n_ctx if sampling.repeat_last_n == -1 else sampling.repeat_last_n
+    sampling = msgspec.structs.replace(sampling, repeat_last_n=repeat_last_n, grammar=grammar)
+    num_keep = len(prompt) if request.num_keep < 0 else request.num_keep
+    return msgspec.structs.replace(
+        request, prompt=list(prompt), sampling=sampling, num_keep=min(num_keep, max(0, n_ctx - 1)),
+        stop=list(dict.fromkeys([*request.stop, *stop])))

@@ -106,6 +106,9 @@ class SamplingParams(Struct, frozen=True, kw_only=True):
     grammar: str | None = None  # GBNF; root rule is "root"
 
 
+MAX_TOP_LOGPROBS = 20  # compat(ollama): alternatives per token a request may ask for
+
+
 class GenerationRequest(Struct, frozen=True, kw_only=True):
     """One sequence to generate: prompt tokens, sampling and stopping rules."""
 
@@ -113,10 +116,10 @@ class GenerationRequest(Struct, frozen=True, kw_only=True):
     sampling: SamplingParams = SamplingParams()
     num_predict: int = -1  # -1 = until a stop (the backend caps it at 10 x context)
     stop: list[str] = msgspec.field(default_factory=list)  # stop strings, never emitted
-    num_keep: int = 4  # tokens kept at the start on a context shift
+    num_keep: int = 4  # tokens kept at the start on a context shift (the core caps it below n_ctx)
     shift: bool = True  # shift the context when full instead of stopping with "length"
     logprobs: bool = False
-    top_logprobs: int = 0  # 0..20
+    top_logprobs: int = 0  # 0..MAX_TOP_LOGPROBS (checked where the request's job is made)
     # Tokens the chat template puts after an answer before the next user message (end of turn, next
     # turn's header). A backend may evaluate them into the cache once the answer ends naturally, so the
     # follow-up turn reuses them; one that does not simply ignores this.

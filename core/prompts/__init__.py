@@ -10,8 +10,10 @@ Public API (the engine and server code against these names):
   ``{{ .Prompt }}``. Chat: Modelfile MESSAGEs first, then the request's; SYSTEM is inserted first
   unless the conversation already starts with a system message. With ``count_tokens`` and
   ``num_ctx`` the oldest non-system messages are dropped until the prompt fits (the last message
-  is always kept; each image counts 768 tokens). Generate: ``raw`` sends the prompt as is;
-  ``suffix`` renders fill-in-the-middle (``.Prompt``/``.Suffix``); otherwise system + MESSAGEs
+  is always kept; each image counts 768 tokens; ``count_tokens(text, add_bos) -> tokens``, and
+  the tokens of the text that is sent come back in ``PromptPlan.tokens``). Generate: ``raw``
+  sends the prompt as is; ``suffix`` renders fill-in-the-middle (``.Prompt``/``.Suffix``); otherwise
+  system + MESSAGEs
   (skipped when ``context`` is given; the engine prepends the context tokens) + the prompt as one
   user turn. Raises ``TemplateError`` (bad/hostile template), ``GrammarError`` (bad ``format``),
   ``CapabilityError`` (tools/thinking/insert the model lacks), ``InvalidRequestError``.
@@ -39,7 +41,7 @@ from corral.prompts.builtin import GEMMA3_PARAMS, GEMMA3_TEMPLATE
 from corral.prompts.capabilities import capabilities, check_capabilities
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf
 from corral.prompts.outparse import OutputParser, ParsedDelta
-from corral.prompts.plan import PromptPlan, grammar_for, plan_chat, plan_generate
+from corral.prompts.plan import PromptPlan, TokenCounter, grammar_for, plan_chat, plan_generate
 
 __all__ = [
     "GEMMA3_PARAMS",
@@ -48,6 +50,7 @@ __all__ = [
     "OutputParser",
     "ParsedDelta",
     "PromptPlan",
+    "TokenCounter",
     "capabilities",
     "check_capabilities",
     "grammar_for",

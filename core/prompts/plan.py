@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import msgspec
 
 from corral.conversation import Message, Tool
-from corral.errors import CorralError, InvalidRequestError
+from corral.errors import CorralError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
 from corral.prompts import gotemplate, jinja
 from corral.prompts.capabilities import _has_suffix, _has_tools, missing_capability, think_markers, tool_tag
@@ -19,6 +18,8 @@ from corral.prompts.outparse import OutputParser
 from corral.spec import ModelSpec
 
 IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
+# (text, add BOS?) -> the text's tokens: what truncation counts with, and what the engine then sends
+TokenCounter = Callable[[str, bool], list[int]]
 # end-of-turn strings that real templates close a turn with; a model that prints one as text is done
 _TURN_ENDS = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<｜end▁of▁sentence｜>",
               "<|endoftext|>", "</s>"]
@@ -40,6 +41,7 @@ class PromptPlan:
     tool_tag: str = "{"
     truncated: bool = False  # history messages were dropped to fit num_ctx
     turn_suffix: str = ""  # what the template writes after an answer, up to the next user message
+    tokens: list[int] | None = None  # the text's tokens when truncation already counted them
 
     def new_parser(self) -> OutputParser:
         """A fresh streaming parser for this plan's output (thinking, tool calls, content)."""
@@ -53,22 +55,12 @@ class PromptPlan:
 
 # ---- shared steps ---------------------------------------------------------------------------------
 def grammar_for(fmt: Format) -> str | None:
-    """GBNF for Ollama's `format`: None/"" (no constraint), "json", or a JSON-schema object."""
-    if fmt is None or fmt == "":
+    """GBNF for a job's `format` (checked when the job was made): None, "json" or a JSON-schema object."""
+    if fmt is None:
         return None
-    if fmt == "json":
-        return JSON_GBNF
     if isinstance(fmt, dict):
         return schema_to_gbnf(fmt)
-    if isinstance(fmt, str):
-        # compat(ollama): a JSON-schema object may arrive as a JSON-encoded string
-        try:
-            decoded = json.loads(fmt)
-        except ValueError:
-            decoded = None
-        if isinstance(decoded, dict):
-            return schema_to_gbnf(decoded)
-    raise InvalidRequestError(f'invalid format: expected "json" or a valid JSON schema, got {fmt!r}')
+    return JSON_GBNF
 
 
 def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
@@ -77,9 +69,7 @@ def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
 
 
 def _resolve_think(spec: ModelSpec, think: Think, markers: tuple[str, str] | None) -> bool:
-    if isinstance(think, str) and think not in ("low", "medium", "high", "max"):
-        raise InvalidRequestError(
-            f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)')
+    """Whether the model thinks for this job (its ``think`` was checked when the job was made)."""
     wanted = think is True or isinstance(think, str)
     if wanted and markers is None:
         raise missing_capability(spec, "thinking")
@@ -168,9 +158,13 @@ def _strip_reasoning(m: Message, markers: tuple[str, str]) -> Message:
     return msgspec.structs.replace(m, content=head.split(close, 1)[1].lstrip())
 
 
+def _adds_bos(text: str, bos: str) -> bool:
+    """Whether the tokenizer should add BOS: not when the rendered text already starts with it."""
+    return not (bos and text.startswith(bos))
+
+
 def _finish(text: str, bos: str, **kw: Any) -> PromptPlan:
-    add_special = not (bos and text.startswith(bos))
-    return PromptPlan(text=text, add_special=add_special, **kw)
+    return PromptPlan(text=text, add_special=_adds_bos(text, bos), **kw)
 
 
 _ANSWER, _NEXT = "\x00corral-answer\x00", "\x00corral-next\x00"
@@ -201,8 +195,12 @@ def _starts_thinking(text: str, markers: tuple[str, str] | None) -> bool:
 
 # ---- public entry points --------------------------------------------------------------------------
 def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_token: str, eos_token: str,
-              count_tokens: Callable[[str], int] | None = None, num_ctx: int | None = None) -> PromptPlan:
-    """Render a chat job's prompt (see the package docstring for the rules)."""
+              count_tokens: TokenCounter | None = None, num_ctx: int | None = None) -> PromptPlan:
+    """Render a chat job's prompt (see the package docstring for the rules).
+
+    With ``count_tokens`` and ``num_ctx`` the history is cut to fit; the tokens of the rendering that
+    was sent come back in ``PromptPlan.tokens``, so the conversation is tokenized once.
+    """
     go_src = spec.template or None
     jinja_src = gguf_template if not go_src else None
     markers = think_markers(go_src, jinja_src)
@@ -221,25 +219,31 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     if markers is not None:
         msgs = [_strip_reasoning(m, markers) if i < len(msgs) - 1 else m for i, m in enumerate(msgs)]
 
-    start = 0
-    fits = True
-    if count_tokens is not None and num_ctx is not None and len(msgs) > 1:
-        # the common case first: the whole conversation fits and one render decides it
-        n = count_tokens(renderer.render(msgs, job.tools)) + IMAGE_TOKENS * sum(len(m.images) for m in msgs)
-        fits = n <= num_ctx
-    if not fits:
+    def window_from(i: int) -> list[Message]:
+        return [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
+
+    def fitting(i: int) -> tuple[str, list[int]] | None:
+        """The rendering of the window from message ``i`` and its tokens, if they fit ``num_ctx``."""
         assert count_tokens is not None and num_ctx is not None
-        start = len(msgs) - 1
-        # walk back from the last message and keep every older one that still fits
-        for i in range(len(msgs) - 2, -1, -1):
-            window = [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
-            n = count_tokens(renderer.render(window, job.tools))
-            n += IMAGE_TOKENS * sum(len(m.images) for m in msgs[i:])
-            if n > num_ctx:
-                break
-            start = i
-    window = [m for m in msgs[:start] if m.role == "system"] + msgs[start:]
-    text = renderer.render(window, job.tools)
+        text = renderer.render(window_from(i), job.tools)
+        tokens = count_tokens(text, _adds_bos(text, bos_token))
+        n = len(tokens) + IMAGE_TOKENS * sum(len(m.images) for m in msgs[i:])
+        return (text, tokens) if n <= num_ctx else None
+
+    start = 0
+    fitted: tuple[str, list[int]] | None = None  # the rendering that is sent, with its tokens
+    if count_tokens is not None and num_ctx is not None and len(msgs) > 1:
+        fitted = fitting(0)  # the common case first: the whole conversation fits
+        if fitted is None:
+            start = len(msgs) - 1
+            # walk back from the last message and keep every older one that still fits
+            for i in range(len(msgs) - 2, -1, -1):
+                older = fitting(i)
+                if older is None:
+                    break
+                start, fitted = i, older
+    window = window_from(start)
+    text = fitted[0] if fitted is not None else renderer.render(window, job.tools)
     src = go_src or jinja_src or ""
     inside = _starts_thinking(text, markers)
     if grammar and think_on and markers is not None:
@@ -249,15 +253,13 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
         images=[img for m in window for img in m.images], think=think_on,
         think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
         tools=list(job.tools), tool_tag=tool_tag(go_src, jinja_src), truncated=start > 0,
-        turn_suffix=_turn_suffix(renderer),
+        turn_suffix=_turn_suffix(renderer), tokens=fitted[1] if fitted is not None else None,
     )
 
 
 def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | None, bos_token: str,
                   eos_token: str) -> PromptPlan:
     """Render a generate job's prompt: raw, fill-in-the-middle, or the prompt as one user turn."""
-    if job.raw and (job.template or job.system or job.context):
-        raise InvalidRequestError("raw mode does not support template, system, or context")
     go_src = job.template or spec.template or None
     jinja_src = gguf_template if not go_src else None
     markers = think_markers(go_src, jinja_src)

@@ -1,4 +1,4 @@
-"""Checks and formatting shared by both wire layers: keep_alive, think, format, logprobs, ids, times."""
+"""Checks and formatting shared by both wire layers: model names, keep_alive, options, images, ids, times."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from typing import Any
 from corral.config import parse_duration
 from corral.errors import InvalidRequestError
 
-MAX_TOP_LOGPROBS = 20
-THINK_LEVELS = ("low", "medium", "high")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -36,36 +34,6 @@ def keep_alive(value: float | str | None) -> float | None:
         return parse_duration(value)
     except (ValueError, OverflowError) as exc:
         raise InvalidRequestError(f"invalid keep_alive: {exc}") from None
-
-
-def think(value: bool | str | None) -> bool | str | None:
-    """``think``: a bool or a level; "max" is taken as "high" (the strongest level we pass on)."""
-    if value is None or isinstance(value, bool):
-        return value
-    level = value.strip().lower()
-    if level == "max":
-        return "high"
-    if level in THINK_LEVELS:
-        return level
-    raise InvalidRequestError(f"invalid think value: {value!r} (use true, false, low, medium or high)")
-
-
-def format_(value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-    """``format``: None/"" = free text, "json", or a JSON-schema object."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, dict):
-        return value
-    if value.strip().lower() == "json":
-        return "json"
-    raise InvalidRequestError(f"invalid format: {value!r} (use \"json\" or a JSON schema object)")
-
-
-def top_logprobs(value: int) -> int:
-    """0..20, else the error Ollama gives."""
-    if not 0 <= value <= MAX_TOP_LOGPROBS:
-        raise InvalidRequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
-    return value
 
 
 def options(value: dict[str, Any] | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from corral.config import Config
+from corral.config import Config, fake_script
 from corral.errors import (
     BackendError,
     ContextLengthError,
@@ -140,7 +140,6 @@ class FakeBackend:
         self._models: dict[str, _Model] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._config: Config | None = None
 
     # ---- in-process scripting --------------------------------------------------------------------
     def enqueue(self, reply: str | None = None, *, delay: float = 0.0, error: str | None = None,
@@ -159,9 +158,9 @@ class FakeBackend:
             for i, rule in enumerate(self._queue):
                 if rule.match in prompt_text:
                     return self._queue.pop(i)
-        config = self._config or Config.from_env()
-        if config.fake_script:
-            for rule in load_rules(config.fake_script):
+        script = fake_script()
+        if script:
+            for rule in load_rules(script):
                 if rule.match in prompt_text:
                     return rule
         return None
@@ -175,7 +174,6 @@ class FakeBackend:
     # ---- hooks -----------------------------------------------------------------------------------
     @hookimpl
     def corral_probe_backend(self, config: Config) -> BackendInfo:
-        self._config = config
         return BackendInfo(
             name=self.name, priority=self.priority, usable=self.usable,
             reason="test backend: deterministic fake replies, no inference" if self.usable

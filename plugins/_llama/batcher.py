@@ -13,13 +13,14 @@ import numpy as np
 from corral.errors import BackendError, CorralError, GenerationCancelledError, InvalidRequestError
 from corral.types import CancelToken, GenerationRequest, GenerationStats, LoadOptions, TokenEvent
 
-from .sampling import MAX_TOP_LOGPROBS, SamplerChain, logprobs_from_logits
+from .sampling import SamplerChain, logprobs_from_logits
 from .slots import Job, Slot, StepClock, Stream, common_prefix, default_threads, fit_prompt
 
 __all__ = ["Batcher"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 _MIN_SHARE = 16
+# the names corral.config.KV_CACHE_TYPES allows (checked when the config is built)
 _KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
 
 
@@ -33,8 +34,6 @@ class Batcher:
         self._vocab = model.vocab
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         n_par = max(1, int(options.num_parallel))
-        if options.kv_cache_type not in _KV_TYPES:
-            raise InvalidRequestError(f"kv_cache_type must be one of {', '.join(_KV_TYPES)}")
         cp = lib.llama_context_default_params()
         # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
         # makes a common system prompt cost one evaluation for all concurrent users.
@@ -100,8 +99,6 @@ class Batcher:
         lo, hi = min(prompt), max(prompt)
         if lo < 0 or hi >= self.n_vocab:
             raise InvalidRequestError(f"prompt token {lo if lo < 0 else hi} is not in the vocabulary")
-        if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidRequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
         sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling)
         sampler.accept_history(prompt[-self.n_ctx_seq :])

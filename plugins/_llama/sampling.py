@@ -8,11 +8,9 @@ from typing import Any
 import numpy as np
 
 from corral.errors import GrammarError, InvalidRequestError
-from corral.types import SamplingParams, TokenLogprob
+from corral.types import MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob
 
-__all__ = ["MAX_TOP_LOGPROBS", "SamplerChain", "logprobs_from_logits"]
-
-MAX_TOP_LOGPROBS = 20
+__all__ = ["SamplerChain", "logprobs_from_logits"]
 # llama.h: LLAMA_DEFAULT_SEED; dist() draws a random seed when given it.
 _RANDOM_SEED = 0xFFFFFFFF
 _CAND_MAX = 2048  # most candidates handed to the chain by the top-k pre-selection

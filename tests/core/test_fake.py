@@ -141,14 +141,15 @@ def test_embeddings_similarity_and_errors(hooks, handle) -> None:
         hooks.embed(handle, [[]])
 
 
-def test_script_file_rules_and_bad_script(tmp_path, tiny_gguf) -> None:
+def test_script_file_rules_and_bad_script(tmp_path, tiny_gguf, monkeypatch) -> None:
     script = tmp_path / "rules.json"
     script.write_text(json.dumps([{"match": "weather", "reply": "Sunny."},
                                   {"match": "fail", "error": "scripted failure"}]))
+    monkeypatch.setenv("CORRAL_FAKE_SCRIPT", str(script))  # the fake's own variable, not a Config field
     fake = FakeBackend()
-    pm = make_plugin_manager(Config(fake_script=str(script)), load_entrypoints=False)
+    pm = make_plugin_manager(Config(), load_entrypoints=False)
     pm.register(fake, name="fake")
-    name, _ = select_backend(pm, Config(fake_script=str(script)))  # the probe hands the config over
+    name, _ = select_backend(pm, Config())
     hooks = BackendHooks(pm, name)
     h = hooks.load_model(str(tiny_gguf), LoadOptions())
     assert gen(hooks, h, "what is the weather")[0] == "Sunny."

@@ -12,6 +12,7 @@ from corral.options import (
     LOAD_KEYS,
     OPTIONS,
     default_options,
+    for_prompt,
     merge_options,
     parse_parameter,
     to_generation,
@@ -117,13 +118,23 @@ def test_load_bounds_are_400(opts) -> None:
         to_load_options(merge_options(None, opts), Config())
 
 
-def test_bad_kv_cache_type_config() -> None:
-    with pytest.raises(InvalidRequestError, match="CORRAL_KV_CACHE_TYPE"):
-        to_load_options({}, Config(kv_cache_type="q2"))
+@pytest.mark.parametrize(("env", "value", "words"), [
+    ("CORRAL_KV_CACHE_TYPE", "q2", "CORRAL_KV_CACHE_TYPE must be one of f16, q8_0, q4_0, not 'q2'"),
+    ("CORRAL_NUM_PARALLEL", "0", "CORRAL_NUM_PARALLEL must be at least 1, not 0"),
+    ("CORRAL_CONTEXT_LENGTH", "-5", "CORRAL_CONTEXT_LENGTH must be at least 1, not -5"),
+    ("CORRAL_MAX_QUEUE", "many", "invalid literal"),
+])
+def test_a_bad_setting_fails_when_the_config_is_built(env, value, words) -> None:
+    # at startup (the CLI turns this into a usage error), never as a 400 on some later request
+    with pytest.raises(ValueError, match="invalid environment setting: ") as e:
+        Config.from_env({env: value})
+    assert words in str(e.value)
+    with pytest.raises(ValueError, match="CORRAL_KV_CACHE_TYPE"):
+        Config(kv_cache_type="q2")
 
 
 def test_generation_defaults() -> None:
-    req = to_generation(merge_options(None, None), [1, 2, 3])
+    req = for_prompt(to_generation(merge_options(None, None)), [1, 2, 3], n_ctx=4096)
     assert req.prompt == [1, 2, 3]
     assert req.sampling == SamplingParams()
     assert (req.num_predict, req.stop, req.num_keep, req.shift, req.logprobs) == (-1, [], 4, True, False)
@@ -132,10 +143,13 @@ def test_generation_defaults() -> None:
 def test_generation_from_options() -> None:
     opts = merge_options({"stop": ["x", ""]}, {"temperature": 0, "seed": 7, "num_predict": 5,
                                               "repeat_last_n": -1, "num_keep": -1, "top_k": 0})
-    req = to_generation(opts, list(range(10)), n_ctx=2048, grammar='root ::= "a"', top_logprobs=3)
+    settings = to_generation(opts, top_logprobs=3)
+    # what depends on the loaded context waits for the prompt: -1 stays -1 until then
+    assert settings.prompt == [] and settings.num_keep == -1 and settings.sampling.repeat_last_n == -1
+    req = for_prompt(settings, list(range(10)), n_ctx=2048, grammar='root ::= "a"', stop=["<end>", "x"])
     s = req.sampling
     assert (s.temperature, s.seed, s.repeat_last_n, s.top_k, s.grammar) == (0.0, 7, 2048, 0, 'root ::= "a"')
-    assert req.num_predict == 5 and req.stop == ["x"] and req.num_keep == 10
+    assert req.num_predict == 5 and req.stop == ["x", "<end>"] and req.num_keep == 10
     assert req.logprobs and req.top_logprobs == 3
 
 
@@ -144,7 +158,7 @@ def test_seed_and_num_predict_normalised() -> None:
     assert req.sampling.seed == -1 and req.num_predict == -1
     assert to_generation({"seed": (1 << 32) + 3}).sampling.seed == 3
     assert to_generation({"repeat_penalty": 0.0}).sampling.repeat_penalty == 1.0
-    assert to_generation({"num_keep": 99999}, n_ctx=512).num_keep == 511
+    assert for_prompt(to_generation({"num_keep": 99999}), [1], n_ctx=512).num_keep == 511
 
 
 @pytest.mark.parametrize("opts", [{"temperature": -0.1}, {"top_p": 1.5}, {"top_p": -0.1}, {"min_p": 2.0},
@@ -160,8 +174,6 @@ def test_too_many_or_too_long_stops() -> None:
         to_generation(merge_options(None, {"stop": ["s"] * 65}))
     with pytest.raises(InvalidRequestError, match="stop"):
         to_generation(merge_options(None, {"stop": ["s" * 2000]}))
-    with pytest.raises(InvalidRequestError, match="top_logprobs"):
-        to_generation({}, top_logprobs=21)
 
 
 def test_parse_parameter() -> None:

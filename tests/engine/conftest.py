@@ -64,15 +64,17 @@ def runner_of(engine: Engine, name: str) -> Runner:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, engine_store: Store) -> Callable[..., Config]:
-    """Config for the fake backend only, scripted by ``rules`` (CORRAL_FAKE_SCRIPT), plus overrides."""
+def make_config(tmp_path: Path, engine_store: Store,
+                monkeypatch: pytest.MonkeyPatch) -> Callable[..., Config]:
+    """Config for the fake backend only, plus overrides; ``rules`` script the fake (through its own
+    variable, CORRAL_FAKE_SCRIPT, which runner subprocesses inherit)."""
 
     def make(rules: list[dict[str, Any]] | None = None, **overrides: Any) -> Config:
         script = tmp_path / f"fake-script-{len(list(tmp_path.iterdir()))}.json"
         script.write_text(json.dumps(rules or []))
+        monkeypatch.setenv("CORRAL_FAKE_SCRIPT", str(script))
         values: dict[str, Any] = dict(models=engine_store.root, home=tmp_path, load_plugins=(),
-                                      extra_plugins=("corral.testing.fake",), fake_script=str(script),
-                                      keep_alive=300.0)
+                                      extra_plugins=("corral.testing.fake",), keep_alive=300.0)
         values.update(overrides)
         return Config(**values)
 

@@ -18,7 +18,7 @@ def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):
                flash_attention=False, kv_cache_type="q8_0", backend="cpu", origins=("http://a", "http://b"),
                api_key="secret", max_body=1234, noprune=True, debug=True, load_plugins=("cpu",),
                disable_plugins=("cuda",), extra_plugins=("corral.testing.fake",), trace_plugins=True,
-               nohistory=True, fake_script="/tmp/rules.json", cpu_variant="zen4"),
+               nohistory=True, cpu_variant="zen4"),
         Config(keep_alive=0.25, flash_attention=True, load_plugins=()),
     ]
     # The second config sets every field, so a new setting missing from Config.to_env fails here.

@@ -77,13 +77,23 @@ def test_bos_is_not_doubled() -> None:
 def test_history_truncation_keeps_system_and_last_message() -> None:
     msgs = [Message(role="system", content="S")] + [user(f"m{i} " + "w " * 20) for i in range(10)]
     spec = make_spec(template=CHATML)
-    count = lambda s: len(s.split())  # noqa: E731 - a word counter stands in for the tokenizer
+    seen: list[str] = []
+
+    def count(text: str, add_bos: bool) -> list[str]:  # words stand in for the tokenizer's tokens
+        seen.append(text)
+        return text.split()
+
     full = chat(spec, messages=msgs).text
     assert not chat(spec, messages=msgs).truncated
-    limit = count(full) // 2
+    limit = len(full.split()) // 2
     cut = plan_chat(spec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
                     count_tokens=count, num_ctx=limit)
-    assert cut.truncated and count(cut.text) <= limit
+    assert cut.truncated and len(cut.text.split()) <= limit
+    # the tokens counted for the rendering that is sent come with it: the engine tokenizes it once
+    assert cut.tokens == cut.text.split() and seen.count(cut.text) == 1
+    whole = plan_chat(spec, ChatJob(model="x", messages=msgs), gguf_template=None, bos_token="", eos_token="",
+                      count_tokens=count, num_ctx=10 * limit)
+    assert not whole.truncated and whole.text == full and whole.tokens == full.split()
     assert cut.text.startswith("<|im_start|>system\nS<|im_end|>")
     assert "m9 " in cut.text and "m0 " not in cut.text
     # the newest messages are the ones kept

@@ -128,11 +128,12 @@ def test_full_queue_answers_503(make_harness: Callable[..., Harness]) -> None:
 
 
 @pytest.mark.slow
-def test_runner_killed_mid_request(make_harness: Callable[..., Harness], tmp_path: Path) -> None:
+def test_runner_killed_mid_request(make_harness: Callable[..., Harness], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     script = tmp_path / "fake.json"
     script.write_text(json.dumps([{"match": "doomed", "reply": "z" * 500, "delay": 0.02}]))
-    h = make_harness(subprocess=True, load_plugins=(), extra_plugins=("corral.testing.fake",),
-                     fake_script=str(script))
+    monkeypatch.setenv("CORRAL_FAKE_SCRIPT", str(script))  # the runner subprocess inherits it
+    h = make_harness(subprocess=True, load_plugins=(), extra_plugins=("corral.testing.fake",))
 
     async def main(url: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:

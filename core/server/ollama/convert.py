@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.errors import InvalidRequestError
 from corral.jobs import ChatJob, Chunk, EmbedJob, GenerateJob, LogprobEntry
 from corral.server import common
 from corral.server.ollama.schemas import (
@@ -26,17 +25,13 @@ from corral.server.ollama.schemas import (
 def generate_job(req: GenerateRequest) -> GenerateJob:
     """A GenerateJob from /api/generate, with Ollama's request checks."""
     model = common.require_model(req.model)
-    if req.raw and (req.template or req.system or req.context):
-        # compat(ollama): routes.go GenerateHandler.
-        raise InvalidRequestError("raw mode does not support template, system, or context")
     return GenerateJob(
         model=model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
-        context=list(req.context or []), raw=req.raw, format=common.format_(req.format),
+        context=list(req.context or []), raw=req.raw, format=req.format,
         options=common.options(req.options), keep_alive=common.keep_alive(req.keep_alive),
-        think=common.think(req.think), truncate=True if req.truncate is None else req.truncate,
+        think=req.think, truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
-        top_logprobs=common.top_logprobs(req.top_logprobs),
-        images=[common.decode_image(i) for i in req.images or []],
+        top_logprobs=req.top_logprobs, images=[common.decode_image(i) for i in req.images or []],
     )
 
 
@@ -57,11 +52,11 @@ def chat_job(req: ChatRequest) -> ChatJob:
                   parameters=dict(t.function.parameters), type=t.type) for t in req.tools or []]
     return ChatJob(
         model=model, messages=[message(m) for m in req.messages or []], tools=tools,
-        format=common.format_(req.format), options=common.options(req.options),
-        keep_alive=common.keep_alive(req.keep_alive), think=common.think(req.think),
+        format=req.format, options=common.options(req.options),
+        keep_alive=common.keep_alive(req.keep_alive), think=req.think,
         truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
-        top_logprobs=common.top_logprobs(req.top_logprobs),
+        top_logprobs=req.top_logprobs,
     )
 
 
@@ -70,8 +65,6 @@ def embed_job(req: EmbedRequest) -> EmbedJob:
     model = common.require_model(req.model)
     inputs = [req.input] if isinstance(req.input, str) else list(req.input or [])
     inputs = [] if inputs == [""] else inputs
-    if req.dimensions is not None and req.dimensions < 1:
-        raise InvalidRequestError("dimensions must be a positive integer")
     return EmbedJob(model=model, inputs=inputs, truncate=True if req.truncate is None else req.truncate,
                     dimensions=req.dimensions, normalize=True, options=common.options(req.options),
                     keep_alive=common.keep_alive(req.keep_alive))

@@ -129,7 +129,7 @@ def chat_job(req: S.ChatCompletionRequest) -> ChatJob:
     return ChatJob(model=model, messages=_messages(req.messages), tools=tools,
                    format=_format(req.response_format), options=_sampling(req, max_tokens),
                    think=_think(req), logprobs=bool(req.logprobs) or top > 0,
-                   top_logprobs=common.top_logprobs(top))
+                   top_logprobs=top)
 
 
 def completion_job(req: S.CompletionRequest) -> GenerateJob:
@@ -145,7 +145,7 @@ def completion_job(req: S.CompletionRequest) -> GenerateJob:
     top = req.logprobs or 0
     return GenerateJob(model=model, prompt=prompt, suffix=req.suffix or "",
                        options=_sampling(req, req.max_tokens), logprobs=req.logprobs is not None,
-                       top_logprobs=common.top_logprobs(top))
+                       top_logprobs=top)
 
 
 def embed_job(req: S.EmbeddingRequest) -> tuple[EmbedJob, bool]:
@@ -159,8 +159,6 @@ def embed_job(req: S.EmbeddingRequest) -> tuple[EmbedJob, bool]:
     inputs = [req.input] if isinstance(req.input, str) else list(req.input)
     if not inputs or any(not i for i in inputs):
         raise InvalidRequestError("invalid input: must be a non-empty string or a list of non-empty strings")
-    if req.dimensions is not None and req.dimensions < 1:
-        raise InvalidRequestError("dimensions must be a positive integer")
     return EmbedJob(model=model, inputs=inputs, dimensions=req.dimensions), enc == "base64"
 
 
