@@ -133,8 +133,9 @@ class Engine:
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             info = lease.handle.info
-            plan = plan_generate(spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
-                                 eos_token=info.eos_token)
+            # templates are untrusted work: rendered on a worker thread, never on the event loop
+            plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
+                                           bos_token=info.bos_token, eos_token=info.eos_token)
             tokens = list(job.context) + await lease.runner.tokenize(
                 plan.text, add_special=plan.add_special and not job.context, parse_special=not job.raw)
             request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from corral.prompts.goparse import (
 MAX_OUTPUT_CHARS = 8 << 20  # a prompt larger than this cannot fit any context anyway
 MAX_STEPS = 2_000_000  # node evaluations; bounds runaway loops over huge data
 MAX_DEPTH = 64  # nested {{template}} calls
+TIME_LIMIT_S = 2.0  # wall time of one execution, checked as it runs
 
 
 class _Break(Exception):
@@ -37,6 +39,16 @@ class _Continue(Exception):
 
 
 # ---- execution ------------------------------------------------------------------------------------
+class Limits:
+    """The step, output and time budget of one render, shared by every execution it makes (Ollama's
+    legacy templates run once per turn)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.size = 0
+        self.deadline = time.monotonic() + TIME_LIMIT_S
+
+
 class _Exec:
     """Go's exec state: one flat variable stack; a control structure pops what it pushed.
 
@@ -46,24 +58,26 @@ class _Exec:
     with a fresh stack holding only `$`.
     """
 
-    def __init__(self, tmpl: GoTemplate) -> None:
+    def __init__(self, tmpl: GoTemplate, limits: Limits | None = None) -> None:
         self.tmpl = tmpl
         self.out: list[str] = []
-        self.size = 0
-        self.steps = 0
+        self.limits = limits or Limits()
         self.depth = 0
         self.vars: list[list[Any]] = []  # [name, value] pairs, innermost last
 
     def emit(self, s: str) -> None:
-        self.size += len(s)
-        if self.size > MAX_OUTPUT_CHARS:
+        self.limits.size += len(s)
+        if self.limits.size > MAX_OUTPUT_CHARS:
             raise TemplateError(f"template output exceeds the limit of {MAX_OUTPUT_CHARS} characters")
         self.out.append(s)
 
     def tick(self, line: int) -> None:
-        self.steps += 1
-        if self.steps > MAX_STEPS:
+        lim = self.limits
+        lim.steps += 1
+        if lim.steps > MAX_STEPS:
             raise TemplateError(f"template: :{line}: evaluation exceeds {MAX_STEPS} steps")
+        if lim.steps & 0xFF == 0 and time.monotonic() > lim.deadline:
+            raise TemplateError(f"template: :{line}: execution took longer than {TIME_LIMIT_S:g} s")
 
     def run_list(self, nodes: list[Any], dot: Any) -> None:
         for n in nodes:
@@ -199,6 +213,8 @@ class _Exec:
                 raise TemplateError(
                     f"template: :{head.line}: wrong number or type of args for {head.name}: got {len(args)}"
                 ) from None
+            except (ValueError, ArithmeticError, RecursionError) as e:  # chr(-1), float(10**400), ...
+                raise TemplateError(f"template: :{head.line}: error calling {head.name}: {e}") from None
         if len(c.args) > 1 or has_piped:
             raise TemplateError(f"template: :{c.line}: can't give argument to non-function {_describe(head)}")
         return self.eval_arg(head, dot)
@@ -273,9 +289,12 @@ def _describe(n: Any) -> str:
     return "."
 
 
-def execute(tmpl: GoTemplate, data: Any, root: list[Any] | None = None) -> str:
-    """Render `tmpl` (or an edited copy of its node list, `root`) with `data` as dot and `$`."""
-    ex = _Exec(tmpl)
+def execute(tmpl: GoTemplate, data: Any, root: list[Any] | None = None, limits: Limits | None = None) -> str:
+    """Render `tmpl` (or an edited copy of its node list, `root`) with `data` as dot and `$`.
+
+    ``limits`` carries the step, output and time budget across several executions of one render.
+    """
+    ex = _Exec(tmpl, limits)
     ex.vars.append(["$", data])
     try:
         ex.run_list(tmpl.root if root is None else root, data)

@@ -78,6 +78,9 @@ def truth(v: Any) -> bool:
     return True
 
 
+_MAX_FMT_NUM = 1_000_000
+
+
 # ---- functions ------------------------------------------------------------------------------------
 def _printf(fmt: str, *args: Any) -> str:
     out: list[str] = []
@@ -105,9 +108,17 @@ def _printf(fmt: str, *args: Any) -> str:
             continue
         a = args[ai]
         ai += 1
+        # compat(go): fmt refuses widths and precisions past 1e6 (printing %!(BADWIDTH)/%!(BADPREC));
+        # checking before formatting also keeps `%999999999d` from allocating a gigabyte
+        if prec is not None and int(prec) > _MAX_FMT_NUM:
+            out.append("%!(BADPREC)")
+            prec = None
         s = _format_one(verb, a, prec)
         if width and width != "*":
             w = int(width)
+            if w > _MAX_FMT_NUM:
+                out.append("%!(BADWIDTH)")
+                w = 0
             s = s.ljust(w) if "-" in flags else (s.rjust(w, "0") if "0" in flags else s.rjust(w))
         out.append(s)
     if ai < len(args):

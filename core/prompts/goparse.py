@@ -9,6 +9,7 @@ from typing import Any
 from corral.errors import TemplateError
 
 MAX_TEMPLATE_CHARS = 1 << 20  # a Modelfile TEMPLATE is a few KiB; 1 MiB bounds parse time
+MAX_NESTING = 100  # nested if/range/with/define and parentheses; real templates nest under 10
 
 
 # ---- AST ------------------------------------------------------------------------------------------
@@ -291,6 +292,13 @@ class _Parser:
         self.range_depth = 0
         # Go checks variables while parsing: each name declared so far in an enclosing scope
         self.vars: list[str] = ["$"]
+        self.nesting = 0
+
+    def nest(self, line: int) -> None:
+        """Enter one level of nesting (the caller leaves it in a finally); bounded before Python's stack."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise TemplateError(f"template: :{line}: nesting deeper than {MAX_NESTING} levels")
 
     def parse_list(self, stop: tuple[str, ...]) -> tuple[list[Any], _Item | None]:
         """Nodes until an action whose first keyword is in `stop` (returned, unconsumed)."""
@@ -329,10 +337,12 @@ class _Parser:
     def parse_branch(self, kind: str, toks: list, line: int) -> Branch:
         # Go's parseControl: what the pipeline, the body or the else part declares ends at {{end}}
         mark = len(self.vars)
+        self.nest(line)
         try:
             return self._parse_branch(kind, toks, line)
         finally:
             del self.vars[mark:]
+            self.nesting -= 1
 
     def _parse_branch(self, kind: str, toks: list, line: int) -> Branch:
         if not toks:
@@ -373,10 +383,12 @@ class _Parser:
             raise TemplateError(f"template: :{line}: {kw} needs a quoted template name")
         name = toks[0][1]
         saved, self.vars = self.vars, ["$"]  # a defined template sees only `$`
+        self.nest(line)
         try:
             body, end = self.parse_list(("end",))
         finally:
             self.vars = saved
+            self.nesting -= 1
         if end is None:
             raise TemplateError(f"template: :{line}: unexpected EOF: {{{{{kw}}}}} has no {{{{end}}}}")
         self.i += 1
@@ -454,7 +466,11 @@ class _Parser:
                 end += 1
             if depth:
                 raise TemplateError(f"template: :{line}: unclosed left paren")
-            node = self.parse_pipe(toks[pos : end - 1], line)
+            self.nest(line)
+            try:
+                node = self.parse_pipe(toks[pos : end - 1], line)
+            finally:
+                self.nesting -= 1
             pos = end
         elif kind == "rparen":
             raise TemplateError(f"template: :{line}: unexpected right paren")

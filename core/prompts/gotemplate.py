@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.prompts.goexec import execute
+from corral.prompts.goexec import Limits, execute
 from corral.prompts.gofuncs import JsonMap, Struct
 from corral.prompts.goparse import Action, Branch, Command, Field, GoTemplate, Pipe, parse, walk_fields
 
@@ -46,6 +46,7 @@ class OllamaTemplate:
     def render(self, messages: list[Message], tools: list[Tool], think: dict[str, Any]) -> str:
         """Render a conversation: with `.Messages` once, else one run per (system, prompt, response)."""
         system, collated = collate(messages)
+        limits = Limits()  # one budget for the whole render, however many turns it runs
         if self.uses_messages:
             return execute(self.tree, {
                 "System": system,
@@ -53,13 +54,14 @@ class OllamaTemplate:
                 "Tools": [tool_struct(t) for t in tools],
                 "Response": "",
                 **think,
-            })
+            }, limits=limits)
         out: list[str] = []
         sys_, prompt, response = "", "", ""
 
         def flush() -> None:
             nonlocal sys_, prompt, response
-            out.append(execute(self.tree, {"System": sys_, "Prompt": prompt, "Response": response, **think}))
+            out.append(execute(self.tree, {"System": sys_, "Prompt": prompt, "Response": response, **think},
+                               limits=limits))
             sys_, prompt, response = "", "", ""
 
         for m in collated:
@@ -75,7 +77,7 @@ class OllamaTemplate:
                 response = m.content
         # the final turn stops right after {{ .Response }}, where the model takes over
         out.append(execute(self.tree, {"System": sys_, "Prompt": prompt, "Response": response, **think},
-                           root=cut_after_response(self.tree.root)))
+                           root=cut_after_response(self.tree.root), limits=limits))
         return "".join(out)
 
 

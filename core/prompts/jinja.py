@@ -5,24 +5,30 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
-import re
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import jinja2
 import jinja2.ext
 import jinja2.sandbox
+import jinja2.utils
 from jinja2 import nodes
 
 from corral.errors import TemplateError
+from corral.prompts import jinja_bounds as bounds
 
 MAX_TEMPLATE_CHARS = 1 << 20  # real chat templates are under 64 KiB
 MAX_OUTPUT_CHARS = 8 << 20
-MAX_VALUE_CHARS = 4 << 20  # the largest string/list a `*`, `+` or `%` inside the template may build
-TIME_LIMIT_S = 2.0
+TIME_LIMIT_S = bounds.TIME_LIMIT_S
+_MAX_RANGE = 100_000  # items `range()` may produce (jinja's sandbox default)
+_MAX_JSON_INDENT = 16
+# filters that pass values through or pick from them: their input needs no printed-size estimate
+_PICKING_FILTERS = frozenset({
+    "length", "count", "first", "last", "map", "select", "reject", "selectattr", "rejectattr", "sort",
+    "unique", "dictsort", "groupby", "items", "batch", "min", "max", "random", "default", "d", "attr",
+    "abs", "int", "float", "round", "boolean", "reverse", "sum", "list", "slice",
+})
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -36,126 +42,38 @@ class _GenerationTag(jinja2.ext.Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
-class _Guard:
-    """Line tracer for template frames only: stops any loop after the time limit, however it is written."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.count = 0
-
-    def global_trace(self, frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename == "<template>":
-            self.check()
-            return self.local_trace
-        return None
-
-    def local_trace(self, frame: Any, event: str, arg: Any) -> Any:
-        self.count += 1
-        if self.count & 0x3F == 0:
-            self.check()
-        return self.local_trace
-
-    def check(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise TemplateError(f"chat template took longer than {TIME_LIMIT_S:g} s to render")
-
-
-# The largest string or list the running render may build (per thread: renders run on worker threads).
-_limit = threading.local()
-
-
-def _max_value() -> int:
-    return getattr(_limit, "value", MAX_VALUE_CHARS)
-
-
-def _input_size(v: Any, depth: int = 0) -> int:
-    if isinstance(v, str):
-        return len(v)
-    if depth > 20:
-        return 0
-    if isinstance(v, dict):
-        return sum(_input_size(x, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple)):
-        return sum(_input_size(x, depth + 1) for x in v)
-    return 0
-
-
-def _size(v: Any) -> int:
-    return len(v) if isinstance(v, (str, bytes, list, tuple)) else 0
-
-
-def _too_large() -> TemplateError:
-    return TemplateError("chat template builds a value that is too large")
-
-
-def _check(v: Any) -> Any:
-    if _size(v) > _max_value():
-        raise _too_large()
-    return v
-
-
-_WIDTH = re.compile(r"%[-+ #0]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
-
-
-def _check_widths(fmt: Any) -> None:
-    """Refuse %-format or str.format field widths that would allocate more than the limit."""
-    if isinstance(fmt, str):
-        for m in _WIDTH.finditer(fmt):
-            if int(m.group(1) or m.group(2)) > _max_value():
-                raise _too_large()
-
-
-def _check_args(name: str, target: Any, args: tuple[Any, ...]) -> None:
-    """Estimate, before running, what a size-multiplying string operation would build."""
-    if name in ("center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "truncate"):
-        if any(isinstance(a, int) and a > _max_value() for a in args):
-            raise _too_large()
-    elif name in ("format", "format_map"):
-        _check_widths(target)
-    elif name == "replace" and isinstance(target, str) and len(args) >= 2:
-        old, new = str(args[0]), str(args[1])
-        hits = len(target) + 1 if not old else target.count(old)
-        if len(target) + hits * max(0, len(new) - len(old)) > _max_value():
-            raise _too_large()
-
-
-def _checked_join(join: Any) -> Any:
-    def checked(seq: Any) -> Any:
-        parts = list(seq)
-        if sum(len(str(p)) for p in parts) > _max_value():
-            raise _too_large()
-        return join(parts)
-
-    return checked
-
-
 class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
     """The sandbox, plus size checks on everything that can multiply a value's size.
 
-    Operators, `~` concatenation (the compiled template's join helpers), str methods and filters
-    are checked before they run where the size is predictable, and their results after.
+    Operators, `~` concatenation (the compiled template's join helpers), str methods, filters and
+    printed expressions are checked before they run, from their operands' sizes, and their results
+    counted after (corral.prompts.jinja_bounds).
     """
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for a, b in ((left, right), (right, left)):
-                if _size(a) and isinstance(b, int) and _size(a) * b > _max_value():
-                    raise _too_large()
-        elif operator == "**":
-            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 256:
-                raise TemplateError("chat template computes a number that is too large")
-        elif operator == "%":
-            _check_widths(left)
-        return _check(super().call_binop(context, operator, left, right))
+        bounds.check_binop(operator, left, right)
+        return bounds.check_result(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         target = getattr(__obj, "__self__", None)
         if isinstance(target, str):
-            _check_args(getattr(__obj, "__name__", ""), target, args + tuple(kwargs.values()))
-        return _check(super().call(__context, __obj, *args, **kwargs))
+            bounds.check_str_method(getattr(__obj, "__name__", ""), target, args + tuple(kwargs.values()))
+        return bounds.check_result(super().call(__context, __obj, *args, **kwargs))
 
+    def wrap_str_format(self, value: Any) -> Any:
+        # the sandbox swaps `str.format` for its own formatter on attribute access: check that one too
+        fmt = super().wrap_str_format(value)
+        if fmt is None:
+            return None
+        target = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            bounds.check_format(target, args + tuple(kwargs.values()))
+            return bounds.check_result(fmt(*args, **kwargs))
+
+        return checked
 
 
 def _checked_filter(name: str, fn: Any) -> Any:
@@ -164,10 +82,32 @@ def _checked_filter(name: str, fn: Any) -> Any:
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
         if len(args) > skip:
-            _check_args(name, args[skip], args[skip + 1:] + tuple(kwargs.values()))
-        return _check(fn(*args, **kwargs))
+            value, rest = args[skip], args[skip + 1:] + tuple(kwargs.values())
+            if isinstance(value, str):
+                bounds.check_str_method(name, value, rest)
+            elif name not in _PICKING_FILTERS:  # the filter prints its input: estimate that first
+                bounds.check_printable(value)
+            if name == "join":
+                args = (*args[:skip], bounds.check_join(value, rest[0] if rest else ""), *args[skip + 1:])
+            elif name == "format":
+                bounds.check_format(str(value), rest)
+            elif name == "list":
+                return bounds.check_result(bounds.bounded_list(value))
+            elif name == "slice" and rest and isinstance(rest[0], int) and rest[0] > _MAX_RANGE:
+                raise bounds.too_large()
+            elif name == "sum":
+                start = kwargs.get("start", args[skip + 2] if len(args) > skip + 2 else 0)
+                if not isinstance(start, (int, float)):  # adding lists or strings is quadratic
+                    raise TemplateError("chat template: sum adds numbers only")
+        return bounds.check_result(fn(*args, **kwargs))
 
     return checked
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ expression }}`: refuse, before printing, a value whose text is too large."""
+    bounds.check_printable(value)
+    return value
 
 
 def _raise_exception(message: str) -> None:
@@ -176,25 +116,41 @@ def _raise_exception(message: str) -> None:
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    if isinstance(indent, int) and indent > _MAX_JSON_INDENT:
+        raise TemplateError(f"chat template: tojson indent is limited to {_MAX_JSON_INDENT}")
     # compat(hf): transformers' tojson keeps Python's default ", " / ": " separators and no escaping
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
 
 def _strftime_now(fmt: str) -> str:
-    return _dt.datetime.now().strftime(fmt)
+    return _dt.datetime.now().strftime(fmt[:256])
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
+    if not all(isinstance(x, int) and 0 <= x <= 1000 for x in (n, min, max)):
+        raise TemplateError("chat template: lipsum arguments are limited to 1000")
+    return str(jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max))
 
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> _Env:
-    env = _Env(trim_blocks=True, lstrip_blocks=True,
+    env = _Env(trim_blocks=True, lstrip_blocks=True, finalize=_finalize,
                extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     env.filters["tojson"] = _tojson
     # compiled templates call filters straight from this table, so the size checks wrap each one
     env.filters = {name: _checked_filter(name, fn) for name, fn in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["lipsum"] = _lipsum
     return env
+
+
+def _checked_concat(join: Any) -> Any:
+    def checked(seq: Any) -> Any:
+        return bounds.check_result(join(bounds.check_join(seq)))
+
+    return checked
 
 
 @functools.lru_cache(maxsize=32)
@@ -207,20 +163,25 @@ def compile_template(source: str) -> jinja2.Template:
         tmpl = _environment().from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template syntax error at line {e.lineno}: {e.message}") from None
+    except (RecursionError, SyntaxError, MemoryError):  # Python's own limits on nesting
+        raise TemplateError("chat template nests too deeply") from None
     # `~` compiles to calls of these module-level helpers: swap in size-checked ones
     namespace = tmpl.root_render_func.__globals__
     for helper in ("str_join", "markup_join"):
         if helper in namespace:
-            namespace[helper] = _checked_join(namespace[helper])
+            namespace[helper] = _checked_concat(namespace[helper])
     return tmpl
 
 
 def render(source: str, variables: dict[str, Any]) -> str:
-    """Render a Jinja chat template with `variables`; every failure is a TemplateError."""
+    """Render a Jinja chat template with `variables`; every failure is a TemplateError.
+
+    Runs on the caller's thread (never call it on the event loop): time is bounded by a tracer on
+    this thread, memory by the size checks, both per render.
+    """
     tmpl = compile_template(source)
-    # a template may copy its input a few times over, never grow it without bound
-    _limit.value = max(MAX_VALUE_CHARS, 4 * _input_size(variables))
-    guard = _Guard(TIME_LIMIT_S)
+    budget = bounds.start(variables, TIME_LIMIT_S)
+    guard = bounds.Guard(budget)
     previous = sys.gettrace()
     out: list[str] = []
     total = 0
@@ -232,7 +193,7 @@ def render(source: str, variables: dict[str, Any]) -> str:
             if total > MAX_OUTPUT_CHARS:
                 raise TemplateError(f"chat template output exceeds {MAX_OUTPUT_CHARS} characters")
             out.append(chunk)
-            guard.check()
+            budget.check_time()
     except TemplateError:
         raise
     except jinja2.exceptions.SecurityError as e:
@@ -244,6 +205,7 @@ def render(source: str, variables: dict[str, Any]) -> str:
         raise TemplateError(f"chat template failed to render: {type(e).__name__}: {e}") from None
     finally:
         sys.settrace(previous)
+        bounds.finish()
     return "".join(out)
 
 
