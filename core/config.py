@@ -65,6 +65,7 @@ def parse_bool(value: str | None) -> bool:
     return True
 
 
+MAX_DURATION_S = (2**63 - 1) / 1e9  # Go's time.Duration limit
 _DURATION_RE = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -73,7 +74,8 @@ def parse_duration(value: str | int | float) -> float:
     """Seconds from a Go duration string ("5m", "1h30m", "-1m") or a number of seconds.
 
     A bare numeric *string* is rejected with "missing unit in duration", as Ollama does for
-    ``keep_alive``; numbers are seconds. Negative means forever (returned as ``float('inf')``).
+    ``keep_alive``; numbers are seconds. Negative, or more than Go's longest duration (~292 years),
+    means forever (returned as ``float('inf')``).
     """
     if isinstance(value, bool):
         raise ValueError("invalid duration")
@@ -98,7 +100,9 @@ def parse_duration(value: str | int | float) -> float:
         seconds *= sign
     if seconds != seconds:  # NaN
         raise ValueError("invalid duration")
-    return float("inf") if seconds < 0 else seconds
+    # Negative means forever (Ollama's rule); so does anything past the longest duration Go can hold
+    # (~292 years), which no timer or timestamp downstream could represent.
+    return float("inf") if seconds < 0 or seconds > MAX_DURATION_S else seconds
 
 
 def parse_size(text: str) -> int:

@@ -184,11 +184,45 @@ def _parse(r: _Reader, size: int, max_kv_bytes: int, keep_arrays: bool) -> GGUFI
         raise InvalidModelFileError("invalid GGUF file: general.alignment must be an integer")
     if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 30:
         raise InvalidModelFileError(f"invalid GGUF alignment: {alignment} (must be a power of 2)")
+    _check_known_keys(kv)
     tensors = [_tensor(r, i) for i in range(n_tensors)]
     data_offset = -(-r.pos // alignment) * alignment
     _check_tensors(tensors, data_offset, alignment, size)
     return GGUFInfo(version=version, kv=kv, tensors=tensors, tensor_data_offset=data_offset,
                     alignment=alignment, file_size=size)
+
+
+# Keys corral (and llama.cpp) read as one type: any other type is refused here, at create, rather
+# than failing later (a string parameter count, a float block count, an array architecture).
+_STRING_KEYS = ("general.architecture", "general.name", "tokenizer.chat_template", "tokenizer.ggml.model")
+_COUNT_KEYS = ("general.parameter_count", "general.file_type", "general.quantization_version")
+_ARCH_COUNT_KEYS = ("context_length", "embedding_length", "block_count")
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "eot_token_id", "padding_token_id", "unknown_token_id")
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: more overflows fixed-size arrays there
+
+
+def _check_known_keys(kv: dict[str, Any]) -> None:
+    def bad(key: str, want: str) -> InvalidModelFileError:
+        got = kv[key]
+        kind = "array" if isinstance(got, (list, GGUFArray)) else "bool" if isinstance(got, bool) \
+            else "string" if isinstance(got, str) else "float" if isinstance(got, float) else "integer"
+        return InvalidModelFileError(f"invalid GGUF file: {key} must be {want}, not {kind}")
+
+    for key in _STRING_KEYS:
+        if key in kv and not isinstance(kv[key], str):
+            raise bad(key, "a string")
+    arch = kv.get("general.architecture", "")
+    for key in [*_COUNT_KEYS, *(f"{arch}.{k}" for k in _ARCH_COUNT_KEYS if arch)]:
+        v = kv.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise bad(key, "a non-negative integer")
+    for key in (f"tokenizer.ggml.{k}" for k in _TOKEN_ID_KEYS):
+        v = kv.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise bad(key, "an integer")
+    layers = kv.get(f"{arch}.block_count")
+    if arch and isinstance(layers, int) and layers > MAX_LAYERS:
+        raise InvalidModelFileError(f"invalid GGUF file: {arch}.block_count {layers} exceeds {MAX_LAYERS}")
 
 
 def _value(r: _Reader, vtype: int, key: str, keep_arrays: bool) -> Any:

@@ -91,6 +91,8 @@ def check_option(name: str, value: Any, *, what: str = "option") -> Any:
             if not math.isfinite(value):
                 raise bad()
             value = math.trunc(value)
+        if not -(1 << 63) <= value < (1 << 63):  # compat(ollama): Go ints are 64-bit; json refuses more
+            raise InvalidRequestError(f'{what} "{name}" is out of range for a 64-bit integer')
         return int(value)
     if opt.type == "float":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Coroutine
 from datetime import datetime, timedelta, timezone
@@ -204,7 +203,7 @@ class Scheduler:
             self._spawn(self._unload(m))
         elif m.keep_alive <= 0:
             self._spawn(self._unload(m))
-        elif math.isinf(m.keep_alive):
+        elif m.keep_alive >= FOREVER.total_seconds():  # inf, or too far for any timer or timestamp
             m.expires_at = None
         else:
             m.expires_at = time.time() + m.keep_alive
@@ -258,7 +257,7 @@ class Scheduler:
                 continue
             if m.expires_at is not None:
                 expires = datetime.fromtimestamp(m.expires_at, timezone.utc)
-            elif math.isinf(m.keep_alive):
+            elif m.keep_alive >= FOREVER.total_seconds():
                 expires = now + FOREVER
             else:  # in use: Ollama shows now + keep_alive
                 expires = now + timedelta(seconds=m.keep_alive)

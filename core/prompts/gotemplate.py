@@ -87,6 +87,25 @@ def load(source: str) -> OllamaTemplate:
     return OllamaTemplate(source)
 
 
+_SAMPLE_TOOL = Tool(name="get_weather", description="Get the weather",
+                    parameters={"type": "object", "properties": {"city": {"type": "string"}},
+                                "required": ["city"]})
+_SAMPLE_CALL = ToolCall(name="get_weather", arguments={"city": "Paris"}, id="call_1")
+
+
+def validate(source: str) -> None:
+    """Parse a Modelfile TEMPLATE and render it with sample conversations, as `create` must before
+    accepting it: a broken template is refused there, with the line of the error, not at every chat."""
+    tmpl = load(source)
+    plain = [Message(role="system", content="You are helpful."), Message(role="user", content="Hello"),
+             Message(role="assistant", content="Hi"), Message(role="user", content="Bye")]
+    tools = [*plain[:2], Message(role="assistant", tool_calls=[_SAMPLE_CALL]),
+             Message(role="tool", content="22C", tool_name="get_weather")]
+    for think in ({}, {"Think": True, "ThinkLevel": "", "IsThinkSet": True}):
+        tmpl.render(plain, [], think)
+        tmpl.render(tools, [_SAMPLE_TOOL], think)
+
+
 def collate(messages: list[Message]) -> tuple[str, list[Message]]:
     """Ollama's collate: all system texts joined, consecutive same-role plain messages merged."""
     system = [m.content for m in messages if m.role == "system"]

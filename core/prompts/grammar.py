@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -42,6 +43,11 @@ _HANDLED = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "propert
             "additionalProperties", "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
             "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format", "unevaluatedProperties"}
 MAX_RULES = 10_000
+# Compile and per-token cost grow with these; past them a schema is refused with a 400 naming the limit.
+MAX_DEPTH = 64  # nested schemas (objects in arrays in ...)
+MAX_ENUM = 1024  # values of one enum (each is an alternative every token is checked against)
+MAX_REPEAT = 4096  # minItems/maxItems/minLength/maxLength: llama.cpp expands a repetition rule per count
+MAX_GRAMMAR_CHARS = 256 << 10
 
 
 def gbnf_literal(s: str) -> str:
@@ -130,19 +136,27 @@ class _Converter:
         self.root = root
         self.rules: dict[str, str] = {"space": _SPACE.split(" ::= ", 1)[1]}
         self.refs: dict[str, str] = {}
+        self.depth = 0
+        self.by_body: dict[str, list[str]] = {}
+        self.suffix: dict[str, int] = {}  # next free numeric suffix per rule name
 
     def add(self, name: str, body: str) -> str:
         name = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-") or "r"
-        for existing, b in self.rules.items():
-            if b == body and (existing == name or re.fullmatch(re.escape(name) + r"(-\d+)?", existing)):
+        # rules with this body already (indexed, so a big schema converts in linear time)
+        for existing in self.by_body.get(body, ()):
+            if self.rules.get(existing) == body and (
+                    existing == name or re.fullmatch(re.escape(name) + r"(-\d+)?", existing)):
                 return existing
-        key, i = name, 0
+        i = self.suffix.get(name, 0)
+        key = name if i == 0 else f"{name}-{i}"
         while key in self.rules or key in _PRIMITIVES or key == "char":
             i += 1
             key = f"{name}-{i}"
+        self.suffix[name] = i
         if len(self.rules) > MAX_RULES:
             raise GrammarError("JSON schema is too large to convert")
         self.rules[key] = body
+        self.by_body.setdefault(body, []).append(key)
         return key
 
     def primitive(self, name: str) -> str:
@@ -180,6 +194,15 @@ class _Converter:
         return self.add(name, body)
 
     def body(self, schema: Any, path: str, name: str = "root") -> str:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise GrammarError(f"JSON schema nests deeper than {MAX_DEPTH} levels at {path[:200]}")
+            return self._body(schema, path, name)
+        finally:
+            self.depth -= 1
+
+    def _body(self, schema: Any, path: str, name: str) -> str:
         if schema is True or schema == {}:
             return self.primitive("value")
         if schema is False:
@@ -196,12 +219,17 @@ class _Converter:
         if "enum" in schema:
             if not isinstance(schema["enum"], list) or not schema["enum"]:
                 raise GrammarError(f"enum at {path} must be a non-empty array")
+            if len(schema["enum"]) > MAX_ENUM:
+                n = len(schema["enum"])
+                raise GrammarError(f"enum at {path} has {n} values; the limit is {MAX_ENUM}")
             return "(" + " | ".join(_json_literal(v) for v in schema["enum"]) + ")"
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 subs = schema[key]
                 if not isinstance(subs, list) or not subs:
                     raise GrammarError(f"{key} at {path} must be a non-empty array")
+                if len(subs) > MAX_ENUM:
+                    raise GrammarError(f"{key} at {path} has {len(subs)} choices; the limit is {MAX_ENUM}")
                 base = {k: v for k, v in schema.items() if k != key and k not in _ANNOTATIONS}
                 alts = [self.visit({**base, **s} if base and isinstance(s, dict) else s, f"{name}-{i}",
                                    f"{path}/{key}/{i}") for i, s in enumerate(subs)]
@@ -310,9 +338,8 @@ class _Converter:
         return f'"{{" space {inner} "}}" space'.replace("  ", " ")
 
     def array_body(self, schema: dict[str, Any], name: str, path: str) -> str:
-        lo = int(schema.get("minItems", 0))
-        hi = schema.get("maxItems")
-        hi = None if hi is None else int(hi)
+        lo = _count(schema, "minItems", path) or 0
+        hi = _count(schema, "maxItems", path)
         if hi is not None and hi < lo:
             raise GrammarError(f"maxItems < minItems at {path}")
         if "prefixItems" in schema:
@@ -337,14 +364,14 @@ class _Converter:
             if fmt not in _FORMATS:
                 raise GrammarError(f"unsupported string format {fmt!r} at {path}")
             return _FORMATS[fmt]
-        lo = int(schema.get("minLength", 0))
-        hi = schema.get("maxLength")
-        if hi is not None and int(hi) < lo:
+        lo = _count(schema, "minLength", path) or 0
+        hi = _count(schema, "maxLength", path)
+        if hi is not None and hi < lo:
             raise GrammarError(f"maxLength < minLength at {path}")
         self.primitive("char")
         if lo == 0 and hi is None:
             return self.primitive("string")
-        rep = f"{{{lo},}}" if hi is None else f"{{{lo},{int(hi)}}}"
+        rep = f"{{{lo},}}" if hi is None else f"{{{lo},{hi}}}"
         return f'"\\"" char{rep} "\\"" space'
 
     def integer_body(self, schema: dict[str, Any], path: str) -> str:
@@ -357,9 +384,8 @@ class _Converter:
             if not vals:
                 return None
             for v in vals:
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                     raise GrammarError(f"{key} at {path} must be a number")
-            import math
 
             return max(math.ceil(v) for v in vals) if step > 0 else min(math.floor(v) for v in vals)
 
@@ -368,6 +394,20 @@ class _Converter:
         if lo is None and hi is None:
             return self.primitive("integer")
         return int_range(lo, hi) + " space"
+
+
+def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
+    """A repetition count (minItems, maxLength, ...): a non-negative integer up to MAX_REPEAT, or None."""
+    v = schema.get(key)
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise GrammarError(f"{key} at {path} must be a non-negative integer, not {json.dumps(v)[:40]}")
+    if v > MAX_REPEAT:
+        raise GrammarError(f"{key} at {path} is {v}; the limit is {MAX_REPEAT}")
+    return v
 
 
 def schema_to_gbnf(schema: dict[str, Any]) -> str:
@@ -381,7 +421,11 @@ def schema_to_gbnf(schema: dict[str, Any]) -> str:
     conv = _Converter(schema)
     body = conv.body(schema, "#")
     rules = {"root": body, **{k: v for k, v in conv.rules.items() if k != "root"}}
-    return "".join(f"{k} ::= {v}\n" for k, v in rules.items())
+    grammar = "".join(f"{k} ::= {v}\n" for k, v in rules.items())
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise GrammarError(f"JSON schema makes a grammar of {len(grammar)} characters; "
+                           f"the limit is {MAX_GRAMMAR_CHARS}")
+    return grammar
 
 
 def with_think_block(grammar: str, markers: tuple[str, str], *, inside: bool) -> str:

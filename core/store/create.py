@@ -11,8 +11,9 @@ from typing import Any
 import msgspec
 
 from corral import gguf
-from corral.errors import InvalidModelFileError, InvalidRequestError, ModelfileError
+from corral.errors import InvalidModelFileError, InvalidRequestError, ModelfileError, TemplateError
 from corral.names import parse_name
+from corral.prompts import gotemplate
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
 from corral.store.layout import StoreLayout
@@ -148,6 +149,11 @@ def _text_layers(store: StoreLayout, spec: CreateSpec, base: dict[str, Any],
         raise InvalidRequestError(str(exc)) from None
     blobs: list[tuple[str, bytes]] = []
     if template:
+        if spec.template is not None:  # a new TEMPLATE: refused here if it cannot render
+            try:
+                gotemplate.validate(template)
+            except TemplateError as exc:
+                raise TemplateError(f"invalid TEMPLATE: {exc.message}") from None
         blobs.append((mf.TEMPLATE, template.encode()))
     if system:
         blobs.append((mf.SYSTEM, system.encode()))

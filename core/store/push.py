@@ -7,6 +7,8 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
 from corral.errors import RegistryError
 from corral.names import parse_name
 from corral.store import manifest as mf
@@ -31,27 +33,31 @@ async def push(store: StoreLayout, name: str, *, insecure: bool = False,
         raise RegistryError(f'model "{parsed.display}" disappeared while pushing')
     data = await asyncio.to_thread(path.read_bytes)
     manifest = mf.decode_manifest(data)
-    async with RegistryClient(parsed, insecure=insecure, settings=settings) as client:
-        with store.pinned(manifest.digests()):
-            seen: set[str] = set()
-            for layer in [*manifest.layers, *([manifest.config] if manifest.config else [])]:
-                if layer.digest in seen:
-                    continue
-                seen.add(layer.digest)
-                status = f"pushing {layer.digest[7:19]}"
-                yield Progress(status, layer.digest, layer.size, 0)
-                if not await _exists(client, layer.digest):
-                    async for done in _upload(client, store.blob_path(layer.digest), layer.digest, settings):
-                        yield Progress(status, layer.digest, layer.size, done)
-                yield Progress(status, layer.digest, layer.size, layer.size)
-        yield Progress("pushing manifest")
-        resp = await client.send("PUT", client.url("manifests", parsed.tag), content=data,
-                                 headers={"Content-Type": mf.MANIFEST_MEDIA_TYPE})
-        try:
-            await raise_for_status(resp, "push manifest")
-        finally:
-            await resp.aclose()
-    yield Progress("success")
+    try:
+        async with RegistryClient(parsed, insecure=insecure, settings=settings) as client:
+            with store.pinned(manifest.digests()):
+                seen: set[str] = set()
+                for layer in [*manifest.layers, *([manifest.config] if manifest.config else [])]:
+                    if layer.digest in seen:
+                        continue
+                    seen.add(layer.digest)
+                    status = f"pushing {layer.digest[7:19]}"
+                    yield Progress(status, layer.digest, layer.size, 0)
+                    if not await _exists(client, layer.digest):
+                        blob = store.blob_path(layer.digest)
+                        async for done in _upload(client, blob, layer.digest, settings):
+                            yield Progress(status, layer.digest, layer.size, done)
+                    yield Progress(status, layer.digest, layer.size, layer.size)
+            yield Progress("pushing manifest")
+            resp = await client.send("PUT", client.url("manifests", parsed.tag), content=data,
+                                     headers={"Content-Type": mf.MANIFEST_MEDIA_TYPE})
+            try:
+                await raise_for_status(resp, "push manifest")
+            finally:
+                await resp.aclose()
+        yield Progress("success")
+    except httpx.HTTPError as exc:  # DNS, refused, TLS, reset: the registry, not the request
+        raise RegistryError(f"push: cannot reach registry {parsed.host}: {exc}") from None
 
 
 async def _exists(client: RegistryClient, digest: str) -> bool:
