@@ -109,6 +109,9 @@ class ChatJob(Struct, kw_only=True):
         _top_logprobs(self.top_logprobs)
 
 
+MAX_EMBED_INPUTS = 2048  # per request, as OpenAI's embeddings API allows; bounds one request's work
+
+
 class EmbedJob(Struct, kw_only=True):
     """Embeddings for one or more inputs."""
 
@@ -123,6 +126,9 @@ class EmbedJob(Struct, kw_only=True):
     def __post_init__(self) -> None:
         if self.dimensions is not None and self.dimensions < 1:
             raise InvalidRequestError("dimensions must be a positive integer")
+        if len(self.inputs) > MAX_EMBED_INPUTS:
+            raise InvalidRequestError(f"too many inputs: {len(self.inputs)} (at most {MAX_EMBED_INPUTS} per "
+                                      "request; split them over several requests)")
 
 
 class Metrics(Struct, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from typing import Annotated
 
 import typer
@@ -97,6 +98,9 @@ def serve(
     from corral.server.app import create_app
 
     app = create_app(config, pm=pm)
+    # Untrusted work (template renders, grammar conversion) runs on worker threads; a 1 ms GIL switch
+    # interval (Python's default is 5 ms) lets the event loop answer other clients while they run.
+    sys.setswitchinterval(0.001)
     where = f"[{config.host}]" if ":" in config.host else config.host
     console.print(f"corral: listening on {config.scheme}://{where}:{config.port} (models in {config.models})")
     # The app keeps its own access log (corral.server.access, with timings): uvicorn's would double it.

@@ -28,6 +28,7 @@ MAX_OUTPUT_CHARS = 8 << 20  # a prompt larger than this cannot fit any context a
 MAX_STEPS = 2_000_000  # node evaluations; bounds runaway loops over huge data
 MAX_DEPTH = 64  # nested {{template}} calls
 TIME_LIMIT_S = 2.0  # wall time of one execution, checked as it runs
+YIELD_EVERY_S, YIELD_FOR_S = 0.005, 0.001
 
 
 class _Break(Exception):
@@ -47,6 +48,7 @@ class Limits:
         self.steps = 0
         self.size = 0
         self.deadline = time.monotonic() + TIME_LIMIT_S
+        self.yielded = time.monotonic()
 
 
 class _Exec:
@@ -76,8 +78,15 @@ class _Exec:
         lim.steps += 1
         if lim.steps > MAX_STEPS:
             raise TemplateError(f"template: :{line}: evaluation exceeds {MAX_STEPS} steps")
-        if lim.steps & 0xFF == 0 and time.monotonic() > lim.deadline:
-            raise TemplateError(f"template: :{line}: execution took longer than {TIME_LIMIT_S:g} s")
+        if lim.steps & 0xFF == 0:
+            now = time.monotonic()
+            if now > lim.deadline:
+                raise TemplateError(f"template: :{line}: execution took longer than {TIME_LIMIT_S:g} s")
+            if now - lim.yielded > YIELD_EVERY_S:
+                # a long render gives the GIL and the CPU away briefly, so on a loaded machine the
+                # event loop is never stuck behind it waiting for the OS to reschedule this thread
+                time.sleep(YIELD_FOR_S)
+                lim.yielded = time.monotonic()
 
     def run_list(self, nodes: list[Any], dot: Any) -> None:
         for n in nodes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import msgspec
 from litestar import Request, Response
@@ -72,10 +73,19 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
+# An absolute path (POSIX, or Windows with a drive letter) inside a message: clients see its last part.
+_ABS_PATH = re.compile(r"""(?<![\w.:/~-])(?:[A-Za-z]:[\\/]|/)(?:[^\s/\\'"]+[\\/])+([^\s/\\'"]*)""")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its file name: no user, home or store layout leaks."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "<path>", text)
+
+
 def message_for(exc: BaseException) -> str:
     """The text a client sees. Unexpected exceptions never leak their details (paths, addresses)."""
     if isinstance(exc, E.CorralError):
-        return exc.message
+        return scrub_paths(exc.message)
     bad = _bad_body(exc)
     if bad:
         return bad

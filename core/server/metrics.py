@@ -9,7 +9,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from corral.errors import InvalidRequestError
 from corral.jobs import Chunk, Metrics
+from corral.names import parse_name
 from corral.server.streaming import close_quietly
 
 log = logging.getLogger("corral.server.access")
@@ -140,10 +142,20 @@ class ServerMetrics:
             await close_quietly(chunks)
 
     def record_done(self, model: str, m: Metrics) -> None:
+        model = canonical_model(model)
         self.tokens_in.inc(model, amount=m.prompt_eval_count)
         self.tokens_out.inc(model, amount=m.eval_count)
         if m.eval_count > 0 and m.eval_duration > 0:
             self.token_latency.observe(m.eval_duration / 1e9 / m.eval_count)
+
+
+def canonical_model(name: str) -> str:
+    """One label per stored model however a client spells it (`GEMMA3:270m`, the full registry form),
+    so the series a client can open are bounded by the store; only finished requests get here."""
+    try:
+        return parse_name(name).display.lower()
+    except InvalidRequestError:
+        return "invalid"
 
 
 class AccessLog:
