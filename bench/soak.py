@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -295,7 +296,10 @@ def main() -> None:
     ap.add_argument("--canary-every", type=float, default=10.0)
     ap.add_argument("--hostile-every", type=float, default=3.0)
     ap.add_argument("--idle-samples", type=int, default=10)
-    sys.exit(asyncio.run(run(ap.parse_args())))
+    args = ap.parse_args()
+    # a SIGTERM still runs run()'s cleanup, so the server under test never outlives this script
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

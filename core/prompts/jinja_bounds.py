@@ -17,6 +17,7 @@ MAX_ITEMS = 1 << 18  # the longest list one operation may build (each item costs
 MAX_INT_BITS = 1 << 16  # integers past ~20,000 digits are no part of any chat template
 MEMORY_LIMIT = 128 << 20  # bytes a render may hold on top of its input
 TIME_LIMIT_S = 2.0
+YIELD_EVERY_S, YIELD_FOR_S = 0.005, 0.001
 _LARGE = 64 << 10  # values at least this big are counted against the memory limit
 _MAX_DEPTH = 64  # nesting walked when estimating a value's printed size
 
@@ -42,7 +43,7 @@ class Budget:
         self.seconds = seconds
         self.ledger = 0  # bytes of large values built so far: an upper bound of what the render holds
         self.rss0 = _rss()
-        self.lines = 0
+        self.yielded = time.monotonic()
 
     def charge(self, v: Any) -> None:
         """Count a value the template built; past the memory limit, measure what is really held."""
@@ -60,8 +61,14 @@ class Budget:
         self.ledger = max(0, rss - self.rss0)
 
     def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise TemplateError(f"chat template took longer than {self.seconds:g} s to render")
+        if now - self.yielded > YIELD_EVERY_S:
+            # a long render gives the GIL and the CPU away briefly, so on a loaded machine the
+            # event loop is never stuck behind it waiting for the OS to reschedule this thread
+            time.sleep(YIELD_FOR_S)
+            self.yielded = time.monotonic()
 
 
 _current = threading.local()  # the running render's Budget (renders run on worker threads)

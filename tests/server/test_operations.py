@@ -39,8 +39,9 @@ def test_metrics_count_requests_tokens_and_latency(client: TestClient[Any]) -> N
     assert m['corral_http_requests_total{route="/api/generate",method="POST",status="404"}'] == 1
     # the route template, not the digest, labels blob requests (bounded cardinality)
     assert not any("aaaa" in k for k in m)
-    assert m['corral_generated_tokens_total{model="tiny"}'] == final["eval_count"] == 5
-    assert m['corral_prompt_tokens_total{model="tiny"}'] == final["prompt_eval_count"]
+    # canonical model names label the token series, as they do the loaded-model gauges
+    assert m['corral_generated_tokens_total{model="tiny:latest"}'] == final["eval_count"] == 5
+    assert m['corral_prompt_tokens_total{model="tiny:latest"}'] == final["prompt_eval_count"]
     assert m["corral_time_to_first_token_seconds_count"] == 1
     assert m['corral_time_to_first_token_seconds_bucket{le="+Inf"}'] == 1
     assert m["corral_time_per_output_token_seconds_count"] == 1
