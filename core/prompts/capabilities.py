@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from corral.errors import CapabilityError, TemplateError
-from corral.prompts import gotemplate
+from corral.prompts import formats, gotemplate
 from corral.prompts.goparse import Action, Branch, Field, Text, walk_fields
 from corral.spec import GGUFFacts, ModelSpec
 
@@ -28,6 +28,12 @@ def template_source(template: str | None, gguf: GGUFFacts) -> tuple[str | None, 
     if template:
         return template, None
     return None, gguf.chat_template or None
+
+
+def output_format(parser: str | None, go: str | None, jinja: str | None) -> formats.OutputFormat:
+    """The output format a model speaks: its PARSER's, else the one its template shows."""
+    return formats.select(parser, go or jinja or "", think_markers(go, jinja), _has_tools(go, jinja),
+                          tool_tag(go, jinja))
 
 
 def think_markers(go: str | None, jinja: str | None) -> tuple[str, str] | None:
@@ -114,8 +120,9 @@ def _first_text(nodes: list[Any]) -> str | None:
     return None
 
 
-def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = False) -> list[str]:
-    """Ollama's capability list for a model, from its Go template, GGUF facts and projector.
+def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = False,
+                 parser: str = "") -> list[str]:
+    """Ollama's capability list for a model, from its Go template (or PARSER), GGUF facts and projector.
 
     The store calls this once when it resolves a ``ModelSpec`` (and for ``/api/show``); everything
     else reads ``ModelSpec.capabilities``.
@@ -124,14 +131,15 @@ def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = Fal
     embedding = gguf.pooling or gguf.architecture in _EMBEDDING_ARCHS
     caps.append("embedding" if embedding else "completion")
     go, jinja = template_source(template, gguf)
+    fmt = output_format(parser or None, go, jinja)
     if not embedding:
-        if _has_tools(go, jinja):
+        if fmt.tools:
             caps.append("tools")
         if _has_suffix(go):
             caps.append("insert")
     if projector or gguf.vision:
         caps.append("vision")
-    if not embedding and think_markers(go, jinja) is not None:
+    if not embedding and fmt.thinks:
         caps.append("thinking")
     return caps
 

@@ -25,6 +25,17 @@ class JsonMap(dict):
     stringer = True
 
 
+class PropertyType(list):
+    """Ollama's api.PropertyType: a property's JSON-schema type(s), a []string that prints as the type.
+
+    compat(ollama): String() is "" for none, the type for one, `[a b]` for several; its JSON is a
+    string for one type and an array otherwise. Templates range over it (gpt-oss's does).
+    """
+
+    def go_string(self) -> str:
+        return "" if not self else self[0] if len(self) == 1 else "[" + " ".join(self) + "]"
+
+
 # ---- value formatting (fmt's %v) ------------------------------------------------------------------
 def go_str(v: Any) -> str:
     if v is None:
@@ -37,6 +48,8 @@ def go_str(v: Any) -> str:
         return str(v)
     if isinstance(v, float):
         return _go_float(v)
+    if isinstance(v, PropertyType):
+        return v.go_string()
     if getattr(v, "stringer", False):
         # compat(ollama): api.Tool, ToolFunction and the call arguments print as JSON (String())
         return go_json(v)
@@ -241,6 +254,8 @@ def _to_wire(v: Any) -> Any:
     wire = getattr(v, "wire", None)
     if wire is not None:
         return wire
+    if isinstance(v, PropertyType):
+        return v[0] if len(v) == 1 else list(v)
     if isinstance(v, Mapping):
         return {str(k): _to_wire(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -258,6 +273,7 @@ _TS_TYPES = {"string": "string", "number": "number", "integer": "number", "boole
 
 def to_typescript_type(prop: Any) -> str:
     """Ollama's ToolProperty.ToTypeScriptType: a JSON-schema property's type in TypeScript."""
+    prop = getattr(prop, "wire", prop)  # an api.ToolProperty struct: read its JSON-schema fields
     if not isinstance(prop, Mapping):
         return "any"
     if prop.get("anyOf"):

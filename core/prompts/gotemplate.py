@@ -7,7 +7,7 @@ from typing import Any
 
 from corral.conversation import Message, Tool, ToolCall
 from corral.prompts.goexec import Limits, execute
-from corral.prompts.gofuncs import JsonMap, Struct
+from corral.prompts.gofuncs import JsonMap, PropertyType, Struct
 from corral.prompts.goparse import Action, Branch, Command, Field, GoTemplate, Pipe, parse, walk_fields
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
@@ -206,6 +206,10 @@ def _ordered(d: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _property_type(t: Any) -> PropertyType:
+    return PropertyType([t] if isinstance(t, str) else [x for x in t or [] if isinstance(x, str)])
+
+
 def tool_struct(t: Tool) -> JsonStruct:
     params = dict(t.parameters or {})
     params.setdefault("type", "object")
@@ -220,7 +224,7 @@ def tool_struct(t: Tool) -> JsonStruct:
     fn_wire["parameters"] = params
     wire = {"type": t.type or "function", "function": fn_wire}
     prop_structs = {
-        k: JsonStruct({"Type": v.get("type"), "Items": v.get("items"),
+        k: JsonStruct({"Type": _property_type(v.get("type")), "Items": v.get("items"),
                        "Description": v.get("description", ""), "Enum": v.get("enum"),
                        "AnyOf": v.get("anyOf"), "Properties": v.get("properties")},
                       v, "api.ToolProperty") if isinstance(v, dict) else v

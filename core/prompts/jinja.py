@@ -42,6 +42,20 @@ class _GenerationTag(jinja2.ext.Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
+class _InputList(list):  # type: ignore[type-arg]
+    """A list handed to the template: read-only there, as every input is."""
+
+
+def _as_input(v: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        return v
+    if isinstance(v, dict):
+        return {k: _as_input(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, list):
+        return _InputList(_as_input(x, depth + 1) for x in v)
+    return v
+
+
 class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
     """The sandbox, plus size checks on everything that can multiply a value's size.
 
@@ -56,10 +70,19 @@ class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
         bounds.check_binop(operator, left, right)
         return bounds.check_result(super().call_binop(context, operator, left, right))
 
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # compat(llama.cpp): templates keep queues with list.append and pop (Kimi K2's does); only
+        # on lists the template built itself (the input arrives as _InputList), bounded by `call`
+        if type(obj) is list and attr in ("append", "pop"):
+            return jinja2.sandbox.SandboxedEnvironment.is_safe_attribute(self, obj, attr, value)
+        return bool(super().is_safe_attribute(obj, attr, value))
+
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         target = getattr(__obj, "__self__", None)
         if isinstance(target, str):
             bounds.check_str_method(getattr(__obj, "__name__", ""), target, args + tuple(kwargs.values()))
+        elif isinstance(target, list) and len(target) >= bounds.MAX_ITEMS:
+            raise bounds.too_large()
         return bounds.check_result(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -187,7 +210,7 @@ def render(source: str, variables: dict[str, Any]) -> str:
     total = 0
     sys.settrace(guard.global_trace)
     try:
-        chunks: Iterator[str] = tmpl.generate(**variables)
+        chunks: Iterator[str] = tmpl.generate(**_as_input(variables))
         for chunk in chunks:
             total += len(chunk)
             if total > MAX_OUTPUT_CHARS:

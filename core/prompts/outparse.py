@@ -8,59 +8,18 @@ import secrets
 import string
 from typing import Any
 
-import msgspec
-
 from corral.conversation import Tool, ToolCall
 from corral.prompts.capabilities import COMMON_TOOL_TAGS
+from corral.prompts.formats.base import ParsedDelta
+from corral.prompts.formats.base import json_end as _json_end
+from corral.prompts.formats.base import partial_suffix as _partial_suffix
+
+__all__ = ["OutputParser", "ParsedDelta"]
 
 _ID_CHARS = string.ascii_lowercase + string.digits
 _CLOSERS = ("</tool_call>", "<|eom_id|>", "<|eot_id|>")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISTRAL_PARTIAL = re.compile(r"[A-Za-z0-9_.\-]+(\[(A(R(G(S)?)?)?)?)?")
-
-
-class ParsedDelta(msgspec.Struct, kw_only=True):
-    """What one piece of model output adds to the answer."""
-
-    content: str = ""
-    thinking: str = ""
-    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
-
-
-def _partial_suffix(buf: str, markers: list[str]) -> int:
-    """Length of the longest suffix of `buf` that is a proper prefix of one of `markers`."""
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(buf)), best, -1):
-            if buf.endswith(m[:n]):
-                best = n
-                break
-    return best
-
-
-def _json_end(s: str, start: int) -> int | None:
-    """Index just past the JSON object/array starting at `start`, or None while it is incomplete."""
-    depth = 0
-    in_str = False
-    esc = False
-    for i in range(start, len(s)):
-        c = s[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
 
 
 class _ThinkSplitter:

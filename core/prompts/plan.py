@@ -11,8 +11,9 @@ import msgspec
 from corral.conversation import Message, Tool
 from corral.errors import CorralError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
-from corral.prompts import gotemplate, jinja
-from corral.prompts.capabilities import _has_suffix, _has_tools, missing_capability, think_markers, tool_tag
+from corral.prompts import formats, gotemplate, jinja
+from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
+from corral.prompts.formats import OutputFormat, StreamParser
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.outparse import OutputParser
 from corral.spec import ModelSpec
@@ -42,9 +43,14 @@ class PromptPlan:
     truncated: bool = False  # history messages were dropped to fit num_ctx
     turn_suffix: str = ""  # what the template writes after an answer, up to the next user message
     tokens: list[int] | None = None  # the text's tokens when truncation already counted them
+    format: OutputFormat = field(default_factory=lambda: OutputFormat("generic"))  # the family's output
 
-    def new_parser(self) -> OutputParser:
+    def new_parser(self) -> OutputParser | StreamParser:
         """A fresh streaming parser for this plan's output (thinking, tool calls, content)."""
+        family = formats.new_parser(self.format, tools=self.tools, think=self.think,
+                                    starts_thinking=self.think and self.starts_thinking, prompt=self.text)
+        if family is not None:
+            return family
         return OutputParser(
             think_markers=self.think_markers if self.think else None,
             starts_thinking=self.think and self.starts_thinking,
@@ -68,17 +74,35 @@ def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
     return {"Think": enabled, "ThinkLevel": level, "IsThinkSet": think is not None}
 
 
-def _resolve_think(spec: ModelSpec, think: Think, markers: tuple[str, str] | None) -> bool:
+def _resolve_think(spec: ModelSpec, think: Think, fmt: OutputFormat) -> bool:
     """Whether the model thinks for this job (its ``think`` was checked when the job was made)."""
     wanted = think is True or isinstance(think, str)
-    if wanted and markers is None:
+    if wanted and not fmt.thinks:
         raise missing_capability(spec, "thinking")
     # compat(ollama): thinking-capable models think unless told not to
-    return markers is not None and think is not False
+    return fmt.thinks and think is not False
 
 
-def _stops(src: str) -> list[str]:
-    return [s for s in _TURN_ENDS if s in src]
+def _think_level(think: Think, fmt: OutputFormat) -> Think:
+    # compat(ollama): harmony's reasoning levels stop at high; "max" asks for the most there is
+    return "high" if fmt.name == "harmony" and think == "max" else think
+
+
+def _stops(src: str, fmt: OutputFormat) -> list[str]:
+    return [s for s in _TURN_ENDS if s in src and s not in fmt.stops]
+
+
+def _model_names(msgs: list[Message], tools: list[Tool],
+                 fmt: OutputFormat) -> tuple[list[Message], list[Tool]]:
+    """Tools and the history's calls under the names the model sees (harmony wants identifiers)."""
+    if fmt.name != "harmony" or not (tools or any(m.tool_calls or m.tool_name for m in msgs)):
+        return msgs, tools
+    names = formats.harmony.ToolNames(tools)
+    renamed = [msgspec.structs.replace(
+        m, tool_name=names.add(m.tool_name) if m.tool_name else "",
+        tool_calls=[msgspec.structs.replace(c, name=names.add(c.name)) for c in m.tool_calls])
+        for m in msgs]
+    return renamed, formats.rename_tools(tools)
 
 
 class _Renderer:
@@ -189,6 +213,17 @@ def _turn_suffix(renderer: _Renderer) -> str:
     return text[i + len(_ANSWER) : j]
 
 
+def _answer_directly(text: str, grammar: str | None, fmt: OutputFormat) -> str:
+    """With a grammar, a harmony answer starts on the final channel: the grammar shapes the answer.
+
+    compat(ollama): like the structured-output pass of Ollama's ChatHandler, which appends this
+    header; here the model skips its reasoning instead of running twice.
+    """
+    if grammar and fmt.name == "harmony" and text.endswith("<|start|>assistant"):
+        return text + "<|channel|>final<|message|>"
+    return text
+
+
 def _starts_thinking(text: str, markers: tuple[str, str] | None) -> bool:
     return markers is not None and text.rstrip().endswith(markers[0])
 
@@ -203,12 +238,14 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     """
     go_src = spec.template or None
     jinja_src = gguf_template if not go_src else None
-    markers = think_markers(go_src, jinja_src)
-    think_on = _resolve_think(spec, job.think, markers)
-    if job.tools and not _has_tools(go_src, jinja_src):
+    fmt = output_format(spec.parser, go_src, jinja_src)
+    markers = fmt.think_markers
+    think_on = _resolve_think(spec, job.think, fmt)
+    if job.tools and not fmt.tools:
         raise missing_capability(spec, "tools")
     grammar = grammar_for(job.format)
-    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
+                         fmt.thinks)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
     msgs = [*spec.messages, *job.messages]
@@ -218,6 +255,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
 
     if markers is not None:
         msgs = [_strip_reasoning(m, markers) if i < len(msgs) - 1 else m for i, m in enumerate(msgs)]
+    msgs, tools = _model_names(msgs, list(job.tools), fmt)
 
     def window_from(i: int) -> list[Message]:
         return [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
@@ -225,7 +263,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     def fitting(i: int) -> tuple[str, list[int]] | None:
         """The rendering of the window from message ``i`` and its tokens, if they fit ``num_ctx``."""
         assert count_tokens is not None and num_ctx is not None
-        text = renderer.render(window_from(i), job.tools)
+        text = renderer.render(window_from(i), tools)
         tokens = count_tokens(text, _adds_bos(text, bos_token))
         n = len(tokens) + IMAGE_TOKENS * sum(len(m.images) for m in msgs[i:])
         return (text, tokens) if n <= num_ctx else None
@@ -243,16 +281,18 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
                     break
                 start, fitted = i, older
     window = window_from(start)
-    text = fitted[0] if fitted is not None else renderer.render(window, job.tools)
+    text = fitted[0] if fitted is not None else renderer.render(window, tools)
+    if (direct := _answer_directly(text, grammar, fmt)) != text:
+        text, fitted = direct, None  # the counted tokens no longer match: the engine tokenizes again
     src = go_src or jinja_src or ""
     inside = _starts_thinking(text, markers)
     if grammar and think_on and markers is not None:
         grammar = with_think_block(grammar, markers, inside=inside)
     return _finish(
-        text, bos_token, grammar=grammar, stop=_stops(src),
+        text, bos_token, grammar=grammar, stop=_stops(src, fmt),
         images=[img for m in window for img in m.images], think=think_on,
         think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
-        tools=list(job.tools), tool_tag=tool_tag(go_src, jinja_src), truncated=start > 0,
+        tools=list(job.tools), tool_tag=fmt.tool_tag, truncated=start > 0, format=fmt,
         turn_suffix=_turn_suffix(renderer), tokens=fitted[1] if fitted is not None else None,
     )
 
@@ -262,11 +302,12 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     """Render a generate job's prompt: raw, fill-in-the-middle, or the prompt as one user turn."""
     go_src = job.template or spec.template or None
     jinja_src = gguf_template if not go_src else None
-    markers = think_markers(go_src, jinja_src)
-    think_on = _resolve_think(spec, job.think, markers)
+    fmt = output_format(spec.parser, go_src, jinja_src)
+    markers = fmt.think_markers
+    think_on = _resolve_think(spec, job.think, fmt)
     grammar = grammar_for(job.format)
     common: dict[str, Any] = {"grammar": grammar, "images": list(job.images), "think": think_on,
-                              "think_markers": markers or ("<think>", "</think>")}
+                              "think_markers": markers or ("<think>", "</think>"), "format": fmt}
     if job.raw:
         return _finish(job.prompt, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
     if job.suffix:
@@ -274,8 +315,9 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
             raise missing_capability(spec, "insert")
         tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
         text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
-        return _finish(text, bos_token, stop=_stops(go_src or ""), **common)
-    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, job.think, think_on, markers is not None)
+        return _finish(text, bos_token, stop=_stops(go_src or "", fmt), **common)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
+                         fmt.thinks)
     msgs: list[Message] = []
     system = job.system if job.system is not None else spec.system
     if system:
@@ -284,8 +326,9 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
         # compat(ollama): seeded MESSAGEs are skipped when the client continues from `context`
         msgs.extend(spec.messages)
     msgs.append(Message(role="user", content=job.prompt, images=list(job.images)))
-    text = renderer.render(msgs, [])
+    text = _answer_directly(renderer.render(msgs, []), grammar, fmt)
     inside = _starts_thinking(text, markers)
     if grammar and think_on and markers is not None:
         common["grammar"] = with_think_block(grammar, markers, inside=inside)
-    return _finish(text, bos_token, stop=_stops(go_src or jinja_src or ""), starts_thinking=inside, **common)
+    return _finish(text, bos_token, stop=_stops(go_src or jinja_src or "", fmt), starts_thinking=inside,
+                   **common)

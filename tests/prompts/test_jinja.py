@@ -169,3 +169,12 @@ def test_resource_bombs_fail_fast(bomb: str, monkeypatch) -> None:
     with pytest.raises(TemplateError):
         render_jinja(bomb, {})
     assert time.monotonic() - start < 3.0
+
+
+def test_templates_may_grow_their_own_lists_only() -> None:
+    # Kimi K2's template keeps a queue with append/pop; the input (messages, tools) stays read-only
+    src = ("{% set ns = namespace(q=[]) %}{% for m in messages %}{% set _ = ns.q.append(m.role) %}"
+           "{% endfor %}{% set _ = ns.q.pop() %}{{ ns.q | join(',') }}")
+    assert render_jinja(src, {"messages": [{"role": "user"}, {"role": "assistant"}]}) == "user"
+    with pytest.raises(TemplateError, match="unsafe"):
+        render_jinja("{{ messages[0].tags.append(1) }}", {"messages": [{"role": "user", "tags": []}]})
