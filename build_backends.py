@@ -424,7 +424,8 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
         name = module.name.replace("libggml-cpu", f"libggml-cpu-{variant}", 1)
         shutil.copy2(module, staging / name)
         names.append(name)
-    include_dirs = [str(VENDOR / "include"), str(VENDOR / "ggml" / "include")]
+    include_dirs = [str(VENDOR / "include"), str(VENDOR / "ggml" / "include"), str(VENDOR / "tools" / "mtmd"),
+                    str(VENDOR / "vendor")]
     module = compile_ffi(backend, include_dirs, bin_dir, staging, py_key)
     info = {**want, "backend": backend, "pin": PIN["commit"], "module": module.name,
             "libraries": sorted(names),

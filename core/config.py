@@ -9,6 +9,8 @@ from pathlib import Path
 
 import msgspec
 
+from corral.media import MediaLimits
+
 DEFAULT_PORT = 11434
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -36,6 +38,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
     Setting("CORRAL_API_KEY", "", "If set, every route requires 'Authorization: Bearer <key>'"),
     Setting("CORRAL_MAX_BODY", "128MiB", "Largest JSON request body accepted"),
+    Setting("CORRAL_MAX_MEDIA_SIZE", "16MiB", "Largest image or audio file in a request"),
+    Setting("CORRAL_MAX_IMAGE_PIXELS", "33554432", "Most pixels (width x height) of one image"),
+    Setting("CORRAL_MAX_MEDIA", "32", "Most images and audio clips in one request"),
+    Setting("CORRAL_FETCH_IMAGES", "", "1 to let OpenAI image_url parts fetch http(s) URLs (else data URIs)"),
     Setting("CORRAL_NOPRUNE", "", "Set to keep unreferenced blobs (no garbage collection)"),
     Setting("CORRAL_DEBUG", "", "1 for debug logs and tracebacks"),
     Setting("CORRAL_LOAD_PLUGINS", "", "Plugins to load, comma separated (unset: all; empty: none)"),
@@ -158,6 +164,10 @@ class Config(msgspec.Struct, kw_only=True):
     origins: tuple[str, ...] = ()
     api_key: str | None = None
     max_body: int = 128 * 1024 * 1024
+    max_media_size: int = 16 * 1024 * 1024
+    max_image_pixels: int = 32 * 1024 * 1024
+    max_media: int = 32
+    fetch_images: bool = False
     noprune: bool = False
     debug: bool = False
     load_plugins: tuple[str, ...] | None = None  # None = all entry points
@@ -177,6 +187,11 @@ class Config(msgspec.Struct, kw_only=True):
                            ("CORRAL_CONTEXT_LENGTH", self.context_length)):
             if value < 1:
                 raise ValueError(f"{env} must be at least 1, not {value}")
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_bytes=self.max_media_size, max_pixels=self.max_image_pixels,
+                           max_count=self.max_media)
 
     @property
     def base_url(self) -> str:
@@ -203,6 +218,10 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_ORIGINS": ",".join(self.origins),
             "CORRAL_API_KEY": self.api_key or "",
             "CORRAL_MAX_BODY": str(self.max_body),
+            "CORRAL_MAX_MEDIA_SIZE": str(self.max_media_size),
+            "CORRAL_MAX_IMAGE_PIXELS": str(self.max_image_pixels),
+            "CORRAL_MAX_MEDIA": str(self.max_media),
+            "CORRAL_FETCH_IMAGES": "1" if self.fetch_images else "",
             "CORRAL_NOPRUNE": "1" if self.noprune else "",
             "CORRAL_DEBUG": "1" if self.debug else "",
             "CORRAL_DISABLE_PLUGINS": ",".join(self.disable_plugins),
@@ -249,6 +268,10 @@ class Config(msgspec.Struct, kw_only=True):
                 origins=names("CORRAL_ORIGINS"),
                 api_key=get("CORRAL_API_KEY") or None,
                 max_body=parse_size(get("CORRAL_MAX_BODY")),
+                max_media_size=max(1, parse_size(get("CORRAL_MAX_MEDIA_SIZE"))),
+                max_image_pixels=max(1, int(get("CORRAL_MAX_IMAGE_PIXELS"))),
+                max_media=max(0, int(get("CORRAL_MAX_MEDIA"))),
+                fetch_images=parse_bool(get("CORRAL_FETCH_IMAGES")),
                 noprune=parse_bool(get("CORRAL_NOPRUNE")),
                 debug=parse_bool(get("CORRAL_DEBUG")),
                 load_plugins=None if load is None else names("CORRAL_LOAD_PLUGINS"),

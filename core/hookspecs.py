@@ -50,7 +50,8 @@ def corral_select_backend(candidates: list[BackendInfo], requested: str | None) 
 def corral_load_model(
     path: str, options: LoadOptions, progress: Callable[[float], bool] | None
 ) -> ModelHandle:
-    """Load the GGUF file at ``path`` and return a pure-data handle.
+    """Load the GGUF file at ``path`` (and ``options.projector``, a multimodal projector GGUF, beside
+    it) and return a pure-data handle.
 
     ``progress`` (if given) is called with 0.0..1.0; returning False cancels the load. A file that
     is not a usable GGUF raises ``InvalidModelFileError``; any other failure ``ModelLoadError``.
@@ -75,6 +76,11 @@ def corral_generate(
     handle: ModelHandle, request: GenerationRequest, cancel: CancelToken
 ) -> Iterator[TokenEvent]:
     """Generate from ``request.prompt``: a blocking iterator of ``TokenEvent``.
+
+    ``request.media`` (images, audio as the client's encoded bytes) sit between prompt tokens; a model
+    loaded with a ``LoadOptions.projector`` reads them (``ModelInfo.vision``/``audio`` say which) and
+    counts their tokens in ``stats.prompt_tokens``. Media the model cannot read raise
+    ``CapabilityError``, bad bytes ``InvalidRequestError``: never dropped silently.
 
     Several calls may run at once from different threads (up to ``options.num_parallel``); a backend
     that can, decodes them together in one batch. The iterator checks ``cancel`` between tokens and

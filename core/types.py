@@ -46,6 +46,7 @@ class LoadOptions(Struct, frozen=True, kw_only=True):
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0
     embedding: bool = False  # load for embeddings (pooled output)
     adapters: tuple[str, ...] = ()  # LoRA GGUF paths, applied with scale 1.0
+    projector: str = ""  # multimodal projector GGUF path (mmproj): images or audio in prompts
 
 
 class ModelInfo(Struct, frozen=True, kw_only=True):
@@ -67,6 +68,8 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     can_shift: bool = True  # the KV cache supports context shift
     pooling: str = "none"  # none | mean | cls | last | rank
     has_encoder: bool = False
+    vision: bool = False  # a projector is loaded and takes images
+    audio: bool = False  # a projector is loaded and takes audio
 
 
 class MemoryUsage(Struct, frozen=True, kw_only=True):
@@ -109,10 +112,26 @@ class SamplingParams(Struct, frozen=True, kw_only=True):
 MAX_TOP_LOGPROBS = 20  # compat(ollama): alternatives per token a request may ask for
 
 
+class MediaInput(Struct, frozen=True, kw_only=True):
+    """An image or audio clip inside a prompt: the encoded file exactly as the client sent it.
+
+    It goes right before ``prompt[position]`` (``position == len(prompt)``: after the last token). The
+    backend turns it into the model's own tokens (begin/end markers, image embeddings); those count
+    toward ``GenerationStats.prompt_tokens``.
+    """
+
+    data: bytes
+    position: int
+    kind: str = "image"  # image | audio
+
+
 class GenerationRequest(Struct, frozen=True, kw_only=True):
-    """One sequence to generate: prompt tokens, sampling and stopping rules."""
+    """One sequence to generate: prompt tokens (and media between them), sampling and stopping rules."""
 
     prompt: list[int]
+    # In ``position`` order. A backend that cannot take media raises ``CapabilityError``: it never
+    # drops them, or the model would answer about an image it never saw.
+    media: list[MediaInput] = msgspec.field(default_factory=list)
     sampling: SamplingParams = SamplingParams()
     num_predict: int = -1  # -1 = until a stop (the backend caps it at 10 x context)
     stop: list[str] = msgspec.field(default_factory=list)  # stop strings, never emitted
@@ -138,7 +157,7 @@ class TokenLogprob(Struct, frozen=True, kw_only=True):
 class GenerationStats(Struct, frozen=True, kw_only=True):
     """Counts and timings of one generation; durations in nanoseconds."""
 
-    prompt_tokens: int  # all prompt tokens, cached ones included (Ollama's prompt_eval_count)
+    prompt_tokens: int  # all prompt tokens, cached and media ones included (Ollama's prompt_eval_count)
     cached_tokens: int = 0  # prompt tokens whose KV was reused
     prompt_eval_ns: int = 0
     eval_count: int = 0  # generated tokens

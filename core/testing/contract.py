@@ -17,6 +17,11 @@ Usage, in a plugin's test module::
         @classmethod
         def model_path(cls, tiny_gguf):
             return str(tiny_gguf)
+
+        @pytest.fixture(scope="class")            # optional: the vision cases
+        @classmethod
+        def projector_path(cls, tiny_projector):
+            return tiny_projector.path
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import CorralError, InvalidModelFileError
+from corral.errors import CapabilityError, CorralError, InvalidModelFileError
 from corral.selection import BackendHooks
+from corral.testing.tinyvision import png_bytes
 from corral.types import (
     CancelToken,
     GenerationRequest,
     LoadOptions,
+    MediaInput,
     ModelHandle,
     SamplingParams,
     TokenEvent,
@@ -51,6 +58,9 @@ number ::= "-"? [0-9]{1,4}
 ws     ::= " "?
 """
 GREEDY = SamplingParams(temperature=0.0, seed=0)
+# Two images any projector tells apart: a flat red square and a colour gradient.
+_IMAGES = (png_bytes(32, 32, lambda x, y: (220, 20, 30)),
+           png_bytes(32, 32, lambda x, y: (x * 8, y * 8, (x * y) % 256)))
 
 
 def collect(events: Iterator[TokenEvent]) -> tuple[str, list[int], TokenEvent]:
@@ -92,6 +102,12 @@ class BackendContract:
     @classmethod
     def load_options(cls) -> LoadOptions:
         return LoadOptions(num_ctx=512, num_parallel=2, num_batch=256)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def projector_path(cls) -> str | None:
+        """A projector GGUF (mmproj) for ``model_path``; None skips the cases that need images read."""
+        return None
 
     # ---- fixtures the suite builds from them ---------------------------------------------------
     @pytest.fixture(scope="class")
@@ -263,6 +279,42 @@ class BackendContract:
     def test_missing_file_is_a_clear_error(self, backend_hooks: BackendHooks, tmp_path: Path) -> None:
         with pytest.raises(CorralError):
             backend_hooks.load_model(str(tmp_path / "nope.gguf"), LoadOptions(num_ctx=256, num_parallel=1))
+
+    # ---- media ---------------------------------------------------------------------------------
+    def test_media_without_a_projector_are_refused(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                                   prompt: list[int]) -> None:
+        """An image the model cannot see is an error, never silently dropped from the prompt."""
+        request = GenerationRequest(prompt=prompt, media=[MediaInput(data=_IMAGES[0], position=1)],
+                                    sampling=GREEDY, num_predict=2)
+        assert not model.info.vision
+        with pytest.raises(CapabilityError):
+            collect(backend_hooks.generate(model, request, CancelToken()))
+
+    def test_answers_depend_on_the_image(self, backend_hooks: BackendHooks, model_path: str,
+                                         projector_path: str | None, load_options: LoadOptions) -> None:
+        if projector_path is None:
+            pytest.skip("no projector for this backend's test model (override projector_path)")
+        opts = LoadOptions(num_ctx=load_options.num_ctx, num_parallel=1, num_batch=load_options.num_batch,
+                           projector=str(projector_path))
+        handle = backend_hooks.load_model(str(model_path), opts)
+        try:
+            assert handle.info.vision
+            head = backend_hooks.tokenize(handle, "Look:", add_special=True, parse_special=False)
+            tail = backend_hooks.tokenize(handle, " what is it?", add_special=False, parse_special=False)
+            runs = []
+            for image in (*_IMAGES, _IMAGES[0]):
+                media = [MediaInput(data=image, position=len(head))]
+                request = GenerationRequest(prompt=head + tail, media=media, sampling=GREEDY, num_predict=12)
+                runs.append(collect(backend_hooks.generate(handle, request, CancelToken())))
+            (_, a, last_a), (_, b, last_b), (_, again, _) = runs
+            assert a != b, "two different images gave the same answer"
+            assert a == again, "the same image gave two answers"
+            assert last_a.stats is not None and last_b.stats is not None
+            n_image = last_a.stats.prompt_tokens - len(head + tail)
+            assert n_image > 0, "prompt_tokens does not count the image"
+            assert last_b.stats.prompt_tokens == len(head + tail) + n_image
+        finally:
+            backend_hooks.unload(handle)
 
     def test_capital_of_france(self, backend_hooks: BackendHooks, model: ModelHandle) -> None:
         if not self.expect_capital_paris:

@@ -32,6 +32,7 @@ from corral.errors import (
 )
 from corral.gguf import file_type_name, read_gguf_info
 from corral.hookspecs import hookimpl
+from corral.testing.fakemedia import FakeProjector, expand, load_projector
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import (
     BackendInfo,
@@ -124,6 +125,7 @@ class _Model:
         alts = sorted(self.special_ids, key=len, reverse=True)
         self.special_re = re.compile("|".join(re.escape(s) for s in alts)) if alts else None
         self.last_seq: list[int] = []
+        self.projector: FakeProjector | None = None  # set when loaded with LoadOptions.projector
         self.lock = threading.Lock()
         self.embed_table: dict[int, list[float]] = {}
 
@@ -189,6 +191,7 @@ class FakeBackend:
         if progress is not None and progress(0.0) is False:
             raise ModelLoadError("model load cancelled")
         info = read_gguf_info(path)  # raises InvalidModelFileError for non-GGUF and truncated files
+        projector = load_projector(options.projector) if options.projector and not options.embedding else None
         kv = info.kv
         arch = info.architecture or "unknown"
         tokens = kv.get("tokenizer.ggml.tokens")
@@ -219,12 +222,14 @@ class FakeBackend:
             bos_token=bos_text, eos_token=eos_text,
             add_bos=bool(kv.get("tokenizer.ggml.add_bos_token", True)),
             pooling="mean" if options.embedding else "none",
+            vision=bool(projector and projector.vision), audio=bool(projector and projector.audio),
         )
         handle = ModelHandle(id=f"{self.name}-{next(self._ids)}", backend=self.name, path=path,
                              options=options, info=minfo, memory=MemoryUsage(total=size, vram=0),
                              devices=("fake0",))
         with self._lock:
             self._models[handle.id] = _Model(handle, specials, bos_text, eos_text)
+            self._models[handle.id].projector = projector
         if progress is not None and progress(1.0) is False:
             self.corral_unload(handle)
             raise ModelLoadError("model load cancelled")
@@ -265,21 +270,29 @@ class FakeBackend:
     def corral_generate(self, handle: ModelHandle, request: GenerationRequest,
                         cancel: CancelToken) -> Iterator[TokenEvent]:
         model = self._model(handle)
-        prompt_text = self.corral_detokenize(handle, request.prompt, True)
+        # Media become tokens (counted, cached by their bytes' hash) and tags in the prompt's text.
+        prompt, prompt_text = expand(model.projector, request,
+                                     lambda tokens: self.corral_detokenize(handle, tokens, True))
         self._record(FakeCall(op="generate", handle=handle.id, text=prompt_text, request=request))
         n_ctx = handle.info.n_ctx
         truncated = False
-        if len(request.prompt) >= n_ctx:
-            if not request.shift:
+        if len(prompt) >= n_ctx:
+            if not request.shift or request.media:
                 raise ContextLengthError(
-                    f"the prompt ({len(request.prompt)} tokens) does not fit the context ({n_ctx})")
+                    f"the prompt ({len(prompt)} tokens) does not fit the context ({n_ctx})")
             truncated = True
         rule = self._rule_for(prompt_text)
-        return self._stream(model, request, cancel, prompt_text, rule, truncated)
+        return self._stream(model, request, prompt, cancel, prompt_text, rule, truncated)
 
     def _reply_text(self, request: GenerationRequest, prompt_text: str, rule: Rule | None) -> str:
         if rule is not None and rule.reply is not None:
             return rule.reply
+        if request.media:  # an answer that depends on each image from its first bytes, as a model's would
+            seen = re.findall(r"\[(audio|image) (\w+) ?(\d+x\d+)? (\w{8})\]", prompt_text)
+            described = "; ".join(f"{h} is a {fmt} {kind}" + (f" of {size}" if size else "")
+                                  for kind, fmt, size, h in seen)
+            return f"{described}. " + default_reply(prompt_text, request.sampling.seed,
+                                                    request.sampling.temperature)
         s = request.sampling
         if s.grammar:
             from corral.testing.gbnf import sample_grammar
@@ -288,18 +301,18 @@ class FakeBackend:
             return sample_grammar(s.grammar, seed=hash_text(f"{prompt_text}\x00{seed}"))
         return default_reply(prompt_text, s.seed, s.temperature)
 
-    def _stream(self, model: _Model, request: GenerationRequest, cancel: CancelToken,
+    def _stream(self, model: _Model, request: GenerationRequest, prompt: list[int], cancel: CancelToken,
                 prompt_text: str, rule: Rule | None, truncated: bool) -> Iterator[TokenEvent]:
         t0 = time.perf_counter_ns()
         with model.lock:
-            cached = _common_prefix(model.last_seq, request.prompt)
-        cached = min(cached, max(0, len(request.prompt) - 1))  # the last prompt token is always evaluated
+            cached = _common_prefix(model.last_seq, prompt)
+        cached = min(cached, max(0, len(prompt) - 1))  # the last prompt token is always evaluated
         t1 = time.perf_counter_ns()
         reply = self._reply_text(request, prompt_text, rule)
         ids = [b + BYTE_OFFSET for b in reply.encode()]
         limit = request.num_predict if request.num_predict >= 0 else 10 * model.handle.info.n_ctx
-        if not request.shift:
-            limit = min(limit, max(0, model.handle.info.n_ctx - len(request.prompt)))
+        if not request.shift or request.media:
+            limit = min(limit, max(0, model.handle.info.n_ctx - len(prompt)))
         decoder, stops = Utf8Decoder(), StopMatcher(request.stop)
         emitted: list[int] = []
         finish = "stop"
@@ -328,9 +341,9 @@ class FakeBackend:
         tail = "" if stops.stopped else stops.feed(decoder.flush())[0]
         tail += stops.flush()
         with model.lock:
-            model.last_seq = list(request.prompt) + emitted
+            model.last_seq = prompt + emitted
         t2 = time.perf_counter_ns()
-        stats = GenerationStats(prompt_tokens=len(request.prompt), cached_tokens=cached,
+        stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=cached,
                                 prompt_eval_ns=max(1, t1 - t0), eval_count=len(emitted),
                                 eval_ns=max(1, t2 - t1), truncated=truncated)
         yield TokenEvent(token=-1, text=tail, finish_reason=finish, stats=stats)

@@ -49,6 +49,7 @@ ProbeFn = Callable[[Path, Config], Probe]
 @dataclass
 class _NativeModel:
     model: Any  # LlamaModel
+    projector: Any = None  # Projector (libmtmd), when the model has one
     batcher: Any = None  # Batcher, unless loaded for embeddings only
     embedder: Any = None  # Embedder, created on the first embed
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,7 +119,14 @@ class LlamaBackend:
             if not options.embedding:
                 from corral_plugins._llama.batcher import Batcher
 
-                entry.batcher = Batcher(native, model, options)  # it applies LoRA to its context
+                if options.projector:
+                    from corral_plugins._llama.projector import Projector
+
+                    entry.projector = Projector(model, options.projector, options)
+                    info = msgspec.structs.replace(info, vision=entry.projector.vision,
+                                                   audio=entry.projector.audio)
+                # The batcher applies LoRA to its context and runs the projector's encoder thread.
+                entry.batcher = Batcher(native, model, options, entry.projector)
                 info = msgspec.structs.replace(info, n_ctx=int(entry.batcher.n_ctx_seq),
                                                can_shift=bool(entry.batcher.can_shift))
             else:
@@ -185,9 +193,12 @@ class LlamaBackend:
 
     @staticmethod
     def _close(entry: _NativeModel) -> None:
-        # The contexts go before the model they were made from.
+        # The contexts go before the model they were made from (the batcher's encoder thread before
+        # the projector it runs).
         if entry.batcher is not None:
             entry.batcher.close()
+        if entry.projector is not None:
+            entry.projector.free()
         if entry.embedder is not None:
             entry.embedder.close()
         entry.model.free()

@@ -10,55 +10,49 @@ from typing import Any
 
 import numpy as np
 
-from corral.errors import BackendError, CorralError, GenerationCancelledError, InvalidRequestError
-from corral.types import CancelToken, GenerationRequest, GenerationStats, LoadOptions, TokenEvent
+from corral.errors import (
+    BackendError,
+    CapabilityError,
+    ContextLengthError,
+    CorralError,
+    GenerationCancelledError,
+    InvalidRequestError,
+)
+from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
+from .context import new_context
+from .mediasteps import MediaSteps, media_floor, media_piece, span_at
 from .sampling import SamplerChain, logprobs_from_logits
-from .slots import Job, Slot, StepClock, Stream, common_prefix, default_threads, fit_prompt
+from .slots import (
+    CONTEXT_LENGTH_MESSAGE,
+    Cells,
+    Job,
+    Slot,
+    StepClock,
+    Stream,
+    common_prefix,
+    fit_prompt,
+)
 
 __all__ = ["Batcher"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 _MIN_SHARE = 16
-# the names corral.config.KV_CACHE_TYPES allows (checked when the config is built)
-_KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+# One entry of a step's plan: (slot, first prompt index or -1/-2, count).
+Piece = tuple[Slot, int, int]
 
 
 class Batcher:
     """Serves many concurrent ``submit`` calls by decoding their sequences together in one batch."""
 
-    def __init__(self, native: Any, model: Any, options: LoadOptions) -> None:
+    def __init__(self, native: Any, model: Any, options: LoadOptions, projector: Any = None) -> None:
         self._native = native
         self._ffi, self._lib = ffi, lib = native.ffi, native.lib
         self._model = model
         self._vocab = model.vocab
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         n_par = max(1, int(options.num_parallel))
-        cp = lib.llama_context_default_params()
-        # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
-        # makes a common system prompt cost one evaluation for all concurrent users.
-        cp.kv_unified = True
-        cp.n_seq_max = n_par
-        cp.n_ctx = max(256, int(options.num_ctx) * n_par)
-        cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
-        cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
-        threads = int(options.num_thread) or default_threads()
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.no_perf = True
-        cp.swa_full = True  # keep full SWA caches so prefixes stay reusable on SWA models (Gemma 3)
-        if options.flash_attention is not None:
-            fa = "ENABLED" if options.flash_attention else "DISABLED"
-            cp.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
-        cp.type_k = cp.type_v = getattr(lib, _KV_TYPES[options.kv_cache_type])
-        ctx = lib.llama_init_from_model(model.ptr, cp)
-        if ctx == ffi.NULL:
-            raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
-        self._ctx = ctx
-        try:  # LoRA adapters are set per context, not per model
-            model.apply_adapters(ctx)
-        except BaseException:
-            lib.llama_free(ctx)
-            raise
+        self._ctx = ctx = new_context(native, model, options)
         self._mem = lib.llama_get_memory(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
         self.n_ctx_seq = max(32, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
@@ -72,6 +66,8 @@ class Batcher:
         self._seq = ffi.new("llama_seq_id[]", self.n_batch)
         self._logit = ffi.new("int8_t[]", self.n_batch)
         self._slots = [Slot(i) for i in range(n_par)]
+        cells = Cells(lib, self._mem, self._slots)
+        self._truncate, self._copy = cells.truncate, cells.copy
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._waiting: deque[Job] = deque()
@@ -81,6 +77,8 @@ class Batcher:
         self._freed = False
         self._clock = StepClock(self.n_batch)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
+        # Prompts with images or audio: the projector's encoder thread and an embedding batch.
+        self._media = None if projector is None else MediaSteps(native, projector, self.n_batch, self._wake)
         self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
         self._thread.start()
 
@@ -94,23 +92,37 @@ class Batcher:
         if self._closed:
             raise GenerationCancelledError("the model is being unloaded; retry the request")
         prompt = list(request.prompt)
-        if not prompt:
+        if not prompt and not request.media:
             raise InvalidRequestError("the prompt is empty")
-        lo, hi = min(prompt), max(prompt)
+        lo, hi = min(prompt, default=0), max(prompt, default=0)
         if lo < 0 or hi >= self.n_vocab:
             raise InvalidRequestError(f"prompt token {lo if lo < 0 else hi} is not in the vocabulary")
-        prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
-        sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling)
-        sampler.accept_history(prompt[-self.n_ctx_seq :])
-        limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
-        with self._cond:
-            if self._closed:
+        spans = []
+        if request.media:
+            if self._media is None:
+                raise CapabilityError("this model has no projector loaded, so it cannot read images or audio")
+            prompt, spans = self._media.expand(request)  # media keys stand for their embedding rows
+        sampler = None
+        try:
+            if spans and len(prompt) >= self.n_ctx_seq:  # an image is never cut in half to fit
+                raise ContextLengthError(CONTEXT_LENGTH_MESSAGE)
+            prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
+            sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling)
+            sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
+            limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
+            with self._cond:
+                if self._closed:
+                    raise GenerationCancelledError("the model is being unloaded; retry the request")
+                self._order += 1
+                job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans)
+                self._waiting.append(job)
+                self._cond.notify()
+        except BaseException:
+            if sampler is not None:
                 sampler.close()
-                raise GenerationCancelledError("the model is being unloaded; retry the request")
-            self._order += 1
-            job = Job(request, cancel, sampler, prompt, truncated, self._order, limit)
-            self._waiting.append(job)
-            self._cond.notify()
+            if self._media is not None:
+                self._media.release(spans)
+            raise
         return self._stream(job)
 
     def close(self) -> None:
@@ -120,7 +132,13 @@ class Batcher:
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+        if self._media is not None:
+            self._media.close()
         self._free()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
     # ---- consumer side ---------------------------------------------------------------------------
     def _stream(self, job: Job) -> Iterator[TokenEvent]:
@@ -163,13 +181,18 @@ class Batcher:
         active, warming = self._active(), [s for s in self._slots if s.job is None and s.warm]
         if not active and not warming:
             return
-        plan = self._plan(active, warming)
-        if not plan:
-            # Nothing runnable this step (e.g. a retry after llama_decode found no room): do not spin.
+        plan, media = self._plan(active, warming)
+        if not plan and not media:
+            # Nothing runnable this step (a retry after llama_decode found no room, images still on the
+            # encoder thread): do not spin; the encoder wakes the loop when it is done.
             with self._cond:
                 self._cond.wait(0.005)
             return
-        self._decode(plan)
+        # A batch holds token ids or embedding rows, never both: media pieces get their own decodes.
+        if plan:
+            self._decode(plan)
+        for s, start, n in media:
+            self._decode_media(s, start, n)
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
@@ -192,6 +215,9 @@ class Batcher:
             best = max(free, key=lambda s: (common_prefix(s.reusable, job.prompt), -s.last_used))
             # At least the last prompt token is evaluated again: its logits are needed to sample.
             keep = common_prefix(best.reusable, job.prompt, len(job.prompt) - 1)
+            if job.spans:
+                keep = media_floor(job.spans, keep)
+                self._media.admitted(job.spans, keep)  # type: ignore[union-attr]
             self._truncate(best, keep)
             job.cached_tokens = keep
             job.t_admit = time.perf_counter_ns()
@@ -201,10 +227,12 @@ class Batcher:
                 job.t_first = job.t_last = job.t_admit
                 self._finish(best, "length")
 
-    def _plan(self, active: list[Slot], warming: list[Slot]) -> list[tuple[Slot, int, int]]:
+    def _plan(self, active: list[Slot], warming: list[Slot]) -> tuple[list[Piece], list[Piece]]:
         """Decide this step's batch: (slot, first prompt index, or -1 for a decode token, or -2 for
-        idle-time warm tokens, count). Warm tokens only fill what requests leave of the budget."""
-        plan: list[tuple[Slot, int, int]] = []
+        idle-time warm tokens, count), and its media pieces (slot, first prompt index, count). Warm
+        tokens only fill what requests leave of the budget."""
+        plan: list[Piece] = []
+        media: list[Piece] = []
         n_gen = 0
         for s in active:
             if s.state != "gen":
@@ -225,14 +253,22 @@ class Batcher:
             assert job is not None
             start = len(s.cached)
             n = min(len(job.prompt) - start, budget)
-            plan.append((s, start, n))
+            if job.spans:
+                try:
+                    n = media_piece(job.spans, start, n)
+                except CorralError as exc:  # the encoder failed on this request's media
+                    self._fail(s, exc, start)
+                    continue
+                if n == 0:
+                    continue  # its next image is still on the encoder thread: the others go on meanwhile
+            (media if job.spans and span_at(job.spans, start) else plan).append((s, start, n))
             budget -= n
         for s in warming:
             n = min(len(s.warm), budget)
             if n > 0:
                 plan.append((s, -2, n))
                 budget -= n
-        return plan
+        return plan, media
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
@@ -247,6 +283,8 @@ class Batcher:
             k = common_prefix(o.reusable, job.prompt, cap)
             if k > got:
                 donor, got = o, k
+        if job.spans:
+            got = max(have, media_floor(job.spans, got))
         if donor is not None and got >= have + _MIN_SHARE:
             self._copy(donor, s, got)
             job.cached_tokens += got - have
@@ -260,37 +298,11 @@ class Batcher:
         return False
 
     # ---- KV bookkeeping --------------------------------------------------------------------------
-    def _truncate(self, s: Slot, p: int) -> None:
-        s.warm = []
-        self._lib.llama_memory_seq_rm(self._mem, s.id, p, -1)
-        del s.cached[p:]
-        s.reuse_limit = min(s.reuse_limit, len(s.cached))
-        for oid, k in list(s.shares.items()):
-            o = self._slots[oid]
-            if min(k, p) <= 0:
-                s.shares.pop(oid, None)
-                o.shares.pop(s.id, None)
-            else:
-                s.shares[oid] = o.shares[s.id] = min(k, p)
-
-    def _copy(self, src: Slot, dst: Slot, k: int) -> None:
-        have = len(dst.cached)
-        self._lib.llama_memory_seq_rm(self._mem, dst.id, have, -1)
-        self._lib.llama_memory_seq_cp(self._mem, src.id, dst.id, have, k)
-        dst.cached = src.cached[:k]
-        dst.reuse_limit = k
-        for oid, kk in list(src.shares.items()):
-            if oid == dst.id:
-                continue
-            v = max(dst.shares.get(oid, 0), min(kk, k))
-            dst.shares[oid] = self._slots[oid].shares[dst.id] = v
-        dst.shares[src.id] = src.shares[dst.id] = max(k, dst.shares.get(src.id, 0))
-
     def _make_room(self, s: Slot) -> bool:
         """The sequence filled its context: shift it (Ollama's keep + discard half), or finish."""
         job = s.job
         assert job is not None
-        if not (job.request.shift and self.can_shift):
+        if not (job.request.shift and self.can_shift) or job.spans:  # media never shift (as in llama-server)
             self._finish(s, "length")
             return False
         keep = max(0, job.request.num_keep)
@@ -317,7 +329,30 @@ class Batcher:
         return True
 
     # ---- decoding --------------------------------------------------------------------------------
-    def _decode(self, plan: list[tuple[Slot, int, int]]) -> None:
+    def _decode_media(self, s: Slot, start: int, n: int) -> None:
+        job = s.job
+        if job is None or len(s.cached) != start:  # finished or failed by an earlier decode this step
+            return
+        span = span_at(job.spans, start)
+        assert span is not None and self._media is not None
+        last = start + n == len(job.prompt)
+        t0 = time.perf_counter()
+        rc = self._media.decode(self._ctx, span, start, n, s.id, last)
+        if rc != 0:
+            if rc == 1 and any(o.job is None and o.cached for o in self._slots):
+                self._decode_failed([(s, start, n)], rc)  # idle sequences give up their cells; retry
+            else:
+                self._fail(s, BackendError(f"llama_decode failed (code {rc}) on the {span.kind}"), start)
+            return
+        self._clock.learn(time.perf_counter() - t0, n, 0)
+        exact = s.reuse_limit == len(s.cached)
+        s.cached.extend(job.prompt[start : start + n])
+        if exact:
+            s.reuse_limit = len(s.cached)
+        if last:
+            self._sampled(s, n - 1, time.perf_counter_ns())
+
+    def _decode(self, plan: list[Piece]) -> None:
         tok, pos, seq, lg = self._tok, self._pos, self._seq, self._logit
         i = 0
         outputs: list[tuple[Slot, int]] = []
@@ -445,29 +480,16 @@ class Batcher:
             s.warm = list(warm)
 
     def _emit_final(self, job: Job, reason: str) -> None:
-        text = job.stopper.feed(job.decoder.flush())[0]
-        if not job.stopper.stopped:
-            text += job.stopper.flush()
-        first = job.t_first or time.perf_counter_ns()
-        stats = GenerationStats(
-            prompt_tokens=len(job.prompt),
-            cached_tokens=job.cached_tokens,
-            prompt_eval_ns=max(0, first - job.t_admit) if job.t_admit else 0,
-            eval_count=job.n_gen,
-            eval_ns=max(0, job.t_last - job.t_first) if job.t_first else 0,
-            truncated=job.truncated,
-        )
-        job.done = True
-        job.sampler.close()
-        job.out.put(TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats))
+        event = job.final_event(reason)
+        self._done(job)
+        job.out.put(event)
 
     def _fail(self, s: Slot, err: BaseException, keep: int) -> None:
         job = s.job
         s.job, s.state, s.warm = None, "idle", []
         self._truncate(s, keep)
         if job is not None:
-            job.done = True
-            job.sampler.close()
+            self._done(job)
             job.out.put(err)
 
     def _shutdown_jobs(self) -> None:
@@ -475,15 +497,19 @@ class Batcher:
         for s in self._slots:
             if s.job is not None:
                 job, s.job = s.job, None
-                job.done = True
-                job.sampler.close()
+                self._done(job)
                 job.out.put(err)
         with self._cond:
             while self._waiting:
                 job = self._waiting.popleft()
-                job.done = True
-                job.sampler.close()
+                self._done(job)
                 job.out.put(err)
+
+    def _done(self, job: Job) -> None:
+        job.done = True
+        job.sampler.close()
+        if job.spans and self._media is not None:
+            self._media.release(job.spans)
 
     def _free(self) -> None:
         with self._cond:

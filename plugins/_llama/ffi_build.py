@@ -221,6 +221,7 @@ enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
 void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch);
 void llama_set_embeddings(struct llama_context * ctx, bool embeddings);
 void llama_set_causal_attn(struct llama_context * ctx, bool causal_attn);
+bool llama_get_causal_attn(const struct llama_context * ctx);
 void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback,
                               void * abort_callback_data);
 void llama_synchronize(struct llama_context * ctx);
@@ -230,6 +231,7 @@ const struct llama_vocab * llama_model_get_vocab(const struct llama_model * mode
 int32_t llama_model_n_ctx_train(const struct llama_model * model);
 int32_t llama_model_n_embd(const struct llama_model * model);
 int32_t llama_model_n_embd_out(const struct llama_model * model);
+int32_t llama_model_n_embd_inp(const struct llama_model * model);
 int32_t llama_model_n_layer(const struct llama_model * model);
 int32_t llama_model_n_head(const struct llama_model * model);
 int32_t llama_model_n_head_kv(const struct llama_model * model);
@@ -352,6 +354,89 @@ void llama_perf_context_reset(struct llama_context * ctx);
 extern "Python" void corral_log_cb(enum ggml_log_level level, const char * text, void * user_data);
 extern "Python" bool corral_progress_cb(float progress, void * user_data);
 
+/* ---- libmtmd: projectors, media bitmaps, text + media chunks (tools/mtmd/mtmd.h) --------- */
+enum mtmd_input_chunk_type {
+    MTMD_INPUT_CHUNK_TYPE_TEXT, MTMD_INPUT_CHUNK_TYPE_IMAGE, MTMD_INPUT_CHUNK_TYPE_AUDIO, ...
+};
+typedef struct mtmd_context mtmd_context;
+typedef struct mtmd_bitmap mtmd_bitmap;
+typedef struct mtmd_input_chunk mtmd_input_chunk;
+typedef struct mtmd_input_chunks mtmd_input_chunks;
+typedef struct mtmd_helper_video mtmd_helper_video;
+typedef struct mtmd_input_text {
+    const char * text;
+    size_t text_len;
+    bool add_special;
+    bool parse_special;
+} mtmd_input_text;
+struct mtmd_context_params {
+    bool use_gpu;
+    ggml_backend_dev_t device;
+    bool print_timings;
+    int n_threads;
+    const char * media_marker;
+    enum llama_flash_attn_type flash_attn_type;
+    bool warmup;
+    int image_min_tokens;
+    int image_max_tokens;
+    int32_t batch_max_tokens;
+    ...;
+};
+struct mtmd_caps {
+    bool inp_vision;
+    bool inp_audio;
+};
+typedef struct { ...; } mtmd_helper_init_opt;
+struct mtmd_helper_bitmap_wrapper {
+    mtmd_bitmap * bitmap;
+    mtmd_helper_video * video_ctx;
+};
+
+const char * mtmd_default_marker(void);
+struct mtmd_context_params mtmd_context_params_default(void);
+mtmd_context * mtmd_init_from_file(const char * mmproj_fname, const struct llama_model * text_model,
+                                   const struct mtmd_context_params ctx_params);
+void mtmd_free(mtmd_context * ctx);
+bool mtmd_decode_use_non_causal(const mtmd_context * ctx, const mtmd_input_chunk * chunk);
+bool mtmd_decode_use_mrope(const mtmd_context * ctx);
+bool mtmd_support_vision(const mtmd_context * ctx);
+bool mtmd_support_audio(const mtmd_context * ctx);
+int mtmd_get_audio_sample_rate(const mtmd_context * ctx);
+struct mtmd_caps mtmd_get_cap_from_file(const char * mmproj_fname);
+void mtmd_log_set(ggml_log_callback log_callback, void * user_data);
+
+uint32_t mtmd_bitmap_get_nx(const mtmd_bitmap * bitmap);
+uint32_t mtmd_bitmap_get_ny(const mtmd_bitmap * bitmap);
+size_t mtmd_bitmap_get_n_bytes(const mtmd_bitmap * bitmap);
+bool mtmd_bitmap_is_audio(const mtmd_bitmap * bitmap);
+void mtmd_bitmap_free(mtmd_bitmap * bitmap);
+const char * mtmd_bitmap_get_id(const mtmd_bitmap * bitmap);
+void mtmd_bitmap_set_id(mtmd_bitmap * bitmap, const char * id);
+
+mtmd_input_chunks * mtmd_input_chunks_init(void);
+size_t mtmd_input_chunks_size(const mtmd_input_chunks * chunks);
+const mtmd_input_chunk * mtmd_input_chunks_get(const mtmd_input_chunks * chunks, size_t idx);
+void mtmd_input_chunks_free(mtmd_input_chunks * chunks);
+enum mtmd_input_chunk_type mtmd_input_chunk_get_type(const mtmd_input_chunk * chunk);
+const llama_token * mtmd_input_chunk_get_tokens_text(const mtmd_input_chunk * chunk, size_t * n_tokens);
+size_t mtmd_input_chunk_get_n_tokens(const mtmd_input_chunk * chunk);
+const char * mtmd_input_chunk_get_id(const mtmd_input_chunk * chunk);
+llama_pos mtmd_input_chunk_get_n_pos(const mtmd_input_chunk * chunk);
+mtmd_input_chunk * mtmd_input_chunk_copy(const mtmd_input_chunk * chunk);
+void mtmd_input_chunk_free(mtmd_input_chunk * chunk);
+
+int32_t mtmd_tokenize(const mtmd_context * ctx, mtmd_input_chunks * output, const mtmd_input_text * text,
+                      const mtmd_bitmap * const * bitmaps, size_t n_bitmaps);
+int32_t mtmd_encode_chunk(mtmd_context * ctx, const mtmd_input_chunk * chunk);
+float * mtmd_get_output_embd(mtmd_context * ctx);
+
+mtmd_helper_init_opt mtmd_helper_init_opt_default(void);
+void mtmd_helper_log_set(ggml_log_callback log_callback, void * user_data);
+struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_buf(
+    const mtmd_context * ctx, const unsigned char * buf, size_t len, bool placeholder,
+    mtmd_helper_init_opt opt);
+size_t mtmd_helper_get_n_tokens(const mtmd_input_chunks * chunks);
+
 /* ---- corral's C helpers --------------------------------------------------------------------- */
 int32_t corral_batch_fill(struct llama_batch * batch, int32_t capacity, const llama_token * tokens,
                           const llama_pos * pos, const llama_seq_id * seq, const int8_t * logits, int32_t n);
@@ -360,6 +445,11 @@ ggml_abort_callback corral_abort_flag_ptr(void);
 size_t corral_sizeof_model_params(void);
 size_t corral_sizeof_context_params(void);
 size_t corral_sizeof_batch(void);
+int32_t corral_batch_fill_embd(struct llama_batch * batch, int32_t capacity, int32_t n_embd,
+                               const float * embd, llama_pos pos0, llama_seq_id seq, bool logits_last,
+                               int32_t n);
+mtmd_bitmap * corral_bitmap_from_image(const unsigned char * buf, size_t len, uint64_t max_pixels, int * err);
+const char * corral_image_failure_reason(void);
 """
 
 # C helpers compiled into the module. They exist where doing the work from Python would cost a
@@ -367,6 +457,21 @@ size_t corral_sizeof_batch(void);
 C_SOURCE = r"""
 #include "llama.h"
 #include "ggml-backend.h"
+#include "mtmd.h"
+#include "mtmd-helper.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* stb_image from the pinned tree (vendor/stb), private to this module. */
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_STDIO
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_GIF
+#define STBI_ONLY_BMP
+#include "stb/stb_image.h"
 
 /* Fill a batch made by llama_batch_init(capacity, 0, 1): one sequence id per token. The capacity
    check keeps a bad caller from writing past llama.cpp's arrays (a heap overflow, not an error). */
@@ -399,6 +504,56 @@ ggml_abort_callback corral_abort_flag_ptr(void) {
 size_t corral_sizeof_model_params(void) { return sizeof(struct llama_model_params); }
 size_t corral_sizeof_context_params(void) { return sizeof(struct llama_context_params); }
 size_t corral_sizeof_batch(void) { return sizeof(struct llama_batch); }
+
+/* Fill a batch made by llama_batch_init(capacity, n_embd, 1) with n embedding rows of one sequence at
+   consecutive positions (an image's slice of mtmd output); logits only for the last row if asked. */
+int32_t corral_batch_fill_embd(struct llama_batch * batch, int32_t capacity, int32_t n_embd,
+                               const float * embd, llama_pos pos0, llama_seq_id seq, bool logits_last,
+                               int32_t n) {
+    if (n <= 0 || n > capacity || batch->embd == NULL) {
+        return -1;
+    }
+    memcpy(batch->embd, embd, (size_t) n * (size_t) n_embd * sizeof(float));
+    for (int32_t i = 0; i < n; i++) {
+        batch->pos[i] = pos0 + i;
+        batch->n_seq_id[i] = 1;
+        batch->seq_id[i][0] = seq;
+        batch->logits[i] = (logits_last && i == n - 1) ? 1 : 0;
+    }
+    batch->n_tokens = n;
+    return n;
+}
+
+/* Encoded image bytes to an RGB mtmd bitmap with the very stb_image that mtmd_helper_bitmap_init_from_buf
+   uses (so pixels match llama-server's), but only for PNG, JPEG, GIF and BMP, with the pixel count
+   checked from the header before anything is decoded, and never the helper's fallback of handing
+   undecodable bytes to ffmpeg. err: 1 not an image of those formats, 2 too many pixels, 3 damaged. */
+mtmd_bitmap * corral_bitmap_from_image(const unsigned char * buf, size_t len, uint64_t max_pixels,
+                                       int * err) {
+    int nx = 0, ny = 0, nc = 0;
+    *err = 0;
+    if (len == 0 || len > (size_t) INT_MAX || !stbi_info_from_memory(buf, (int) len, &nx, &ny, &nc)) {
+        *err = 1;
+        return NULL;
+    }
+    if (nx <= 0 || ny <= 0 || (uint64_t) nx * (uint64_t) ny > max_pixels) {
+        *err = 2;
+        return NULL;
+    }
+    unsigned char * data = stbi_load_from_memory(buf, (int) len, &nx, &ny, &nc, 3);
+    if (data == NULL) {
+        *err = 3;
+        return NULL;
+    }
+    mtmd_bitmap * bitmap = mtmd_bitmap_init((uint32_t) nx, (uint32_t) ny, data);
+    stbi_image_free(data);
+    return bitmap;
+}
+
+const char * corral_image_failure_reason(void) {
+    const char * reason = stbi_failure_reason();
+    return reason ? reason : "";
+}
 """
 
 
@@ -411,7 +566,7 @@ def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cff
         module_name,
         C_SOURCE,
         include_dirs=[str(Path(d).resolve()) for d in include_dirs],
-        libraries=["llama", "ggml", "ggml-base"],
+        libraries=["mtmd", "llama", "ggml", "ggml-base"],
         library_dirs=[str(Path(lib_dir).resolve())],
         extra_link_args=extra_link_args,
     )
@@ -419,15 +574,16 @@ def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cff
 
 
 def compile_module(module_name: str, include_dirs: list[str], lib_dir: str, out_dir: str) -> Path:
-    """Compile ``module_name`` against the headers in ``include_dirs`` (llama.h and ggml's headers),
-    linked to the libllama/libggml in ``lib_dir``, and place the extension in ``out_dir``.
+    """Compile ``module_name`` against the headers in ``include_dirs`` (llama.h, ggml's headers and
+    tools/mtmd's mtmd.h), linked to the libmtmd/libllama/libggml in ``lib_dir``, and place the extension
+    in ``out_dir``.
 
     Returns the path of the built extension (e.g. ``out_dir/_llama_cpu.cpython-311-x86_64-linux-gnu.so``).
     The module's rpath is $ORIGIN, so ``out_dir`` should be the folder that holds the libraries.
     """
     for d in include_dirs:
-        if not (Path(d) / "llama.h").is_file() and not (Path(d) / "ggml.h").is_file():
-            raise FileNotFoundError(f"{d} holds neither llama.h nor ggml.h")
+        if not any((Path(d) / h).is_file() for h in ("llama.h", "ggml.h", "mtmd.h", "stb/stb_image.h")):
+            raise FileNotFoundError(f"{d} holds none of llama.h, ggml.h, mtmd.h, stb/stb_image.h")
     if not any((Path(d) / "llama.h").is_file() for d in include_dirs):
         raise FileNotFoundError(f"llama.h not found in any of {include_dirs}")
     if not list(Path(lib_dir).glob("libllama.*")):
@@ -448,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--module", required=True, help="module name, e.g. _llama_cpu")
     ap.add_argument("--lib-dir", required=True, help="folder with libllama/libggml/libggml-base")
     ap.add_argument("--include", action="append", required=True,
-                    help="header folder (repeat: llama.cpp/include and llama.cpp/ggml/include)")
+                    help="header folder (repeat: include, ggml/include, tools/mtmd, vendor)")
     ap.add_argument("--out", required=True, help="folder that receives the extension module")
     args = ap.parse_args(argv)
     path = compile_module(args.module, args.include, args.lib_dir, args.out)

@@ -160,6 +160,7 @@ def _install_log_callback(ffi: Any, lib: Any) -> list[Any]:
         _drainer = threading.Thread(target=_drain, name="corral-llama-log", daemon=True)
         _drainer.start()
     lib.llama_log_set(lib.corral_log_cb, ffi.NULL)
+    lib.mtmd_helper_log_set(lib.corral_log_cb, ffi.NULL)  # libmtmd and clip.cpp log on their own
     # def_extern keeps the function alive with the module; holding it here documents that it must live
     # as long as the process (llama.cpp keeps the pointer globally).
     return [corral_log_cb]

@@ -9,12 +9,13 @@ from typing import Any
 
 from corral.errors import ContextLengthError
 from corral.textstream import StopMatcher, Utf8Decoder
-from corral.types import CancelToken, GenerationRequest, TokenEvent
+from corral.types import CancelToken, GenerationRequest, GenerationStats, TokenEvent
 
 from .sampling import SamplerChain
 
 __all__ = [
-    "CONTEXT_LENGTH_MESSAGE", "Job", "Slot", "Stream", "common_prefix", "default_threads", "fit_prompt",
+    "CONTEXT_LENGTH_MESSAGE", "Cells", "Job", "Slot", "Stream", "common_prefix", "default_threads",
+    "fit_prompt",
 ]
 
 CONTEXT_LENGTH_MESSAGE = (
@@ -66,11 +67,12 @@ class Job:
 
     __slots__ = (
         "request", "cancel", "out", "sampler", "prompt", "truncated", "order", "limit",
-        "t_admit", "t_first", "t_last", "cached_tokens", "n_gen", "decoder", "stopper", "done",
+        "t_admit", "t_first", "t_last", "cached_tokens", "n_gen", "decoder", "stopper", "done", "spans",
     )
 
     def __init__(self, request: GenerationRequest, cancel: CancelToken, sampler: SamplerChain,
-                 prompt: list[int], truncated: bool, order: int, limit: int) -> None:
+                 prompt: list[int], truncated: bool, order: int, limit: int,
+                 spans: list[Any] | None = None) -> None:
         self.request = request
         self.cancel = cancel
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -87,6 +89,24 @@ class Job:
         self.decoder = Utf8Decoder()
         self.stopper = StopMatcher(request.stop)
         self.done = False
+        # Images or audio in the prompt (MediaSpan, in order); their rows carry negative media keys.
+        self.spans: list[Any] = spans or []
+
+    def final_event(self, reason: str) -> TokenEvent:
+        """The last event of the stream: held-back text, ``reason`` and the counts and timings."""
+        text = self.stopper.feed(self.decoder.flush())[0]
+        if not self.stopper.stopped:
+            text += self.stopper.flush()
+        first = self.t_first or time.perf_counter_ns()
+        stats = GenerationStats(
+            prompt_tokens=len(self.prompt),  # media rows included
+            cached_tokens=self.cached_tokens,
+            prompt_eval_ns=max(0, first - self.t_admit) if self.t_admit else 0,
+            eval_count=self.n_gen,
+            eval_ns=max(0, self.t_last - self.t_first) if self.t_first else 0,
+            truncated=self.truncated,
+        )
+        return TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats)
 
 
 class Slot:
@@ -119,6 +139,44 @@ class Slot:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+
+class Cells:
+    """The KV cells behind a batcher's slots: cutting a sequence, and sharing a prefix (``seq_cp`` in a
+    unified cache shares cells) while recording it in both slots' ``shares``."""
+
+    __slots__ = ("_lib", "_mem", "_slots")
+
+    def __init__(self, lib: Any, mem: Any, slots: list[Slot]) -> None:
+        self._lib, self._mem, self._slots = lib, mem, slots
+
+    def truncate(self, s: Slot, p: int) -> None:
+        """Keep positions ``[0, p)`` of ``s`` (and drop its warm tokens)."""
+        s.warm = []
+        self._lib.llama_memory_seq_rm(self._mem, s.id, p, -1)
+        del s.cached[p:]
+        s.reuse_limit = min(s.reuse_limit, len(s.cached))
+        for oid, k in list(s.shares.items()):
+            o = self._slots[oid]
+            if min(k, p) <= 0:
+                s.shares.pop(oid, None)
+                o.shares.pop(s.id, None)
+            else:
+                s.shares[oid] = o.shares[s.id] = min(k, p)
+
+    def copy(self, src: Slot, dst: Slot, k: int) -> None:
+        """Give ``dst`` the cells of ``src``'s positions ``[len(dst.cached), k)``."""
+        have = len(dst.cached)
+        self._lib.llama_memory_seq_rm(self._mem, dst.id, have, -1)
+        self._lib.llama_memory_seq_cp(self._mem, src.id, dst.id, have, k)
+        dst.cached = src.cached[:k]
+        dst.reuse_limit = k
+        for oid, kk in list(src.shares.items()):
+            if oid == dst.id:
+                continue
+            v = max(dst.shares.get(oid, 0), min(kk, k))
+            dst.shares[oid] = self._slots[oid].shares[dst.id] = v
+        dst.shares[src.id] = src.shares[dst.id] = max(k, dst.shares.get(src.id, 0))
 
 
 class Stream:

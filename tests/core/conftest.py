@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
+from corral.testing.fixtures import sample_images, tiny_gguf, tiny_gguf_spec, tiny_projector
 
-__all__ = ["tiny_gguf", "tiny_gguf_spec"]
+__all__ = ["sample_images", "tiny_gguf", "tiny_gguf_spec", "tiny_projector"]

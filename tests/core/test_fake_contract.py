@@ -27,3 +27,8 @@ class TestFakeBackendContract(BackendContract):
     @classmethod
     def model_path(cls, tiny_gguf: Path) -> str:
         return str(tiny_gguf)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def projector_path(cls, tiny_projector) -> str:
+        return tiny_projector.path

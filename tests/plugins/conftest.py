@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
+from corral.testing.fixtures import sample_images, tiny_gguf, tiny_gguf_spec, tiny_projector
 from corral.types import LoadOptions
 
-__all__ = ["tiny_gguf", "tiny_gguf_spec"]
+__all__ = ["sample_images", "tiny_gguf", "tiny_gguf_spec", "tiny_projector"]
 
 CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
 

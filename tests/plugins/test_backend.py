@@ -116,6 +116,11 @@ class TestCpuContractTiny(BackendContract):
     def model_path(cls, tiny_gguf):
         return str(tiny_gguf)
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def projector_path(cls, tiny_projector) -> str:
+        return tiny_projector.path
+
 
 @pytest.mark.gemma
 class TestCpuContractGemma(BackendContract):

@@ -40,7 +40,8 @@ def trap_lib(cpu_lib, cpu_choice, tmp_path_factory):
     d = tmp_path_factory.mktemp("trap") / "_lib"
     d.mkdir()
     for p in cpu_lib.iterdir():
-        if p.name.startswith(("libllama", "libggml.", "libggml-base", "_llama_")) or p == cpu_choice.path:
+        shipped = p.name.startswith(("libllama", "libmtmd", "libggml.", "libggml-base", "_llama_"))
+        if shipped or p == cpu_choice.path:
             shutil.copy2(p, d / p.name)
     src = d.parent / "trap.c"
     src.write_text(TRAP_VARIANT)

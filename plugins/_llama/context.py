@@ -1,0 +1,47 @@
+"""The llama_context a batching loop decodes in: one unified KV cache for all its sequences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.errors import BackendError
+from corral.types import LoadOptions
+
+from .slots import default_threads
+
+__all__ = ["KV_TYPES", "new_context"]
+
+# the names corral.config.KV_CACHE_TYPES allows (checked when the config is built)
+KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+
+
+def new_context(native: Any, model: Any, options: LoadOptions) -> Any:
+    """A ``llama_context*`` for ``options.num_parallel`` sequences of ``options.num_ctx`` each, with the
+    model's LoRA adapters applied; the caller frees it with ``llama_free``."""
+    ffi, lib = native.ffi, native.lib
+    n_par = max(1, int(options.num_parallel))
+    cp = lib.llama_context_default_params()
+    # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
+    # makes a common system prompt cost one evaluation for all concurrent users.
+    cp.kv_unified = True
+    cp.n_seq_max = n_par
+    cp.n_ctx = max(256, int(options.num_ctx) * n_par)
+    cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
+    cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
+    threads = int(options.num_thread) or default_threads()
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.no_perf = True
+    cp.swa_full = True  # keep full SWA caches so prefixes stay reusable on SWA models (Gemma 3)
+    if options.flash_attention is not None:
+        fa = "ENABLED" if options.flash_attention else "DISABLED"
+        cp.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
+    cp.type_k = cp.type_v = getattr(lib, KV_TYPES[options.kv_cache_type])
+    ctx = lib.llama_init_from_model(model.ptr, cp)
+    if ctx == ffi.NULL:
+        raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
+    try:  # LoRA adapters are set per context, not per model
+        model.apply_adapters(ctx)
+    except BaseException:
+        lib.llama_free(ctx)
+        raise
+    return ctx
