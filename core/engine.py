@@ -13,8 +13,9 @@ from typing import Any
 import msgspec
 
 from corral.config import Config
-from corral.errors import BackendError, ContextLengthError
+from corral.errors import BackendError, ContextLengthError, InvalidRequestError
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics, Think
+from corral.media import inspect_media
 from corral.options import for_prompt, merge_options, to_generation, to_load_options
 from corral.prompts import (
     OutputParser,
@@ -25,11 +26,12 @@ from corral.prompts import (
     plan_chat,
     plan_generate,
 )
+from corral.prompts.media import split_media
 from corral.runner import RunnerFactory, subprocess_runners
 from corral.scheduler import Lease, RunningModel, Scheduler
 from corral.spec import ModelSpec
 from corral.store import Store
-from corral.types import GenerationRequest, LoadOptions, TokenEvent
+from corral.types import GenerationRequest, LoadOptions, MediaInput, TokenEvent
 
 log = logging.getLogger("corral.engine")
 
@@ -67,7 +69,41 @@ class Engine:
                                embedding=spec.embedding_only, adapters=spec.files.adapters)
         if spec.embedding_only:  # compat(ollama): embedding models always run one sequence at a time
             load = msgspec.structs.replace(load, num_parallel=1)
+        if spec.files.projector and (spec.has("vision") or spec.has("audio")):
+            load = msgspec.structs.replace(load, projector=spec.files.projector)
         return load, generation
+
+    def _media_needs(self, images: list[bytes]) -> list[str]:
+        """The capabilities a request's images and audio need; bad or oversized media are a 400 here,
+        from their headers alone, before a model is loaded."""
+        limits = self.config.media_limits
+        if len(images) > limits.max_count:
+            raise InvalidRequestError(f"the request holds {len(images)} images or audio clips; the limit is "
+                                      f"{limits.max_count} (CORRAL_MAX_MEDIA)")
+        kinds = {inspect_media(data, limits, f"image {i + 1}").kind for i, data in enumerate(images)}
+        return (["vision"] if "image" in kinds else []) + (["audio"] if "audio" in kinds else [])
+
+    async def _tokenize(self, lease: Lease, plan: PromptPlan, *, add_special: bool,
+                        parse_special: bool) -> tuple[list[int], list[MediaInput]]:
+        """The prompt's tokens, and its media placed between them: the text between media markers is
+        tokenized piece by piece (as mtmd does), BOS only at the very start."""
+        if not plan.images:
+            if plan.tokens is not None:  # counted while fitting the history
+                return plan.tokens, []
+            return await lease.runner.tokenize(plan.text, add_special=add_special,
+                                               parse_special=parse_special), []
+        tokens: list[int] = []
+        media: list[MediaInput] = []
+        limits = self.config.media_limits
+        for i, part in enumerate(split_media(plan.text, len(plan.images))):
+            if i:
+                data = plan.images[i - 1]
+                kind = inspect_media(data, limits, f"image {i}").kind
+                media.append(MediaInput(data=data, position=len(tokens), kind=kind))
+            if part or (i == 0 and add_special):
+                tokens += await lease.runner.tokenize(part, add_special=add_special and i == 0,
+                                                      parse_special=parse_special)
+        return tokens, media
 
     async def _load_only(self, spec: ModelSpec, load: LoadOptions, keep_alive: float | None,
                          start: int) -> Chunk:
@@ -112,11 +148,13 @@ class Engine:
 
     @staticmethod
     def _request(generation: GenerationRequest, tokens: list[int], plan: PromptPlan, n_ctx: int, *,
-                 truncate: bool) -> GenerationRequest:
+                 truncate: bool, media: list[MediaInput]) -> GenerationRequest:
         if not truncate and len(tokens) >= n_ctx:
             raise ContextLengthError(PROMPT_TOO_LONG)
         # the template's end-of-turn strings come after the user's own stops
-        return for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar, stop=plan.stop)
+        request = for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar, stop=plan.stop)
+        # with media, the backend checks the whole prompt (image tokens included) against the context
+        return msgspec.structs.replace(request, media=media) if media else request
 
     # ---- jobs -----------------------------------------------------------------------------------
     async def generate(self, job: GenerateJob) -> AsyncIterator[Chunk]:
@@ -124,7 +162,7 @@ class Engine:
         start = time.monotonic_ns()
         needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
                                                                          else [])
-        spec = await self._resolve(job.model, needed)
+        spec = await self._resolve(job.model, needed + self._media_needs(job.images))
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
                                          top_logprobs=job.top_logprobs)
         if not job.prompt and not job.suffix and not job.images:
@@ -136,9 +174,11 @@ class Engine:
             # templates are untrusted work: rendered on a worker thread, never on the event loop
             plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
                                            bos_token=info.bos_token, eos_token=info.eos_token)
-            tokens = list(job.context) + await lease.runner.tokenize(
-                plan.text, add_special=plan.add_special and not job.context, parse_special=not job.raw)
-            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate)
+            tokens, media = await self._tokenize(
+                lease, plan, add_special=plan.add_special and not job.context, parse_special=not job.raw)
+            tokens = list(job.context) + tokens
+            media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
+            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate, media=media)
             async with aclosing(self._stream(lease, plan.new_parser(), request, start,
                                              want_context=not job.raw)) as chunks:
                 async for chunk in chunks:
@@ -151,6 +191,7 @@ class Engine:
         start = time.monotonic_ns()
         needed = ["completion"] + (["tools"] if job.tools else [])
         needed += ["thinking"] if _wants(job.think) else []
+        needed += self._media_needs([img for m in job.messages for img in m.images])
         spec = await self._resolve(job.model, needed)
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
                                          top_logprobs=job.top_logprobs)
@@ -165,11 +206,9 @@ class Engine:
             plan = await asyncio.to_thread(
                 plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
                 eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
-            tokens = plan.tokens  # counted while fitting the history, or:
-            if tokens is None:
-                tokens = await lease.runner.tokenize(plan.text, add_special=plan.add_special,
-                                                     parse_special=True)
-            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate)
+            tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special,
+                                                 parse_special=True)
+            request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate, media=media)
             if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
                 key = (spec.digest, plan.turn_suffix)
                 turn = self._suffix_tokens.get(key)

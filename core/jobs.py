@@ -83,6 +83,8 @@ class GenerateJob(Struct, kw_only=True):
         if self.raw and (self.template or self.system or self.context):
             # compat(ollama): routes.go GenerateHandler.
             raise InvalidRequestError("raw mode does not support template, system, or context")
+        if self.suffix and self.images:  # the fill-in-the-middle template has no place for images
+            raise InvalidRequestError("images cannot be combined with suffix (fill-in-the-middle)")
         self.think = _think(self.think)
         self.format = _format(self.format)
         _top_logprobs(self.top_logprobs)

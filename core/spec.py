@@ -38,7 +38,6 @@ class GGUFFacts(Struct, frozen=True, kw_only=True):
     embedding_length: int | None = None  # <arch>.embedding_length
     chat_template: str | None = None  # tokenizer.chat_template (Jinja), used when there is no Go TEMPLATE
     pooling: bool = False  # <arch>.pooling_type is present: the model pools tokens into embeddings
-    vision: bool = False  # the file itself carries a vision encoder (any "<arch>.vision.*" key)
 
     @classmethod
     def from_kv(cls, kv: Mapping[str, Any] | None) -> GGUFFacts:
@@ -54,7 +53,6 @@ class GGUFFacts(Struct, frozen=True, kw_only=True):
             embedding_length=_positive_int(kv.get(f"{arch}.embedding_length")),
             chat_template=template if isinstance(template, str) and template else None,
             pooling=f"{arch}.pooling_type" in kv,
-            vision=any(".vision." in k for k in kv),
         )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from typing import Any
 
-from corral.errors import CapabilityError, TemplateError
+from corral.errors import CapabilityError, CorralError, TemplateError
+from corral.gguf import read_gguf_info
 from corral.prompts import formats, gotemplate
 from corral.prompts.goparse import Action, Branch, Field, Text, walk_fields
 from corral.spec import GGUFFacts, ModelSpec
@@ -120,9 +123,10 @@ def _first_text(nodes: list[Any]) -> str | None:
     return None
 
 
-def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = False,
+def capabilities(template: str | None, gguf: GGUFFacts, *, projector: str | os.PathLike[str] | None = None,
                  parser: str = "") -> list[str]:
-    """Ollama's capability list for a model, from its Go template (or PARSER), GGUF facts and projector.
+    """Ollama's capability list for a model, from its Go template (or PARSER), GGUF facts and projector
+    file.
 
     The store calls this once when it resolves a ``ModelSpec`` (and for ``/api/show``); everything
     else reads ``ModelSpec.capabilities``.
@@ -137,11 +141,40 @@ def capabilities(template: str | None, gguf: GGUFFacts, *, projector: bool = Fal
             caps.append("tools")
         if _has_suffix(go):
             caps.append("insert")
-    if projector or gguf.vision:
-        caps.append("vision")
+    if not embedding:
+        # Images and audio need a projector layer beside the model (llama.cpp cannot use the vision
+        # tensors some GGUFs embed), one whose metadata says which encoders it has.
+        caps += projector_capabilities(projector)
     if not embedding and fmt.thinks:
         caps.append("thinking")
     return caps
+
+
+def projector_capabilities(path: str | os.PathLike[str] | None) -> list[str]:
+    """"vision" and/or "audio" for a projector GGUF (``general.architecture = clip``) with those
+    encoders; [] for no projector or a file that is not one."""
+    if not path:
+        return []
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return list(_projector_capabilities(str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _projector_capabilities(path: str, ino: int, size: int, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        kv = read_gguf_info(path, keep_arrays=False).kv
+    except (CorralError, OSError):
+        return ()
+    if kv.get("general.architecture") != "clip":
+        return ()
+    vision = kv.get("clip.has_vision_encoder") is True and bool(
+        kv.get("clip.projector_type") or kv.get("clip.vision.projector_type"))
+    audio = kv.get("clip.has_audio_encoder") is True and bool(
+        kv.get("clip.projector_type") or kv.get("clip.audio.projector_type"))
+    return (("vision",) if vision else ()) + (("audio",) if audio else ())
 
 
 def check_capabilities(spec: ModelSpec, needed: list[str]) -> None:

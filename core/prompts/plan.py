@@ -15,6 +15,7 @@ from corral.prompts import formats, gotemplate, jinja
 from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
 from corral.prompts.formats import OutputFormat, StreamParser
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
+from corral.prompts.media import MEDIA_MARKER, place_images, place_raw_images
 from corral.prompts.outparse import OutputParser
 from corral.spec import ModelSpec
 
@@ -34,7 +35,7 @@ class PromptPlan:
     add_special: bool = True  # the tokenizer should add BOS (False when the text already has it)
     grammar: str | None = None  # GBNF from `format`
     stop: list[str] = field(default_factory=list)  # extra stop strings the template implies
-    images: list[bytes] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)  # in the order of MEDIA_MARKER in `text`
     think: bool = False  # reasoning is split out of the output
     think_markers: tuple[str, str] = ("<think>", "</think>")
     starts_thinking: bool = False  # the prompt opened the think block: output starts inside it
@@ -248,7 +249,8 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
                          fmt.thinks)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
-    msgs = [*spec.messages, *job.messages]
+    msgs = [*spec.messages, *(msgspec.structs.replace(m, content=place_images(m.content, len(m.images)))
+                              if m.images else m for m in job.messages)]
     system = spec.system
     if system and (not msgs or msgs[0].role != "system"):
         msgs.insert(0, Message(role="system", content=system))
@@ -309,7 +311,8 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     common: dict[str, Any] = {"grammar": grammar, "images": list(job.images), "think": think_on,
                               "think_markers": markers or ("<think>", "</think>"), "format": fmt}
     if job.raw:
-        return _finish(job.prompt, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
+        text, common["images"] = place_raw_images(job.prompt, job.images)
+        return _finish(text, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
     if job.suffix:
         if not _has_suffix(go_src):
             raise missing_capability(spec, "insert")
@@ -325,7 +328,9 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     if not job.context:
         # compat(ollama): seeded MESSAGEs are skipped when the client continues from `context`
         msgs.extend(spec.messages)
-    msgs.append(Message(role="user", content=job.prompt, images=list(job.images)))
+    # compat(ollama): each image is a user turn of its own before the prompt's (GenerateHandler)
+    msgs.extend(Message(role="user", content=MEDIA_MARKER, images=[img]) for img in job.images)
+    msgs.append(Message(role="user", content=job.prompt))
     text = _answer_directly(renderer.render(msgs, []), grammar, fmt)
     inside = _starts_thinking(text, markers)
     if grammar and think_on and markers is not None:

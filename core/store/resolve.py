@@ -53,7 +53,7 @@ def model_spec(record: ModelRecord) -> ModelSpec:
         template=record.template,
         system=record.system,
         messages=tuple(record.messages),
-        capabilities=tuple(capabilities(record.template, facts, projector=record.projector is not None,
+        capabilities=tuple(capabilities(record.template, facts, projector=record.projector,
                                         parser=_text(config.get("parser")))),
         gguf=facts,
         details=record.details,

@@ -40,5 +40,4 @@ def make_spec(name: str = "x", *, template: str | None = None, system: str | Non
     return ModelSpec(name=n.full, display=n.display, digest="0" * 64, files=ModelFiles(projector=projector),
                      template=template, system=system, messages=tuple(messages or ()),
                      parameters=dict(params or {}), gguf=facts, parser=parser,
-                     capabilities=tuple(capabilities(template, facts, projector=projector is not None,
-                                                     parser=parser)))
+                     capabilities=tuple(capabilities(template, facts, projector=projector, parser=parser)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from corral.errors import CapabilityError
@@ -33,11 +35,19 @@ def test_capabilities(template: str | None, kv: dict | None, expected: list[str]
     assert make_spec(template=template, kv=kv).capabilities == tuple(expected)
 
 
-def test_vision_from_a_projector_or_the_file() -> None:
-    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts(), projector=True) == ["completion", "vision"]
-    assert make_spec(template=GEMMA3_TEMPLATE, projector="/blobs/proj").has("vision")
+def test_vision_only_from_a_projector_that_is_one(tmp_path: Path) -> None:
+    from corral.testing.tinymodel import write_tiny_gguf
+    from corral.testing.tinyvision import write_tiny_projector
+
+    proj = write_tiny_projector(tmp_path / "mmproj.gguf").path
+    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts(), projector=proj) == ["completion", "vision"]
+    assert make_spec(template=GEMMA3_TEMPLATE, projector=proj).has("vision")
+    not_one = write_tiny_gguf(tmp_path / "model.gguf").path
+    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts(), projector=not_one) == ["completion"]
+    assert not make_spec(template=GEMMA3_TEMPLATE, projector=str(tmp_path / "missing.gguf")).has("vision")
+    # Vision tensors inside the model's own GGUF are not something llama.cpp can use.
     kv = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
-    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts.from_kv(kv)) == ["completion", "vision"]
+    assert capabilities(GEMMA3_TEMPLATE, GGUFFacts.from_kv(kv)) == ["completion"]
 
 
 def test_check_capabilities_wording() -> None:
