@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, get
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 
 import corral
@@ -17,7 +18,7 @@ from corral.config import Config
 from corral.engine import Engine
 from corral.errors import InvalidRequestError
 from corral.runner import subprocess_runners
-from corral.server.errors import plain_error
+from corral.server.errors import ErrorBody, OpenAIErrorBody, plain_error
 from corral.server.metrics import AccessLog, ServerMetrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
 from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
@@ -85,6 +86,17 @@ def _register_gauges(metrics: ServerMetrics, engine: Engine) -> None:
     metrics.gauge("corral_model_memory_bytes", "Memory held by each loaded model", memory)
 
 
+# Every error either API can answer, documented with the envelope it really has (Litestar would
+# otherwise describe its own validation body, which corral never sends).
+_ERROR_STATUSES = (400, 401, 403, 404, 413, 415, 500, 502, 503, 507)
+
+
+def _document_errors(handlers: list[Any], body: type) -> None:
+    spec = ResponseSpec(data_container=body, description="Error", generate_examples=False)
+    for handler in handlers:
+        handler.responses = {**{status: spec for status in _ERROR_STATUSES}, **(handler.responses or {})}
+
+
 def create_app(config: Config, *, engine: Engine | None = None, store: Store | None = None,
                pm: pluggy.PluginManager | None = None) -> Litestar:
     """The corral server app.
@@ -129,6 +141,8 @@ def create_app(config: Config, *, engine: Engine | None = None, store: Store | N
     def access_log(app: Any) -> Any:
         return AccessLog(app, metrics, debug=config.debug)
 
+    _document_errors([*OLLAMA_ROUTES, metrics_route], ErrorBody)
+    _document_errors(OPENAI_ROUTES, OpenAIErrorBody)
     app = Litestar(
         route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, metrics_route],
         exception_handlers={Exception: plain_error},

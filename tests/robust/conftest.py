@@ -15,11 +15,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (fixtures)
 from corral.testing.live import free_port
 
 READ_ONLY = ("/api/tags", "/api/ps", "/metrics", "/api/version", "/v1/models")
+
+# Property and schema fuzzing: a quick profile for CI (the default), a long one on demand with
+# `pytest --hypothesis-profile=long tests/robust`.
+settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("ci")
 
 
 @dataclass
