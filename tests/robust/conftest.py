@@ -8,10 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,11 +21,12 @@ from hypothesis import HealthCheck, settings
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (fixtures)
 from corral.testing.live import free_port
 
+T = TypeVar("T")
 READ_ONLY = ("/api/tags", "/api/ps", "/metrics", "/api/version", "/v1/models")
 
 # Property and schema fuzzing: a quick profile for CI (the default), a long one on demand with
 # `pytest --hypothesis-profile=long tests/robust`.
-settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -114,8 +116,25 @@ class Probe:
                 self.stop.wait(0.02)
 
 
+def probed(served: Served, action: Callable[[], T], limit: float = 0.1) -> T:
+    """``action()`` while /api/version is probed; it must answer in under ``limit`` every time.
+
+    On a shared 2-core machine the OS alone can delay one answer past the limit, so a run over it is
+    tried once more: a request that really holds the server (seconds, every time) fails both.
+    """
+    worst: list[float] = []
+    for _ in range(2):
+        with version_probe(served, limit=None) as probe:
+            result = action()
+        worst.append(max(probe.latencies))
+        if worst[-1] < limit:
+            return result
+    raise AssertionError(f"/api/version took {worst[0] * 1000:.0f} ms, then {worst[1] * 1000:.0f} ms "
+                         f"(limit {limit * 1000:.0f} ms)")
+
+
 @contextmanager
-def version_probe(served: Served, limit: float = 0.1) -> Iterator[Probe]:
+def version_probe(served: Served, limit: float | None = 0.1) -> Iterator[Probe]:
     """While the block runs, /api/version must answer 200 in under ``limit`` seconds every time."""
     probe = Probe(served.url)
     thread = threading.Thread(target=probe.run, daemon=True)
@@ -131,4 +150,5 @@ def version_probe(served: Served, limit: float = 0.1) -> Iterator[Probe]:
     assert not probe.failures, probe.failures[:5]
     assert probe.latencies, "the probe never got an answer"
     worst = max(probe.latencies)
-    assert worst < limit, f"/api/version took {worst * 1000:.0f} ms (limit {limit * 1000:.0f} ms)"
+    if limit is not None:
+        assert worst < limit, f"/api/version took {worst * 1000:.0f} ms (limit {limit * 1000:.0f} ms)"

@@ -7,11 +7,12 @@ import struct
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from corral.testing.tinymodel import write_tiny_gguf
 
-from .conftest import Served, version_probe
+from .conftest import Served, probed
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -37,10 +38,11 @@ def _model_with_chat_template(served: Served, tmp_path: Path, name: str, templat
 ], ids=["pow", "tojson", "format-width", "loop"])
 def test_jinja_bombs_are_400_within_the_render_limit(served: Served, tmp_path: Path, template: str) -> None:
     _model_with_chat_template(served, tmp_path, "jinja-bomb", template)
-    with version_probe(served):
+    def chat() -> tuple[httpx.Response, float]:
         t0 = time.monotonic()
-        r = served.http.post("/api/chat", json={"model": "jinja-bomb", **CHAT})
-        took = time.monotonic() - t0
+        return served.http.post("/api/chat", json={"model": "jinja-bomb", **CHAT}), time.monotonic() - t0
+
+    r, took = probed(served, chat)
     assert r.status_code == 400, r.text
     assert "chat template" in r.json()["error"]
     assert took < 6.0  # two renders (system-role probe and the prompt) of at most 2 s each
@@ -73,8 +75,7 @@ def test_go_template_printf_bomb_is_bounded(served: Served) -> None:
                           "decoded on the event loop delay /api/version by 100-300 ms on a loaded 2-core "
                           "machine; rendering in a worker process is the follow-up", strict=False)
 def test_go_template_printf_bomb_leaves_the_event_loop_free(served: Served) -> None:
-    with version_probe(served):
-        _go_bomb_requests(served)
+    probed(served, lambda: _go_bomb_requests(served))
 
 
 @pytest.mark.parametrize("template", [
@@ -84,9 +85,8 @@ def test_go_template_printf_bomb_leaves_the_event_loop_free(served: Served) -> N
     "{{ range .Messages }}{{ .Content }}",
 ], ids=["nested-if", "nested-parens", "unknown-function", "unclosed-range"])
 def test_broken_templates_are_refused_at_create_with_the_line(served: Served, template: str) -> None:
-    with version_probe(served):
-        r = served.http.post("/api/create", json={"model": "go-broken", "from": "tiny", "template": template,
-                                                  "stream": False})
+    r = probed(served, lambda: served.http.post("/api/create", json={
+        "model": "go-broken", "from": "tiny", "template": template, "stream": False}))
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error.startswith("invalid TEMPLATE: template: :") and (":1:" in error or ":3:" in error)
@@ -131,11 +131,13 @@ def _nested(depth: int) -> dict:
     {"type": "string", "maxLength": 10**12},
 ], ids=["nested-400", "minItems-string", "enum-5000", "huge-maxLength"])
 def test_hostile_schemas_are_400_fast(served: Served, schema: dict) -> None:
-    with version_probe(served):
+    def generate() -> tuple[httpx.Response, float]:
         t0 = time.monotonic()
         r = served.http.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
                                                     "format": schema})
-        took = time.monotonic() - t0
+        return r, time.monotonic() - t0
+
+    r, took = probed(served, generate)
     assert r.status_code == 400, r.text
     assert "schema" in r.json()["error"] or "at #" in r.json()["error"]
     assert took < 5.0
@@ -178,8 +180,8 @@ def test_push_to_an_unreachable_registry_is_502_naming_the_host(served: Served) 
 
 
 def test_too_many_embedding_inputs_are_400(served: Served) -> None:
-    with version_probe(served):
-        r = served.http.post("/api/embed", json={"model": "tiny", "input": ["x"] * 10_000})
+    body = {"model": "tiny", "input": ["x"] * 10_000}
+    r = probed(served, lambda: served.http.post("/api/embed", json=body))
     assert r.status_code == 400, r.text
     assert "2048" in r.json()["error"]
 
