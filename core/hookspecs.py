@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 PROJECT = "corral"
 hookspec = HookspecMarker(PROJECT)
 hookimpl = HookimplMarker(PROJECT)
+# Called on every plugin; every other hook is a per-model operation that corral.selection.BackendHooks
+# routes to the selected backend alone.
+ON_EVERY_PLUGIN = ("corral_probe_backend", "corral_select_backend")
 
 
 # ---- discovery and selection: called on every plugin ---------------------------------------------
@@ -106,5 +109,5 @@ def corral_unload(handle: ModelHandle) -> bool | None:
 def corral_quantize(source: str, destination: str, file_type: str,
                     progress: Callable[[float], bool] | None) -> bool:
     """Quantize the F32/F16/BF16 GGUF at ``source`` into ``destination`` as ``file_type``
-    (``q4_K_M``, ``q4_K_S`` or ``q8_0``). Return True when done; None if this backend cannot.
-    An unsupported source or type raises ``InvalidRequestError``."""
+    (``q4_K_M``, ``q4_K_S`` or ``q8_0``), in a runner process of the selected backend. Return True
+    when done; None if this backend cannot. An unsupported source or type raises ``InvalidRequestError``."""

@@ -6,12 +6,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import BackendError, CorralError
-from corral.plugins import plugin_distribution
+from corral.errors import BackendError, CorralError, InvalidRequestError
+from corral.hookspecs import ON_EVERY_PLUGIN
+from corral.plugins import PluginHost
 from corral.types import BackendInfo
 
 if TYPE_CHECKING:
-    import pluggy
+    from pluggy import HookCaller
 
     from corral.config import Config
     from corral.types import (
@@ -26,14 +27,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.selection")
 
 
-def probe_backends(pm: pluggy.PluginManager, config: Config) -> list[BackendInfo]:
-    """Ask each plugin about itself; a probe that raises becomes an unusable row, never a crash."""
+
+def probe_backends(host: PluginHost, config: Config, *, only: str | None = None) -> list[BackendInfo]:
+    """Ask each backend plugin about itself; a probe that raises becomes an unusable row, never a crash.
+
+    Each plugin is probed through the hook caller (so tracing and ``wrapper`` hooks see the call),
+    one plugin at a time so one's failure is its own. With ``only``, just the plugin that may be
+    that backend is probed: a runner started for one backend never loads another's driver.
+    """
+    impls = [i for i in host.pm.hook.corral_probe_backend.get_hookimpls() if not (i.wrapper or i.hookwrapper)]
+    plugins = [i.plugin for i in impls]
     infos: list[BackendInfo] = []
-    for impl in pm.hook.corral_probe_backend.get_hookimpls():
-        name = pm.get_name(impl.plugin) or "?"
-        dist, version = plugin_distribution(pm, name)
+    for impl in impls:
+        if only is not None and not host.may_be(impl.plugin, only):
+            continue
+        name = host.pm.get_name(impl.plugin) or "?"
+        dist, version = host.distribution(name)
+        probe = host.pm.subset_hook_caller("corral_probe_backend",
+                                           remove_plugins=[p for p in plugins if p is not impl.plugin])
         try:
-            info = impl.function(**{a: {"config": config}[a] for a in impl.argnames})
+            info = next((r for r in probe(config=config) if r is not None), None)
         except Exception as exc:
             log.warning("backend probe of %s failed: %s", name, exc)
             info = BackendInfo(name=name, priority=0, usable=False,
@@ -42,21 +55,21 @@ def probe_backends(pm: pluggy.PluginManager, config: Config) -> list[BackendInfo
             continue
         if not info.plugin:
             info.plugin, info.version = dist, info.version or version
-        # A plugin registered by module path (CORRAL_EXTRA_PLUGINS) reports a shorter backend name.
-        pm.corral_backend_plugins = getattr(pm, "corral_backend_plugins", {})  # type: ignore[attr-defined]
-        pm.corral_backend_plugins[info.name] = impl.plugin  # type: ignore[attr-defined]
+        host.backends[info.name] = impl.plugin  # a CORRAL_EXTRA_PLUGINS module may report a shorter name
         infos.append(info)
-    infos.extend(getattr(pm, "corral_failures", []))
+    infos.extend(f for f in host.failures if only is None or f.name == only)
     return sorted(infos, key=lambda i: (-i.priority, i.name))
 
 
-def select_backend(
-    pm: pluggy.PluginManager, config: Config, requested: str | None = None
-) -> tuple[str, list[BackendInfo]]:
-    """(chosen name, all candidates). ``requested`` beats ``config.backend`` beats priority."""
-    candidates = probe_backends(pm, config)
+def select_backend(host: PluginHost, config: Config, requested: str | None = None, *,
+                   probe_all: bool = True) -> tuple[str, list[BackendInfo]]:
+    """(chosen name, the candidates). ``requested`` beats ``config.backend`` beats priority.
+
+    ``probe_all=False`` with a backend asked for probes that one only (what a runner process does).
+    """
     want = requested or config.backend
-    name = pm.hook.corral_select_backend(candidates=candidates, requested=want)
+    candidates = probe_backends(host, config, only=None if probe_all or not want else want)
+    name: str = host.pm.hook.corral_select_backend(candidates=candidates, requested=want)
     return name, candidates
 
 
@@ -68,24 +81,19 @@ class BackendHooks:
     may wrap them.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, backend: str) -> None:
-        self.pm = pm
+    def __init__(self, host: PluginHost, backend: str) -> None:
+        self.host = host
         self.backend = backend
-        plugin = pm.get_plugin(backend) or getattr(pm, "corral_backend_plugins", {}).get(backend)
+        plugin = host.plugin_for(backend)
         if plugin is None:
             raise BackendError(f"backend plugin {backend!r} is not registered")
-        others = [
-            impl.plugin
-            for impl in pm.hook.corral_probe_backend.get_hookimpls()
-            if impl.plugin is not plugin
-        ]
-        self._callers: dict[str, Any] = {
-            hook: pm.subset_hook_caller(hook, remove_plugins=others)
-            for hook in ("corral_load_model", "corral_tokenize", "corral_detokenize",
-                         "corral_generate", "corral_embed", "corral_unload")
-        }
+        others = [impl.plugin for impl in host.pm.hook.corral_probe_backend.get_hookimpls()
+                  if impl.plugin is not plugin and not (impl.wrapper or impl.hookwrapper)]
+        self._callers: dict[str, HookCaller] = {
+            hook: host.pm.subset_hook_caller(hook, remove_plugins=others)
+            for hook in dir(host.pm.hook) if hook.startswith("corral_") and hook not in ON_EVERY_PLUGIN}
 
-    def _call(self, hook: str, **kwargs: Any) -> Any:
+    def _call(self, hook: str, *, optional: bool = False, **kwargs: Any) -> Any:
         try:
             result = self._callers[hook](**kwargs)
         except CorralError:
@@ -95,7 +103,7 @@ class BackendHooks:
             raise BackendError(
                 f"backend {self.backend!r} failed in {hook}: {type(exc).__name__}: {exc}"
             ) from exc
-        if result is None and hook != "corral_unload":
+        if result is None and not optional:
             raise BackendError(f"backend {self.backend!r} does not implement {hook}")
         return result
 
@@ -128,4 +136,13 @@ class BackendHooks:
         return self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
 
     def unload(self, handle: ModelHandle) -> None:
-        self._call("corral_unload", handle=handle)
+        self._call("corral_unload", optional=True, handle=handle)
+
+    def quantize(self, source: str, destination: str, file_type: str,
+                 progress: Callable[[float], bool] | None = None) -> None:
+        """Quantize with this backend (in the runner process that selected it, like every native call)."""
+        done = self._call("corral_quantize", optional=True, source=source, destination=destination,
+                          file_type=file_type, progress=progress)
+        if not done:
+            raise InvalidRequestError(
+                f"quantizing to {file_type} is not supported by the {self.backend} backend")

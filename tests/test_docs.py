@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 
 
 def _hooks() -> dict[str, tuple[str, ...]]:
-    pm = make_plugin_manager(None, load_entrypoints=False)
-    return {name: getattr(pm.hook, name).spec.argnames
-            for name in dir(pm.hook) if name.startswith("corral_")}
+    host = load_plugins(None, load_entrypoints=False)
+    return {name: getattr(host.hook, name).spec.argnames
+            for name in dir(host.hook) if name.startswith("corral_")}
 
 
 def test_every_hookspec_is_known() -> None:

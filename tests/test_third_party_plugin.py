@@ -45,7 +45,7 @@ CONTRACT = '''\
 import pytest
 
 from corral.config import Config
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks, select_backend
 from corral.testing.contract import BackendContract
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401
@@ -56,10 +56,10 @@ class TestAcmeContract(BackendContract):
     @classmethod
     def backend_hooks(cls):
         config = Config(load_plugins=("acme",))
-        pm = make_plugin_manager(config)
-        name, _ = select_backend(pm, config)
+        host = load_plugins(config)
+        name, _ = select_backend(host, config)
         assert name == "acme"
-        return BackendHooks(pm, name)
+        return BackendHooks(host, name)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -70,14 +70,14 @@ class TestAcmeContract(BackendContract):
 DISCOVER = '''\
 import json
 from corral.config import Config
-from corral.plugins import make_plugin_manager, plugin_distribution
+from corral.plugins import load_plugins
 from corral.selection import select_backend
 
 config = Config.from_env()
-pm = make_plugin_manager(config)
-name, candidates = select_backend(pm, config, "acme")  # what --backend acme does
-print(json.dumps({"registered": pm.get_plugin("acme") is not None,
-                  "dist": plugin_distribution(pm, "acme"), "selected": name,
+host = load_plugins(config)
+name, candidates = select_backend(host, config, "acme")  # what --backend acme does
+print(json.dumps({"registered": host.pm.get_plugin("acme") is not None,
+                  "dist": host.distribution("acme"), "selected": name,
                   "names": [c.name for c in candidates]}))
 '''
 
@@ -151,10 +151,10 @@ def test_unknown_backend_is_refused_with_the_candidates(acme_venv: Path) -> None
     code = textwrap.dedent('''
         from corral.config import Config
         from corral.errors import BackendUnavailableError
-        from corral.plugins import make_plugin_manager
+        from corral.plugins import load_plugins
         from corral.selection import select_backend
         try:
-            select_backend(make_plugin_manager(Config()), Config(), "acmee")
+            select_backend(load_plugins(Config()), Config(), "acmee")
         except BackendUnavailableError as exc:
             print(exc)
     ''')

@@ -43,14 +43,14 @@ def backends(
     import msgspec
 
     from corral.cli.common import load_config, out_console, print_json
-    from corral.plugins import make_plugin_manager
+    from corral.plugins import load_plugins
     from corral.selection import probe_backends, select_backend
 
     config = load_config()
-    pm = make_plugin_manager(config)
-    infos = probe_backends(pm, config)
+    host = load_plugins(config)
+    infos = probe_backends(host, config)
     try:
-        chosen: str | None = select_backend(pm, config)[0]
+        chosen: str | None = select_backend(host, config)[0]
     except Exception:  # no usable backend: the table shows why; the error is for `serve`
         chosen = None
     if as_json:

@@ -60,7 +60,7 @@ def serve(
     from corral.cli.common import load_config
     from corral.config import parse_host
     from corral.errors import BackendUnavailableError
-    from corral.plugins import make_plugin_manager
+    from corral.plugins import load_plugins
     from corral.selection import select_backend
 
     config = load_config()
@@ -71,14 +71,14 @@ def serve(
             raise UsageError(f"invalid --host {host!r}: {exc}") from None
         config = msgspec.structs.replace(config, scheme=scheme, host=h, port=port)
     console = err_console()
-    pm = make_plugin_manager(config)
+    plugins = load_plugins(config)
     try:
-        chosen, candidates = select_backend(pm, config, backend)
+        chosen, candidates = select_backend(plugins, config, backend)
     except BackendUnavailableError as exc:
         from corral.selection import probe_backends
 
         # The message lists the candidates as text too; the table says the same, better.
-        console.print(candidates_table(probe_backends(pm, config)))
+        console.print(candidates_table(probe_backends(plugins, config)))
         raise UsageError(str(exc).split("\n", 1)[0]) from None
     # Runner subprocesses rebuild the config from the environment: the choice must travel with it.
     config = msgspec.structs.replace(config, backend=chosen)
@@ -97,7 +97,7 @@ def serve(
 
     from corral.server.app import create_app
 
-    app = create_app(config, pm=pm)
+    app = create_app(config)
     # Untrusted work (template renders, grammar conversion) runs on worker threads; a 1 ms GIL switch
     # interval (Python's default is 5 ms) lets the event loop answer other clients while they run.
     sys.setswitchinterval(0.001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -10,9 +11,9 @@ from corral.runner.local import LocalRunner
 from corral.runner.process import ProcessRunner
 
 if TYPE_CHECKING:
-    import pluggy
-
     from corral.config import Config
+    from corral.plugins import PluginHost
+    from corral.store.create import Quantizer
 
 # Makes a new, not yet started runner; the scheduler starts it and loads the model.
 RunnerFactory = Callable[[], Runner]
@@ -23,11 +24,32 @@ def subprocess_runners(config: Config, *, backend: str | None = None) -> RunnerF
     return lambda: ProcessRunner(config, backend=backend)
 
 
-def local_runners(config: Config, *, pm: pluggy.PluginManager | None = None,
+def local_runners(config: Config, *, host: PluginHost | None = None,
                   backend: str | None = None) -> RunnerFactory:
-    """Runners inside this process sharing ``pm``: fast, but a native crash takes the process down."""
-    return lambda: LocalRunner(config, pm=pm, backend=backend)
+    """Runners inside this process sharing ``host``: fast, but a native crash takes the process down."""
+    return lambda: LocalRunner(config, host=host, backend=backend)
+
+
+def runner_quantizer(runners: RunnerFactory) -> Quantizer:
+    """A store quantizer that runs each quantization in a fresh runner from ``runners`` (in its own
+    process in production, through the selected backend like every call into native code).
+
+    Blocking: the store calls it on a worker thread, so the runner lives on that thread's own loop.
+    """
+
+    def quantize(source: str, destination: str, file_type: str) -> None:
+        async def run() -> None:
+            runner = runners()
+            try:
+                await runner.start()
+                await runner.quantize(source, destination, file_type)
+            finally:
+                await runner.close()
+
+        asyncio.run(run())
+
+    return quantize
 
 
 __all__ = ["RUNNER_STOPPED", "LocalRunner", "ProcessRunner", "Runner", "RunnerFactory", "local_runners",
-           "subprocess_runners"]
+           "runner_quantizer", "subprocess_runners"]

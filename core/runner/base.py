@@ -81,6 +81,11 @@ class Runner(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def quantize(self, source: str, destination: str, file_type: str) -> None:
+        """Quantize the GGUF at ``source`` into ``destination`` with this runner's backend (no model
+        needs to be loaded)."""
+
+    @abc.abstractmethod
     async def unload(self) -> None:
         """Free the model; the runner stays usable for another load."""
 

@@ -16,7 +16,7 @@ import msgspec
 
 from corral.config import Config
 from corral.errors import BackendError, CorralError
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.runner import protocol as p
 from corral.runner.base import model_file
 from corral.selection import BackendHooks, select_backend
@@ -94,9 +94,10 @@ class RunnerChild:
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> bool:
         try:
-            pm = make_plugin_manager(self.config)
-            name = select_backend(pm, self.config, self.requested)[0]
-            self._hooks = BackendHooks(pm, name)
+            host = load_plugins(self.config)
+            # the server chose the backend (and passed it here): only that one is probed
+            name = select_backend(host, self.config, self.requested, probe_all=False)[0]
+            self._hooks = BackendHooks(host, name)
         except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, CorralError) else "BackendError"
             self.writer.send(p.Ready(pid=os.getpid(), error=str(exc), error_kind=kind))
@@ -203,6 +204,9 @@ class RunnerChild:
             return self.hooks.detokenize(self._loaded(), msg.tokens, render_special=msg.render_special)
         if isinstance(msg, p.Embed):
             return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize)
+        if isinstance(msg, p.Quantize):
+            self.hooks.quantize(msg.source, msg.destination, msg.file_type)
+            return True
         if isinstance(msg, p.Unload):
             handle, self.handle = self.handle, None
             if handle is not None:

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import BackendError, RunnerStoppedError
-from corral.plugins import make_plugin_manager
+from corral.plugins import PluginHost, load_plugins
 from corral.runner.base import RUNNER_STOPPED, Runner, model_file
 from corral.selection import BackendHooks, select_backend
 from corral.spec import ModelSpec
 from corral.types import CancelToken, EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
 
 if TYPE_CHECKING:
-    import pluggy
 
     from corral.config import Config
 
@@ -25,11 +24,11 @@ _DONE = object()
 class LocalRunner(Runner):
     """Calls the backend hooks on worker threads of this process. Production uses ``ProcessRunner``."""
 
-    def __init__(self, config: Config, *, pm: pluggy.PluginManager | None = None,
+    def __init__(self, config: Config, *, host: PluginHost | None = None,
                  backend: str | None = None) -> None:
         super().__init__()
         self.config = config
-        self._pm = pm
+        self._host = host
         self.requested_backend = backend
         self._backend_hooks: BackendHooks | None = None
         self._alive = False
@@ -47,9 +46,9 @@ class LocalRunner(Runner):
 
     async def start(self) -> None:
         def setup() -> BackendHooks:
-            pm = self._pm or make_plugin_manager(self.config)
-            name = select_backend(pm, self.config, self.requested_backend)[0]
-            return BackendHooks(pm, name)
+            host = self._host or load_plugins(self.config)
+            name = select_backend(host, self.config, self.requested_backend, probe_all=False)[0]
+            return BackendHooks(host, name)
 
         self._backend_hooks = await asyncio.to_thread(setup)
         self.backend = self._backend_hooks.backend
@@ -123,6 +122,9 @@ class LocalRunner(Runner):
             self._cancels.discard(cancel)
             if not finished:
                 cancel.cancel()
+
+    async def quantize(self, source: str, destination: str, file_type: str) -> None:
+        await asyncio.to_thread(self._hooks.quantize, source, destination, file_type)
 
     async def unload(self) -> None:
         handle, self.handle = self.handle, None

@@ -216,6 +216,10 @@ class ProcessRunner(Runner):
         msg = p.Embed(id=next(self._ids), inputs=inputs, normalize=normalize)
         return await self._call(msg, EmbeddingResult)
 
+    async def quantize(self, source: str, destination: str, file_type: str) -> None:
+        msg = p.Quantize(id=next(self._ids), source=source, destination=destination, file_type=file_type)
+        await self._call(msg, bool)
+
     async def unload(self) -> None:
         await self._call(p.Unload(id=next(self._ids)), bool)
         self.handle = None

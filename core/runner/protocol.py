@@ -53,11 +53,18 @@ class Unload(Struct, tag="unload", kw_only=True):
     id: int
 
 
+class Quantize(Struct, tag="quantize", kw_only=True):
+    id: int
+    source: str
+    destination: str
+    file_type: str
+
+
 class Cancel(Struct, tag="cancel", kw_only=True):
     target: int  # the id of the generate request to stop
 
 
-ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Unload | Cancel
+ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Unload | Quantize | Cancel
 
 
 # ---- runner -> parent ----------------------------------------------------------------------------

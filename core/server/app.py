@@ -16,8 +16,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 import corral
 from corral.config import Config
 from corral.engine import Engine
-from corral.errors import InvalidRequestError
-from corral.runner import subprocess_runners
+from corral.runner import runner_quantizer, subprocess_runners
 from corral.server.errors import ErrorBody, OpenAIErrorBody, plain_error
 from corral.server.metrics import AccessLog, ServerMetrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
@@ -25,10 +24,9 @@ from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
 from corral.server.security import SecurityMiddleware
 from corral.server.services import Services, services
 from corral.store import Store
-from corral.store.create import Quantizer
 
 if TYPE_CHECKING:
-    import pluggy
+    pass
 
 log = logging.getLogger("corral.server")
 
@@ -51,19 +49,6 @@ def _configure_logging(debug: bool) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-
-
-def _quantizer(pm: pluggy.PluginManager | None) -> Quantizer | None:
-    if pm is None:
-        return None
-
-    def quantize(source: str, destination: str, file_type: str) -> None:
-        done = pm.hook.corral_quantize(source=source, destination=destination, file_type=file_type,
-                                       progress=None)
-        if not done:
-            raise InvalidRequestError(f"quantizing to {file_type} is not supported by the selected backend")
-
-    return quantize
 
 
 def _register_gauges(metrics: ServerMetrics, engine: Engine) -> None:
@@ -97,22 +82,21 @@ def _document_errors(handlers: list[Any], body: type) -> None:
         handler.responses = {**{status: spec for status in _ERROR_STATUSES}, **(handler.responses or {})}
 
 
-def create_app(config: Config, *, engine: Engine | None = None, store: Store | None = None,
-               pm: pluggy.PluginManager | None = None) -> Litestar:
+def create_app(config: Config, *, engine: Engine | None = None, store: Store | None = None) -> Litestar:
     """The corral server app.
 
     Args:
         config: resolved settings (bind address, origins, API key, body limit, ...).
         engine: a ``corral.engine.Engine``; built from ``config`` (subprocess runners) when None.
-        store: a ``corral.store.Store``; built from ``config`` when None.
-        pm: the plugin manager the CLI used for backend selection (for quantizing on create).
+        store: a ``corral.store.Store``; built from ``config`` when None, quantizing (create's
+            ``quantize``) in runner processes of ``config.backend``.
 
     Returns:
         The Litestar app; its lifespan stops every runner (draining in-flight work) on shutdown.
     """
-    store = store if store is not None else Store.from_config(config, quantizer=_quantizer(pm))
-    engine = engine if engine is not None else Engine(
-        config, store, runner_factory=subprocess_runners(config, backend=config.backend))
+    runners = subprocess_runners(config, backend=config.backend)
+    store = store if store is not None else Store.from_config(config, quantizer=runner_quantizer(runners))
+    engine = engine if engine is not None else Engine(config, store, runner_factory=runners)
     _configure_logging(config.debug)
     metrics = ServerMetrics()
     _register_gauges(metrics, engine)

@@ -10,8 +10,8 @@ Usage, in a plugin's test module::
         @pytest.fixture(scope="class")
         @classmethod
         def backend_hooks(cls):
-            pm = make_plugin_manager(Config(load_plugins=("mine",)))
-            return BackendHooks(pm, "mine")
+            host = load_plugins(Config(load_plugins=("mine",)))
+            return BackendHooks(host, "mine")
 
         @pytest.fixture(scope="class")
         @classmethod

@@ -1,7 +1,7 @@
 """The fake backend plugin: instant, deterministic and scriptable, for tests of everything above it.
 
-Register it in any process with ``CORRAL_EXTRA_PLUGINS=corral.testing.fake`` (the module itself is
-the plugin) or in-process with ``pm.register(FakeBackend(), name="fake")``. It loads any readable
+Register it in any process with ``CORRAL_EXTRA_PLUGINS=corral.testing.fake`` (the module's ``plugin``
+object) or in-process with ``host.register(FakeBackend(), "fake")``. It loads any readable
 GGUF header (no weights), tokenizes UTF-8 bytes (id = byte + 3; 0 unk, 1 BOS, 2 EOS; the model's
 control tokens from 259 up), and replies deterministically. Replies can be scripted across processes
 with ``CORRAL_FAKE_SCRIPT=<rules.json>`` or in-process with ``FakeBackend.enqueue``.
@@ -35,6 +35,7 @@ from corral.hookspecs import hookimpl
 from corral.testing.fakemedia import FakeProjector, expand, load_projector
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import (
+    MAX_TOP_LOGPROBS,
     BackendInfo,
     CancelToken,
     DeviceInfo,
@@ -437,7 +438,7 @@ def _logprobs(tok: int, request: GenerationRequest) -> tuple[TokenLogprob, list[
         return TokenLogprob(token=t, text=b.decode("utf-8", errors="replace"), bytes=list(b), logprob=lp)
 
     chosen = entry(tok, -0.05 - (tok % 7) * 0.01)
-    n = max(0, min(20, request.top_logprobs))
+    n = max(0, min(MAX_TOP_LOGPROBS, request.top_logprobs))
     if not n:
         return chosen, None
     tops = [chosen]
@@ -447,49 +448,5 @@ def _logprobs(tok: int, request: GenerationRequest) -> tuple[TokenLogprob, list[
     return chosen, tops
 
 
-# ---- the module is itself a plugin (CORRAL_EXTRA_PLUGINS=corral.testing.fake) ---------------------
-backend = FakeBackend(plugin="corral")
-
-
-@hookimpl
-def corral_probe_backend(config: Config) -> BackendInfo:
-    return backend.corral_probe_backend(config)
-
-
-@hookimpl
-def corral_load_model(path: str, options: LoadOptions,
-                      progress: Callable[[float], bool] | None) -> ModelHandle:
-    return backend.corral_load_model(path, options, progress)
-
-
-@hookimpl
-def corral_tokenize(handle: ModelHandle, text: str, add_special: bool, parse_special: bool) -> list[int]:
-    return backend.corral_tokenize(handle, text, add_special, parse_special)
-
-
-@hookimpl
-def corral_detokenize(handle: ModelHandle, tokens: list[int], render_special: bool) -> str:
-    return backend.corral_detokenize(handle, tokens, render_special)
-
-
-@hookimpl
-def corral_generate(handle: ModelHandle, request: GenerationRequest,
-                    cancel: CancelToken) -> Iterator[TokenEvent]:
-    return backend.corral_generate(handle, request, cancel)
-
-
-@hookimpl
-def corral_embed(handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
-    return backend.corral_embed(handle, inputs, normalize)
-
-
-@hookimpl
-def corral_unload(handle: ModelHandle) -> bool:
-    return backend.corral_unload(handle)
-
-
-@hookimpl
-def corral_quantize(source: str, destination: str, file_type: str,
-                    progress: Callable[[float], bool] | None) -> bool:
-    return backend.corral_quantize(source, destination, file_type, progress)
-
+# ---- the plugin object CORRAL_EXTRA_PLUGINS=corral.testing.fake registers ---------------------------
+plugin = FakeBackend(plugin="corral")

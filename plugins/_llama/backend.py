@@ -29,10 +29,6 @@ from corral_plugins._llama import library
 
 log = logging.getLogger("corral.llama.backend")
 
-HOOKS = ("corral_probe_backend", "corral_load_model", "corral_tokenize", "corral_detokenize",
-         "corral_generate", "corral_embed", "corral_unload", "corral_quantize")
-
-
 @dataclass
 class Probe:
     """What a hardware probe found: usable or not and why, the modules to load, the devices."""
@@ -56,7 +52,8 @@ class _NativeModel:
 
 
 class LlamaBackend:
-    """Hook implementations for one llama.cpp build folder.
+    """Hook implementations for one llama.cpp build folder; an instance is the plugin object that
+    the cpu, cuda and metal entry points name (``corral_plugins.cpu:plugin``).
 
     Native libraries are loaded only when this backend loads a model (or quantizes), never by a
     probe, so probing the cuda plugin on a machine without a driver cannot crash the process.
@@ -71,10 +68,6 @@ class LlamaBackend:
         self._probe: Probe | None = None
         self._models: dict[str, _NativeModel] = {}
         self._lock = threading.Lock()
-
-    def hooks(self) -> dict[str, Callable[..., Any]]:
-        """The bound hook functions, for a plugin module to publish as its globals."""
-        return {h: getattr(self, h) for h in HOOKS}
 
     # ---- discovery -----------------------------------------------------------------------------
     def probe(self, config: Config | None = None) -> Probe:
@@ -206,19 +199,10 @@ class LlamaBackend:
     @hookimpl
     def corral_quantize(self, source: str, destination: str, file_type: str,
                         progress: Callable[[float], bool] | None) -> bool | None:
-        # Quantization runs on the CPU whichever backend is active: the backend whose build this
-        # process already loaded answers, and if none is loaded yet the cpu backend does. Others
-        # return None so pluggy asks the next one (and no GPU library is loaded for nothing).
-        native = library.loaded()
-        if native is None:
-            if self.name != "cpu":
-                return None
-            native = self.native()
-        elif native.lib_dir != self.lib_dir.resolve():
-            return None
+        # Called only in a runner process that selected this backend: its build quantizes (on the CPU).
         from corral_plugins._llama.quantize import quantize
 
-        return quantize(native, source, destination, file_type, progress)
+        return quantize(self.native(), source, destination, file_type, progress)
 
 
 def _build_version(lib_dir: Path) -> str:

@@ -10,6 +10,5 @@ from corral_plugins.cpu.probe import probe_cpu
 LIB_DIR = Path(__file__).resolve().parent / "_lib"
 PRIORITY = 100
 
+# The plugin object: the "cpu" entry point names it, as a third party's names theirs.
 plugin = LlamaBackend("cpu", LIB_DIR, PRIORITY, probe_cpu)
-# pluggy registers this module: its hook functions are the instance's bound methods.
-globals().update(plugin.hooks())

@@ -10,6 +10,5 @@ from corral_plugins.cuda.probe import probe_cuda
 LIB_DIR = Path(__file__).resolve().parent / "_lib"
 PRIORITY = 200
 
+# The plugin object: the "cuda" entry point names it, as a third party's names theirs.
 plugin = LlamaBackend("cuda", LIB_DIR, PRIORITY, probe_cuda)
-# pluggy registers this module: its hook functions are the instance's bound methods.
-globals().update(plugin.hooks())

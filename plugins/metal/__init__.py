@@ -10,6 +10,5 @@ from corral_plugins.metal.probe import probe_metal
 LIB_DIR = Path(__file__).resolve().parent / "_lib"
 PRIORITY = 300
 
+# The plugin object: the "metal" entry point names it, as a third party's names theirs.
 plugin = LlamaBackend("metal", LIB_DIR, PRIORITY, probe_metal)
-# pluggy registers this module: its hook functions are the instance's bound methods.
-globals().update(plugin.hooks())

@@ -65,11 +65,11 @@ def test_a_server_that_cannot_start_says_why(fresh: dict[str, str]) -> None:
 
 def _cpu_backend_usable() -> bool:
     from corral.config import Config
-    from corral.plugins import make_plugin_manager
+    from corral.plugins import load_plugins
     from corral.selection import probe_backends
 
     config = Config.from_env({})
-    return any(b.name == "cpu" and b.usable for b in probe_backends(make_plugin_manager(config), config))
+    return any(b.name == "cpu" and b.usable for b in probe_backends(load_plugins(config), config))
 
 
 @pytest.mark.gemma

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from corral.config import Config
 from corral.engine import Engine
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.runner import local_runners, subprocess_runners
 from corral.server.app import create_app
 from corral.store.store import Store
@@ -34,9 +34,9 @@ def fake_server(root: Path, gguf: Path) -> Served:
     store = Store(config.models)
     add_tiny_models(store, gguf, TEMPLATES)
     fake = FakeBackend()
-    pm = make_plugin_manager(config, load_entrypoints=False)
-    pm.register(fake, name="fake")
-    engine = Engine(config, store, runner_factory=local_runners(config, pm=pm, backend="fake"))
+    host = load_plugins(config, load_entrypoints=False)
+    host.register(fake, "fake")
+    engine = Engine(config, store, runner_factory=local_runners(config, host=host, backend="fake"))
     served = Served(config, store, engine, fake)
     served.start()
     return served

@@ -7,7 +7,7 @@ import pytest
 
 from corral.config import Config
 from corral.hookspecs import hookimpl
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks
 from corral.testing.contract import BackendContract
 from corral.testing.fake import FakeBackend
@@ -47,9 +47,9 @@ class IgnoresGrammar(FakeBackend):
 
 
 def _setup(backend: FakeBackend, tiny_gguf):
-    pm = make_plugin_manager(Config(), load_entrypoints=False)
-    pm.register(backend, name="fake")
-    hooks = BackendHooks(pm, "fake")
+    host = load_plugins(Config(), load_entrypoints=False)
+    host.register(backend, "fake")
+    hooks = BackendHooks(host, "fake")
     model = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=512, num_parallel=2))
     prompt = hooks.tokenize(model, "The capital of France is", add_special=True, parse_special=False)
     return hooks, model, prompt

@@ -13,7 +13,7 @@ import pytest
 
 from corral.config import Config
 from corral.errors import BackendError, ContextLengthError, InvalidModelFileError, InvalidRequestError
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks, select_backend
 from corral.testing.contract import collect
 from corral.testing.fake import BOS, BYTE_OFFSET, FakeBackend, default_reply, load_rules
@@ -28,9 +28,9 @@ def fake() -> FakeBackend:
 
 @pytest.fixture
 def hooks(fake: FakeBackend) -> BackendHooks:
-    pm = make_plugin_manager(Config(), load_entrypoints=False)
-    pm.register(fake, name="fake")
-    return BackendHooks(pm, "fake")
+    host = load_plugins(Config(), load_entrypoints=False)
+    host.register(fake, "fake")
+    return BackendHooks(host, "fake")
 
 
 @pytest.fixture
@@ -147,10 +147,10 @@ def test_script_file_rules_and_bad_script(tmp_path, tiny_gguf, monkeypatch) -> N
                                   {"match": "fail", "error": "scripted failure"}]))
     monkeypatch.setenv("CORRAL_FAKE_SCRIPT", str(script))  # the fake's own variable, not a Config field
     fake = FakeBackend()
-    pm = make_plugin_manager(Config(), load_entrypoints=False)
-    pm.register(fake, name="fake")
-    name, _ = select_backend(pm, Config())
-    hooks = BackendHooks(pm, name)
+    host = load_plugins(Config(), load_entrypoints=False)
+    host.register(fake, "fake")
+    name, _ = select_backend(host, Config())
+    hooks = BackendHooks(host, name)
     h = hooks.load_model(str(tiny_gguf), LoadOptions())
     assert gen(hooks, h, "what is the weather")[0] == "Sunny."
     with pytest.raises(BackendError, match="scripted failure"):
@@ -186,14 +186,14 @@ def test_registered_by_module_path_in_a_fresh_process(tmp_path, tiny_gguf) -> No
     script.write_text(json.dumps([{"match": "die", "crash": True}]))
     code = f"""
 from corral.config import Config
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks, select_backend
 from corral.testing.contract import collect
 from corral.types import CancelToken, GenerationRequest, LoadOptions
 cfg = Config.from_env()
-pm = make_plugin_manager(cfg)
-name, _ = select_backend(pm, cfg)
-hooks = BackendHooks(pm, name)
+host = load_plugins(cfg)
+name, _ = select_backend(host, cfg)
+hooks = BackendHooks(host, name)
 h = hooks.load_model({str(tiny_gguf)!r}, LoadOptions())
 p = hooks.tokenize(h, "hello", add_special=True, parse_special=False)
 last = collect(hooks.generate(h, GenerationRequest(prompt=p), CancelToken()))[2]

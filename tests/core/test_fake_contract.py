@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.config import Config
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks
 from corral.testing.contract import BackendContract
 from corral.testing.fake import FakeBackend
@@ -19,9 +19,9 @@ class TestFakeBackendContract(BackendContract):
     @pytest.fixture(scope="class")
     @classmethod
     def backend_hooks(cls) -> BackendHooks:
-        pm = make_plugin_manager(Config(), load_entrypoints=False)
-        pm.register(FakeBackend(), name="fake")
-        return BackendHooks(pm, "fake")
+        host = load_plugins(Config(), load_entrypoints=False)
+        host.register(FakeBackend(), "fake")
+        return BackendHooks(host, "fake")
 
     @pytest.fixture(scope="class")
     @classmethod

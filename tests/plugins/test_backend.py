@@ -9,7 +9,7 @@ import pytest
 
 from corral.config import Config
 from corral.errors import BackendError, BackendUnavailableError, InvalidRequestError
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks, probe_backends, select_backend
 from corral.testing.contract import BackendContract
 from corral.testing.tinymodel import write_tiny_gguf
@@ -19,22 +19,22 @@ IN_TREE = ("cpu", "cuda", "metal")
 
 
 @pytest.fixture(scope="module")
-def pm():
-    return make_plugin_manager(Config(load_plugins=IN_TREE))
+def host():
+    return load_plugins(Config(load_plugins=IN_TREE))
 
 
 @pytest.fixture(scope="module")
-def hooks(pm, native):  # `native` first: the session's binding is the one the plugin reuses
-    return BackendHooks(pm, "cpu")
+def hooks(host, native):  # `native` first: the session's binding is the one the plugin reuses
+    return BackendHooks(host, "cpu")
 
 
-def test_every_in_tree_plugin_registers(pm):
-    assert {name for name, _ in pm.list_name_plugin()} >= set(IN_TREE)
-    assert not pm.corral_failures
+def test_every_in_tree_plugin_registers(host):
+    assert {name for name, _ in host.pm.list_name_plugin()} >= set(IN_TREE)
+    assert not host.failures
 
 
-def test_probe_rows(pm, cpu_lib):
-    rows = {r.name: r for r in probe_backends(pm, Config(load_plugins=IN_TREE))}
+def test_probe_rows(host, cpu_lib):
+    rows = {r.name: r for r in probe_backends(host, Config(load_plugins=IN_TREE))}
     cpu, cuda, metal = rows["cpu"], rows["cuda"], rows["metal"]
     assert cpu.usable and cpu.priority == 100 and "CPU variant" in cpu.reason
     assert cpu.devices and cpu.devices[0].type == "cpu" and cpu.devices[0].memory_total > 0
@@ -46,14 +46,14 @@ def test_probe_rows(pm, cpu_lib):
         assert not metal.usable and "macOS" in metal.reason
 
 
-def test_selection_picks_cpu_and_refuses_unusable_cuda(pm, cpu_lib):
+def test_selection_picks_cpu_and_refuses_unusable_cuda(host, cpu_lib):
     config = Config(load_plugins=IN_TREE)
     if Path("/proc/driver/nvidia").exists():
         pytest.skip("this machine has an NVIDIA driver")
-    name, _ = select_backend(pm, config)
+    name, _ = select_backend(host, config)
     assert name == "cpu"
     with pytest.raises(BackendUnavailableError) as err:
-        select_backend(pm, config, "cuda")
+        select_backend(host, config, "cuda")
     msg = str(err.value)
     assert "cuda" in msg and "cpu" in msg and "metal" in msg  # every candidate, with its reason
 
@@ -78,7 +78,8 @@ def test_unusable_backend_never_loads_natives(tmp_path, native):
     b = LlamaBackend("cuda", tmp_path / "_lib", 200, probe_cuda)
     with pytest.raises(BackendUnavailableError, match="cannot run here"):
         b.corral_load_model(str(tmp_path / "x.gguf"), LoadOptions(), None)
-    assert b.corral_quantize("a", "b", "q8_0", None) is None  # left to the cpu backend
+    with pytest.raises(BackendUnavailableError, match="cannot run here"):  # only ever asked when selected
+        b.corral_quantize("a", "b", "q8_0", None)
 
 
 def test_hooks_on_tiny_model(hooks, tiny_gguf):
@@ -93,14 +94,14 @@ def test_hooks_on_tiny_model(hooks, tiny_gguf):
         hooks.tokenize(handle, "hello")
 
 
-def test_quantize_hook(pm, native, tmp_path):
+def test_quantize_hook(hooks, tmp_path):
+    # routed like every per-model call: to the selected backend only (the cuda plugin is not asked)
     src = write_tiny_gguf(tmp_path / "f16.gguf", quant="f16")
     dst = tmp_path / "q8.gguf"
-    assert pm.hook.corral_quantize(source=src.path, destination=str(dst), file_type="Q8_0", progress=None)
+    hooks.quantize(src.path, str(dst), "Q8_0")
     assert dst.stat().st_size > 0
     with pytest.raises(InvalidRequestError):
-        pm.hook.corral_quantize(source=str(dst), destination=str(tmp_path / "again.gguf"), file_type="q4_K_M",
-                                progress=None)
+        hooks.quantize(str(dst), str(tmp_path / "again.gguf"), "q4_K_M")
 
 
 class TestCpuContractTiny(BackendContract):
@@ -109,7 +110,7 @@ class TestCpuContractTiny(BackendContract):
     @pytest.fixture(scope="class")
     @classmethod
     def backend_hooks(cls, native):
-        return BackendHooks(make_plugin_manager(Config(load_plugins=IN_TREE)), "cpu")
+        return BackendHooks(load_plugins(Config(load_plugins=IN_TREE)), "cpu")
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -131,7 +132,7 @@ class TestCpuContractGemma(BackendContract):
     @pytest.fixture(scope="class")
     @classmethod
     def backend_hooks(cls, native):
-        return BackendHooks(make_plugin_manager(Config(load_plugins=IN_TREE)), "cpu")
+        return BackendHooks(load_plugins(Config(load_plugins=IN_TREE)), "cpu")
 
     @pytest.fixture(scope="class")
     @classmethod

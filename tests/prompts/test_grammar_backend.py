@@ -11,7 +11,7 @@ import pytest
 from corral.config import Config
 from corral.conversation import Message
 from corral.jobs import ChatJob, GenerateJob
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.prompts import GEMMA3_TEMPLATE, plan_chat, plan_generate
 from corral.selection import BackendHooks
 from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams
@@ -38,7 +38,7 @@ def gemma_hooks():
         pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
     from corral_plugins._llama.assets import gemma_gguf
 
-    hooks = BackendHooks(make_plugin_manager(Config(load_plugins=("cpu",))), "cpu")
+    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
     handle = hooks.load_model(str(gemma_gguf()), LoadOptions(num_ctx=512, num_parallel=1))
     yield hooks, handle
     hooks.unload(handle)

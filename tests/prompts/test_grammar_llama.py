@@ -8,7 +8,7 @@ import pytest
 
 from corral.config import Config
 from corral.errors import GrammarError
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.prompts import JSON_GBNF, schema_to_gbnf
 from corral.prompts.grammar import with_think_block
 from corral.selection import BackendHooks
@@ -25,7 +25,7 @@ CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
 def tiny_hooks(tiny_gguf: Path):
     if not (any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))):
         pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
-    hooks = BackendHooks(make_plugin_manager(Config(load_plugins=("cpu",))), "cpu")
+    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
     handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=256, num_parallel=1))
     yield hooks, handle
     hooks.unload(handle)

@@ -9,7 +9,7 @@ import msgspec
 
 from corral.config import Config
 from corral.engine import Engine
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.runner import local_runners
 from corral.server.app import create_app
 from corral.store.store import Store
@@ -37,16 +37,16 @@ class Harness:
         self.config = config
         self.store = Store(root)
         self.fake = FakeBackend()
-        self.pm = make_plugin_manager(config, load_entrypoints=False)
-        self.pm.register(self.fake, name="fake")
+        self.host = load_plugins(config, load_entrypoints=False)
+        self.host.register(self.fake, "fake")
         if subprocess:
             from corral.runner import subprocess_runners
 
             runners = subprocess_runners(config, backend="fake")
         else:
-            runners = local_runners(config, pm=self.pm, backend="fake")
+            runners = local_runners(config, host=self.host, backend="fake")
         self.engine = Engine(config, self.store, runner_factory=runners)
-        self.app = create_app(config, engine=self.engine, store=self.store, pm=self.pm)
+        self.app = create_app(config, engine=self.engine, store=self.store)
 
 
 def ndjson(text: str) -> list[dict[str, Any]]:

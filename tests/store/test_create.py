@@ -129,15 +129,10 @@ def _cpu_quantizer():  # type: ignore[no-untyped-def]
     if not list(lib.glob("libllama.so*")):
         pytest.skip("the CPU backend libraries are not built")
     from corral.config import Config
-    from corral.plugins import make_plugin_manager
+    from corral.runner import runner_quantizer, subprocess_runners
 
-    pm = make_plugin_manager(Config())
-
-    def quantize(source: str, destination: str, file_type: str) -> None:
-        assert pm.hook.corral_quantize(source=source, destination=destination, file_type=file_type,
-                                       progress=None)
-
-    return quantize
+    # what the server does: each quantization in a runner process of the selected backend
+    return runner_quantizer(subprocess_runners(Config(load_plugins=("cpu",)), backend="cpu"))
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "Q4_K_M"])
