@@ -33,10 +33,11 @@ def gemma_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_choice(cpu_lib: Path, gemma_path: Path):
+def cpu_choice(cpu_lib: Path):
+    """The CPU variant the cpu backend's probe chooses (verified with its own tiny model)."""
     from corral_plugins._llama.cpuvariant import choose_variant
 
-    return choose_variant(cpu_lib, model=gemma_path)
+    return choose_variant(cpu_lib)
 
 
 @pytest.fixture(scope="session")

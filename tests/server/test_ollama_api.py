@@ -64,6 +64,10 @@ def test_generate_raw_has_no_context_and_rejects_template(client: TestClient[Any
 def test_chat_stream_and_non_stream(client: TestClient[Any], harness: Harness) -> None:
     harness.fake.enqueue("Hi! How are you?")
     r = client.post("/api/chat", json={"model": "tiny", "messages": [{"role": "USER", "content": "hello"}]})
+    # the role was lowercased on the way in: the template (ChatML) rendered a "user" turn
+    sent = [c.text for c in harness.fake.history if c.op == "generate"][-1]
+    assert sent.endswith("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"), sent
+    assert "USER" not in sent
     lines = ndjson(r.text)
     assert all(o["message"]["role"] == "assistant" for o in lines)
     assert "".join(o["message"].get("content", "") for o in lines) == "Hi! How are you?"
@@ -74,8 +78,6 @@ def test_chat_stream_and_non_stream(client: TestClient[Any], harness: Harness) -
     body = r.json()
     assert body["message"] == {"role": "assistant", "content": "Fine."} and body["done"] is True
     assert all(k in body for k in METRICS)
-    # the role was lowercased on the way in: the fake saw the template's rendering of "user"
-    assert "user" in harness.fake.history[-1].text or "hello" in harness.fake.history[-1].text
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: TestClient[Any]) -> None:

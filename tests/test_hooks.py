@@ -1,0 +1,173 @@
+"""One test per hookspec, named ``test_hook_<hook>`` (tests/test_docs.py fails when one is missing):
+what the core does around each hook, on the fake backend beside a bystander that must never be asked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.config import Config
+from corral.errors import BackendError, BackendUnavailableError, InvalidRequestError
+from corral.hookspecs import hookimpl
+from corral.plugins import PluginHost, load_plugins
+from corral.selection import BackendHooks, probe_backends, select_backend
+from corral.testing.fake import FakeBackend
+from corral.testing.tinymodel import write_tiny_gguf
+from corral.types import BackendInfo, CancelToken, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    host = load_plugins(Config(), load_entrypoints=False)
+    host.register(FakeBackend(name="fake"), "fake")
+    host.register(FakeBackend(name="bystander", priority=50), "bystander")
+    return host
+
+
+def fake_of(host: PluginHost, name: str = "fake") -> FakeBackend:
+    plugin = host.pm.get_plugin(name)
+    assert isinstance(plugin, FakeBackend)
+    return plugin
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_tiny_gguf(tmp_path_factory.mktemp("hooks") / "tiny.gguf").path
+
+
+@pytest.fixture
+def hooks(host: PluginHost) -> BackendHooks:
+    return BackendHooks(host, "fake")
+
+
+@pytest.fixture
+def handle(hooks: BackendHooks, gguf: str) -> Iterator[ModelHandle]:
+    h = hooks.load_model(gguf, LoadOptions(num_ctx=128, num_parallel=1))
+    yield h
+    hooks.unload(h)
+
+
+def test_hook_corral_probe_backend(host: PluginHost) -> None:
+    class Broken:
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            raise RuntimeError("driver exploded")
+
+    class NotABackend:
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> None:
+            return None
+
+    host.register(Broken(), "broken")
+    host.register(NotABackend(), "helper")
+    rows = {r.name: r for r in probe_backends(host, Config())}
+    assert set(rows) == {"fake", "bystander", "broken"}  # a None probe is not a backend
+    assert not rows["broken"].usable
+    assert rows["broken"].reason == "probe failed: RuntimeError: driver exploded"
+
+
+def test_hook_corral_select_backend(host: PluginHost) -> None:
+    assert select_backend(host, Config())[0] == "bystander"  # the core default: highest priority
+    with pytest.raises(BackendUnavailableError, match="backend 'nope' is not installed"):
+        select_backend(host, Config(), "nope")
+
+    class SitePolicy:
+        @hookimpl
+        def corral_select_backend(self, candidates: list[BackendInfo], requested: str | None) -> str:
+            return "fake"
+
+    host.register(SitePolicy(), "policy")  # answers before the core's trylast default
+    assert select_backend(host, Config())[0] == "fake"
+
+
+def test_hook_corral_load_model(host: PluginHost, hooks: BackendHooks, gguf: str) -> None:
+    handle = hooks.load_model(gguf, LoadOptions(num_ctx=64))
+    assert handle.backend == "fake" and handle.info.n_ctx == 64
+    assert fake_of(host, "bystander").history == []  # never asked: per-model hooks go to one backend
+
+    class Silent:
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            return BackendInfo(name="silent", priority=1, usable=True)
+
+        @hookimpl
+        def corral_load_model(self, path: str) -> None:
+            return None
+
+    host.register(Silent(), "silent")
+    with pytest.raises(BackendError, match="backend 'silent' does not implement corral_load_model"):
+        BackendHooks(host, "silent").load_model(gguf, LoadOptions())
+
+
+def test_hook_corral_tokenize(host: PluginHost, hooks: BackendHooks, handle: ModelHandle) -> None:
+    assert hooks.tokenize(handle, "A", add_special=False, parse_special=False) == [ord("A") + 3]
+    assert hooks.tokenize(handle, "A")[0] == 1  # BOS unless told otherwise
+
+    class Buggy(FakeBackend):
+        @hookimpl
+        def corral_tokenize(self, handle: ModelHandle, text: str, add_special: bool,
+                            parse_special: bool) -> list[int]:
+            raise KeyError("bug")
+
+    host.register(Buggy(name="buggy"), "buggy")
+    buggy = BackendHooks(host, "buggy")
+    h = buggy.load_model(handle.path, LoadOptions(num_ctx=64))
+    # a plugin's bug is a BackendError naming the backend and the hook, never a crash
+    with pytest.raises(BackendError, match="backend 'buggy' failed in corral_tokenize: KeyError"):
+        buggy.tokenize(h, "x")
+
+
+def test_hook_corral_detokenize(hooks: BackendHooks, handle: ModelHandle) -> None:
+    tokens = hooks.tokenize(handle, "héllo 世界", add_special=True, parse_special=True)
+    assert hooks.detokenize(handle, tokens) == "héllo 世界"
+    assert hooks.detokenize(handle, tokens, render_special=True).startswith("<s>")
+
+
+def test_hook_corral_generate(host: PluginHost, hooks: BackendHooks, handle: ModelHandle) -> None:
+    fake_of(host).enqueue("four")
+    prompt = hooks.tokenize(handle, "hi")
+    events = list(hooks.generate(handle, GenerationRequest(prompt=prompt), CancelToken()))
+    assert "".join(e.text for e in events) == "four"
+    last: TokenEvent = events[-1]
+    assert last.finish_reason == "stop" and last.stats is not None and last.stats.prompt_tokens == len(prompt)
+    fake_of(host).enqueue("abcdef", error="scripted failure", error_after=2)
+    with pytest.raises(BackendError, match="scripted failure"):
+        list(hooks.generate(handle, GenerationRequest(prompt=prompt), CancelToken()))
+
+
+def test_hook_corral_embed(hooks: BackendHooks, handle: ModelHandle) -> None:
+    inputs = [hooks.tokenize(handle, t, add_special=False) for t in ("cat", "dog", "cat")]
+    result = hooks.embed(handle, inputs, normalize=True)
+    assert len(result.embeddings) == 3 and result.prompt_tokens == sum(map(len, inputs))
+    assert result.embeddings[0] == result.embeddings[2] != result.embeddings[1]
+    assert abs(sum(x * x for x in result.embeddings[1]) - 1.0) < 1e-6
+
+
+def test_hook_corral_unload(hooks: BackendHooks, gguf: str) -> None:
+    handle = hooks.load_model(gguf, LoadOptions(num_ctx=64))
+    hooks.unload(handle)
+    hooks.unload(handle)  # idempotent
+    with pytest.raises(InvalidRequestError, match="not loaded"):
+        hooks.tokenize(handle, "x")
+
+
+def test_hook_corral_quantize(host: PluginHost, hooks: BackendHooks, tmp_path: Path) -> None:
+    src = write_tiny_gguf(tmp_path / "f16.gguf", quant="f16").path
+    hooks.quantize(src, str(tmp_path / "q8.gguf"), "q8_0")
+    assert [c.op for c in fake_of(host).history] == ["quantize"]
+    assert fake_of(host, "bystander").history == []
+
+    class CannotQuantize:
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            return BackendInfo(name="plain", priority=1, usable=True)
+
+        @hookimpl
+        def corral_quantize(self, source: str) -> None:
+            return None
+
+    host.register(CannotQuantize(), "plain")
+    with pytest.raises(InvalidRequestError, match="quantizing to q8_0 is not supported by the plain backend"):
+        BackendHooks(host, "plain").quantize(src, str(tmp_path / "x.gguf"), "q8_0")
