@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("prompts", ("corral.prompts",)),
     ("types/errors/config", ("corral.types", "corral.errors", "corral.config", "corral.spec", "corral.jobs",
                              "corral.conversation", "corral.options", "corral.names", "corral.gguf",
-                             "corral.textstream", "corral.hookspecs", "corral")),
+                             "corral.textstream", "corral.hookspecs", "corral.media", "corral")),
 ]
 
 
@@ -43,7 +43,8 @@ def layer_of(module: str) -> int:
     best, best_len = -1, -1
     for i, (_name, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+            package = prefix != "corral" and module.startswith(prefix + ".")  # "corral" is just __init__
+            if (module == prefix or package) and len(prefix) > best_len:
                 best, best_len = i, len(prefix)
     assert best >= 0, f"{module} belongs to no layer: add it to LAYERS"
     return best

@@ -22,7 +22,7 @@ from corral.config import Config
 from corral.conversation import Message
 from corral.engine import Engine
 from corral.jobs import ChatJob, GenerateJob
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.runner import local_runners
 from corral.selection import BackendHooks
 from corral.store.records import CreateSpec
@@ -105,7 +105,7 @@ def _text(chunks) -> str:
 
 
 def test_raw_prompt_tokens_equal_llama_server(llama_server, tiny_gguf, tiny_projector, images):
-    hooks = BackendHooks(make_plugin_manager(Config(load_plugins=("cpu",))), "cpu")
+    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
     handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=1024, num_parallel=1,
                                                           projector=tiny_projector.path))
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from corral.config import Config
 from corral.errors import CapabilityError, ContextLengthError, InvalidRequestError
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.selection import BackendHooks
 from corral.testing.tinymodel import write_tiny_gguf
 from corral.testing.tinyvision import png_bytes, write_tiny_projector
@@ -24,7 +24,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def hooks(cpu_lib: Path) -> BackendHooks:
-    return BackendHooks(make_plugin_manager(Config(load_plugins=("cpu",))), "cpu")
+    return BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
 
 
 @pytest.fixture(scope="module")
