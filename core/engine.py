@@ -152,7 +152,8 @@ class Engine:
         if not truncate and len(tokens) >= n_ctx:
             raise ContextLengthError(PROMPT_TOO_LONG)
         # the template's end-of-turn strings come after the user's own stops
-        request = for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar, stop=plan.stop)
+        request = for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar,
+                             json_schema=plan.json_schema, stop=plan.stop)
         # with media, the backend checks the whole prompt (image tokens included) against the context
         return msgspec.structs.replace(request, media=media) if media else request
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from corral.errors import InvalidRequestError
-from corral.types import GenerationRequest, LoadOptions, SamplingParams
+from corral.types import GenerationRequest, JsonConstraint, LoadOptions, SamplingParams
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -250,16 +250,18 @@ def to_generation(opts: Mapping[str, Any], *, shift: bool = True, logprobs: bool
 
 
 def for_prompt(request: GenerationRequest, prompt: Sequence[int], *, n_ctx: int, grammar: str | None = None,
-               stop: Sequence[str] = ()) -> GenerationRequest:
+               json_schema: JsonConstraint | None = None, stop: Sequence[str] = ()) -> GenerationRequest:
     """``request`` (from ``to_generation``) for ``prompt`` on a model loaded with ``n_ctx``: no new checks.
 
     ``repeat_last_n`` -1 becomes the whole context, ``num_keep`` -1 the whole prompt (and it stays
-    below ``n_ctx``); ``grammar`` constrains the output; ``stop`` (the template's end-of-turn
+    below ``n_ctx``); ``grammar`` constrains the output (``json_schema``: the same constraint as a
+    schema, when it is one); ``stop`` (the template's end-of-turn
     strings) comes after the request's own.
     """
     sampling = request.sampling
     repeat_last_n = n_ctx if sampling.repeat_last_n == -1 else sampling.repeat_last_n
-    sampling = msgspec.structs.replace(sampling, repeat_last_n=repeat_last_n, grammar=grammar)
+    sampling = msgspec.structs.replace(sampling, repeat_last_n=repeat_last_n, grammar=grammar,
+                                       json_schema=json_schema if grammar else None)
     num_keep = len(prompt) if request.num_keep < 0 else request.num_keep
     return msgspec.structs.replace(
         request, prompt=list(prompt), sampling=sampling, num_keep=min(num_keep, max(0, n_ctx - 1)),

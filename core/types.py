@@ -92,6 +92,15 @@ class ModelHandle(Struct, frozen=True, kw_only=True):
 
 
 # ---- generation ----------------------------------------------------------------------------------
+class JsonConstraint(Struct, frozen=True, kw_only=True):
+    """A `format` constraint as a JSON schema, for backends that compile schemas themselves
+    (llguidance); ``SamplingParams.grammar`` holds the same language as GBNF for every other backend."""
+
+    schema: str  # JSON text, already normalised to the GBNF conversion's meaning (corral.prompts)
+    think_markers: tuple[str, str] | None = None  # a reasoning block (open, close) may come first
+    think_inside: bool = False  # the prompt already opened that block
+
+
 class SamplingParams(Struct, frozen=True, kw_only=True):
     """How the next token is picked. Defaults are Ollama's."""
 
@@ -107,6 +116,7 @@ class SamplingParams(Struct, frozen=True, kw_only=True):
     seed: int = -1  # -1 = random
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
     grammar: str | None = None  # GBNF; root rule is "root"
+    json_schema: JsonConstraint | None = None  # the same constraint as `grammar`, as a schema, when it is one
 
 
 MAX_TOP_LOGPROBS = 20  # compat(ollama): alternatives per token a request may ask for

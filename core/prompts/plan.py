@@ -17,7 +17,9 @@ from corral.prompts.formats import OutputFormat, StreamParser
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.media import MEDIA_MARKER, place_images, place_raw_images
 from corral.prompts.outparse import OutputParser
+from corral.prompts.schemanorm import json_constraint
 from corral.spec import ModelSpec
+from corral.types import JsonConstraint
 
 IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
 # (text, add BOS?) -> the text's tokens: what truncation counts with, and what the engine then sends
@@ -34,6 +36,7 @@ class PromptPlan:
     text: str
     add_special: bool = True  # the tokenizer should add BOS (False when the text already has it)
     grammar: str | None = None  # GBNF from `format`
+    json_schema: JsonConstraint | None = None  # the same constraint as a schema (llguidance backends)
     stop: list[str] = field(default_factory=list)  # extra stop strings the template implies
     images: list[bytes] = field(default_factory=list)  # in the order of MEDIA_MARKER in `text`
     think: bool = False  # reasoning is split out of the output
@@ -68,6 +71,14 @@ def grammar_for(fmt: Format) -> str | None:
     if isinstance(fmt, dict):
         return schema_to_gbnf(fmt)
     return JSON_GBNF
+
+
+def _schema_for(fmt: Format, grammar: str | None, markers: tuple[str, str] | None,
+                inside: bool) -> JsonConstraint | None:
+    """The schema form of `format`, once ``grammar_for`` accepted it (both agree on what is refused)."""
+    if grammar is None or fmt is None or fmt == "":
+        return None
+    return json_constraint(fmt, markers, inside)  # type: ignore[arg-type]
 
 
 def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
@@ -288,10 +299,11 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
         text, fitted = direct, None  # the counted tokens no longer match: the engine tokenizes again
     src = go_src or jinja_src or ""
     inside = _starts_thinking(text, markers)
+    schema = _schema_for(job.format, grammar, markers if think_on else None, inside)
     if grammar and think_on and markers is not None:
         grammar = with_think_block(grammar, markers, inside=inside)
     return _finish(
-        text, bos_token, grammar=grammar, stop=_stops(src, fmt),
+        text, bos_token, grammar=grammar, json_schema=schema, stop=_stops(src, fmt),
         images=[img for m in window for img in m.images], think=think_on,
         think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
         tools=list(job.tools), tool_tag=fmt.tool_tag, truncated=start > 0, format=fmt,
@@ -312,12 +324,15 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
                               "think_markers": markers or ("<think>", "</think>"), "format": fmt}
     if job.raw:
         text, common["images"] = place_raw_images(job.prompt, job.images)
-        return _finish(text, bos_token, starts_thinking=_starts_thinking(job.prompt, markers), **common)
+        inside = _starts_thinking(job.prompt, markers)
+        common["json_schema"] = _schema_for(job.format, grammar, markers if think_on else None, inside)
+        return _finish(text, bos_token, starts_thinking=inside, **common)
     if job.suffix:
         if not _has_suffix(go_src):
             raise missing_capability(spec, "insert")
         tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
         text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
+        common["json_schema"] = _schema_for(job.format, grammar, None, False)
         return _finish(text, bos_token, stop=_stops(go_src or "", fmt), **common)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
                          fmt.thinks)
@@ -333,6 +348,7 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     msgs.append(Message(role="user", content=job.prompt))
     text = _answer_directly(renderer.render(msgs, []), grammar, fmt)
     inside = _starts_thinking(text, markers)
+    common["json_schema"] = _schema_for(job.format, grammar, markers if think_on else None, inside)
     if grammar and think_on and markers is not None:
         common["grammar"] = with_think_block(grammar, markers, inside=inside)
     return _finish(text, bos_token, stop=_stops(go_src or jinja_src or "", fmt), starts_thinking=inside,

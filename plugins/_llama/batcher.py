@@ -21,6 +21,7 @@ from corral.errors import (
 from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
 from .context import new_context
+from .guidance import Guidance
 from .mediasteps import MediaSteps, media_floor, media_piece, span_at
 from .sampling import SamplerChain, logprobs_from_logits
 from .slots import (
@@ -68,6 +69,7 @@ class Batcher:
         self._slots = [Slot(i) for i in range(n_par)]
         cells = Cells(lib, self._mem, self._slots)
         self._truncate, self._copy = cells.truncate, cells.copy
+        self._guidance = Guidance(native, model)
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._waiting: deque[Job] = deque()
@@ -107,7 +109,12 @@ class Batcher:
             if spans and len(prompt) >= self.n_ctx_seq:  # an image is never cut in half to fit
                 raise ContextLengthError(CONTEXT_LENGTH_MESSAGE)
             prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
-            sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling)
+            # A schema compiles with llguidance here, in the request's own thread (never the event
+            # loop, never the batching loop); where it cannot, its GBNF form runs on llama.cpp's sampler.
+            json_schema = request.sampling.json_schema
+            guide = self._guidance.guide(json_schema) if json_schema is not None else None
+            sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling,
+                                   guide=guide)
             sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
             with self._cond:
@@ -429,7 +436,11 @@ class Batcher:
         if job.cancel.cancelled:
             self._finish(s, "stop")
             return
-        t = job.sampler.sample(self._ctx, row)
+        try:
+            t = job.sampler.sample(self._ctx, row)
+        except CorralError as exc:  # a grammar that allows nothing more ends its own request only
+            self._fail(s, exc, len(s.cached))
+            return
         if job.t_first == 0:
             job.t_first = now
         job.t_last = now

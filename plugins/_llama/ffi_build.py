@@ -450,11 +450,19 @@ int32_t corral_batch_fill_embd(struct llama_batch * batch, int32_t capacity, int
                                int32_t n);
 mtmd_bitmap * corral_bitmap_from_image(const unsigned char * buf, size_t len, uint64_t max_pixels, int * err);
 const char * corral_image_failure_reason(void);
+llama_token corral_sample_masked(struct llama_sampler * chain, struct llama_sampler * grammar,
+                                 struct llama_context * ctx, int32_t idx, llama_token_data * buf,
+                                 int32_t n_vocab);
+llama_token corral_sample_subset(struct llama_sampler * chain, struct llama_context * ctx, int32_t idx,
+                                 const llama_token * ids, int32_t n, llama_token_data * buf);
+bool corral_grammar_allows(struct llama_sampler * grammar, llama_token token);
+int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_t cap, int32_t * lens);
 """
 
 # C helpers compiled into the module. They exist where doing the work from Python would cost a
 # call per element (batch filling) or would need the GIL on a hot path (the abort check).
 C_SOURCE = r"""
+#include <math.h>
 #include "llama.h"
 #include "ggml-backend.h"
 #include "mtmd.h"
@@ -553,6 +561,94 @@ mtmd_bitmap * corral_bitmap_from_image(const unsigned char * buf, size_t len, ui
 const char * corral_image_failure_reason(void) {
     const char * reason = stbi_failure_reason();
     return reason ? reason : "";
+}
+
+/* The whole vocabulary as candidates, the grammar (if any) first, then the chain; the chosen token,
+   not yet accepted by either (the caller accepts it), or -1. `buf` holds n_vocab entries. This is the
+   slow path of constrained sampling: it runs only when the sampled token was not allowed. */
+llama_token corral_sample_masked(struct llama_sampler * chain, struct llama_sampler * grammar,
+                                 struct llama_context * ctx, int32_t idx, llama_token_data * buf,
+                                 int32_t n_vocab) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == NULL) {
+        return -1;
+    }
+    for (int32_t i = 0; i < n_vocab; i++) {
+        buf[i].id = i;
+        buf[i].logit = logits[i];
+        buf[i].p = 0.0f;
+    }
+    llama_token_data_array arr = { buf, (size_t) n_vocab, -1, false };
+    if (grammar != NULL) {
+        llama_sampler_apply(grammar, &arr);
+    }
+    llama_sampler_apply(chain, &arr);
+    if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
+        return -1;
+    }
+    return arr.data[arr.selected].id;
+}
+
+/* The chain applied to the candidates `ids` only (a pre-selected or grammar-allowed subset of the
+   vocabulary); the chosen token, not yet accepted, or -1. `buf` holds at least n entries. */
+llama_token corral_sample_subset(struct llama_sampler * chain, struct llama_context * ctx, int32_t idx,
+                                 const llama_token * ids, int32_t n, llama_token_data * buf) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == NULL || n <= 0) {
+        return -1;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        buf[i].id = ids[i];
+        buf[i].logit = logits[ids[i]];
+        buf[i].p = 0.0f;
+    }
+    llama_token_data_array arr = { buf, (size_t) n, -1, false };
+    llama_sampler_apply(chain, &arr);
+    if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
+        return -1;
+    }
+    return arr.data[arr.selected].id;
+}
+
+/* Whether the grammar allows `token` next: llama.cpp's own check of one sampled candidate. */
+bool corral_grammar_allows(struct llama_sampler * grammar, llama_token token) {
+    llama_token_data one = { token, 1.0f, 0.0f };
+    llama_token_data_array arr = { &one, 1, -1, false };
+    llama_sampler_apply(grammar, &arr);
+    return one.logit != -INFINITY;
+}
+
+/* Every token's bytes, back to back, as llama.cpp's llguidance binding marks them: the plain piece,
+   or 0xFF followed by the text of a special token (whose plain piece is empty). The piece comes from
+   llama_token_to_piece, not llama_detokenize, which would drop a SentencePiece token's leading space.
+   Returns the bytes written, or minus the capacity needed when `cap` is too small. */
+int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_t cap, int32_t * lens) {
+    int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    int64_t off = 0;
+    char tmp[1024];
+    for (int32_t i = 0; i < n_vocab; i++) {
+        int32_t n = llama_token_to_piece(vocab, i, tmp + 1, (int32_t) sizeof(tmp) - 1, 0, false);
+        int32_t start = 1;
+        if (n == 0) {
+            n = llama_token_to_piece(vocab, i, tmp + 1, (int32_t) sizeof(tmp) - 1, 0, true);
+            if (n > 0) {
+                tmp[0] = (char) 0xFF;
+                start = 0;
+                n += 1;
+            }
+        }
+        if (n < 0) {
+            n = 0;  /* longer than 1 KiB: no grammar needs such a token, treat it as unusable */
+        }
+        if (off + n <= cap) {
+            for (int32_t k = 0; k < n; k++) {
+                buf[off + k] = tmp[start + k];
+            }
+        }
+        lens[i] = n;
+        off += n;
+    }
+    return off <= cap ? off : -off;
 }
 """
 

@@ -10,6 +10,8 @@ import numpy as np
 from corral.errors import GrammarError, InvalidRequestError
 from corral.types import MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob
 
+from .guidance import Guide
+
 __all__ = ["SamplerChain", "logprobs_from_logits"]
 # llama.h: LLAMA_DEFAULT_SEED; dist() draws a random seed when given it.
 _RANDOM_SEED = 0xFFFFFFFF
@@ -20,26 +22,36 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama
 class SamplerChain:
     """One sequence's llama.cpp sampler chain; owns the native chain and frees it on ``close``.
 
-    Order (as llama.cpp's common sampler does): logit bias, penalties, grammar, top_k, typical_p,
-    top_p, min_p, temperature, dist(seed) — or greedy when temperature <= 0.
+    Order (as llama.cpp's common sampler does): logit bias, penalties, top_k, typical_p, top_p, min_p,
+    temperature, dist(seed) — or greedy when temperature <= 0. A constraint (llguidance ``Guide`` for
+    schemas, llama.cpp's grammar sampler for raw GBNF) is not in the chain: as llama.cpp's common
+    sampler does, a token is drawn first (fast paths kept), only that token is checked, and only
+    when it is refused is the whole vocabulary masked and the draw repeated.
     """
 
     __slots__ = ("_lib", "_ffi", "ptr", "_penalties", "grammar", "_fast", "_bias", "_n_vocab",
-                 "_top_k", "_delta", "_cand", "_arr", "_bias_ids")
+                 "_top_k", "_delta", "_cand", "_arr", "_bias_ids", "_gbnf", "_guide", "_scratch",
+                 "_ids", "rejected")
 
-    def __init__(self, native: Any, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams) -> None:
+    def __init__(self, native: Any, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams,
+                 guide: Guide | None = None) -> None:
         self._ffi = ffi = native.ffi
         self._lib = lib = native.lib
         self._penalties: Any = None
-        self.grammar = bool(params.grammar and params.grammar.strip())
+        self._guide = guide
+        self._gbnf: Any = None  # llama.cpp grammar sampler (raw GBNF, or a schema without llguidance)
+        self.grammar = guide is not None or bool(params.grammar and params.grammar.strip())
         self._n_vocab = n_vocab
         self._bias: list[tuple[int, float]] = []
         self._fast = False
-        self._top_k = 0  # > 0: pre-select candidates in numpy before the C chain (see _sample_top_k)
+        self._top_k = 0  # > 0: pre-select candidates in numpy before the C chain (see _draw_top_k)
         self._delta = 10.0
         self._cand: Any = None
         self._arr: Any = None
         self._bias_ids: np.ndarray | None = None
+        self._scratch: Any = None  # n_vocab candidates, allocated on the first constrained slow path
+        self._ids: Any = None
+        self.rejected = 0  # sampled tokens the constraint refused (each cost a full-vocabulary pass)
         cparams = lib.llama_sampler_chain_default_params()
         cparams.no_perf = True
         chain = lib.llama_sampler_chain_init(cparams)
@@ -80,10 +92,11 @@ class SamplerChain:
         if last_n > 0 and penalised:
             self._penalties = self._add(
                 lib.llama_sampler_init_penalties(
-                    last_n, float(p.repeat_penalty), float(p.frequency_penalty), float(p.presence_penalty)
+                    n_vocab, last_n, float(p.repeat_penalty), float(p.frequency_penalty),
+                    float(p.presence_penalty)
                 )
             )
-        if self.grammar:
+        if self.grammar and self._guide is None:
             assert p.grammar is not None
             # llama.cpp prints the parse error to stderr (not the log callback) and returns NULL.
             g = lib.llama_sampler_init_grammar(vocab, p.grammar.encode("utf-8"), b"root")
@@ -92,21 +105,21 @@ class SamplerChain:
                     "invalid GBNF grammar: llama.cpp could not parse it (check the syntax, that every "
                     "referenced rule is defined, and that the start rule is named 'root')"
                 )
-            self._add(g)
+            self._gbnf = g
         if p.temperature <= 0:
             self._add(lib.llama_sampler_init_greedy())
             # Plain greedy (bias allowed) is an argmax: numpy on the logits row skips llama.cpp's
             # copy of the whole vocabulary into a candidate array (262k entries for Gemma 3).
-            self._fast = self._penalties is None and not self.grammar
+            self._fast = self._penalties is None
             self._bias = [(int(t), float(b)) for t, b in p.logit_bias.items()]
             return
         if p.top_k > 0:
             self._add(lib.llama_sampler_init_top_k(int(p.top_k)))
             same_layout = ffi.sizeof("llama_token_data") == _TOKEN_DATA.itemsize
-            if self._penalties is None and not self.grammar and p.top_k <= _CAND_MAX // 4 and same_layout:
+            if self._penalties is None and p.top_k <= _CAND_MAX // 4 and same_layout:
                 # Only the top_k best survive anyway; handing llama.cpp a few hundred candidates
                 # instead of the whole vocabulary saves its copy and partial sort (about 1 ms a token
-                # with Gemma's 262k vocabulary). Penalties and grammars can reorder tokens, so not then.
+                # with Gemma's 262k vocabulary). Penalties can reorder tokens, so not then.
                 self._top_k = int(p.top_k)
                 self._cand = ffi.new("llama_token_data[]", _CAND_MAX + len(p.logit_bias))
                 self._arr = ffi.new("llama_token_data_array *")
@@ -128,31 +141,82 @@ class SamplerChain:
                 self._lib.llama_sampler_accept(self._penalties, t)
 
     def sample(self, ctx: Any, idx: int) -> int:
-        """Sample from output row ``idx`` of the last decode and accept the token into the chain."""
+        """Sample from output row ``idx`` of the last decode and accept the token into the chain
+        (and the constraint, if any)."""
         if self._fast:
-            ptr = self._lib.llama_get_logits_ith(ctx, idx)
-            logits = np.frombuffer(self._ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32)
-            best = int(logits.argmax())
-            if not self._bias:
-                return best
-            biased = dict(self._bias)
-            if best not in biased:
-                top = float(logits[best])
-                for t, b in self._bias:
-                    v = float(logits[t]) + b
-                    if v > top or (v == top and t < best):
-                        best, top = t, v
-                return best
-            # The raw winner is itself biased: let llama.cpp apply the bias to every candidate.
+            t = self._draw_greedy(ctx, idx)
         elif self._top_k:
-            t = self._sample_top_k(ctx, idx)
+            t = self._draw_top_k(ctx, idx)
+        else:
+            t = -1
+        if not self.grammar:
             if t >= 0:
-                return t
-        return int(self._lib.llama_sampler_sample(self.ptr, ctx, idx))
+                return t  # the fast paths run without penalties: the chain has nothing to accept
+            return int(self._lib.llama_sampler_sample(self.ptr, ctx, idx))
+        lib = self._lib
+        if t < 0:
+            buf = self._buffer()
+            t = int(lib.corral_sample_masked(self.ptr, self._ffi.NULL, ctx, idx, buf, self._n_vocab))
+        if t < 0 or not self._allows(t):
+            self.rejected += 1
+            t = self._draw_constrained(ctx, idx)
+        if self._guide is not None:
+            self._guide.accept(t)
+        else:
+            lib.llama_sampler_accept(self._gbnf, t)
+        lib.llama_sampler_accept(self.ptr, t)
+        return t
 
-    def _sample_top_k(self, ctx: Any, idx: int) -> int:
-        """The chain applied to the tokens within ``_delta`` of the best logit; -1 if that set might
-        not contain the top_k (then the caller samples over the whole vocabulary)."""
+    def _allows(self, t: int) -> bool:
+        if self._guide is not None:
+            return self._guide.allows(t)
+        return bool(self._lib.corral_grammar_allows(self._gbnf, t))
+
+    def _buffer(self) -> Any:
+        if self._scratch is None:
+            self._scratch = self._ffi.new("llama_token_data[]", self._n_vocab)
+        return self._scratch
+
+    def _draw_constrained(self, ctx: Any, idx: int) -> int:
+        """The chain applied to the allowed tokens only: the slow path, taken after a refusal."""
+        lib, ffi = self._lib, self._ffi
+        if self._guide is not None:
+            ids = self._guide.allowed()
+            if ids.size:
+                if self._ids is None:
+                    self._ids = ffi.new("llama_token[]", self._n_vocab)
+                ffi.memmove(self._ids, ids.tobytes(), ids.size * 4)
+                buf = self._buffer()
+                t = int(lib.corral_sample_subset(self.ptr, ctx, idx, self._ids, int(ids.size), buf))
+            else:
+                t = -1
+        else:
+            t = int(lib.corral_sample_masked(self.ptr, self._gbnf, ctx, idx, self._buffer(), self._n_vocab))
+        if t < 0:
+            raise GrammarError("the output grammar allows no next token (its schema cannot be completed)")
+        return t
+
+    def _draw_greedy(self, ctx: Any, idx: int) -> int:
+        """Argmax of the logits row with the logit bias applied; -1 when llama.cpp should decide."""
+        ptr = self._lib.llama_get_logits_ith(ctx, idx)
+        logits = np.frombuffer(self._ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32)
+        best = int(logits.argmax())
+        if not self._bias:
+            return best
+        biased = dict(self._bias)
+        if best in biased:
+            return -1  # the raw winner is itself biased: let llama.cpp apply the bias to every candidate
+        top = float(logits[best])
+        for t, b in self._bias:
+            v = float(logits[t]) + b
+            if v > top or (v == top and t < best):
+                best, top = t, v
+        return best
+
+    def _draw_top_k(self, ctx: Any, idx: int) -> int:
+        """The chain applied to the tokens within ``_delta`` of the best logit, not yet accepted (the
+        chain has no penalties here, so accepting changes nothing); -1 if that set might not contain
+        the top_k (then the caller samples over the whole vocabulary)."""
         ffi, lib = self._ffi, self._lib
         ptr = lib.llama_get_logits_ith(ctx, idx)
         logits = np.frombuffer(ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32)
@@ -182,15 +246,17 @@ class SamplerChain:
         lib.llama_sampler_apply(self.ptr, arr)
         if not 0 <= arr.selected < arr.size:
             return -1
-        token = int(arr.data[arr.selected].id)
-        lib.llama_sampler_accept(self.ptr, token)
-        return token
+        return int(arr.data[arr.selected].id)
 
     def close(self) -> None:
         if self.ptr is not None:
             self._lib.llama_sampler_free(self.ptr)
             self.ptr = None
             self._penalties = None
+        if self._gbnf is not None:
+            self._lib.llama_sampler_free(self._gbnf)
+            self._gbnf = None
+        self._guide = None
 
 
 def logprobs_from_logits(

@@ -355,3 +355,41 @@ def test_close_is_idempotent_and_refuses_new_work(parts):
     assert time.monotonic() - t0 < 5
     with pytest.raises(Exception, match="unload"):
         b.submit(GenerationRequest(prompt=tok(parts, "x")), CancelToken())
+
+
+PERSON_SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "city": {"type": "string", "maxLength": 20},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 3}},
+    "required": ["name", "age", "city", "tags"]}
+
+
+def test_checking_the_sampled_token_equals_masking_the_whole_vocabulary(parts, engine, monkeypatch):
+    """Greedy and seeded output with a GBNF grammar: sample-then-check (the fast path) gives the tokens
+    that masking all 262k candidates before every draw (the old path) gives."""
+    from corral.prompts import schema_to_gbnf
+    from corral_plugins._llama.sampling import SamplerChain
+
+    p = tok(parts, "A person as JSON:")
+    grammar = schema_to_gbnf(PERSON_SCHEMA)
+    for s in (SamplingParams(temperature=0.0, grammar=grammar),
+              SamplingParams(temperature=0.0, repeat_penalty=1.3, grammar=grammar)):
+        fast = run(engine, p, sampling=s, num_predict=24)
+        with monkeypatch.context() as m:
+            m.setattr(SamplerChain, "_allows", lambda self, t: False)  # every draw takes the masked path
+            full = run(engine, p, sampling=s, num_predict=24)
+        assert tokens_of(fast) == tokens_of(full)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_schema_through_llguidance_yields_valid_documents(parts, engine, temperature):
+    import jsonschema
+
+    from corral.prompts import schema_to_gbnf
+    from corral.prompts.schemanorm import json_constraint
+
+    s = SamplingParams(temperature=temperature, seed=5, grammar=schema_to_gbnf(PERSON_SCHEMA),
+                       json_schema=json_constraint(PERSON_SCHEMA))
+    ev = run(engine, tok(parts, "A person as JSON:"), sampling=s, num_predict=200)
+    assert ev[-1].finish_reason == "stop"
+    jsonschema.validate(json.loads(text_of(ev)), PERSON_SCHEMA)
