@@ -33,6 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_CONTEXT_LENGTH", "4096", "Default context length per sequence (num_ctx)"),
     Setting("CORRAL_FLASH_ATTENTION", "", "1 or 0 to force flash attention on or off (auto)"),
     Setting("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0"),
+    Setting("CORRAL_SPECULATIVE", "1", "0 turns off n-gram (prompt-lookup) speculative decoding"),
     Setting("CORRAL_BACKEND", "", "Backend to use, bypassing hardware detection"),
     Setting("CORRAL_CPU_VARIANT", "", "CPU backend variant to use (e.g. zen4, haswell), skipping detection"),
     Setting("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
@@ -159,6 +160,7 @@ class Config(msgspec.Struct, kw_only=True):
     context_length: int = 4096
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
+    speculative: bool = True
     backend: str | None = None
     cpu_variant: str | None = None  # CORRAL_CPU_VARIANT: a libggml-cpu-<name> to force
     origins: tuple[str, ...] = ()
@@ -214,6 +216,7 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_CONTEXT_LENGTH": str(self.context_length),
             "CORRAL_FLASH_ATTENTION": "" if self.flash_attention is None else str(int(self.flash_attention)),
             "CORRAL_KV_CACHE_TYPE": self.kv_cache_type,
+            "CORRAL_SPECULATIVE": "1" if self.speculative else "0",
             "CORRAL_BACKEND": self.backend or "",
             "CORRAL_ORIGINS": ",".join(self.origins),
             "CORRAL_API_KEY": self.api_key or "",
@@ -263,6 +266,7 @@ class Config(msgspec.Struct, kw_only=True):
                 context_length=int(get("CORRAL_CONTEXT_LENGTH")),
                 flash_attention=None if fa == "" else parse_bool(fa),
                 kv_cache_type=get("CORRAL_KV_CACHE_TYPE") or "f16",
+                speculative=parse_bool(get("CORRAL_SPECULATIVE") or "1"),
                 backend=get("CORRAL_BACKEND") or None,
                 cpu_variant=get("CORRAL_CPU_VARIANT") or None,
                 origins=names("CORRAL_ORIGINS"),

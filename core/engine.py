@@ -142,6 +142,8 @@ class Engine:
             metrics.prompt_eval_duration = stats.prompt_eval_ns
             metrics.eval_count = stats.eval_count
             metrics.eval_duration = stats.eval_ns
+            metrics.draft_count = stats.draft_tokens
+            metrics.draft_accepted = stats.draft_accepted
         reason = (final.finish_reason if final else None) or "stop"
         yield Chunk(done=True, done_reason=reason, metrics=metrics,
                     context=request.prompt + generated if want_context else None)

@@ -142,6 +142,8 @@ class Metrics(Struct, kw_only=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    draft_count: int = 0  # tokens speculative decoding guessed (corral's /metrics, not Ollama's wire)
+    draft_accepted: int = 0  # of those, the ones the model agreed with
 
 
 class Chunk(Struct, kw_only=True):

@@ -203,6 +203,7 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
         use_mmap=opts.get("use_mmap"),
         flash_attention=config.flash_attention,
         kv_cache_type=config.kv_cache_type,
+        speculative=config.speculative,
         embedding=embedding,
         adapters=tuple(adapters),
     )

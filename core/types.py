@@ -44,6 +44,7 @@ class LoadOptions(Struct, frozen=True, kw_only=True):
     use_mmap: bool | None = None  # None = backend default
     flash_attention: bool | None = None  # None = auto
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0
+    speculative: bool = True  # n-gram (prompt-lookup) drafting, verified in the batch
     embedding: bool = False  # load for embeddings (pooled output)
     adapters: tuple[str, ...] = ()  # LoRA GGUF paths, applied with scale 1.0
     projector: str = ""  # multimodal projector GGUF path (mmproj): images or audio in prompts
@@ -173,6 +174,8 @@ class GenerationStats(Struct, frozen=True, kw_only=True):
     eval_count: int = 0  # generated tokens
     eval_ns: int = 0
     truncated: bool = False  # the prompt was truncated or shifted to fit
+    draft_tokens: int = 0  # tokens guessed by speculative decoding and verified
+    draft_accepted: int = 0  # of those, the ones the model agreed with
 
 
 class TokenEvent(Struct, frozen=True, kw_only=True):

@@ -102,6 +102,11 @@ class ServerMetrics:
         self.tokens_in = Counter("corral_prompt_tokens_total", "Prompt tokens evaluated (cached included)",
                                  ("model",))
         self.tokens_out = Counter("corral_generated_tokens_total", "Tokens generated", ("model",))
+        self.drafted = Counter("corral_draft_tokens_total", "Tokens guessed by speculative decoding",
+                               ("model",))
+        self.accepted = Counter("corral_draft_accepted_tokens_total",
+                                "Guessed tokens the model agreed with (each saved a decode step)",
+                                ("model",))
         self.ttft = Histogram("corral_time_to_first_token_seconds",
                               "From request arrival to the first generated text", TTFT_BUCKETS)
         self.token_latency = Histogram("corral_time_per_output_token_seconds",
@@ -115,8 +120,8 @@ class ServerMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.requests, self.request_seconds, self.tokens_in, self.tokens_out, self.ttft,
-                  self.token_latency):
+        for m in (self.requests, self.request_seconds, self.tokens_in, self.tokens_out, self.drafted,
+                  self.accepted, self.ttft, self.token_latency):
             lines.extend(m.render())
         lines += ["# HELP corral_http_requests_in_flight Requests being served now",
                   "# TYPE corral_http_requests_in_flight gauge",
@@ -145,6 +150,8 @@ class ServerMetrics:
         model = canonical_model(model)
         self.tokens_in.inc(model, amount=m.prompt_eval_count)
         self.tokens_out.inc(model, amount=m.eval_count)
+        self.drafted.inc(model, amount=getattr(m, "draft_count", 0))
+        self.accepted.inc(model, amount=getattr(m, "draft_accepted", 0))
         if m.eval_count > 0 and m.eval_duration > 0:
             self.token_latency.observe(m.eval_duration / 1e9 / m.eval_count)
 

@@ -23,6 +23,7 @@ from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 from .context import new_context
 from .guidance import Guidance
 from .mediasteps import MediaSteps, media_floor, media_piece, span_at
+from .ngram import NgramDrafter
 from .sampling import SamplerChain, logprobs_from_logits
 from .slots import (
     CONTEXT_LENGTH_MESSAGE,
@@ -79,6 +80,8 @@ class Batcher:
         self._freed = False
         self._clock = StepClock(self.n_batch)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
+        self._speculative = bool(options.speculative)
+        self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         # Prompts with images or audio: the projector's encoder thread and an embedding batch.
         self._media = None if projector is None else MediaSteps(native, projector, self.n_batch, self._wake)
         self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
@@ -117,11 +120,12 @@ class Batcher:
                                    guide=guide)
             sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
+            drafter = NgramDrafter(prompt) if self._speculative else None
             with self._cond:
                 if self._closed:
                     raise GenerationCancelledError("the model is being unloaded; retry the request")
                 self._order += 1
-                job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans)
+                job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans, drafter)
                 self._waiting.append(job)
                 self._cond.notify()
         except BaseException:
@@ -241,13 +245,14 @@ class Batcher:
         plan: list[Piece] = []
         media: list[Piece] = []
         n_gen = 0
-        for s in active:
-            if s.state != "gen":
-                continue
+        gen = [s for s in active if s.state == "gen"]
+        for k, s in enumerate(gen):
             if len(s.cached) >= self.n_ctx_seq and not self._make_room(s):
                 continue
-            plan.append((s, -1, 1))
-            n_gen += 1
+            s.draft = self._draft(s, self.n_batch - n_gen - (len(gen) - k)) if self._draft_ok else []
+            plan.append((s, -1, 1 + len(s.draft)))
+            n_gen += 1 + len(s.draft)
+        self._draft_ok = True
         room = min(self.n_batch - n_gen, self._prompt_cap)
         budget = min(room, self._clock.mixed_budget()) if n_gen else room
         prefilling = sorted((s for s in active if s.state == "prefill"), key=lambda s: s.job.order)  # type: ignore[union-attr]
@@ -276,6 +281,18 @@ class Batcher:
                 plan.append((s, -2, n))
                 budget -= n
         return plan, media
+
+    def _draft(self, s: Slot, room: int) -> list[int]:
+        """Tokens guessed to follow ``s.last_token``, verified in this step's batch with it."""
+        job = s.job
+        assert job is not None
+        if job.drafter is None:
+            return []
+        # Never past num_predict or the context: speculation must not change where a request ends.
+        limit = min(room, job.limit - job.n_gen - 1, self.n_ctx_seq - len(s.cached) - 2)
+        if limit <= 0:
+            return []
+        return job.drafter.propose(limit)
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
@@ -362,13 +379,13 @@ class Batcher:
     def _decode(self, plan: list[Piece]) -> None:
         tok, pos, seq, lg = self._tok, self._pos, self._seq, self._logit
         i = 0
-        outputs: list[tuple[Slot, int]] = []
+        outputs: list[tuple[Slot, int, int]] = []  # (slot, first row, rows)
         n_prompt = 0
         for s, start, n in plan:
             job = s.job
             p0 = len(s.cached)
             if start == -1:
-                toks = [s.last_token]
+                toks = [s.last_token, *s.draft]
             elif start == -2:
                 toks = s.warm[:n]
                 n_prompt += n
@@ -380,10 +397,12 @@ class Batcher:
             pos[i : i + n] = range(p0, p0 + n)
             seq[i : i + n] = [s.id] * n
             lg[i : i + n] = [0] * n
-            last = start == -1 or (job is not None and start >= 0 and start + n == len(job.prompt))
-            if last:
+            if start == -1:
+                lg[i : i + n] = [1] * n  # a row for the next token after each drafted one
+                outputs.append((s, i, n))
+            elif job is not None and start >= 0 and start + n == len(job.prompt):
                 lg[i + n - 1] = 1
-                outputs.append((s, i + n - 1))
+                outputs.append((s, i + n - 1, 1))
             i += n
         if self._lib.corral_batch_fill(self._batch, self.n_batch, tok, pos, seq, lg, i) != i:
             raise BackendError("internal error: batch larger than n_batch")
@@ -400,6 +419,7 @@ class Batcher:
             exact = s.reuse_limit == len(s.cached)  # nothing shifted: the new tokens extend an exact prefix
             if start == -1:
                 s.cached.append(s.last_token)
+                s.cached.extend(s.draft)
             elif start == -2:
                 s.cached.extend(s.warm[:n])
                 del s.warm[:n]
@@ -409,8 +429,11 @@ class Batcher:
             if exact:
                 s.reuse_limit = len(s.cached)
         now = time.perf_counter_ns()
-        for s, row in outputs:
-            self._sampled(s, row, now)
+        for s, row, n in outputs:
+            if n == 1:
+                self._sampled(s, row, now)
+            else:
+                self._verify(s, row, n, now)
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         if rc == 1:
@@ -420,6 +443,11 @@ class Batcher:
             if idle:
                 for s in idle:
                     self._truncate(s, 0)
+                return
+            if any(start == -1 and n > 1 for _, start, n in plan):
+                for s, _, _ in plan:
+                    s.draft = []
+                self._draft_ok = False  # retry without drafts first
                 return
             n_prompt = sum(n for _, start, n in plan if start >= 0)
             if n_prompt > 1:
@@ -431,16 +459,61 @@ class Batcher:
             self._fail(s, err, len(s.cached))
 
     def _sampled(self, s: Slot, row: int, now: int) -> None:
+        t = self._draw(s, row, len(s.cached))
+        if t is not None:
+            cont = self._emit(s, t, row, now)
+            if cont and s.job is not None and s.job.drafter is not None:
+                s.job.drafter.extend([t])
+
+    def _verify(self, s: Slot, row0: int, n: int, now: int) -> None:
+        """Sample the rows of a drafted step in order, as plain decoding would have sampled them one
+        step at a time: each draft token stands while it equals what was sampled. The sampler, its
+        grammar and its random draws see exactly the tokens they would see without speculation, so
+        greedy output is the same and sampled output keeps the model's distribution (a fixed guess is
+        accepted with exactly the probability the model gives it)."""
+        job = s.job
+        assert job is not None and job.drafter is not None
+        draft, s.draft = s.draft, []
+        base = len(s.cached) - len(draft)  # KV up to and including the token before the draft
+        accepted = 0
+        emitted: list[int] = []
+        for j in range(n):
+            t = self._draw(s, row0 + j, base + accepted)
+            if t is None:
+                break
+            cont = self._emit(s, t, row0 + j, now)
+            emitted.append(t)
+            if cont and j < len(draft) and t == draft[j]:
+                accepted += 1
+                continue
+            break
+        job.drafter.verified(len(draft), accepted)
+        job.drafter.extend(emitted)
+        keep = base + accepted
+        if len(s.cached) > keep:  # the refused guesses leave the cache
+            warm = s.warm
+            self._truncate(s, keep)
+            if s.job is None and warm and s.reuse_limit == keep:
+                s.warm = warm  # an answer that just ended still gets its turn suffix cached
+
+    def _draw(self, s: Slot, row: int, keep: int) -> int | None:
+        """The sampled token of output ``row``, or None when the request ended (cancelled, or its
+        grammar allows nothing more: that ends this request only, keeping ``keep`` cached tokens)."""
         job = s.job
         assert job is not None
         if job.cancel.cancelled:
             self._finish(s, "stop")
-            return
+            return None
         try:
-            t = job.sampler.sample(self._ctx, row)
-        except CorralError as exc:  # a grammar that allows nothing more ends its own request only
-            self._fail(s, exc, len(s.cached))
-            return
+            return int(job.sampler.sample(self._ctx, row))
+        except CorralError as exc:
+            self._fail(s, exc, keep)
+            return None
+
+    def _emit(self, s: Slot, t: int, row: int, now: int) -> bool:
+        """Hand sampled token ``t`` to the request; False when that ended it."""
+        job = s.job
+        assert job is not None
         if job.t_first == 0:
             job.t_first = now
         job.t_last = now
@@ -448,7 +521,7 @@ class Batcher:
         if self._is_eog(t):
             # The end-of-turn token was sampled, not evaluated: the cache ends with the answer.
             self._finish(s, "stop", warm=job.request.turn_suffix)
-            return
+            return False
         job.n_gen += 1
         s.last_token = t
         lp = tops = None
@@ -461,11 +534,13 @@ class Batcher:
             if text or lp is not None:
                 job.out.put(TokenEvent(token=t, text=text, logprob=lp, top_logprobs=tops))
             self._finish(s, "stop")
-            return
+            return False
         job.out.put(TokenEvent(token=t, text=text, logprob=lp, top_logprobs=tops))
         if job.n_gen >= job.limit:
             suffix = job.request.turn_suffix
             self._finish(s, "length", warm=[t, *suffix] if suffix else None)
+            return False
+        return True
 
     def _piece(self, t: int) -> bytes:
         p = self._pieces[t]

@@ -7,6 +7,7 @@ from typing import Any
 from corral.errors import BackendError
 from corral.types import LoadOptions
 
+from .ngram import MAX_DRAFT
 from .slots import default_threads
 
 __all__ = ["KV_TYPES", "new_context"]
@@ -27,7 +28,9 @@ def new_context(native: Any, model: Any, options: LoadOptions) -> Any:
     cp.n_seq_max = n_par
     cp.n_ctx = max(256, int(options.num_ctx) * n_par)
     cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
-    cp.n_outputs_max = n_par  # at most one row of logits per sequence per step (vocab can be 262k)
+    # One row of logits per sequence per step (a vocabulary can be 262k wide), plus one per draft token
+    # while speculating.
+    cp.n_outputs_max = n_par * (1 + MAX_DRAFT) if options.speculative else n_par
     threads = int(options.num_thread) or default_threads()
     cp.n_threads = cp.n_threads_batch = threads
     cp.no_perf = True

@@ -11,6 +11,7 @@ from corral.errors import ContextLengthError
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import CancelToken, GenerationRequest, GenerationStats, TokenEvent
 
+from .ngram import NgramDrafter
 from .sampling import SamplerChain
 
 __all__ = [
@@ -68,11 +69,12 @@ class Job:
     __slots__ = (
         "request", "cancel", "out", "sampler", "prompt", "truncated", "order", "limit",
         "t_admit", "t_first", "t_last", "cached_tokens", "n_gen", "decoder", "stopper", "done", "spans",
+        "drafter",
     )
 
     def __init__(self, request: GenerationRequest, cancel: CancelToken, sampler: SamplerChain,
                  prompt: list[int], truncated: bool, order: int, limit: int,
-                 spans: list[Any] | None = None) -> None:
+                 spans: list[Any] | None = None, drafter: NgramDrafter | None = None) -> None:
         self.request = request
         self.cancel = cancel
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -91,6 +93,7 @@ class Job:
         self.done = False
         # Images or audio in the prompt (MediaSpan, in order); their rows carry negative media keys.
         self.spans: list[Any] = spans or []
+        self.drafter = drafter  # prompt-lookup speculation (None: off)
 
     def final_event(self, reason: str) -> TokenEvent:
         """The last event of the stream: held-back text, ``reason`` and the counts and timings."""
@@ -105,6 +108,8 @@ class Job:
             eval_count=self.n_gen,
             eval_ns=max(0, self.t_last - self.t_first) if self.t_first else 0,
             truncated=self.truncated,
+            draft_tokens=self.drafter.drafted if self.drafter else 0,
+            draft_accepted=self.drafter.accepted if self.drafter else 0,
         )
         return TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats)
 
@@ -118,7 +123,8 @@ class Slot:
     (``seq_cp`` in a unified cache shares cells), which a context shift must not move.
     """
 
-    __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm")
+    __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm",
+                 "draft")
 
     def __init__(self, seq_id: int) -> None:
         self.id = seq_id
@@ -132,6 +138,7 @@ class Slot:
         # Tokens to evaluate while the slot is idle: the chat template's turn suffix after an answer,
         # so the next turn (which starts with it) finds it cached. Dropped when a job takes the slot.
         self.warm: list[int] = []
+        self.draft: list[int] = []  # tokens guessed to follow last_token, in this step's batch
 
     @property
     def reusable(self) -> list[int]:

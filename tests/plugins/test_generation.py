@@ -393,3 +393,81 @@ def test_schema_through_llguidance_yields_valid_documents(parts, engine, tempera
     ev = run(engine, tok(parts, "A person as JSON:"), sampling=s, num_predict=200)
     assert ev[-1].finish_reason == "stop"
     jsonschema.validate(json.loads(text_of(ev)), PERSON_SCHEMA)
+
+
+EDIT_SOURCE = '''def fibonacci(n):
+    """Return the first n Fibonacci numbers."""
+    numbers = [0, 1]
+    while len(numbers) < n:
+        numbers.append(numbers[-1] + numbers[-2])
+    return numbers[:n]
+
+
+def factorial(n):
+    """Return n factorial."""
+    result = 1
+    for i in range(2, n + 1):
+        result *= i
+    return result
+'''
+
+
+@pytest.fixture(scope="module")
+def plain(parts):
+    """The same model without speculative decoding, as the reference for it."""
+    from corral_plugins._llama.batcher import Batcher
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=1024, num_parallel=2, speculative=False))
+    yield b
+    b.close()
+
+
+def edit_prompt(parts) -> list[int]:
+    return parts[1].tokenize("<start_of_turn>user\nRepeat this code exactly, renaming fibonacci to fib:\n\n"
+                             + EDIT_SOURCE + "<end_of_turn>\n<start_of_turn>model\n", True, True)
+
+
+def assert_same_up_to_float_noise(plain_events: list[TokenEvent], spec_events: list[TokenEvent]) -> None:
+    """Verifying drafts evaluates several tokens in one batch, which changes llama.cpp's matmul kernels
+    as concurrent batching does: the tokens match until two candidates within float noise swap."""
+    for x, y in zip(plain_events, spec_events, strict=False):
+        if x.token != y.token:
+            top = x.top_logprobs
+            assert top is not None and top[0].logprob - top[1].logprob < 0.3, "diverged on a clear choice"
+            return
+    assert len(plain_events) == len(spec_events)
+
+
+def test_speculation_keeps_greedy_output_and_accepts_drafts(parts, engine, plain):
+    p = edit_prompt(parts)
+    ref = [e for e in run(plain, p, num_predict=60, top_logprobs=2) if e.token >= 0]
+    events = run(engine, p, num_predict=60, top_logprobs=2)
+    stats = events[-1].stats
+    assert stats is not None and stats.draft_accepted > 10 and stats.draft_tokens >= stats.draft_accepted
+    assert_same_up_to_float_noise(ref, [e for e in events if e.token >= 0])
+    assert stats.eval_count == 60 and events[-1].finish_reason == "length"  # num_predict exactly
+    assert all(e.top_logprobs is not None and len(e.top_logprobs) == 2 for e in events if e.token >= 0)
+
+
+def test_speculation_stops_exactly_where_decoding_would(parts, engine):
+    """A stop string or num_predict inside an accepted draft ends the answer right there."""
+    p = edit_prompt(parts)
+    full = text_of(run(engine, p, num_predict=120))
+    assert "return result" in full
+    stopped = run(engine, p, num_predict=120, stop=["return result"])
+    assert stopped[-1].finish_reason == "stop"
+    assert full.startswith(text_of(stopped) + "return result")
+    short = run(engine, p, num_predict=23)
+    assert short[-1].stats is not None and short[-1].stats.eval_count == 23
+    assert full.startswith(text_of(short))
+
+
+def test_speculation_with_a_grammar_and_sampling(parts, engine):
+    grammar = 'root ::= "def fib(n):" [^\\x00]{0,200}'
+    s = SamplingParams(temperature=0.7, seed=11, grammar=grammar)
+    ev = run(engine, edit_prompt(parts), sampling=s, num_predict=50)
+    assert text_of(ev).startswith("def fib(n):")
+    a = run(engine, edit_prompt(parts), sampling=s, num_predict=30)
+    b = run(engine, edit_prompt(parts), sampling=s, num_predict=30)
+    assert text_of(a) == text_of(b)  # seeded sampling stays reproducible with drafts in the batch
