@@ -40,7 +40,9 @@ CORRAL_BACKENDS (honoured by `pip install`): "auto" (default), "none" to skip, o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -51,6 +53,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +62,7 @@ VENDOR = ROOT / "vendor" / "llama.cpp"
 PIN = json.loads((VENDOR / "corral-pin.json").read_text())
 FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
 CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
+CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"  # CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models
 RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
 LAYOUT_VERSION = 2  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
@@ -87,6 +91,30 @@ def run(cmd: list[str], *, cwd: Path | None = None, quiet: bool = False, env: di
     if not quiet and proc.stdout.strip():
         print(proc.stdout, file=sys.stderr)
     return proc.stdout
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """An exclusive lock shared by every build on this machine that uses the same cache: two installs
+    at once (two checkouts, or an install beside a prefetch) wait for each other instead of writing
+    into the same tree."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; builds there are one at a time anyway
+        yield
+        return
+    path = cache_root() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build that holds {path.name}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ---- tools ------------------------------------------------------------------------------------------
@@ -165,13 +193,25 @@ def backend_plan(requested: list[str] | None) -> list[tuple[str, bool, str]]:
 
 
 # ---- source -----------------------------------------------------------------------------------------
+def source_ready() -> bool:
+    stamp = VENDOR / ".corral-source.json"
+    return (stamp.exists() and json.loads(stamp.read_text()).get("sha256") == PIN["source"]["sha256"]
+            and (VENDOR / "CMakeLists.txt").exists())
+
+
 def ensure_source() -> Path:
     """Make vendor/llama.cpp hold the pinned tree; return its path."""
+    if source_ready():
+        return VENDOR
+    with locked("source-" + hashlib.sha256(str(VENDOR).encode()).hexdigest()[:12]):
+        if source_ready():  # a prefetch finished it while we waited
+            return VENDOR
+        return _extract_source()
+
+
+def _extract_source() -> Path:
     src = PIN["source"]
     stamp = VENDOR / ".corral-source.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("sha256") == src["sha256"] \
-            and (VENDOR / "CMakeLists.txt").exists():
-        return VENDOR
     if (VENDOR / ".git").is_dir():
         head = run(["git", "-C", str(VENDOR), "rev-parse", "HEAD"], quiet=True).strip()
         if not head.startswith(PIN["commit"]):
@@ -219,17 +259,26 @@ def fetch_sdist() -> Path:
     """The pinned source distribution from PyPI, verified, cached; never trusted unverified.
 
     It comes through `pip download`, so the user's pip configuration (index, mirrors, proxy,
-    certificates) applies exactly as it did to the install that runs this script.
+    certificates) applies exactly as it did to the install that runs this script. Only this one
+    package is taken from source: pip prepares its metadata in an isolated environment, and
+    `--no-binary :all:` would make that environment build scikit-build-core and its own build
+    requirements from source too (98 s instead of 11 s on a 2-core machine).
     """
     src = PIN["source"]
     dest = cache_root() / "sdist" / src["filename"]
-    if dest.exists() and sha256_file(dest) == src["sha256"]:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with locked("sdist"):
+        if dest.exists() and sha256_file(dest) == src["sha256"]:
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _download_sdist(dest)
+
+
+def _download_sdist(dest: Path) -> Path:
+    src = PIN["source"]
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         log(f"downloading {src['filename']} with pip")
-        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             f"{src['package']}=={src['version']}", "-d", tmp], quiet=True)
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", src["package"],
+             f"{src['package']}=={src['version']}", "-d", tmp], quiet=True, env=pip_env())
         got = Path(tmp) / src["filename"]
         if not got.exists():
             raise BuildError(f"pip download did not produce {src['filename']}: is the package index "
@@ -240,6 +289,16 @@ def fetch_sdist() -> Path:
                              "refusing to build from an unverified source")
         os.replace(got, dest)
     return dest
+
+
+def pip_env() -> dict[str, str]:
+    """The environment for a child `python -m pip`: inside `pip install`, this script runs in pip's
+    isolated build environment, whose PYTHONPATH hides the interpreter's own site-packages (and with
+    them pip itself); the child gets the interpreter's normal view back."""
+    env = dict(os.environ)
+    for var in ("PYTHONPATH", "PYTHONNOUSERSITE", "PIP_BUILD_TRACKER", "PIP_REQ_TRACKER"):
+        env.pop(var, None)
+    return env
 
 
 # ---- configure / build --------------------------------------------------------------------------------
@@ -334,34 +393,115 @@ def build_key(backend: str, args: list[str], variants: list[str] | None = None) 
                          "--version"], quiet=True).splitlines()[0]
     facts = {"pin": PIN, "backend": backend, "args": args, "compilers": compiler_ids(),
              "cmake": cmake_version, "machine": platform.machine(), "system": platform.system(),
-             "recipe": RECIPE_VERSION, "cpu_variants": variants or "all"}
+             "recipe": RECIPE_VERSION, "cpu_variants": variants or "all",
+             "hooks": sha256_file(CMAKE_HOOKS)}
     if backend == "cuda":
         facts["nvcc"] = run([nvcc_path() or "nvcc", "--version"], quiet=True).strip().splitlines()[-1]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cmake_build(backend: str, args: list[str], key: str, jobs: int, force: bool,
-                targets: tuple[str, ...], name: str | None = None) -> Path:
-    """Configure and build in the cache; returns the build's bin directory."""
-    build_dir = cache_root() / f"{name or backend}-{key}"
-    stamp = build_dir / "corral-targets.json"
-    done = set(json.loads(stamp.read_text())) if stamp.exists() and not force else set()
-    if set(targets) <= done:
-        return build_dir / "bin"
-    if force and build_dir.exists():
-        shutil.rmtree(build_dir)
-    src = ensure_source()
+class Tree:
+    """One CMake build tree in the cache and the targets it must have built."""
+
+    def __init__(self, backend: str, args: list[str], key: str, targets: tuple[str, ...],
+                 name: str | None = None) -> None:
+        self.backend, self.args, self.key, self.targets = backend, args, key, targets
+        self.name = name or backend
+        self.dir = cache_root() / f"{self.name}-{key}"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.dir / "bin"
+
+    def built(self) -> set[str]:
+        stamp = self.dir / "corral-targets.json"
+        return set(json.loads(stamp.read_text())) if stamp.exists() else set()
+
+    def mark_built(self) -> None:
+        (self.dir / "corral-targets.json").write_text(json.dumps(sorted(self.built() | set(self.targets))))
+
+
+def configure_command(tree: Tree, force: bool) -> list[str] | None:
+    """The cmake command that configures ``tree``, or None when it is configured already."""
+    if force and tree.dir.exists():
+        shutil.rmtree(tree.dir)
+    if (tree.dir / "CMakeCache.txt").exists():
+        return None
     cmake = require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    if not (build_dir / "CMakeCache.txt").exists():
-        log(f"configuring {backend} in {build_dir}")
-        run([cmake, "-S", str(src), "-B", str(build_dir), *gen, *args, *compiler_cache_args()], quiet=True)
-    log(f"building {name or backend}: {' '.join(targets)} (-j{jobs}); this takes minutes on a small machine")
-    started = time.monotonic()
-    run([cmake, "--build", str(build_dir), "-j", str(jobs), "--target", *targets], quiet=True)
-    log(f"built {name or backend} in {time.monotonic() - started:.0f}s")
-    stamp.write_text(json.dumps(sorted(done | set(targets))))
-    return build_dir / "bin"
+    return [cmake, "-S", str(ensure_source()), "-B", str(tree.dir), *gen, *tree.args, *compiler_cache_args(),
+            f"-DCMAKE_PROJECT_INCLUDE={CMAKE_HOOKS}"]
+
+
+def run_side_by_side(cmds: list[list[str]]) -> list[str]:
+    """Run ``cmds`` at once; the failures, each with the tail of its output (an empty list: all ran)."""
+    procs = []
+    failed = []
+    try:
+        for cmd in cmds:
+            out = tempfile.TemporaryFile(mode="w+")
+            procs.append((cmd, out, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)))
+        for cmd, out, proc in procs:
+            if proc.wait() != 0:
+                out.seek(0)
+                tail = "\n".join(out.read().splitlines()[-40:])
+                failed.append(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    finally:
+        for _cmd, out, proc in procs:
+            if proc.poll() is None:  # an interrupt: leave no compiler running
+                proc.terminate()
+                proc.wait()
+            out.close()
+    return failed
+
+
+def build_trees(trees: list[Tree], jobs: int, force: bool) -> None:
+    """Configure and build every tree that lacks its targets; the trees build side by side.
+
+    Each tree's last steps (its longest files, then the links one after another) leave cores idle; a
+    second tree's compile fills them, so a baseline variant costs its CPU time, not a serial tail.
+    """
+    todo = [t for t in trees if force or not set(t.targets) <= t.built()]
+    if not todo:
+        return
+    with contextlib.ExitStack() as stack:
+        for tree in sorted(todo, key=lambda t: t.dir.name):  # one order everywhere: no deadlock
+            stack.enter_context(locked(tree.dir.name))
+        # another install may have built them while we waited
+        todo = [t for t in todo if force or not set(t.targets) <= t.built()]
+        if not todo:
+            return
+        configures = [c for c in (configure_command(t, force) for t in todo) if c]
+        if configures:
+            log(f"configuring {', '.join(t.name for t in todo)} in {cache_root()}")
+            failed = run_side_by_side(configures)
+            if failed:
+                for tree in todo:  # a half-written CMakeCache.txt must not pass for a configured tree
+                    if not tree.built():
+                        shutil.rmtree(tree.dir, ignore_errors=True)
+                raise BuildError("\n".join(failed))
+        cmake = require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`")
+        what = ", ".join(f"{t.name} ({' '.join(t.targets)})" for t in todo)
+        log(f"building {what} with -j{jobs}; this takes minutes on a small machine")
+        started = time.monotonic()
+        failed = run_side_by_side([[cmake, "--build", str(t.dir), "-j", str(jobs), "--target", *t.targets]
+                                   for t in todo])
+        if failed:
+            raise BuildError("\n".join(failed))
+        for tree in todo:
+            tree.mark_built()
+        log(f"built {', '.join(t.name for t in todo)} in {time.monotonic() - started:.0f}s")
+
+
+def variant_trees(variants: list[str] | None) -> dict[str, Tree]:
+    """{variant: its tree} for every variant after the first: a small tree of its own that builds only
+    the `ggml-cpu` module (the trees are shared by every backend)."""
+    trees = {}
+    for variant in (variants or [])[1:]:
+        args = cmake_args("cpu", None, [variant])
+        trees[variant] = Tree("cpu", args, build_key("cpu-variant", args, [variant]), ("ggml-cpu",),
+                              name=f"cpu-variant-{variant}")
+    return trees
 
 
 def shipped_libraries(bin_dir: Path) -> list[Path]:
@@ -382,18 +522,6 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
         if keep and path.is_file():
             out.append(path)
     return out
-
-
-def build_variant_modules(variants: list[str] | None, jobs: int, force: bool) -> dict[str, Path]:
-    """{variant: its libggml-cpu module} for every variant after the first, each from its own small tree
-    (only the `ggml-cpu` target is built there; the trees are shared by every backend)."""
-    modules: dict[str, Path] = {}
-    for variant in (variants or [])[1:]:
-        args = cmake_args("cpu", None, [variant])
-        key = build_key("cpu-variant", args, [variant])
-        bin_dir = cmake_build("cpu", args, key, jobs, force, ("ggml-cpu",), name=f"cpu-variant-{variant}")
-        modules[variant] = bin_dir / "libggml-cpu.so"
-    return modules
 
 
 def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str,
@@ -437,8 +565,15 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
 
 
 def python_key() -> str:
+    """What the cffi module depends on besides the libraries: it is built for Python's stable ABI
+    (one module for every CPython >= 3.10), so the cdef file and the cffi that generated it."""
     ffi_hash = sha256_file(FFI_BUILD)[:12] if FFI_BUILD.exists() else "none"
-    return f"{sysconfig.get_config_var('SOABI') or sys.version}-{ffi_hash}"
+    try:
+        cffi_version = importlib.metadata.version("cffi")
+    except importlib.metadata.PackageNotFoundError:
+        cffi_version = "none"
+    abi = "abi3" if not sysconfig.get_config_var("Py_GIL_DISABLED") else sysconfig.get_config_var("SOABI")
+    return f"{abi}-cffi{cffi_version}-{ffi_hash}"
 
 
 def compile_ffi(backend: str, include_dirs: list[str], lib_dir: Path, out_dir: Path, py_key: str) -> Path:
@@ -447,12 +582,13 @@ def compile_ffi(backend: str, include_dirs: list[str], lib_dir: Path, out_dir: P
         raise BuildError(f"{FFI_BUILD.relative_to(ROOT)} is missing")
     lib_tag = hashlib.sha256(str(lib_dir).encode()).hexdigest()[:8]
     cached = cache_root() / "ffi" / f"{backend}-{py_key}-{lib_tag}"
-    if not any(cached.glob(f"_llama_{backend}*")):
-        ensure_source()  # a fresh clone has only the pin: the headers come from the verified tree
-        shutil.rmtree(cached, ignore_errors=True)
-        cached.mkdir(parents=True)
-        run([sys.executable, str(FFI_BUILD), "--module", f"_llama_{backend}", "--lib-dir", str(lib_dir),
-             "--out", str(cached), *[a for inc in include_dirs for a in ("--include", inc)]], quiet=True)
+    with locked(f"ffi-{cached.name}"):
+        if not any(cached.glob(f"_llama_{backend}*")):
+            ensure_source()  # a fresh clone has only the pin: the headers come from the verified tree
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            run([sys.executable, str(FFI_BUILD), "--module", f"_llama_{backend}", "--lib-dir", str(lib_dir),
+                 "--out", str(cached), *[a for inc in include_dirs for a in ("--include", inc)]], quiet=True)
     built = [p for p in cached.glob(f"_llama_{backend}*") if p.suffix in (".so", ".pyd", ".dylib")]
     if not built:
         raise BuildError(f"the cffi module _llama_{backend} was not produced in {cached}")
@@ -510,18 +646,22 @@ def main(argv: list[str] | None = None) -> int:
 
     py_key = python_key()
     started = time.monotonic()
-    modules: dict[str, Path] | None = None
+    extra = variant_trees(variants)
+    first = True
     for name, ok, _why in plan:
         if not ok:
             continue
         args, key = tree(name)
         targets = LIBRARY_TARGETS + (TOOL_TARGETS if (opts.tools and name == "cpu") else ())
-        bin_dir = cmake_build(name, args, key, opts.jobs, opts.force, targets)
-        if modules is None:
-            modules = build_variant_modules(variants, opts.jobs, opts.force)
-        install_backend(name, bin_dir, key, ROOT / "plugins" / name / "_lib", py_key, variants, modules)
+        main_tree = Tree(name, args, key, targets)
+        # the variant trees are shared by every backend: built (side by side) with the first one
+        build_trees([main_tree, *(extra.values() if first else ())], opts.jobs, opts.force)
+        first = False
+        modules = {v: t.bin_dir / "libggml-cpu.so" for v, t in extra.items()}
+        install_backend(name, main_tree.bin_dir, key, ROOT / "plugins" / name / "_lib", py_key, variants,
+                        modules)
         if opts.tools and name == "cpu":
-            log(f"tools: {bin_dir / 'llama-bench'}, {bin_dir / 'llama-server'}")
+            log(f"tools: {main_tree.bin_dir / 'llama-bench'}, {main_tree.bin_dir / 'llama-server'}")
     log(f"done in {time.monotonic() - started:.0f}s")
     return 0
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE_DIRS = {"corral": "core", "corral_plugins": "plugins"}
@@ -23,16 +26,32 @@ def find_packages() -> list[str]:
     return packages
 
 
+def builds_backends() -> bool:
+    return os.environ.get("CORRAL_BACKENDS", "auto").strip().lower() not in ("none", "skip", "0")
+
+
 class BuildWithBackends(build_py):
     """Runs build_backends.py before collecting files, so the wheel (or the editable tree)
     carries the llama.cpp libraries for this machine. CORRAL_BACKENDS chooses or skips them."""
 
     def run(self) -> None:
-        choice = os.environ.get("CORRAL_BACKENDS", "auto")
-        if choice.strip().lower() not in ("none", "skip", "0"):
+        if builds_backends():
             subprocess.check_call([sys.executable, str(ROOT / "build_backends.py"), "--from-install"],
                                   cwd=ROOT)
+        # build/lib outlives a build: a library folder copied there by an earlier build (another
+        # variant set, a module built for another Python) must not ride along into this wheel.
+        for stale in Path(self.build_lib, "corral_plugins").glob("*/_lib"):
+            shutil.rmtree(stale)
         super().run()
+
+
+class PlatformWheel(Distribution):
+    """A wheel that carries native libraries is tagged for its platform, and for CPython's stable
+    ABI (the cffi module is abi3): `cp310-abi3-<platform>`, installable on every CPython >= 3.10.
+    With CORRAL_BACKENDS=none it carries none and stays a pure-Python wheel."""
+
+    def has_ext_modules(self) -> bool:
+        return builds_backends()
 
 
 setup(
@@ -42,5 +61,8 @@ setup(
         "corral_plugins": ["*/_lib/*", "*/_lib/**/*"],
         "corral": ["py.typed", "**/*.jinja", "**/*.gotmpl", "**/*.json"],
     },
+    distclass=PlatformWheel,
     cmdclass={"build_py": BuildWithBackends},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if not sysconfig.get_config_var("Py_GIL_DISABLED")
+    else {},
 )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
 import cffi
+
+STABLE_ABI = not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 # The declarations corral uses. API mode lets the C compiler check every one of them against the
 # pinned llama.h, so partial structs (`...;`) and enums (`...`) take their layout from the header:
@@ -665,6 +668,10 @@ def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cff
         libraries=["mtmd", "llama", "ggml", "ggml-base"],
         library_dirs=[str(Path(lib_dir).resolve())],
         extra_link_args=extra_link_args,
+        # Python's stable ABI: one module (``_llama_cpu.abi3.so``) serves every CPython >= 3.10, so a
+        # wheel is built once per platform (free-threaded builds have no stable ABI before 3.15).
+        py_limited_api=STABLE_ABI,
+        define_macros=[("Py_LIMITED_API", "0x030A0000")] if STABLE_ABI else [],
     )
     return ffibuilder
 
