@@ -104,7 +104,9 @@ def validation_message(exc: HTTPException) -> str:
         msg = str(extra[0].get("message", "")).strip() or msg
         key = extra[0].get("key")
     low = msg.lower()
-    if "truncated" in low or "malformed" in low or "invalid json" in low or "invalid utf-8" in low:
+    if "utf-8" in low or "utf8" in low:  # our words, whichever way the decoder puts it
+        return "invalid JSON in request body: not valid UTF-8"
+    if "truncated" in low or "malformed" in low or "invalid json" in low:
         return f"invalid JSON in request body: {msg}"
     if key and key != "data":  # "data" is Litestar's name for the whole body
         return f"invalid field '{key}': {msg}"
