@@ -147,3 +147,20 @@ def test_any_chunking_gives_the_same_result(seed: int) -> None:
     assert whole[:2] == split[:2] == ("Answer with <tool and {x}.\n bye", "a < b and </thi not yet")
     assert [c.arguments for c in whole[2]] == [c.arguments for c in split[2]] == [{"city": '}{"<tool_call>'}]
     assert_no_partial_markers(split[3], text)
+
+
+def test_an_unclosed_tool_call_is_scanned_in_linear_time() -> None:
+    # issue 10: the payload was rescanned from its start on every token (quadratic: 565 s of server CPU
+    # for 40,000 tokens of a call that never closes); each token now scans only its own text
+    import time
+
+    from corral.conversation import Tool
+    from corral.prompts.outparse import OutputParser
+
+    p = OutputParser(tools=[Tool(name="get_weather", parameters={"type": "object"})], tool_tag="<tool_call>")
+    p.feed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "')
+    t0 = time.monotonic()
+    for _ in range(40_000):
+        assert not p.feed("word ").tool_calls
+    assert time.monotonic() - t0 < 30  # linear: ~1 s; the quadratic scan took minutes
+    assert "word word" in p.finish().content  # never closed: released as text at the end
