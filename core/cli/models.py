@@ -55,6 +55,7 @@ def _model_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     if emb:
         rows.append(("embedding length", str(emb)))
     rows.append(("quantization", details.get("quantization_level") or ""))
+    rows.append(("requires", info.get("requires") or ""))  # compat(ollama): shown when the model says
     return [r for r in rows if r[1]]
 
 

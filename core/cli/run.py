@@ -146,6 +146,13 @@ def parse_think(value: str | None) -> bool | str | None:
     return {"true": True, "false": False}.get(v, v)
 
 
+def infer_think(think: bool | str | None, capabilities: list[str]) -> bool | str | None:
+    """compat(ollama): without --think a thinking model is asked to think (cmd.go inferThinkingOption)."""
+    if think is None and "thinking" in capabilities:
+        return True
+    return think
+
+
 def check_keepalive(value: str | None) -> str | None:
     if value is None:
         return None
@@ -202,6 +209,7 @@ def run(
     client = connect(backend=backend)
     info = ensure_model(client, model, insecure=insecure)
     caps = info.get("capabilities") or []
+    think_value = infer_think(think_value, caps)
     if "embedding" in caps and "completion" not in caps:
         if not text:
             raise UsageError(f"{model} is an embedding model: give it text to embed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ import msgspec
 from corral.conversation import Message, Tool
 from corral.errors import CorralError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
-from corral.prompts import formats, gotemplate, jinja
+from corral.prompts import formats, gotemplate, jinja, renderers
 from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
 from corral.prompts.formats import OutputFormat, StreamParser
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
@@ -20,6 +22,8 @@ from corral.prompts.outparse import OutputParser
 from corral.prompts.schemanorm import json_constraint
 from corral.spec import ModelSpec
 from corral.types import JsonConstraint
+
+log = logging.getLogger("corral.prompts")
 
 IMAGE_TOKENS = 768  # compat(ollama): server/prompt.go counts each image as this many tokens
 # (text, add BOS?) -> the text's tokens: what truncation counts with, and what the engine then sends
@@ -118,10 +122,11 @@ def _model_names(msgs: list[Message], tools: list[Tool],
 
 
 class _Renderer:
-    """Renders a message list with the template that wins for this model and request."""
+    """Renders a message list with what wins for this model and request: its RENDERER, else a template."""
 
     def __init__(self, go: str | None, jinja_src: str | None, bos: str, eos: str, think: Think,
-                 think_on: bool, thinks: bool = False) -> None:
+                 think_on: bool, thinks: bool = False, builtin: str = "") -> None:
+        self.builtin = _known_renderer(builtin)
         self.go = gotemplate.load(go) if go is not None else None
         self.jinja = jinja_src if go is None else None
         if self.go is None and self.jinja is None:
@@ -131,6 +136,9 @@ class _Renderer:
         self.thinks = thinks  # the model can reason: its template gets enable_thinking either way
 
     def render(self, messages: list[Message], tools: list[Tool]) -> str:
+        if self.builtin:
+            text = renderers.render(self.builtin, messages, tools, think=self.think_on, bos=self.bos)
+            return _cut_prefill(text, messages)
         if self.go is not None:
             return self.go.render(messages, tools, _think_vars(self.think, self.think_on))
         return self._render_jinja(messages, tools)
@@ -152,12 +160,25 @@ class _Renderer:
             if isinstance(self.think, str):
                 variables["reasoning_effort"] = self.think
         text = jinja.render_chat(self.jinja, variables.pop("messages"), variables)
-        if prefill and messages[-1].content:
-            # continue the final assistant message: cut what the template put after its content
-            cut = text.rfind(messages[-1].content)
-            if cut >= 0:
-                text = text[: cut + len(messages[-1].content)]
-        return text
+        return _cut_prefill(text, messages)
+
+
+def _cut_prefill(text: str, messages: list[Message]) -> str:
+    """Continue a final assistant message: cut what the template put after its content."""
+    if messages and messages[-1].role == "assistant" and messages[-1].content:
+        cut = text.rfind(messages[-1].content)
+        if cut >= 0:
+            text = text[: cut + len(messages[-1].content)]
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def _known_renderer(name: str) -> str:
+    """``name`` when corral has that renderer; "" (with one warning) for a name it does not know."""
+    if name and name not in renderers.RENDERERS:
+        log.warning("renderer %r is not built into corral; the model's template renders its prompts", name)
+        return ""
+    return name
 
 
 def _jinja_message(m: Message) -> dict[str, Any]:
@@ -257,7 +278,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
         raise missing_capability(spec, "tools")
     grammar = grammar_for(job.format)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
-                         fmt.thinks)
+                         fmt.thinks, builtin=spec.renderer)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
     msgs = [*spec.messages, *(msgspec.structs.replace(m, content=place_images(m.content, len(m.images)))
@@ -335,7 +356,7 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
         common["json_schema"] = _schema_for(job.format, grammar, None, False)
         return _finish(text, bos_token, stop=_stops(go_src or "", fmt), **common)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
-                         fmt.thinks)
+                         fmt.thinks, builtin="" if job.template else spec.renderer)
     msgs: list[Message] = []
     system = job.system if job.system is not None else spec.system
     if system:

@@ -17,7 +17,7 @@ from corral.prompts import gotemplate
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
 from corral.store.layout import StoreLayout
-from corral.store.modelfile import ROLES, Modelfile, merge_parameters, parameters_of
+from corral.store.modelfile import ROLES, Modelfile, check_requires, merge_parameters, parameters_of
 from corral.store.records import CreateSpec, Progress
 
 # quantizer(source, destination, file_type): the selected backend's quantization, in a runner process
@@ -71,6 +71,7 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
     """
     target = parse_name(name)
     qlabel = _check_quantize(quantize)
+    named = _check_names(spec)
     files = _check_files(spec.files, "model")
     adapters = _check_files(spec.adapters, "adapter")
     for digest in [*files.values(), *adapters.values()]:
@@ -79,7 +80,8 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                 f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
     store.ensure_dirs()
     layers: list[mf.Layer] = []
-    base: dict[str, Any] = {"params": {}, "template": None, "system": None, "messages": None, "license": None}
+    base: dict[str, Any] = {"params": {}, "template": None, "system": None, "messages": None, "license": None,
+                            "config": {}}
     info: gguf.GGUFInfo | None = None
     with store.pinned([*files.values(), *adapters.values()]):
         if files:
@@ -104,7 +106,8 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                     layers.append(mf.Layer(layer.media_type, layer.digest, layer.size,
                                            from_=layer.from_ or parent.name.full, name=layer.name))
             base = {"params": parent.params, "template": parent.template, "system": parent.system,
-                    "messages": parent.messages or None, "license": parent.license or None}
+                    "messages": parent.messages or None, "license": parent.license or None,
+                    "config": parent.config}
             if parent.model_path is None:
                 raise InvalidRequestError(f'model "{parent.display}" has no model weights')
             info = _read(store, parent.model_digest or "", parent.display)
@@ -121,6 +124,7 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                 family=info.architecture, families=[info.architecture] if info.architecture else [],
                 model_type=gguf.human_number(int(info.kv.get("general.parameter_count") or info.n_params)),
                 file_type=gguf.quantization(info), layer_digests=[layer.digest for layer in layers],
+                **_inherited(named, base["config"]),
             )
             cdigest, created = _put_bytes(store, config)
             yield _layer_progress(cdigest, created)
@@ -128,6 +132,39 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
             yield Progress("writing manifest")
             store.write_manifest(target, manifest)
     yield Progress("success")
+
+
+def _check_names(spec: CreateSpec) -> dict[str, str]:
+    """RENDERER, PARSER and REQUIRES checked: a name corral has no renderer or parser for is a 400.
+
+    compat(ollama): Ollama stores any name and falls back silently at run time; corral says so now.
+    """
+    from corral.prompts.formats import PARSER_NAMES
+    from corral.prompts.renderers import RENDERERS
+
+    out: dict[str, str] = {}
+    for field, known in (("renderer", RENDERERS), ("parser", PARSER_NAMES)):
+        value = getattr(spec, field)
+        if value:
+            if value not in known:
+                raise InvalidRequestError(
+                    f'unknown {field} "{value[:40]}"; corral has {", ".join(sorted(known))}')
+            out[field] = value
+    if spec.requires:
+        try:
+            out["requires"] = check_requires(spec.requires)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+    return out
+
+
+def _inherited(named: dict[str, str], parent_config: dict[str, Any]) -> dict[str, str]:
+    """compat(ollama): a name the request leaves empty comes from the FROM model's config."""
+    out = {}
+    for field in ("renderer", "parser", "requires"):
+        value = named.get(field) or parent_config.get(field)
+        out[field] = value if isinstance(value, str) else ""
+    return out
 
 
 def _read(store: StoreLayout, digest: str, label: str) -> gguf.GGUFInfo:
@@ -245,6 +282,9 @@ def spec_from_modelfile(modelfile: Modelfile, base_dir: Path) -> tuple[CreateSpe
     params = parameters_of(modelfile)
     if params:
         spec.parameters = params
+    for field in ("renderer", "parser", "requires"):
+        if (c := modelfile.first(field)) is not None:
+            setattr(spec, field, c.value)
     msgs = [{"role": c.args.lower(), "content": c.value} for c in modelfile.all("message")]
     if msgs:
         from corral.conversation import Message

@@ -99,14 +99,18 @@ def manifest_digest(data: bytes) -> str:
 
 
 def make_config(*, family: str, families: list[str], model_type: str, file_type: str,
-                layer_digests: list[str], extra: dict[str, Any] | None = None) -> bytes:
-    """The config blob (Ollama's ``ConfigV2``), key order as Ollama writes it."""
+                layer_digests: list[str], extra: dict[str, Any] | None = None, renderer: str = "",
+                parser: str = "", requires: str = "") -> bytes:
+    """The config blob (Ollama's ``ConfigV2``), key order as Ollama writes it (empty names left out)."""
     cfg: dict[str, Any] = {
         "model_format": "gguf",
         "model_family": family,
         "model_families": families,
         "model_type": model_type,
         "file_type": file_type,
+    }
+    cfg.update({k: v for k, v in (("renderer", renderer), ("parser", parser), ("requires", requires)) if v})
+    cfg |= {
         "architecture": "amd64",
         "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": layer_digests},

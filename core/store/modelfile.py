@@ -147,9 +147,31 @@ def _check(cmd: Command) -> Command:
             convert_parameter(cmd.args, cmd.value)
         except ValueError as exc:
             raise _err(cmd.line, str(exc)) from None
-    if cmd.name == "requires" and not re.fullmatch(r"v?\d+(\.\d+){0,2}([-+][0-9A-Za-z.-]+)?", cmd.value):
-        raise _err(cmd.line, f'REQUIRES must be a version such as 0.6.0, not "{cmd.value[:40]}"')
+    if cmd.name == "requires":
+        try:
+            check_requires(cmd.value)
+        except ValueError as exc:
+            raise _err(cmd.line, str(exc)) from None
     return cmd
+
+
+# golang.org/x/mod/semver: vMAJOR[.MINOR[.PATCH[-PRERELEASE][+BUILD]]], no leading zeros
+_NUM = r"(?:0|[1-9]\d*)"
+_IDENT = r"[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*"
+_SEMVER = re.compile(rf"v{_NUM}(?:\.{_NUM}(?:\.{_NUM}(?:-{_IDENT})?(?:\+{_IDENT})?)?)?")
+
+
+def check_requires(value: str) -> str:
+    """A REQUIRES version as Ollama stores it (semver, the `v` optional and dropped).
+
+    Raises:
+        ValueError: not a valid semantic version (Ollama's wording).
+    """
+    v = value.strip()
+    v = v if v.startswith("v") else "v" + v
+    if not _SEMVER.fullmatch(v):
+        raise ValueError("requires must be a valid semver (e.g. 0.14.0)")
+    return v[1:]
 
 
 def convert_parameter(key: str, value: Any) -> Any:

@@ -85,6 +85,9 @@ class ShowInfo(msgspec.Struct, kw_only=True):
     modified_at: dt.datetime
     projector_info: dict[str, Any] | None = None
     tensors: list[dict[str, Any]] | None = None
+    renderer: str = ""  # the built-in prompt renderer the config names (Modelfile RENDERER)
+    parser: str = ""  # the built-in output parser (Modelfile PARSER)
+    requires: str = ""  # the minimum Ollama version the model says it needs (Modelfile REQUIRES)
 
 
 class CreateSpec(msgspec.Struct, kw_only=True):
@@ -102,3 +105,6 @@ class CreateSpec(msgspec.Struct, kw_only=True):
     license: str | list[str] | None = None
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
+    renderer: str | None = None  # Modelfile RENDERER: a built-in prompt renderer's name
+    parser: str | None = None  # Modelfile PARSER: a built-in output parser's name
+    requires: str | None = None  # Modelfile REQUIRES: the minimum version, semver

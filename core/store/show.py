@@ -54,11 +54,19 @@ def show(store: StoreLayout, record: ModelRecord, *, verbose: bool = False) -> S
         model_info=gguf.summarize(info, verbose) if info is not None else {},
         capabilities=capabilities(record.template, GGUFFacts.from_kv(info.kv if info is not None else None),
                                   projector=record.projector,
-                                  parser=str(record.config.get("parser") or "")),
+                                  parser=_config_text(record, "parser")),
         modified_at=record.modified_at,
         projector_info=projector_info,
         tensors=tensors,
+        renderer=_config_text(record, "renderer"),
+        parser=_config_text(record, "parser"),
+        requires=_config_text(record, "requires"),
     )
+
+
+def _config_text(record: ModelRecord, field: str) -> str:
+    value = record.config.get(field)
+    return value if isinstance(value, str) else ""
 
 
 def parameters_text(params: dict[str, Any]) -> str:
@@ -84,6 +92,9 @@ def modelfile_text(store: StoreLayout, record: ModelRecord) -> str:
         out.append(f"TEMPLATE {quote(record.template)}")
     if record.system:
         out.append(f"SYSTEM {quote(record.system)}")
+    for field in ("renderer", "parser"):  # compat(ollama): server/images.go writes these two, not REQUIRES
+        if value := _config_text(record, field):
+            out.append(f"{field.upper()} {value}")
     for adapter in record.adapters:
         out.append(f"ADAPTER {adapter}")
     for key, value in record.params.items():

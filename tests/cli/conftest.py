@@ -24,6 +24,9 @@ from corral.testing.live import free_port
 FAKE_RULES = [
     {"match": "go slowly", "reply": "one two three four five six seven eight nine ten " * 20, "delay": 0.05},
     {"match": "fail please", "error": "scripted failure"},
+    # a thinking model (test_run_thinks_by_itself...): reasoning only when the prompt opened it
+    {"match": "2+2?\nassistant: <think>", "reply": "Let me add.</think>It is 4."},
+    {"match": "2+2?\nassistant: ", "reply": "4."},
 ]
 
 

@@ -135,3 +135,38 @@ def test_create_from_a_model_with_parameters(cli_env: LiveServer, tiny_model: st
 def test_version_reports_the_server(cli_env: LiveServer) -> None:
     r = invoke("--version")
     assert r.exit_code == 0 and r.stdout.startswith("corral version is ")
+
+
+THINK_TEMPLATE = ("{{- range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}"
+                  "assistant: {{ if .Think }}<think>{{ end }}")
+
+
+def test_run_thinks_by_itself_for_thinking_models(cli_env: LiveServer, tiny_model: str) -> None:
+    # PARSER, REQUIRES and RENDERER go through `corral create` into the config blob, and back out of show
+    modelfile = cli_env.root / "Modelfile.think"
+    modelfile.write_text(f'FROM tiny\nTEMPLATE """{THINK_TEMPLATE}"""\nPARSER qwen3-thinking\n'
+                         "REQUIRES v0.14.0\n")
+    r = invoke("create", "tiny-think", "-f", str(modelfile))
+    assert r.exit_code == 0, r.output
+    show = cli_env.client.request("POST", "/api/show", {"model": "tiny-think"})
+    assert (show["parser"], show["requires"]) == ("qwen3-thinking", "0.14.0")
+    assert "thinking" in show["capabilities"] and "PARSER qwen3-thinking" in show["modelfile"]
+    assert "requires" in invoke("show", "tiny-think").stdout
+    # compat(ollama): no --think: a thinking model is asked to think, and its reasoning is shown
+    r = invoke("run", "tiny-think", "2+2?")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "Thinking...\nLet me add.\n...done thinking.\n\nIt is 4.\n"
+    r = invoke("run", "tiny-think", "2+2?", "--hidethinking")
+    assert (r.exit_code, r.stdout) == (0, "It is 4.\n")
+    r = invoke("run", "tiny-think", "2+2?", "--think=false")
+    assert (r.exit_code, r.stdout) == (0, "4.\n")
+
+
+def test_create_refuses_unknown_renderer_parser_bad_requires(cli_env: LiveServer, tiny_model: str) -> None:
+    for line, message in (("RENDERER nosuch", 'unknown renderer "nosuch"'),
+                          ("PARSER nosuch", "unknown parser"),
+                          ("REQUIRES 1.2.3.4", "requires must be a valid semver")):
+        modelfile = cli_env.root / "Modelfile.bad"
+        modelfile.write_text(f"FROM tiny\n{line}\n")
+        r = invoke("create", "tiny-bad", "-f", str(modelfile))
+        assert r.exit_code == 1 and message in r.stderr, r.output

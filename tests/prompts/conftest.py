@@ -33,11 +33,12 @@ def jinja_template(name: str) -> str:
 
 def make_spec(name: str = "x", *, template: str | None = None, system: str | None = None,
               messages: list[Message] | None = None, params: dict[str, Any] | None = None,
-              kv: dict[str, Any] | None = None, projector: str | None = None, parser: str = "") -> ModelSpec:
+              kv: dict[str, Any] | None = None, projector: str | None = None, parser: str = "",
+              renderer: str = "") -> ModelSpec:
     """A spec as ``Store.resolve`` builds one: capabilities from the template, GGUF facts and projector."""
     n = parse_name(name)
     facts = GGUFFacts.from_kv(kv)
     return ModelSpec(name=n.full, display=n.display, digest="0" * 64, files=ModelFiles(projector=projector),
                      template=template, system=system, messages=tuple(messages or ()),
-                     parameters=dict(params or {}), gguf=facts, parser=parser,
+                     parameters=dict(params or {}), gguf=facts, parser=parser, renderer=renderer,
                      capabilities=tuple(capabilities(template, facts, projector=projector, parser=parser)))

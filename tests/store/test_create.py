@@ -80,6 +80,31 @@ def test_create_from_model_merges(store: Store, base: str) -> None:
     assert rec.details.parent_model == "registry.ollama.ai/library/base:1"
 
 
+def test_renderer_parser_and_requires_live_in_the_config_blob(store: Store, base: str) -> None:
+    spec = CreateSpec(from_="base:1", renderer="qwen3-coder", parser="qwen3-coder", requires="v0.14.0")
+    list(store.create("coder", spec))
+    rec = store.get("coder")
+    # compat(ollama): ConfigV2 writes them after file_type, the `v` of the version dropped
+    keys = list(rec.config)
+    at = keys.index("file_type") + 1
+    assert keys[at: at + 3] == ["renderer", "parser", "requires"]
+    assert (rec.config["renderer"], rec.config["parser"], rec.config["requires"]) == (
+        "qwen3-coder", "qwen3-coder", "0.14.0")
+    info = store.show("coder")
+    assert (info.renderer, info.parser, info.requires) == ("qwen3-coder", "qwen3-coder", "0.14.0")
+    assert "RENDERER qwen3-coder\nPARSER qwen3-coder\n" in info.modelfile
+    spec_ = store.resolve("coder")
+    assert (spec_.renderer, spec_.parser, spec_.requires) == ("qwen3-coder", "qwen3-coder", "0.14.0")
+    assert "tools" in spec_.capabilities  # the parser extracts calls, whatever the template says
+    # compat(ollama): a model made FROM this one keeps them unless it names its own
+    list(store.create("coder2", CreateSpec(from_="coder", parser="qwen3-thinking")))
+    child = store.get("coder2").config
+    inherited = [child[k] for k in ("renderer", "parser", "requires")]
+    assert inherited == ["qwen3-coder", "qwen3-thinking", "0.14.0"]
+    # a plain model's config has none of the three
+    assert not {"renderer", "parser", "requires"} & set(store.get("base:1").config)
+
+
 @pytest.mark.parametrize(("spec", "error", "message"), [
     (CreateSpec(), InvalidRequestError, "neither from nor files"),
     (CreateSpec(files={"../a.gguf": "sha256:" + "0" * 64}), InvalidRequestError, "must be a relative path"),
@@ -95,6 +120,10 @@ def test_create_from_model_merges(store: Store, base: str) -> None:
     (CreateSpec(from_="base:1", parameters={"num_ctx": -1}), InvalidRequestError, "at least 1"),
     (CreateSpec(from_="base:1", messages=[Message(role="tool", content="x")]), InvalidRequestError,
      "invalid message role"),
+    (CreateSpec(from_="base:1", renderer="gemma9"), InvalidRequestError, 'unknown renderer "gemma9"'),
+    (CreateSpec(from_="base:1", parser="gemma9"), InvalidRequestError, 'unknown parser "gemma9"; corral has'),
+    (CreateSpec(from_="base:1", requires="1.2.3.4"), InvalidRequestError, "requires must be a valid semver"),
+    (CreateSpec(from_="base:1", requires="01.2"), InvalidRequestError, "requires must be a valid semver"),
 ])
 def test_create_errors_write_nothing(store: Store, base: str, spec: CreateSpec, error: type,
                                      message: str) -> None:

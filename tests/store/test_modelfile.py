@@ -71,7 +71,7 @@ def test_full_syntax() -> None:
     ("FROM a\nPARAMETER temperature nan", "Modelfile line 2: parameter temperature must be a finite number"),
     ("FROM a\nPARAMETER use_mmap maybe",
      'Modelfile line 2: parameter use_mmap must be true or false, not "maybe"'),
-    ("FROM a\nREQUIRES soon", 'Modelfile line 2: REQUIRES must be a version such as 0.6.0, not "soon"'),
+    ("FROM a\nREQUIRES soon", "Modelfile line 2: requires must be a valid semver (e.g. 0.14.0)"),
     ("FROM a\nSYSTEM " + "x" * (8 * 1024 * 1024 + 1), "Modelfile line 2: SYSTEM value is longer than 8 MiB"),
     ('FROM a\nSYSTEM """' + ("x" * 1024 * 1024 + "\n") * 9, "Modelfile line 2: value is longer than 8 MiB"),
     ("FROM a\n" + "#" * (32 * 1024 * 1024 + 1), "Modelfile is larger than 32 MiB"),

@@ -127,7 +127,8 @@ async def show(request: Req, data: JSONBody[W.ModelRequest]) -> W.ShowResponse:
         model_info=info.model_info or {}, modelfile=info.modelfile, parameters=info.parameters,
         template=info.template, system=info.system, license=info.license, details=_details(info.details),
         messages=[_wire_message(m) for m in info.messages] or None, capabilities=info.capabilities or None,
-        tensors=info.tensors, modified_at=common.rfc3339(info.modified_at))
+        tensors=info.tensors, modified_at=common.rfc3339(info.modified_at), renderer=info.renderer,
+        parser=info.parser, requires=info.requires)
 
 
 @post("/api/copy", status_code=200, operation_id="copy", tags=["ollama"])
@@ -181,7 +182,8 @@ async def create(request: Req, data: JSONBody[W.CreateRequest]) -> Response[W.Pr
     spec = CreateSpec(from_=data.from_, files=dict(data.files or {}), adapters=dict(data.adapters or {}),
                       template=data.template, system=data.system, license=data.license,
                       parameters=data.parameters, messages=[convert.message(m) for m in data.messages]
-                      if data.messages is not None else None)
+                      if data.messages is not None else None, renderer=data.renderer, parser=data.parser,
+                      requires=data.requires)
     store = services(request).store
     quantize = data.quantize or data.quantization
     return await _progress(thread_iter(lambda: store.create(name, spec, quantize)), data.stream)

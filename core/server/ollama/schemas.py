@@ -175,6 +175,9 @@ class CreateRequest(Struct, kw_only=True):
     messages: list[ChatMessage] | None = None
     quantize: str | None = None
     quantization: str | None = None
+    renderer: str | None = None
+    parser: str | None = None
+    requires: str | None = None
     modelfile: str | None = None
     stream: bool | None = None
 
@@ -295,6 +298,9 @@ class ShowResponse(Struct, kw_only=True, omit_defaults=True):
     capabilities: list[str] | None = None
     tensors: list[dict[str, Any]] | None = None
     modified_at: str = ""
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
 
 
 class ProgressResponse(Struct, kw_only=True, omit_defaults=True):
