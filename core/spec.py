@@ -86,8 +86,8 @@ class ModelSpec(Struct, frozen=True, kw_only=True):
     capabilities: tuple[str, ...] = ()  # completion | embedding, tools, insert, vision, thinking
     gguf: GGUFFacts = GGUFFacts()
     details: ModelDetails = ModelDetails()
-    # Output formats from the config blob (Ollama's renderer/parser names, minimum version it requires).
-    # Read from the manifest today; the prompt planner does not act on them yet.
+    # From the config blob, Ollama's names: the built-in prompt renderer (corral.prompts.renderers),
+    # the output parser (corral.prompts.formats) and the minimum Ollama version the model requires.
     renderer: str = ""
     parser: str = ""
     requires: str = ""
