@@ -5,9 +5,11 @@ Public API (the engine and server code against these names):
 - ``plan_chat(spec, job, *, gguf_template, bos_token, eos_token, count_tokens=None, num_ctx=None)
   -> PromptPlan`` and ``plan_generate(spec, job, *, gguf_template, bos_token, eos_token) -> PromptPlan``.
   ``spec`` is the request's ``corral.spec.ModelSpec`` (``template``, ``system``, ``messages``,
-  ``display``, ``name`` are read). Template precedence (Ollama's): a request ``template`` (generate),
-  else the model's Go TEMPLATE, else the GGUF's Jinja ``tokenizer.chat_template``, else
-  ``{{ .Prompt }}``. Chat: Modelfile MESSAGEs first, then the request's; SYSTEM is inserted first
+  ``display``, ``name``, ``renderer``, ``parser`` are read). Prompt precedence (Ollama's): a request
+  ``template`` (generate), else the model's built-in RENDERER (``corral.prompts.renderers``), else
+  its Go TEMPLATE, else the GGUF's Jinja ``tokenizer.chat_template``, else ``{{ .Prompt }}``. The
+  output format (``corral.prompts.formats``) is the model's PARSER, else the one its template shows.
+  Chat: Modelfile MESSAGEs first, then the request's; SYSTEM is inserted first
   unless the conversation already starts with a system message. With ``count_tokens`` and
   ``num_ctx`` the oldest non-system messages are dropped until the prompt fits (the last message
   is always kept; each image counts 768 tokens; ``count_tokens(text, add_bos) -> tokens``, and
@@ -19,14 +21,16 @@ Public API (the engine and server code against these names):
   ``CapabilityError`` (tools/thinking/insert the model lacks), ``InvalidRequestError``.
 - ``PromptPlan``: ``text``, ``add_special`` (False when the text already starts with BOS),
   ``grammar`` (GBNF or None), ``stop`` (turn-end strings the template uses), ``images``, ``think``,
-  ``truncated`` and ``new_parser() -> OutputParser``.
+  ``truncated``, ``format`` and ``new_parser()`` (the family's parser, else ``OutputParser``; both
+  have ``feed``/``finish``).
 - ``OutputParser.feed(text) -> ParsedDelta`` / ``.finish() -> ParsedDelta``;
   ``ParsedDelta(content, thinking, tool_calls)``. Thinking (``<think>``… or the template's markers;
   output starts inside the block when the prompt opened it) and tool calls (template tag,
   ``<tool_call>``, ``[TOOL_CALLS]``, ``<|python_tag|>``, bare Llama-3 JSON) are split out; a call is
-  emitted once, whole, with a ``call_xxxxxxxx`` id and its index. Never emits a partial marker.
-- ``capabilities(template, gguf_facts, projector=False) -> list[str]`` (the store calls it once per
-  resolved spec) and ``check_capabilities(spec, needed)`` (raises ``CapabilityError`` with Ollama's
+  emitted once, whole, with a ``call_xxxxxxxx`` id and its index. Never emits a partial marker. The
+  family parsers (harmony, Qwen3-Coder, DeepSeek, GLM, Kimi K2, Command-R/R7B) keep the same promises.
+- ``capabilities(template, gguf_facts, projector=False, parser="") -> list[str]`` (the store calls it
+  once per resolved spec) and ``check_capabilities(spec, needed)`` (raises ``CapabilityError`` with Ollama's
   wording).
 - ``schema_to_gbnf(schema) -> str``, ``JSON_GBNF`` (``format: "json"``), ``grammar_for(format)``.
 - ``GEMMA3_TEMPLATE``, ``GEMMA3_PARAMS``: the embedded gemma3:270m model's template and params.
