@@ -21,7 +21,7 @@ from prompts.test_format_goldens import CASES, WEATHER, Golden, written_answer
 
 from corral.config import Config
 from corral.engine import Engine
-from corral.plugins import make_plugin_manager
+from corral.plugins import load_plugins
 from corral.runner import local_runners
 from corral.store.records import CreateSpec
 from corral.store.store import Store
@@ -65,9 +65,9 @@ def served_formats(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) ->
         for _ in store.create(model_name(case), spec):
             pass
     fake = FakeBackend()
-    pm = make_plugin_manager(config, load_entrypoints=False)
-    pm.register(fake, name="fake")
-    engine = Engine(config, store, runner_factory=local_runners(config, pm=pm, backend="fake"))
+    host = load_plugins(config, load_entrypoints=False)
+    host.register(fake, "fake")
+    engine = Engine(config, store, runner_factory=local_runners(config, host=host, backend="fake"))
     srv = Served(config, store, engine, fake)
     srv.start()
     yield srv
