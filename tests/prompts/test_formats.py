@@ -275,3 +275,32 @@ def test_selection(parser: str | None, template: str, name: str, thinks: bool) -
 
 def test_harmony_answers_are_not_cut_at_end_of_message() -> None:
     assert "<|end|>" in OutputFormat("harmony").stops
+
+
+@pytest.mark.parametrize("name", ["qwen3-coder", "command-r", "deepseek3", "kimi-k2", "glm-4.6",
+                                  "command-r7b"])
+def test_an_unclosed_call_is_not_rescanned_per_token(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model that opens a call and rambles on must not cost a rescan of the whole call per token
+    from corral.prompts.formats import sections
+
+    fmt = select(name, "", None, False, "{")
+    parser = new_parser(fmt, tools=TOOLS, think=False, starts_thinking=False, prompt="")
+    assert isinstance(parser, sections.SectionParser)
+    scans = 0
+    real = parser.layout.scan
+    assert real is not None
+
+    def counting(*args: object) -> object:
+        nonlocal scans
+        scans += 1
+        return real(*args)
+
+    monkeypatch.setattr(parser, "layout", sections.Layout(**{**parser.layout.__dict__, "scan": counting}))
+    opener = parser.openers[0]
+    head = '\n[{"tool_name": "special_function", "parameters": {"arg1": "' if name == "command-r" else "\n"
+    parser.feed(opener + head)
+    for _ in range(5000):
+        parser.feed("word ")
+    assert scans < 30
+    out = parser.finish()  # the end of the answer settles it: not a call, so it is text
+    assert not out.tool_calls and "word word" in out.content

@@ -67,4 +67,4 @@ def _scan_action(opener: str, buf: str, final: bool, calls: CallMaker) -> Scan:
     return ("calls", found, used) if found else ("text", [], 0)
 
 
-COMMAND_R = Layout("command-r", openers=lambda tools: ("Action:",), scan=_scan_action)
+COMMAND_R = Layout("command-r", openers=lambda tools: ("Action:",), scan=_scan_action, wake="]}`")

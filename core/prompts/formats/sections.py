@@ -46,6 +46,9 @@ class Layout:
     dropped: tuple[str, ...] = ()  # markers that frame the answer's text and are not part of it
     openers: Callable[[list[Tool]], tuple[str, ...]] = field(default=lambda tools: ())
     scan: Scanner | None = None
+    # characters one of which must arrive before a block can be complete (the closer's last one):
+    # the scanner runs again only then, so a call the model never closes costs no rescans
+    wake: str = ">"
 
 
 class SectionParser:
@@ -67,6 +70,7 @@ class SectionParser:
             self.phase = "thinking" if starts_thinking else "maybe_think"
         self.buf = ""
         self.opener = ""
+        self.scanned = 0  # how much of the block the scanner has seen
         self.skip_space = False
         self.thinking_started = False
 
@@ -137,11 +141,15 @@ class SectionParser:
         out.content += self.buf[:i]
         self.buf = self.buf[i + len(marker):]
         if marker in self.openers:
-            self.opener, self.phase = marker, "tool"
+            self.opener, self.phase, self.scanned = marker, "tool", 0
         return True
 
     def _tool(self, out: ParsedDelta, final: bool) -> bool:
         assert self.layout.scan is not None
+        seen, self.scanned = self.scanned, len(self.buf)
+        # a short block is cheap to look at again; a long one only once a closing character comes
+        if not final and seen >= 64 and not any(c in self.buf[seen:] for c in self.layout.wake):
+            return False
         status, calls, used = self.layout.scan(self.opener, self.buf, final, self.calls)
         if status == "more" and not final:
             return False
