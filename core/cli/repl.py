@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from corral.cli.run import THINK_VALUES, Answer, chat_once, ensure_model
+from corral.cli.run import THINK_VALUES, Answer, chat_once, ensure_model, infer_think
 from corral.errors import CorralError
 
 HELP = """Available Commands:
@@ -90,12 +90,13 @@ class Repl:
 
     def __init__(self, client: Any, model: str, info: dict[str, Any], *, format: str | None,
                  think: bool | str | None, keepalive: str | None, verbose: bool, wordwrap: bool,
-                 hidethinking: bool) -> None:
+                 hidethinking: bool, think_auto: bool = False) -> None:
         self.client = client
         self.model = model
         self.info = info
         self.format = format
         self.think = think
+        self.think_auto = think_auto  # no --think or /set think: each model's capabilities decide
         self.keepalive = keepalive
         self.verbose = verbose
         self.wordwrap = wordwrap
@@ -237,6 +238,7 @@ class Repl:
         if what in flags:
             attr, value = flags[what]
             setattr(self, attr, value)
+            self.think_auto = self.think_auto and attr != "think"
             print(f"Set '{what}' mode.")
         elif what in ("history", "nohistory"):
             from prompt_toolkit.history import InMemoryHistory
@@ -256,6 +258,7 @@ class Repl:
                 print(f"Invalid think level '{level}': use true, false, low, medium, high or max")
                 return
             self.think = {"true": True, "false": False}.get(level, level)
+            self.think_auto = False
             print("Set 'think' mode." if level == "true" else f"Set 'think' mode to '{level}'.")
         elif what == "system":
             self._set_system(text)
@@ -332,6 +335,8 @@ class Repl:
             return
         self.info = ensure_model(self.client, args[1])
         self.model = args[1]
+        if self.think_auto:
+            self.think = infer_think(None, self.info.get("capabilities") or [])
         self.messages.clear()
         self.system = None
         print(f"Loading model '{self.model}'")

@@ -234,7 +234,7 @@ def run(
     from corral.cli.repl import Repl
 
     Repl(client, model, info, format=format or None, think=think_value, keepalive=keep, verbose=verbose,
-         wordwrap=not nowordwrap, hidethinking=hidethinking).loop()
+         wordwrap=not nowordwrap, hidethinking=hidethinking, think_auto=think is None).loop()
 
 
 def normalize_think(args: list[str]) -> list[str]:

@@ -182,3 +182,24 @@ def test_serve_on_a_taken_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
         r = runner.invoke(app, ["serve"])
     assert r.exit_code == 1
     assert "cannot listen on 127.0.0.1" in r.output and "in use" in r.output
+
+
+def test_repl_load_asks_the_new_model_to_think_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.cli import repl
+
+    monkeypatch.setattr(repl.Repl, "_session", lambda self: None)
+
+    class Client:
+        def request(self, method: str, path: str, body: dict) -> dict:
+            caps = ["completion", "thinking"] if body.get("model") == "thinker" else ["completion"]
+            return {"capabilities": caps} if path == "/api/show" else {}
+
+    r = repl.Repl(Client(), "plain", {"capabilities": ["completion"]}, format=None, think=None,
+                  keepalive=None, verbose=False, wordwrap=False, hidethinking=False, think_auto=True)
+    r._load(["/load", "thinker"])
+    assert r.think is True
+    r._load(["/load", "plain"])
+    assert r.think is None
+    r._set("/set nothink", ["/set", "nothink"])
+    r._load(["/load", "thinker"])
+    assert r.think is False  # the user said so: it sticks across models
