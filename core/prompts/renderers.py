@@ -146,9 +146,56 @@ def _deepseek31(messages: list[Message], tools: list[Tool], think: bool, bos: st
     return "".join(out)
 
 
+# ---- GLM-4.7 (zai-org/GLM-4.7-Flash: chat_template.jinja) ----------------------------------------
+_GLM_TOOLS_HEAD = (
+    "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n")
+_GLM_TOOLS_TAIL = (
+    "</tools>\n\nFor each function call, output the function name and arguments within the following XML "
+    "format:\n<tool_call>{function-name}<arg_key>{arg-key-1}</arg_key><arg_value>{arg-value-1}</arg_value>"
+    "<arg_key>{arg-key-2}</arg_key><arg_value>{arg-value-2}</arg_value>...</tool_call>")
+
+
+def _glm_tool_json(t: Tool) -> str:
+    fn = {"name": t.name, "description": t.description,
+          "parameters": t.parameters or {"type": "object", "properties": {}}}
+    return _tojson({"type": t.type or "function", "function": fn})
+
+
+def _glm47(messages: list[Message], tools: list[Tool], think: bool, bos: str) -> str:
+    out = ["[gMASK]<sop>"]
+    if tools:
+        out.append(_GLM_TOOLS_HEAD + "".join(_glm_tool_json(t) + "\n" for t in tools) + _GLM_TOOLS_TAIL)
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    for i, m in enumerate(messages):
+        if m.role == "user":
+            out.append("<|user|>" + m.content)
+        elif m.role == "assistant":
+            reasoning, content = m.thinking, m.content
+            if not reasoning and "</think>" in content:  # reasoning a client left in the content
+                reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+                content = content.split("</think>")[-1].lstrip("\n")
+            # reasoning is kept only for the turns after the last user message
+            out.append("<|assistant|>" + (f"<think>{reasoning.strip()}</think>" if i > last_user and reasoning
+                                          else "</think>") + content.strip())
+            for call in m.tool_calls:
+                args = "".join(f"<arg_key>{k}</arg_key><arg_value>{v if isinstance(v, str) else _tojson(v)}"
+                               "</arg_value>" for k, v in call.arguments.items())
+                out.append(f"<tool_call>{call.name}{args}</tool_call>")
+        elif m.role == "tool":
+            if i == 0 or messages[i - 1].role != "tool":
+                out.append("<|observation|>")
+            out.append("<tool_response>" + m.content + "</tool_response>")
+        elif m.role == "system":
+            out.append("<|system|>" + m.content)
+    out.append("<|assistant|>" + ("<think>" if think else "</think>"))
+    return "".join(out)
+
+
 RENDERERS: dict[str, Render] = {
     "qwen3-coder": _qwen3_coder,
     "deepseek3.1": _deepseek31,
+    "glm-4.7": _glm47,
 }
 
 
