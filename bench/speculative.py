@@ -1,0 +1,202 @@
+"""Benchmark speculative decoding: corral with prompt-lookup drafting against corral without it and
+against llama-server with its n-gram drafting (`--spec-type ngram-*`), on an edit and a plain chat
+workload, with 1 and 4 concurrent streams.
+
+Every server gets the same model (gemma3:270m, Q4_K_M), threads and 4 slots; clients stream OpenAI chat
+completions (temperature 0). Speed is decode tokens/s after the first token (for 4 streams: all tokens
+after each stream's first, over the time from the first stream's first token to the last token), with
+token counts from the response's `usage`.
+
+Workloads:
+  edit  the prompt holds a 400-600-token source file (one per stream) and asks for it back with one
+        identifier renamed: most of the answer repeats the prompt.
+  chat  a plain question whose answer does not repeat the prompt.
+Bars: edit, 1 stream >= 2.0x corral without speculation and >= 1.1x llama-server's best n-gram mode;
+      chat, 1 stream >= 0.97x corral without speculation; edit, 4 streams >= 1.0x llama-server -np 4.
+
+Usage:
+  python bench/speculative.py [--llama-server PATH] [--threads 2] [--rounds 3]
+                              [--spec-types ngram-simple,ngram-mod]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tools import find_tool, stage_tool  # noqa: E402
+from serve import MODEL, Server, _free_port, _prepare_model, _sse, _wait_ready, start_corral  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# (source file, identifier to rename, new name): the head of a file of this repository, whole lines up
+# to FILE_CHARS characters (about 450-600 Gemma tokens of Python)
+SOURCES = [
+    ("plugins/_llama/ngram.py", "history", "tokens"),
+    ("core/prompts/schemanorm.py", "schema", "spec"),
+    ("bench/_tools.py", "tool", "binary"),
+    ("plugins/_llama/context.py", "options", "opts"),
+]
+FILE_CHARS = 1800
+CHAT = ["Explain in a few paragraphs why the sky is blue and why sunsets are red.",
+        "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+        "What are the main differences between a violin and a cello? Answer in detail.",
+        "Describe how bread is made, from the wheat field to the bakery shelf."]
+
+
+def edit_messages(i: int) -> list[dict[str, str]]:
+    path, old, new = SOURCES[i % len(SOURCES)]
+    text = (ROOT / path).read_text()
+    text = text[: text.rfind("\n", 0, FILE_CHARS) + 1]
+    ask = f"Repeat the whole text exactly, changing only the word {old} to {new} everywhere."
+    return [{"role": "user", "content": f"Here is the start of {path}:\n\n```python\n{text}```\n\n{ask}"}]
+
+
+async def one_stream(c: httpx.AsyncClient, srv: Server, messages: list[dict[str, str]],
+                     max_tokens: int) -> tuple[float, float, int]:
+    """(first token time, last token time, completion tokens)."""
+    body: dict[str, Any] = {"model": srv.model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+                            **srv.extra}
+    first = last = 0.0
+    tokens = 0
+    async for ev in _sse(c, srv.url + "/v1/chat/completions", body):
+        for choice in ev.get("choices") or []:
+            if (choice.get("delta") or {}).get("content"):
+                last = time.perf_counter()
+                first = first or last
+        if ev.get("usage"):
+            tokens = int(ev["usage"].get("completion_tokens") or 0)
+    return first, last, tokens
+
+
+async def decode_rate(srv: Server, workload: str, streams: int, max_tokens: int) -> float:
+    msgs = [edit_messages(i) if workload == "edit" else [{"role": "user", "content": CHAT[i % len(CHAT)]}]
+            for i in range(streams)]
+    async with httpx.AsyncClient(timeout=900) as c:
+        got = await asyncio.gather(*(one_stream(c, srv, m, max_tokens) for m in msgs))
+    if streams == 1:
+        first, last, n = got[0]
+        return (n - 1) / (last - first) if last > first else float("nan")
+    t0 = min(f for f, _, _ in got)
+    t1 = max(t for _, t, _ in got)
+    return sum(n - 1 for _, _, n in got) / (t1 - t0)
+
+
+def start_llama(binary: str, gguf: Path, args: argparse.Namespace, spec_type: str | None,
+                log: Path) -> Server:
+    port = _free_port()
+    cmd = [binary, "-m", str(gguf), "-np", "4", "-c", str(4 * args.ctx), "-t", str(args.threads),
+           "--host", "127.0.0.1", "--port", str(port)]
+    if spec_type:
+        cmd += ["--spec-type", spec_type]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, "/health", proc)
+    return Server(f"llama-server {spec_type or 'no-spec'}", url, proc, extra={"cache_prompt": True})
+
+
+def start_corral_as(models: Path, args: argparse.Namespace, speculative: bool, log: Path) -> Server:
+    old = os.environ.get("CORRAL_SPECULATIVE")
+    os.environ["CORRAL_SPECULATIVE"] = "1" if speculative else "0"
+    try:
+        srv = start_corral(models, args, log)
+    finally:
+        if old is None:
+            os.environ.pop("CORRAL_SPECULATIVE", None)
+        else:
+            os.environ["CORRAL_SPECULATIVE"] = old
+    srv.name = "corral" if speculative else "corral no-spec"
+    return srv
+
+
+CASES = [("edit", 1), ("chat", 1), ("edit", 4), ("chat", 4)]
+
+
+async def measure(srv: Server, args: argparse.Namespace) -> dict[tuple[str, int], float]:
+    async with httpx.AsyncClient(timeout=900) as c:  # warm-up: load the model
+        await one_stream(c, srv, [{"role": "user", "content": "Hi"}], 4)
+    out = {}
+    for workload, streams in CASES:
+        tokens = args.edit_tokens if workload == "edit" else args.chat_tokens
+        rates = [await decode_rate(srv, workload, streams, tokens) for _ in range(args.rounds)]
+        out[(workload, streams)] = statistics.median(rates)
+        print(f"  {srv.name:>26}  {workload} x{streams}: {out[(workload, streams)]:7.1f} tok/s "
+              f"(rounds: {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
+    return out
+
+
+def _bar(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+async def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    models = Path(args.models) if args.models else work / "models"
+    gguf = _prepare_model(models)
+    args.slots, args.backend = 4, "cpu"
+    print(f"model {MODEL}, threads {args.threads}, 4 slots, ctx/slot {args.ctx}, median of {args.rounds} "
+          f"rounds; logs in {work}")
+    results: dict[str, dict[tuple[str, int], float]] = {}
+    starters: list[Any] = [lambda: start_corral_as(models, args, True, work / "corral.log"),
+                           lambda: start_corral_as(models, args, False, work / "corral-nospec.log")]
+    if not args.corral_only:
+        binary = str(stage_tool(find_tool("llama-server", args.llama_server), work / "llama-server"))
+        for st in args.spec_types.split(","):
+            starters.append(lambda st=st: start_llama(binary, gguf, args, st, work / f"llama-{st}.log"))
+    for start in starters:  # one server at a time: each has the machine to itself
+        srv = start()
+        try:
+            results[srv.name] = await measure(srv, args)
+        finally:
+            srv.stop()
+    me, base = results["corral"], results["corral no-spec"]
+    failures = 0
+    print()
+
+    def check(label: str, ratio: float, bar: float) -> None:
+        nonlocal failures
+        failures += ratio < bar
+        print(f"{label}: {ratio:.2f}x {_bar(ratio >= bar)} (>= {bar})")
+
+    check("edit x1, corral / corral without speculation", me[("edit", 1)] / base[("edit", 1)], 2.0)
+    check("chat x1, corral / corral without speculation", me[("chat", 1)] / base[("chat", 1)], 0.97)
+    llama = {k: v for k, v in results.items() if k.startswith("llama-server")}
+    if llama:
+        best1 = max(llama, key=lambda k: llama[k][("edit", 1)])
+        check(f"edit x1, corral / {best1}", me[("edit", 1)] / llama[best1][("edit", 1)], 1.1)
+        best4 = max(llama, key=lambda k: llama[k][("edit", 4)])
+        check(f"edit x4, corral / {best4} (-np 4)", me[("edit", 4)] / llama[best4][("edit", 4)], 1.0)
+        best4c = max(llama, key=lambda k: llama[k][("chat", 4)])
+        print(f"chat x4, corral / {best4c} (-np 4): {me[('chat', 4)] / llama[best4c][('chat', 4)]:.2f}x "
+              "(reference)")
+    return 1 if failures else 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--llama-server", help="path of llama.cpp's llama-server built from the same pin")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--edit-tokens", type=int, default=400, help="max tokens of an edit answer")
+    p.add_argument("--chat-tokens", type=int, default=200, help="max tokens of a chat answer")
+    p.add_argument("--spec-types", default="ngram-simple,ngram-mod",
+                   help="llama-server --spec-type values to try (the best is the bar)")
+    p.add_argument("--models", help="corral model store to use (default: a fresh temporary one)")
+    p.add_argument("--corral-only", action="store_true", help="measure corral alone (no llama-server)")
+    sys.exit(asyncio.run(run(p.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
