@@ -46,10 +46,15 @@ def build_request(model: str, modelfile: Path,
     base = modelfile.resolve().parent
     body: dict[str, Any] = {"model": model}
     uploads: list[tuple[str, Path]] = []
+    n_from = sum(1 for cmd in mf.commands if cmd.name == "from")
     for cmd in mf.commands:
         if cmd.name in ("from", "adapter"):
             path = _local_path(cmd.value, base)
             if path is None and cmd.name == "from":
+                if n_from > 1:
+                    raise ModelfileError(f"Modelfile line {cmd.line}: with several FROM lines each must be a "
+                                         f"GGUF file (a model and its projector), not the model name "
+                                         f"{cmd.value!r}")
                 body["from"] = cmd.value
                 continue
             if path is None or not path.exists():

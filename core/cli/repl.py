@@ -186,7 +186,10 @@ class Repl:
         msgs = list(self.messages)
         if self.system is not None:
             msgs = [{"role": "system", "content": self.system}, *msgs]
-        msgs.append({"role": "user", "content": text})
+        from corral.cli.run import user_message
+
+        turn = user_message(text, self.info.get("capabilities") or [])
+        msgs.append(turn)
         body: dict[str, Any] = {"model": self.model, "messages": msgs, **self._extras()}
         if self.options:
             body["options"] = self.options
@@ -197,8 +200,8 @@ class Repl:
         answer = Answer(wordwrap=self.wordwrap, hidethinking=self.hidethinking, verbose=self.verbose)
         finished = chat_once(self.client, body, answer)
         # An interrupted answer is dropped from the context, as Ollama does: the model never said it.
-        if finished:
-            self.messages.append({"role": "user", "content": text})
+        if finished:  # the images stay in the history: the next turns still see them
+            self.messages.append(turn)
             self.messages.append({"role": "assistant", "content": "".join(answer.content)})
 
     # ---- /commands -------------------------------------------------------------------------------

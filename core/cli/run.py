@@ -137,6 +137,17 @@ def chat_once(client: Any, body: dict[str, Any], answer: Answer) -> bool:
     return True
 
 
+def user_message(text: str, caps: list[str]) -> dict[str, object]:
+    """A user turn; for a model that reads images or audio, file paths in ``text`` become attachments."""
+    if "vision" not in caps and "audio" not in caps:
+        return {"role": "user", "content": text}
+    from corral.cli.attach import attach_media
+    from corral.cli.common import load_config
+
+    text, images = attach_media(text, load_config().media_limits)
+    return {"role": "user", "content": text, **({"images": images} if images else {})}
+
+
 def parse_think(value: str | None) -> bool | str | None:
     if value is None:
         return None
@@ -223,7 +234,7 @@ def run(
     body = {"model": model, **{k: v for k, v in opts.items() if v is not None}}
     if text or piped:
         answer = Answer(wordwrap=not nowordwrap, hidethinking=hidethinking, verbose=verbose, gap=False)
-        if not chat_once(client, {**body, "messages": [{"role": "user", "content": text}]}, answer):
+        if not chat_once(client, {**body, "messages": [user_message(text, caps)]}, answer):
             raise typer.Exit(130)
         return
     if not sys.stdout.isatty():

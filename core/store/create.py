@@ -256,16 +256,19 @@ def spec_from_modelfile(modelfile: Modelfile, base_dir: Path) -> tuple[CreateSpe
     """
     spec = CreateSpec()
     uploads: dict[str, Path] = {}
-    frm = modelfile.first("from")
-    assert frm is not None  # parse_modelfile guarantees it
-    local = _local_path(frm.value, base_dir)
-    if local is not None:
-        digest = _hash_local(local, frm.line)
-        spec.files = {local.name: digest}
-        uploads[digest] = local
-    else:
-        parse_name(frm.value)
-        spec.from_ = frm.value
+    froms = modelfile.all("from")
+    for frm in froms:
+        local = _local_path(frm.value, base_dir)
+        if local is not None:
+            digest = _hash_local(local, frm.line)
+            spec.files[local.name] = digest
+            uploads[digest] = local
+        elif len(froms) > 1:
+            raise ModelfileError(f"Modelfile line {frm.line}: with several FROM lines each must be a GGUF "
+                                 f"file (a model and its projector), not the model name {frm.value!r}")
+        else:
+            parse_name(frm.value)
+            spec.from_ = frm.value
     for cmd in modelfile.all("adapter"):
         path = _local_path(cmd.value, base_dir, must=True)
         assert path is not None

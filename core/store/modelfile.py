@@ -94,9 +94,8 @@ def parse_modelfile(text: str) -> Modelfile:
         commands.append(_check(Command(name, value, lineno, args.lower() if name == "parameter" else args)))
     if not any(c.name == "from" for c in commands):
         raise ModelfileError("Modelfile has no FROM line")
-    froms = [c for c in commands if c.name == "from"]
-    if len(froms) > 1:
-        raise _err(froms[1].line, "FROM given more than once")
+    # Several FROM lines are GGUF files of one model (Ollama writes a vision model as its weights and
+    # its projector); whoever resolves them to files or a model name checks that they are files.
     return Modelfile(commands)
 
 

@@ -88,6 +88,8 @@ def modelfile_text(store: StoreLayout, record: ModelRecord) -> str:
     ]
     model = record.model_path or (store.blob_path(record.model_digest) if record.model_digest else None)
     out.append(f"FROM {model}" if model else f"FROM {record.display}")
+    if record.projector is not None:  # compat(ollama): the projector blob is a second FROM line
+        out.append(f"FROM {record.projector}")
     if record.template:
         out.append(f"TEMPLATE {quote(record.template)}")
     if record.system:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from corral.config import Config
@@ -9,6 +12,7 @@ from corral.engine import Engine
 from corral.plugins import load_plugins
 from corral.runner import local_runners, subprocess_runners
 from corral.server.app import create_app
+from corral.store.records import CreateSpec
 from corral.store.store import Store
 from corral.testing.fake import FakeBackend
 from corral.testing.live import TOOLS_TEMPLATE, LiveServer, add_tiny_models
@@ -38,6 +42,32 @@ def fake_server(root: Path, gguf: Path) -> Served:
     host.register(fake, "fake")
     engine = Engine(config, store, runner_factory=local_runners(config, host=host, backend="fake"))
     served = Served(config, store, engine, fake)
+    served.start()
+    return served
+
+
+def vision_server(root: Path, gguf: Path, projector: Path, **config: object) -> Served:
+    """The tiny model with its projector (tiny-vision; tiny-vision-tools with a tools template) and
+    alone (tiny), on the CPU backend in runner subprocesses."""
+    config = Config(models=root / "models", home=root, backend="cpu", num_parallel=2, context_length=512,
+                    **config)  # type: ignore[arg-type]
+    store = Store(config.models)
+    add_tiny_models(store, gguf, {})
+    data = projector.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def one() -> AsyncIterator[bytes]:
+        yield data
+
+    asyncio.run(store.put_blob(digest, one()))
+    model_digest = store.get("tiny").model_digest or ""
+    files = {"tiny.gguf": model_digest, "mmproj.gguf": digest}
+    for name, spec in (("tiny-vision", CreateSpec(files=files, parameters={"temperature": 0})),
+                       ("tiny-vision-tools", CreateSpec(from_="tiny-vision", template=TOOLS_TEMPLATE))):
+        for _ in store.create(name, spec):
+            pass
+    engine = Engine(config, store, runner_factory=subprocess_runners(config, backend="cpu"))
+    served = Served(config, store, engine)
     served.start()
     return served
 

@@ -127,8 +127,9 @@ async def show(request: Req, data: JSONBody[W.ModelRequest]) -> W.ShowResponse:
         model_info=info.model_info or {}, modelfile=info.modelfile, parameters=info.parameters,
         template=info.template, system=info.system, license=info.license, details=_details(info.details),
         messages=[_wire_message(m) for m in info.messages] or None, capabilities=info.capabilities or None,
-        tensors=info.tensors, modified_at=common.rfc3339(info.modified_at), renderer=info.renderer,
-        parser=info.parser, requires=info.requires)
+        projector_info=info.projector_info, tensors=info.tensors,
+        modified_at=common.rfc3339(info.modified_at), renderer=info.renderer, parser=info.parser,
+        requires=info.requires)
 
 
 @post("/api/copy", status_code=200, operation_id="copy", tags=["ollama"])

@@ -296,6 +296,7 @@ class ShowResponse(Struct, kw_only=True, omit_defaults=True):
     details: Details | None = None
     messages: list[ChatMessage] | None = None
     capabilities: list[str] | None = None
+    projector_info: dict[str, Any] | None = None  # the projector GGUF's metadata, as model_info
     tensors: list[dict[str, Any]] | None = None
     modified_at: str = ""
     renderer: str = ""

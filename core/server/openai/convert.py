@@ -12,6 +12,7 @@ from corral.conversation import Message, Tool, ToolCall
 from corral.errors import InvalidRequestError
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
 from corral.server import common
+from corral.server.fetch import is_remote
 from corral.server.openai import schemas as S
 
 FINGERPRINT = "fp_corral"
@@ -82,7 +83,18 @@ def _arguments(text: str) -> dict[str, Any]:
     return value
 
 
-def _messages(wire: list[S.RequestMessage]) -> list[Message]:
+def _image_url(part: S.ContentPart) -> str:
+    img = part.image_url
+    return img if isinstance(img, str) else (img.url if img else "")
+
+
+def remote_image_urls(req: S.ChatCompletionRequest) -> list[str]:
+    """The http(s) ``image_url``s of a request: the route fetches them (if allowed) before converting."""
+    return [_image_url(p) for m in req.messages or [] if isinstance(m.content, list) for p in m.content
+            if p.type == "image_url" and is_remote(_image_url(p))]
+
+
+def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[Message]:
     out: list[Message] = []
     names_by_id: dict[str, str] = {}
     for m in wire:
@@ -106,19 +118,27 @@ def _messages(wire: list[S.RequestMessage]) -> list[Message]:
             if part.type == "text":
                 out.append(Message(content=part.text or "", **base))
             elif part.type == "image_url":
-                img = part.image_url
-                url = img if isinstance(img, str) else (img.url if img else "")
-                if not url.startswith("data:"):
-                    raise InvalidRequestError("invalid image_url: only base64 data URIs are supported")
-                out.append(Message(images=[common.decode_image(url, "image_url")], **base))
+                url = _image_url(part)
+                if url in fetched:
+                    out.append(Message(images=[fetched[url]], **base))
+                elif url.startswith("data:"):
+                    out.append(Message(images=[common.decode_image(url, "image_url")], **base))
+                else:
+                    raise InvalidRequestError("invalid image_url: use a base64 data URI or an http(s) URL")
+            elif part.type == "input_audio":
+                if part.input_audio is None or not part.input_audio.data:
+                    raise InvalidRequestError("input_audio needs data (base64 audio)")
+                # compat(ollama): audio travels with the images; its bytes tell which it is
+                audio = common.decode_image(part.input_audio.data, "input_audio")
+                out.append(Message(images=[audio], **base))
             else:
                 raise InvalidRequestError(f"invalid content part type: {part.type!r}")
             base = {**base, "tool_calls": []}  # attach calls once
     return out
 
 
-def chat_job(req: S.ChatCompletionRequest) -> ChatJob:
-    """A ChatJob from /v1/chat/completions."""
+def chat_job(req: S.ChatCompletionRequest, fetched: dict[str, bytes] | None = None) -> ChatJob:
+    """A ChatJob from /v1/chat/completions; ``fetched`` holds the bytes of its http(s) image URLs."""
     model = common.require_model(req.model)
     if not req.messages:
         raise InvalidRequestError("[] is too short - 'messages'")
@@ -126,7 +146,7 @@ def chat_job(req: S.ChatCompletionRequest) -> ChatJob:
     tools = [Tool(name=t.function.name, description=t.function.description,
                   parameters=dict(t.function.parameters), type=t.type) for t in req.tools or []]
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
-    return ChatJob(model=model, messages=_messages(req.messages), tools=tools,
+    return ChatJob(model=model, messages=_messages(req.messages, fetched or {}), tools=tools,
                    format=_format(req.response_format), options=_sampling(req, max_tokens),
                    think=_think(req), logprobs=bool(req.logprobs) or top > 0,
                    top_logprobs=top)

@@ -10,6 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from corral.errors import ModelNotFoundError
+from corral.server.fetch import fetch_images
 from corral.server.openai import convert
 from corral.server.openai import schemas as S
 from corral.server.services import services
@@ -24,7 +25,9 @@ async def chat_completions(request: Req,
                            data: JSONBody[S.ChatCompletionRequest]) -> Response[S.ChatCompletion]:
     """Chat completion; SSE ``chat.completion.chunk`` events when ``stream`` is true."""
     svc, started = services(request), time.perf_counter()
-    job = convert.chat_job(data)
+    fetched = await fetch_images(convert.remote_image_urls(data), enabled=svc.config.fetch_images,
+                                 max_bytes=svc.config.max_media_size)
+    job = convert.chat_job(data, fetched)
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
     if not data.stream:
         done = await unless_disconnected(request.receive, collect(chunks))

@@ -16,12 +16,20 @@ class ImageURL(Struct, kw_only=True):
     detail: str | None = None
 
 
+class InputAudio(Struct, kw_only=True):
+    """``input_audio``: base64 audio and its format (wav, mp3, flac; the bytes say which)."""
+
+    data: str
+    format: str = ""
+
+
 class ContentPart(Struct, kw_only=True):
-    """One part of an array ``content``: text or an image (data URI)."""
+    """One part of an array ``content``: text, an image (data URI or http(s) URL) or audio."""
 
     type: str
     text: str | None = None
     image_url: str | ImageURL | None = None
+    input_audio: InputAudio | None = None
 
 
 class FunctionCall(Struct, kw_only=True, omit_defaults=True):
