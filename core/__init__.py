@@ -5,5 +5,8 @@ from __future__ import annotations
 from corral.hookspecs import hookimpl
 
 __version__ = "0.1.0"
+# The Ollama API version corral's /api/version reports: the one whose routes and fields it implements
+# (clients gate on it: Codex's --oss mode refuses servers below 0.13.4, where /v1/responses arrived).
+OLLAMA_API_VERSION = "0.13.4"
 
-__all__ = ["__version__", "hookimpl"]
+__all__ = ["OLLAMA_API_VERSION", "__version__", "hookimpl"]

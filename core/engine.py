@@ -14,7 +14,20 @@ import msgspec
 
 from corral.config import Config
 from corral.errors import BackendError, ContextLengthError, InvalidRequestError
-from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics, Think
+from corral.jobs import (
+    ChatJob,
+    Chunk,
+    DetokenizeJob,
+    EmbedJob,
+    EmbedOutput,
+    GenerateJob,
+    LogprobEntry,
+    Metrics,
+    RerankJob,
+    RerankOutput,
+    Think,
+    TokenizeJob,
+)
 from corral.media import inspect_media
 from corral.options import for_prompt, merge_options, to_generation, to_load_options
 from corral.prompts import (
@@ -121,12 +134,19 @@ class Engine:
                       want_context: bool) -> AsyncIterator[Chunk]:
         """Run ``request`` and turn its token events into chunks, parsed into content/thinking/tools."""
         generated: list[int] = []
+        thinking = pending = 0  # generated tokens that were reasoning; tokens not yet released as text
         final: TokenEvent | None = None
         async with aclosing(lease.runner.generate(request)) as events:
             async for ev in events:
                 if ev.token >= 0:
                     generated.append(ev.token)
-                chunk = _delta_chunk(parser.feed(ev.text) if ev.text else None, ev)
+                delta = parser.feed(ev.text) if ev.text else None
+                # A token whose text the parser holds back counts with the text it is released in.
+                pending += ev.token >= 0
+                if delta is not None and (delta.thinking or delta.content or delta.tool_calls):
+                    thinking += pending if delta.thinking and not delta.content else 0
+                    pending = 0
+                chunk = _delta_chunk(delta, ev)
                 if chunk is not None:
                     yield chunk
                 if ev.finish_reason is not None:
@@ -140,19 +160,24 @@ class Engine:
         if stats is not None:
             metrics.prompt_eval_count = stats.prompt_tokens
             metrics.prompt_eval_duration = stats.prompt_eval_ns
+            metrics.prompt_cached_count = stats.cached_tokens
             metrics.eval_count = stats.eval_count
             metrics.eval_duration = stats.eval_ns
             metrics.draft_count = stats.draft_tokens
             metrics.draft_accepted = stats.draft_accepted
+            metrics.thinking_count = min(thinking, stats.eval_count)
         reason = (final.finish_reason if final else None) or "stop"
         yield Chunk(done=True, done_reason=reason, metrics=metrics,
-                    context=request.prompt + generated if want_context else None)
+                    context=request.prompt + generated if want_context else None,
+                    stop_string=final.stop_string if final else "")
 
     @staticmethod
     def _request(generation: GenerationRequest, tokens: list[int], plan: PromptPlan, n_ctx: int, *,
                  truncate: bool, media: list[MediaInput]) -> GenerationRequest:
         if not truncate and len(tokens) >= n_ctx:
-            raise ContextLengthError(PROMPT_TOO_LONG)
+            raise ContextLengthError(f"{PROMPT_TOO_LONG} (the prompt has {len(tokens)} tokens and num_ctx is "
+                                     f"{n_ctx}: raise num_ctx in the request's options, the model's "
+                                     f"parameters or CORRAL_CONTEXT_LENGTH)")
         # the template's end-of-turn strings come after the user's own stops
         request = for_prompt(generation, tokens, n_ctx=n_ctx, grammar=plan.grammar,
                              json_schema=plan.json_schema, stop=plan.stop)
@@ -192,9 +217,7 @@ class Engine:
     async def chat(self, job: ChatJob) -> AsyncIterator[Chunk]:
         """Stream an assistant turn; tool calls arrive whole, thinking split from content."""
         start = time.monotonic_ns()
-        needed = ["completion"] + (["tools"] if job.tools else [])
-        needed += ["thinking"] if _wants(job.think) else []
-        needed += self._media_needs([img for m in job.messages for img in m.images])
+        needed = _chat_needs(job) + self._media_needs([img for m in job.messages for img in m.images])
         spec = await self._resolve(job.model, needed)
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
                                          top_logprobs=job.top_logprobs)
@@ -204,13 +227,7 @@ class Engine:
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             info = lease.handle.info
-            counter = _token_counter(lease, asyncio.get_running_loop())
-            # Rendering may call the token counter, which waits on this loop: so render on a thread.
-            plan = await asyncio.to_thread(
-                plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
-                eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
-            tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special,
-                                                 parse_special=True)
+            plan, tokens, media = await self._chat_prompt(lease, spec, job)
             request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate, media=media)
             if plan.turn_suffix:  # lets the backend ready the next turn's head once this answer ends
                 key = (spec.digest, plan.turn_suffix)
@@ -226,6 +243,65 @@ class Engine:
                     yield chunk
         finally:
             lease.release()
+
+    async def _chat_prompt(self, lease: Lease, spec: ModelSpec,
+                           job: ChatJob) -> tuple[PromptPlan, list[int], list[MediaInput]]:
+        """The rendered prompt plan of a chat job, its tokens and its media placed between them."""
+        info = lease.handle.info
+        counter = _token_counter(lease, asyncio.get_running_loop())
+        # Rendering may call the token counter, which waits on this loop: so render on a thread.
+        plan = await asyncio.to_thread(
+            plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
+            eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
+        tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special, parse_special=True)
+        return plan, tokens, media
+
+    async def count_tokens(self, job: ChatJob) -> int:
+        """How many prompt tokens ``job`` renders to, without generating (the model is loaded)."""
+        spec = await self._resolve(job.model, _chat_needs(job))
+        load, _generation = self._options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            _plan, tokens, _media = await self._chat_prompt(lease, spec, job)
+        finally:
+            lease.release()
+        return len(tokens)
+
+    async def tokenize(self, job: TokenizeJob) -> list[int]:
+        """The model's token ids for ``job.text``."""
+        spec = await self._resolve(job.model, [])
+        load, _generation = self._options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            return await lease.runner.tokenize(job.text, add_special=job.add_special,
+                                               parse_special=job.parse_special)
+        finally:
+            lease.release()
+
+    async def detokenize(self, job: DetokenizeJob) -> str:
+        """The text of ``job.tokens`` (an id outside the vocabulary is a 400)."""
+        spec = await self._resolve(job.model, [])
+        load, _generation = self._options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            return await lease.runner.detokenize(list(job.tokens), render_special=job.render_special)
+        finally:
+            lease.release()
+
+    async def rerank(self, job: RerankJob) -> RerankOutput:
+        """One relevance score per document, in order; the model must be a reranker."""
+        start = time.monotonic_ns()
+        spec = await self._resolve(job.model, ["rerank"])
+        load, _generation = self._options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            result = await lease.runner.rerank(job.query, list(job.documents))
+        finally:
+            lease.release()
+        if len(result.scores) != len(job.documents) or not all(math.isfinite(x) for x in result.scores):
+            raise BackendError("the reranker returned a wrong number of scores or non-finite ones")
+        return RerankOutput(scores=list(result.scores), prompt_eval_count=result.prompt_tokens,
+                            total_duration=time.monotonic_ns() - start, load_duration=lease.load_duration_ns)
 
     async def embed(self, job: EmbedJob) -> EmbedOutput:
         """One vector per input (L2-normalised when asked; ``dimensions`` truncates then re-normalises)."""
@@ -268,6 +344,13 @@ class Engine:
 
 def _wants(think: Think) -> bool:
     return think is not None and think is not False
+
+
+def _chat_needs(job: ChatJob) -> list[str]:
+    """The capabilities a chat job needs (no tools are needed when ``tool_choice`` is none)."""
+    tools = bool(job.tools) and job.tool_choice != "none"
+    think = _wants(job.think) and not job.think_if_supported
+    return ["completion"] + (["tools"] if tools else []) + (["thinking"] if think else [])
 
 
 def _delta_chunk(delta: ParsedDelta | None, ev: TokenEvent | None) -> Chunk | None:

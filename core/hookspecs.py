@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         GenerationRequest,
         LoadOptions,
         ModelHandle,
+        RerankResult,
         TokenEvent,
     )
 
@@ -98,6 +99,18 @@ def corral_embed(
 ) -> EmbeddingResult:
     """Return one pooled embedding per token list (L2-normalised when ``normalize``).
     A model that cannot embed raises ``CapabilityError``."""
+
+
+@hookspec(firstresult=True)
+def corral_rerank(handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:
+    """Score each document's relevance to ``query`` with a reranker (``handle.info.pooling == "rank"``).
+
+    The backend builds each query/document input as llama-server does: the model's ``rerank`` chat
+    template when it has one (``{query}`` and ``{document}`` replaced, special tokens parsed), else
+    BOS, query, EOS, SEP, document, EOS as the vocabulary adds them. Scores are the raw first output
+    of the rank head, in the documents' order. A model that is not a reranker raises
+    ``CapabilityError``; an input longer than the context raises ``ContextLengthError``.
+    """
 
 
 @hookspec(firstresult=True)

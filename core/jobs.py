@@ -104,11 +104,20 @@ class ChatJob(Struct, kw_only=True):
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    # "auto" (the model decides), "required" (it must call a tool: a grammar forces one, ``forced_tool``
+    # when set) or "none" (the tools are left out of the prompt and the parser).
+    tool_choice: str = "auto"
+    forced_tool: str = ""
+    think_if_supported: bool = False  # ``think`` applies only when the model can think (else: None)
 
     def __post_init__(self) -> None:
         self.think = _think(self.think)
         self.format = _format(self.format)
         _top_logprobs(self.top_logprobs)
+        if self.tool_choice not in ("auto", "none", "required"):
+            raise InvalidRequestError(f"invalid tool_choice {self.tool_choice!r}: use auto, none or required")
+        if self.forced_tool and self.tool_choice != "required":
+            raise InvalidRequestError("a named tool can only be forced with tool_choice required")
 
 
 MAX_EMBED_INPUTS = 2048  # per request, as OpenAI's embeddings API allows; bounds one request's work
@@ -133,17 +142,63 @@ class EmbedJob(Struct, kw_only=True):
                                       "request; split them over several requests)")
 
 
+class TokenizeJob(Struct, kw_only=True):
+    """Text to a model's token ids."""
+
+    model: str
+    text: str
+    add_special: bool = True  # BOS/EOS as the model adds them
+    parse_special: bool = True  # control-token text becomes that token
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    keep_alive: float | None = None
+
+
+class DetokenizeJob(Struct, kw_only=True):
+    """A model's token ids back to text."""
+
+    model: str
+    tokens: list[int]
+    render_special: bool = True  # control tokens appear as their text
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    keep_alive: float | None = None
+
+
+class RerankJob(Struct, kw_only=True):
+    """Relevance of each document to a query, by a reranker model (pooling ``rank``)."""
+
+    model: str
+    query: str
+    documents: list[str]
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    keep_alive: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.documents:
+            raise InvalidRequestError("documents must be a non-empty list of strings")
+
+
+class RerankOutput(Struct, kw_only=True):
+    """One score per document, in the documents' order (the wire layers sort and cut)."""
+
+    scores: list[float]
+    prompt_eval_count: int = 0
+    total_duration: int = 0
+    load_duration: int = 0
+
+
 class Metrics(Struct, kw_only=True):
     """Ollama's metrics, nanoseconds; the OpenAI layer turns the counts into `usage`."""
 
     total_duration: int = 0
     load_duration: int = 0
-    prompt_eval_count: int = 0
+    prompt_eval_count: int = 0  # every prompt token, the reused (cached) ones included
+    prompt_cached_count: int = 0  # prompt tokens whose KV cache was reused from an earlier request
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
     draft_count: int = 0  # tokens speculative decoding guessed (corral's /metrics, not Ollama's wire)
     draft_accepted: int = 0  # of those, the ones the model agreed with
+    thinking_count: int = 0  # generated tokens that were reasoning (inside the think block)
 
 
 class Chunk(Struct, kw_only=True):
@@ -160,6 +215,7 @@ class Chunk(Struct, kw_only=True):
     done_reason: str | None = None
     metrics: Metrics | None = None
     context: list[int] | None = None  # generate only, final chunk, not for raw
+    stop_string: str = ""  # final chunk: the stop string that ended the answer, if one did
 
 
 class LogprobEntry(Struct, kw_only=True):

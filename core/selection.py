@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         GenerationRequest,
         LoadOptions,
         ModelHandle,
+        RerankResult,
         TokenEvent,
     )
 
@@ -134,6 +135,9 @@ class BackendHooks:
         self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True
     ) -> EmbeddingResult:
         return self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
+
+    def rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:
+        return self._call("corral_rerank", handle=handle, query=query, documents=documents)
 
     def unload(self, handle: ModelHandle) -> None:
         self._call("corral_unload", optional=True, handle=handle)

@@ -38,6 +38,7 @@ class GGUFFacts(Struct, frozen=True, kw_only=True):
     embedding_length: int | None = None  # <arch>.embedding_length
     chat_template: str | None = None  # tokenizer.chat_template (Jinja), used when there is no Go TEMPLATE
     pooling: bool = False  # <arch>.pooling_type is present: the model pools tokens into embeddings
+    rerank: bool = False  # <arch>.pooling_type is 4 (rank): a reranker, its pooled output is a score
 
     @classmethod
     def from_kv(cls, kv: Mapping[str, Any] | None) -> GGUFFacts:
@@ -53,6 +54,7 @@ class GGUFFacts(Struct, frozen=True, kw_only=True):
             embedding_length=_positive_int(kv.get(f"{arch}.embedding_length")),
             chat_template=template if isinstance(template, str) and template else None,
             pooling=f"{arch}.pooling_type" in kv,
+            rerank=kv.get(f"{arch}.pooling_type") == POOLING_RANK,
         )
 
 
@@ -83,7 +85,7 @@ class ModelSpec(Struct, frozen=True, kw_only=True):
     template: str | None = None  # the Go TEMPLATE layer, if any (it beats gguf.chat_template)
     system: str | None = None  # the SYSTEM layer
     messages: tuple[Message, ...] = ()  # Modelfile MESSAGEs, put before a request's own
-    capabilities: tuple[str, ...] = ()  # completion | embedding, tools, insert, vision, thinking
+    capabilities: tuple[str, ...] = ()  # completion | embedding | rerank, tools, insert, vision, thinking
     gguf: GGUFFacts = GGUFFacts()
     details: ModelDetails = ModelDetails()
     # From the config blob, Ollama's names: the built-in prompt renderer (corral.prompts.renderers),
@@ -98,8 +100,11 @@ class ModelSpec(Struct, frozen=True, kw_only=True):
 
     @property
     def embedding_only(self) -> bool:
-        """An embedding model that cannot complete text (loaded for pooled output, one sequence)."""
-        return self.has("embedding") and not self.has("completion")
+        """An embedding model or a reranker: no text completion; loaded for pooled output, one sequence."""
+        return (self.has("embedding") or self.has("rerank")) and not self.has("completion")
+
+
+POOLING_RANK = 4  # GGUF <arch>.pooling_type of rerankers (llama.cpp's LLAMA_POOLING_TYPE_RANK)
 
 
 def _positive_int(value: Any) -> int | None:

@@ -193,12 +193,20 @@ class TokenEvent(Struct, frozen=True, kw_only=True):
     top_logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     stats: GenerationStats | None = None
+    stop_string: str = ""  # on the last event: the request's stop string that ended the stream, if one did
 
 
 class EmbeddingResult(Struct, frozen=True, kw_only=True):
     """One vector per input, with the number of tokens evaluated."""
 
     embeddings: list[list[float]]
+    prompt_tokens: int
+
+
+class RerankResult(Struct, frozen=True, kw_only=True):
+    """One relevance score per document (the reranker's raw output, higher is more relevant)."""
+
+    scores: list[float]
     prompt_tokens: int
 
 

@@ -145,6 +145,23 @@ def test_hook_corral_embed(hooks: BackendHooks, handle: ModelHandle) -> None:
     assert abs(sum(x * x for x in result.embeddings[1]) - 1.0) < 1e-6
 
 
+def test_hook_corral_rerank(hooks: BackendHooks, host: PluginHost, handle: ModelHandle,
+                            tmp_path: Path) -> None:
+    from corral.errors import CapabilityError
+    from corral.testing.tinyreranker import write_tiny_reranker
+
+    ranker = hooks.load_model(str(write_tiny_reranker(tmp_path / "rr.gguf")),
+                              LoadOptions(num_ctx=256, num_parallel=1, embedding=True))
+    try:
+        result = hooks.rerank(ranker, "capital of France", ["the sky", "Paris is the capital of France"])
+        assert len(result.scores) == 2 and result.scores[1] > result.scores[0] and result.prompt_tokens > 0
+    finally:
+        hooks.unload(ranker)
+    with pytest.raises(CapabilityError, match="not a reranker"):
+        hooks.rerank(handle, "q", ["d"])
+    assert not [c for c in fake_of(host, "bystander").history if c.op == "rerank"]  # only the backend is asked
+
+
 def test_hook_corral_unload(hooks: BackendHooks, gguf: str) -> None:
     handle = hooks.load_model(gguf, LoadOptions(num_ctx=64))
     hooks.unload(handle)

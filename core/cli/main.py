@@ -89,14 +89,18 @@ def _version(value: bool) -> None:
     from corral.cli.common import load_config
 
     client = Client.from_config(load_config())
-    server_version = None
+    server_version = api_version = None
     try:
         if client.ping(timeout=1.0):
-            server_version = (client.request("GET", "/api/version") or {}).get("version")
+            answer = client.request("GET", "/api/version") or {}
+            # corral's own version; "version" is the Ollama API version it implements
+            server_version = answer.get("corral_version") or answer.get("version")
+            api_version = answer.get("version") if answer.get("corral_version") else None
     except CorralError:
         server_version = None
     if server_version:
-        typer.echo(f"corral version is {server_version}")
+        suffix = f" (Ollama API {api_version})" if api_version else ""
+        typer.echo(f"corral version is {server_version}{suffix}")
         if server_version != __version__:
             typer.echo(f"Warning: client version is {__version__}")
     else:

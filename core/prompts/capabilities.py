@@ -1,4 +1,4 @@
-"""Model capabilities (completion, embedding, tools, insert, thinking, vision) and template markers."""
+"""Model capabilities (completion, embedding, rerank, tools, insert, thinking, vision), template markers."""
 
 from __future__ import annotations
 
@@ -132,6 +132,8 @@ def capabilities(template: str | None, gguf: GGUFFacts, *, projector: str | os.P
     else reads ``ModelSpec.capabilities``.
     """
     caps: list[str] = []
+    if gguf.rerank:  # a reranker: its pooled output is a relevance score, not an embedding
+        return ["rerank"]
     embedding = gguf.pooling or gguf.architecture in _EMBEDDING_ARCHS
     caps.append("embedding" if embedding else "completion")
     go, jinja = template_source(template, gguf)

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from corral.conversation import Message, Tool
-from corral.errors import CorralError
+from corral.errors import CorralError, InvalidRequestError
 from corral.jobs import ChatJob, Format, GenerateJob, Think
 from corral.prompts import formats, gotemplate, jinja, renderers
 from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
@@ -20,6 +20,7 @@ from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.media import MEDIA_MARKER, place_images, place_raw_images
 from corral.prompts.outparse import OutputParser
 from corral.prompts.schemanorm import json_constraint
+from corral.prompts.toolgrammar import tool_call_grammar
 from corral.spec import ModelSpec
 from corral.types import JsonConstraint
 
@@ -273,11 +274,21 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     jinja_src = gguf_template if not go_src else None
     fmt = output_format(spec.parser, go_src, jinja_src)
     markers = fmt.think_markers
-    think_on = _resolve_think(spec, job.think, fmt)
-    if job.tools and not fmt.tools:
+    # compat(ollama): relax_thinking: a client that asks for thinking "if the model can" gets none on a
+    # model that cannot, instead of an error
+    think = None if job.think_if_supported and not fmt.thinks else job.think
+    think_on = _resolve_think(spec, think, fmt)
+    active = [] if job.tool_choice == "none" else list(job.tools)  # "none": the model never sees them
+    if active and not fmt.tools:
         raise missing_capability(spec, "tools")
     grammar = grammar_for(job.format)
-    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,
+    if job.tool_choice == "required":
+        if grammar:
+            raise InvalidRequestError("a required tool call cannot be combined with a response format")
+        if fmt.name == "harmony":
+            raise InvalidRequestError("tool_choice required is not supported for harmony-format models")
+        grammar = tool_call_grammar(active, fmt.tool_tag, job.forced_tool)
+    renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(think, fmt), think_on,
                          fmt.thinks, builtin=spec.renderer)
 
     # compat(ollama): Modelfile MESSAGEs come first, then the request's; SYSTEM unless one is given
@@ -289,7 +300,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
 
     if markers is not None:
         msgs = [_strip_reasoning(m, markers) if i < len(msgs) - 1 else m for i, m in enumerate(msgs)]
-    msgs, tools = _model_names(msgs, list(job.tools), fmt)
+    msgs, tools = _model_names(msgs, active, fmt)
 
     def window_from(i: int) -> list[Message]:
         return [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
@@ -327,7 +338,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
         text, bos_token, grammar=grammar, json_schema=schema, stop=_stops(src, fmt),
         images=[img for m in window for img in m.images], think=think_on,
         think_markers=markers or ("<think>", "</think>"), starts_thinking=inside,
-        tools=list(job.tools), tool_tag=fmt.tool_tag, truncated=start > 0, format=fmt,
+        tools=active, tool_tag=fmt.tool_tag, truncated=start > 0, format=fmt,
         turn_suffix=_turn_suffix(renderer), tokens=fitted[1] if fitted is not None else None,
     )
 

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator, Callable
 
 from corral.errors import BackendError
 from corral.spec import ModelSpec
-from corral.types import EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+from corral.types import (
+    EmbeddingResult,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    RerankResult,
+    TokenEvent,
+)
 
 log = logging.getLogger("corral.runner")
 
@@ -78,6 +85,10 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
+        ...
+
+    @abc.abstractmethod
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
         ...
 
     @abc.abstractmethod

@@ -204,6 +204,8 @@ class RunnerChild:
             return self.hooks.detokenize(self._loaded(), msg.tokens, render_special=msg.render_special)
         if isinstance(msg, p.Embed):
             return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize)
+        if isinstance(msg, p.Rerank):
+            return self.hooks.rerank(self._loaded(), msg.query, msg.documents)
         if isinstance(msg, p.Quantize):
             self.hooks.quantize(msg.source, msg.destination, msg.file_type)
             return True

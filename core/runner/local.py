@@ -12,7 +12,15 @@ from corral.plugins import PluginHost, load_plugins
 from corral.runner.base import RUNNER_STOPPED, Runner, model_file
 from corral.selection import BackendHooks, select_backend
 from corral.spec import ModelSpec
-from corral.types import CancelToken, EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+from corral.types import (
+    CancelToken,
+    EmbeddingResult,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    RerankResult,
+    TokenEvent,
+)
 
 if TYPE_CHECKING:
 
@@ -77,6 +85,9 @@ class LocalRunner(Runner):
 
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
         return await asyncio.to_thread(self._hooks.embed, self._loaded(), inputs, normalize=normalize)
+
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
+        return await asyncio.to_thread(self._hooks.rerank, self._loaded(), query, documents)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         handle = self._loaded()

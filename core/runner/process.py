@@ -18,7 +18,14 @@ from corral.errors import BackendError, CorralError, RunnerStoppedError
 from corral.runner import protocol as p
 from corral.runner.base import RUNNER_STOPPED, Runner
 from corral.spec import ModelSpec
-from corral.types import EmbeddingResult, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+from corral.types import (
+    EmbeddingResult,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    RerankResult,
+    TokenEvent,
+)
 
 log = logging.getLogger("corral.runner")
 
@@ -215,6 +222,10 @@ class ProcessRunner(Runner):
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
         msg = p.Embed(id=next(self._ids), inputs=inputs, normalize=normalize)
         return await self._call(msg, EmbeddingResult)
+
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
+        msg = p.Rerank(id=next(self._ids), query=query, documents=documents)
+        return await self._call(msg, RerankResult)
 
     async def quantize(self, source: str, destination: str, file_type: str) -> None:
         msg = p.Quantize(id=next(self._ids), source=source, destination=destination, file_type=file_type)

@@ -49,6 +49,12 @@ class Embed(Struct, tag="embed", kw_only=True):
     normalize: bool = True
 
 
+class Rerank(Struct, tag="rerank", kw_only=True):
+    id: int
+    query: str
+    documents: list[str]
+
+
 class Unload(Struct, tag="unload", kw_only=True):
     id: int
 
@@ -64,7 +70,7 @@ class Cancel(Struct, tag="cancel", kw_only=True):
     target: int  # the id of the generate request to stop
 
 
-ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Unload | Quantize | Cancel
+ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Rerank | Unload | Quantize | Cancel
 
 
 # ---- runner -> parent ----------------------------------------------------------------------------

@@ -17,10 +17,13 @@ import corral
 from corral.config import Config
 from corral.engine import Engine
 from corral.runner import runner_quantizer, subprocess_runners
+from corral.server.anthropic.routes import ROUTES as ANTHROPIC_ROUTES
 from corral.server.errors import ErrorBody, OpenAIErrorBody, plain_error
+from corral.server.llamaserver.routes import ROUTES as LLAMA_SERVER_ROUTES
 from corral.server.metrics import AccessLog, ServerMetrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
 from corral.server.openai.routes import ROUTES as OPENAI_ROUTES
+from corral.server.responses.routes import ROUTES as RESPONSES_ROUTES
 from corral.server.security import SecurityMiddleware
 from corral.server.services import Services, services
 from corral.store import Store
@@ -128,7 +131,8 @@ def create_app(config: Config, *, engine: Engine | None = None, store: Store | N
     _document_errors([*OLLAMA_ROUTES, metrics_route], ErrorBody)
     _document_errors(OPENAI_ROUTES, OpenAIErrorBody)
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, metrics_route],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *RESPONSES_ROUTES, *ANTHROPIC_ROUTES,
+                        *LLAMA_SERVER_ROUTES, metrics_route],
         exception_handlers={Exception: plain_error},
         # Outermost first: every request is logged and counted, refused ones included.
         middleware=[access_log, security],

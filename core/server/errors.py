@@ -1,4 +1,4 @@
-"""One table from corral errors to HTTP statuses, and the two error envelopes (Ollama and OpenAI)."""
+"""Corral errors to HTTP statuses, and each API's error envelope (Ollama, OpenAI, Anthropic)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,28 @@ class OpenAIErrorBody(msgspec.Struct):
     """The OpenAI envelope: ``{"error": {"message", "type", "param", "code"}}``."""
 
     error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(msgspec.Struct):
+    """The inner object of an Anthropic error."""
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    """The Anthropic envelope: ``{"type": "error", "error": {"type", "message"}}``."""
+
+    type: str
+    error: AnthropicErrorDetail
+
+
+# compat(anthropic): the documented error types per status (529 is Anthropic's "overloaded").
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error", 529: "overloaded_error"}
+# llama-server's own routes answer errors in the OpenAI shape, as llama-server does.
+_LLAMA_SERVER_PATHS = ("/tokenize", "/detokenize", "/rerank", "/reranking")
 
 
 def _bad_body(exc: BaseException) -> str | None:
@@ -120,6 +142,21 @@ def openai_type(status: int) -> str:
     return _OPENAI_TYPES.get(status, "api_error")
 
 
+def anthropic_body(message: str, status: int) -> AnthropicErrorBody:
+    """The Anthropic envelope for a message and status."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error")
+    return AnthropicErrorBody(type="error", error=AnthropicErrorDetail(type=kind, message=message))
+
+
+def error_body(path: str, message: str, status: int) -> msgspec.Struct:
+    """The envelope of the API that serves ``path``."""
+    if path.startswith("/v1/messages"):
+        return anthropic_body(message, status)
+    if path.startswith("/v1") or path in _LLAMA_SERVER_PATHS:
+        return openai_body(message, status)
+    return native_body(message)
+
+
 def native_body(message: str) -> ErrorBody:
     """The native envelope for a message."""
     return ErrorBody(error=message)
@@ -153,23 +190,11 @@ def _status_and_message(request: Request, exc: Exception) -> tuple[int, str]:
     return status, "missing request body" if _missing_body(request, exc) else message_for(exc)
 
 
-def ollama_error(request: Request, exc: Exception) -> Response[ErrorBody]:
-    """Exception handler for the native API."""
+def plain_error(request: Request, exc: Exception) -> Response[msgspec.Struct]:
+    """App-level handler: each API's paths get its own envelope (see ``error_body``)."""
     status, msg = _status_and_message(request, exc)
-    return Response(native_body(msg), status_code=status, media_type="application/json")
-
-
-def openai_error(request: Request, exc: Exception) -> Response[OpenAIErrorBody]:
-    """Exception handler for the OpenAI API."""
-    status, msg = _status_and_message(request, exc)
-    return Response(openai_body(msg, status), status_code=status, media_type="application/json")
-
-
-def plain_error(request: Request, exc: Exception) -> Response[ErrorBody]:
-    """App-level handler: /v1 paths get the OpenAI envelope, everything else the native one."""
-    if request.url.path.startswith("/v1"):
-        return openai_error(request, exc)  # type: ignore[return-value]
-    return ollama_error(request, exc)
+    return Response(error_body(request.url.path, msg, status), status_code=status,
+                    media_type="application/json")
 
 
 # For envelopes written outside Litestar (the security middleware answers before any route runs).

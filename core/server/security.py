@@ -14,13 +14,14 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.config import Config
-from corral.server.errors import ENCODER_ERRORS, native_body, openai_body
+from corral.server.errors import ENCODER_ERRORS, error_body
 
 # compat(ollama): gin-contrib/cors defaults in server/routes.go (browser extensions are left out: a
 # stray extension should not get the model API without the user saying so in CORRAL_ORIGINS).
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
 _APP_SCHEMES = ("app", "file", "tauri", "vscode-webview", "vscode-file")
-_ALLOW_HEADERS = ("authorization", "content-type", "user-agent", "accept", "x-requested-with", "openai-beta")
+_ALLOW_HEADERS = ("authorization", "content-type", "user-agent", "accept", "x-requested-with", "openai-beta",
+                  "x-api-key", "anthropic-version", "anthropic-beta")
 _ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 # Content types a browser may POST cross-site without a CORS preflight.
 _SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
@@ -139,7 +140,7 @@ class SecurityMiddleware:
                 return
 
         if self.key_digest is not None and (method, path) not in _PUBLIC and method != "OPTIONS":
-            if not self._key_ok(headers.get("authorization", "")):
+            if not self._key_ok(headers.get("authorization", ""), headers.get("x-api-key", "")):
                 await _reject(send, path, 401, "unauthorized: missing or invalid API key",
                               [(b"www-authenticate", b"Bearer")], cors)
                 return
@@ -179,9 +180,12 @@ class SecurityMiddleware:
                 raise
             await _reject(send, path, 413, f"request body too large (limit {limit} bytes)", extra=cors)
 
-    def _key_ok(self, authorization: str) -> bool:
+    def _key_ok(self, authorization: str, x_api_key: str = "") -> bool:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or self.key_digest is None:
+        if scheme.lower() != "bearer":
+            # compat(anthropic): Anthropic's clients send the key as x-api-key instead.
+            token = x_api_key
+        if not token or self.key_digest is None:
             return False
         # Compare fixed-length digests so the time taken says nothing about the key or its length.
         return hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self.key_digest)
@@ -209,6 +213,6 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
 async def _reject(send: Send, path: str, status: int, message: str,
                   extra: list[tuple[bytes, bytes]] | None = None,
                   cors: list[tuple[bytes, bytes]] | None = None) -> None:
-    envelope = openai_body(message, status) if path.startswith("/v1") else native_body(message)
+    envelope = error_body(path, message, status)
     headers = [(b"content-type", b"application/json"), *(extra or []), *(cors or [])]
     await _send(send, status, headers, ENCODER_ERRORS.encode(envelope))

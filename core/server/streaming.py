@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
@@ -159,7 +159,8 @@ async def collect(chunks: AsyncIterator[Chunk]) -> Chunk:
     finally:
         await close_quietly(chunks)
     return Chunk(content="".join(content), thinking="".join(thinking), tool_calls=calls, logprobs=logprobs,
-                 done=True, done_reason=last.done_reason, metrics=last.metrics, context=last.context)
+                 done=True, done_reason=last.done_reason, metrics=last.metrics, context=last.context,
+                 stop_string=last.stop_string)
 
 
 async def thread_iter(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
@@ -211,3 +212,49 @@ async def unless_disconnected(receive: Callable[[], Awaitable[Any]], work: Await
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     raise GenerationCancelledError("request canceled: the client disconnected")
+
+
+class Started(Generic[T]):
+    """A core stream whose first item was awaited for a grace period (see ``start_stream``)."""
+
+    def __init__(self, it: AsyncIterator[T], first: asyncio.Task[T]) -> None:
+        self.it, self.first = it, first
+
+    async def items(self, every: float) -> AsyncIterator[T | None]:
+        """The stream's items; ``None`` every ``every`` seconds while the first is still coming."""
+        try:
+            while not self.first.done():
+                done, _ = await asyncio.wait({self.first}, timeout=every)
+                if not done:
+                    yield None
+            try:
+                first = self.first.result()
+            except StopAsyncIteration:
+                return
+            yield first
+            async for item in self.it:
+                yield item
+        finally:
+            if not self.first.done():
+                self.first.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.first
+            await close_quietly(self.it)
+
+
+async def start_stream(source: AsyncIterator[T], grace: float) -> Started[T]:
+    """Start a core stream and wait up to ``grace`` seconds for its first item.
+
+    Errors raised by then (unknown model, bad options, a prompt that does not fit) propagate here and
+    get a real HTTP status; a longer wait (a big prompt being evaluated) lets the response start, so
+    the client sees keep-alive events instead of silence, and a later error goes in-band.
+    """
+    it = source.__aiter__()
+    first = asyncio.ensure_future(it.__anext__())
+    await asyncio.wait({first}, timeout=grace)
+    if first.done() and not first.cancelled() and first.exception() is not None:
+        exc = first.exception()
+        if not isinstance(exc, StopAsyncIteration):
+            await close_quietly(it)
+            raise exc  # type: ignore[misc]
+    return Started(it, first)

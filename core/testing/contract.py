@@ -100,6 +100,14 @@ class BackendContract:
 
     @pytest.fixture(scope="class")
     @classmethod
+    def reranker_path(cls, tmp_path_factory: pytest.TempPathFactory) -> str:
+        """A reranker GGUF (pooling ``rank``); by default the tiny generated one."""
+        from corral.testing.tinyreranker import write_tiny_reranker
+
+        return str(write_tiny_reranker(tmp_path_factory.mktemp("reranker") / "reranker.gguf"))
+
+    @pytest.fixture(scope="class")
+    @classmethod
     def load_options(cls) -> LoadOptions:
         return LoadOptions(num_ctx=512, num_parallel=2, num_batch=256)
 
@@ -255,6 +263,24 @@ class BackendContract:
                                                                           strict=True))
         finally:
             backend_hooks.unload(handle)
+
+    def test_rerank_scores_each_document(self, backend_hooks: BackendHooks, reranker_path: str,
+                                         model: ModelHandle) -> None:
+        handle = backend_hooks.load_model(str(reranker_path), LoadOptions(num_ctx=512, num_parallel=1,
+                                                                          embedding=True))
+        try:
+            assert handle.info.pooling == "rank"
+            docs = ["the sky is blue", "Paris is the capital of France", "hello world"]
+            result = backend_hooks.rerank(handle, "what is the capital of France", docs)
+            assert len(result.scores) == 3 and all(math.isfinite(x) for x in result.scores)
+            assert len(set(result.scores)) > 1, "every document got the same score"
+            assert result.prompt_tokens > 0
+            again = backend_hooks.rerank(handle, "what is the capital of France", docs[1:2])
+            assert math.isclose(again.scores[0], result.scores[1], abs_tol=1e-5)  # a pair scores alone
+        finally:
+            backend_hooks.unload(handle)
+        with pytest.raises(CapabilityError):
+            backend_hooks.rerank(model, "query", ["a document"])  # not a reranker
 
     def test_unload_is_idempotent(self, backend_hooks: BackendHooks, model_path: str) -> None:
         handle = backend_hooks.load_model(str(model_path), LoadOptions(num_ctx=256, num_parallel=1))

@@ -26,6 +26,7 @@ import msgspec
 from corral.config import Config, fake_script
 from corral.errors import (
     BackendError,
+    CapabilityError,
     ContextLengthError,
     InvalidRequestError,
     ModelLoadError,
@@ -46,6 +47,7 @@ from corral.types import (
     MemoryUsage,
     ModelHandle,
     ModelInfo,
+    RerankResult,
     TokenEvent,
     TokenLogprob,
 )
@@ -80,7 +82,7 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class FakeCall(msgspec.Struct, kw_only=True):
     """One call the fake backend saw, in ``FakeBackend.history``."""
 
-    op: str  # load | tokenize | detokenize | generate | embed | unload | quantize
+    op: str  # load | tokenize | detokenize | generate | embed | rerank | unload | quantize
     handle: str = ""
     path: str = ""
     text: str = ""  # prompt text for generate, input text for tokenize
@@ -222,7 +224,7 @@ class FakeBackend:
             chat_template=template if isinstance(template, str) else None,
             bos_token=bos_text, eos_token=eos_text,
             add_bos=bool(kv.get("tokenizer.ggml.add_bos_token", True)),
-            pooling="mean" if options.embedding else "none",
+            pooling=_pooling(kv, arch, options.embedding),
             vision=bool(projector and projector.vision), audio=bool(projector and projector.audio),
         )
         handle = ModelHandle(id=f"{self.name}-{next(self._ids)}", backend=self.name, path=path,
@@ -347,7 +349,8 @@ class FakeBackend:
         stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=cached,
                                 prompt_eval_ns=max(1, t1 - t0), eval_count=len(emitted),
                                 eval_ns=max(1, t2 - t1), truncated=truncated)
-        yield TokenEvent(token=-1, text=tail, finish_reason=finish, stats=stats)
+        yield TokenEvent(token=-1, text=tail, finish_reason=finish, stats=stats,
+                         stop_string=stops.matched or "")
 
     @hookimpl
     def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
@@ -372,6 +375,26 @@ class FakeBackend:
                 vec = [v / norm for v in vec]
             out.append(vec)
         return EmbeddingResult(embeddings=out, prompt_tokens=sum(len(t) for t in inputs))
+
+    @hookimpl
+    def corral_rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:
+        """Scores from word overlap (the share of the query's words in the document) plus a small
+        per-pair hash, so ties are rare and the same pair always scores the same."""
+        self._model(handle)  # an unknown handle is an error
+        self._record(FakeCall(op="rerank", handle=handle.id, text=query))
+        if handle.info.pooling != "rank":
+            raise CapabilityError(f"model {handle.path} is not a reranker")
+        words = set(query.lower().split())
+        scores, tokens = [], 0
+        for doc in documents:
+            n = len(self.corral_tokenize(handle, query, True, False)) + len(doc.encode()) + 1
+            if n > handle.info.n_ctx:
+                raise ContextLengthError(f"a query/document pair has {n} tokens, more than the context of "
+                                         f"{handle.info.n_ctx}")
+            tokens += n
+            overlap = len(words & set(doc.lower().split())) / max(1, len(words))
+            scores.append(overlap + (hash_text(f"{query}\x00{doc}") % 1000) / 1e6)
+        return RerankResult(scores=scores, prompt_tokens=tokens)
 
     @hookimpl
     def corral_unload(self, handle: ModelHandle) -> bool:
@@ -414,6 +437,13 @@ class FakeBackend:
 def hash_text(text: str) -> int:
     """A process-independent 63-bit hash (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def _pooling(kv: dict[str, object], arch: str, embedding: bool) -> str:
+    """A GGUF pooling type 4 is a reranker's rank head; otherwise embeddings are mean-pooled."""
+    if kv.get(f"{arch}.pooling_type") == 4:
+        return "rank"
+    return "mean" if embedding else "none"
 
 
 def _fail(rule: Rule) -> None:

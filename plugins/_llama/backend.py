@@ -23,6 +23,7 @@ from corral.types import (
     GenerationRequest,
     LoadOptions,
     ModelHandle,
+    RerankResult,
     TokenEvent,
 )
 from corral_plugins._llama import library
@@ -165,8 +166,7 @@ class LlamaBackend:
             raise CapabilityError("this model was loaded for embeddings only; it cannot generate")
         return entry.batcher.submit(request, cancel)
 
-    @hookimpl
-    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+    def _embedder_of(self, handle: ModelHandle) -> Any:
         entry = self._entry(handle)
         with entry.lock:  # one embedding context per model, made on first use
             if entry.embedder is None:
@@ -174,7 +174,20 @@ class LlamaBackend:
                     entry.embedder = self._embedder(entry.model, handle.options)
                 except BackendError as exc:
                     raise CapabilityError(f"model {handle.path} does not support embeddings: {exc}") from exc
-        return entry.embedder.embed(inputs, normalize)
+        return entry.embedder
+
+    @hookimpl
+    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+        return self._embedder_of(handle).embed(inputs, normalize)
+
+    @hookimpl
+    def corral_rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:
+        from corral_plugins._llama.rerank import rerank
+
+        if handle.info.pooling != "rank":
+            raise CapabilityError(f"model {handle.path} is not a reranker (pooling type "
+                                  f"{handle.info.pooling!r}, not 'rank')")
+        return rerank(self._embedder_of(handle), query, documents)
 
     @hookimpl
     def corral_unload(self, handle: ModelHandle) -> bool:

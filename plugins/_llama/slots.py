@@ -111,7 +111,8 @@ class Job:
             draft_tokens=self.drafter.drafted if self.drafter else 0,
             draft_accepted=self.drafter.accepted if self.drafter else 0,
         )
-        return TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats)
+        return TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats,
+                          stop_string=self.stopper.matched or "")
 
 
 class Slot:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from corral.config import Config
 from corral.engine import Engine
@@ -32,9 +33,9 @@ class Served(LiveServer):
         super().__init__(create_app(config, engine=engine, store=store))
 
 
-def fake_server(root: Path, gguf: Path) -> Served:
-    """A server over the in-process fake backend with the tiny models."""
-    config = Config(models=root / "models", home=root)
+def fake_server(root: Path, gguf: Path, **settings: Any) -> Served:
+    """A server over the in-process fake backend with the tiny models (``settings``: Config fields)."""
+    config = Config(models=root / "models", home=root, **settings)
     store = Store(config.models)
     add_tiny_models(store, gguf, TEMPLATES)
     fake = FakeBackend()

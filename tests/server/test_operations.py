@@ -51,6 +51,21 @@ def test_metrics_count_requests_tokens_and_latency(client: TestClient[Any]) -> N
     assert m["corral_http_requests_in_flight"] == 1  # this scrape
 
 
+def test_metrics_label_the_agent_routes(client: TestClient[Any]) -> None:
+    client.post("/v1/messages?beta=true", json={"model": "tiny", "max_tokens": 4,
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    client.post("/v1/responses", json={"model": "tiny", "input": "hi", "max_output_tokens": 4})
+    client.post("/v1/responses", json={"model": "tiny", "input": "hi", "bogus": 1})
+    client.post("/api/tokenize", json={"model": "tiny", "content": "hi"})
+    client.post("/tokenize", json={"model": "tiny", "content": "hi"})
+    client.post("/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})
+    m = _metrics(client)
+    for route, status in (("/v1/messages", 200), ("/v1/responses", 200), ("/v1/responses", 400),
+                          ("/api/tokenize", 200), ("/tokenize", 200), ("/v1/rerank", 400)):
+        assert m[f'corral_http_requests_total{{route="{route}",method="POST",status="{status}"}}'] >= 1, route
+    assert m['corral_generated_tokens_total{model="tiny"}'] == 8  # both agent APIs' turns are counted
+
+
 def test_histogram_and_counter_text() -> None:
     h = Histogram("x_seconds", "help", (0.1, 1.0))
     for v in (0.05, 0.5, 5.0):
@@ -82,7 +97,9 @@ def test_openapi_schema_is_served_and_describes_the_wire(client: TestClient[Any]
     for p in ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps",
               "/api/show", "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete",
               "/api/blobs/{digest}", "/api/version", "/", "/v1/chat/completions", "/v1/completions",
-              "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/metrics"):
+              "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/metrics", "/v1/messages",
+              "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/{response_id}", "/api/tokenize",
+              "/api/detokenize", "/tokenize", "/detokenize", "/v1/rerank", "/rerank"):
         assert p in paths, p
     schemas = spec["components"]["schemas"]
     gen = schemas["GenerateRequest"]["properties"]

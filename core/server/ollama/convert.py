@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.jobs import ChatJob, Chunk, EmbedJob, GenerateJob, LogprobEntry
+from corral.errors import InvalidRequestError
+from corral.jobs import ChatJob, Chunk, DetokenizeJob, EmbedJob, GenerateJob, LogprobEntry, TokenizeJob
 from corral.server import common
 from corral.server.ollama.schemas import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    DetokenizeRequest,
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
     GenerateResponse,
     Logprob,
     ResponseMessage,
+    TokenizeRequest,
     ToolCallFunction,
     ToolCallWire,
     TopLogprob,
@@ -68,6 +71,24 @@ def embed_job(req: EmbedRequest) -> EmbedJob:
     return EmbedJob(model=model, inputs=inputs, truncate=True if req.truncate is None else req.truncate,
                     dimensions=req.dimensions, normalize=True, options=common.options(req.options),
                     keep_alive=common.keep_alive(req.keep_alive))
+
+
+def tokenize_job(req: TokenizeRequest) -> TokenizeJob:
+    """A TokenizeJob from /api/tokenize."""
+    if req.content is None:
+        raise InvalidRequestError("content is required")
+    return TokenizeJob(model=common.require_model(req.model), text=req.content, add_special=req.add_special,
+                       parse_special=req.parse_special, options=common.options(req.options),
+                       keep_alive=common.keep_alive(req.keep_alive))
+
+
+def detokenize_job(req: DetokenizeRequest) -> DetokenizeJob:
+    """A DetokenizeJob from /api/detokenize."""
+    if req.tokens is None:
+        raise InvalidRequestError("tokens is required")
+    return DetokenizeJob(model=common.require_model(req.model), tokens=req.tokens,
+                         render_special=req.render_special, options=common.options(req.options),
+                         keep_alive=common.keep_alive(req.keep_alive))
 
 
 def embeddings_job(req: EmbeddingsRequest) -> EmbedJob:

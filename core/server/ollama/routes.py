@@ -78,6 +78,20 @@ async def embeddings(request: Req, data: JSONBody[W.EmbeddingsRequest]) -> W.Emb
     return W.EmbeddingsResponse(embedding=out.embeddings[0] if out.embeddings else [])
 
 
+@post("/api/tokenize", status_code=200, operation_id="tokenize", tags=["ollama"])
+async def tokenize(request: Req, data: JSONBody[W.TokenizeRequest]) -> W.TokenizeResponse:
+    """Token ids of ``content`` in the model's vocabulary (``add_special``, ``parse_special``)."""
+    tokens = await services(request).engine.tokenize(convert.tokenize_job(data))
+    return W.TokenizeResponse(model=data.model, tokens=tokens)
+
+
+@post("/api/detokenize", status_code=200, operation_id="detokenize", tags=["ollama"])
+async def detokenize(request: Req, data: JSONBody[W.DetokenizeRequest]) -> W.DetokenizeResponse:
+    """The text of ``tokens``; control tokens render as their text unless ``render_special`` is false."""
+    content = await services(request).engine.detokenize(convert.detokenize_job(data))
+    return W.DetokenizeResponse(model=data.model, content=content)
+
+
 # ---- models --------------------------------------------------------------------------------------
 def _details(d: ModelDetails) -> W.Details:
     return W.Details(parent_model=d.parent_model, format=d.format or "gguf", family=d.family,
@@ -218,8 +232,8 @@ async def root_head() -> None:
 
 @get("/api/version", operation_id="version", tags=["ollama"])
 async def version() -> W.VersionResponse:
-    """The server version."""
-    return W.VersionResponse(version=corral.__version__)
+    """The Ollama API version corral implements (clients gate features on it) and corral's own."""
+    return W.VersionResponse(version=corral.OLLAMA_API_VERSION, corral_version=corral.__version__)
 
 
 @head("/api/version", operation_id="version_head", tags=["ollama"])
@@ -227,5 +241,6 @@ async def version_head() -> None:
     """HEAD version check."""
 
 
-ROUTES = [generate, chat, embed, embeddings, tags, tags_head, ps, show, copy, delete_model, pull, push,
+ROUTES = [generate, chat, embed, embeddings, tokenize, detokenize,
+          tags, tags_head, ps, show, copy, delete_model, pull, push,
           create, blob_exists, blob_upload, root, root_head, version, version_head]

@@ -314,6 +314,42 @@ class ProgressResponse(Struct, kw_only=True, omit_defaults=True):
 
 
 class VersionResponse(Struct, kw_only=True):
-    """GET /api/version."""
+    """GET /api/version: the Ollama API version corral implements, and corral's own."""
 
     version: str
+    corral_version: str
+
+
+class TokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /api/tokenize."""
+
+    model: str = ""
+    content: str | None = None
+    add_special: bool = True
+    parse_special: bool = True
+    keep_alive: WireKeepAlive = None
+    options: dict[str, Any] | None = None
+
+
+class TokenizeResponse(Struct, kw_only=True):
+    """Token ids of the content in the model's vocabulary."""
+
+    model: str
+    tokens: list[int]
+
+
+class DetokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /api/detokenize."""
+
+    model: str = ""
+    tokens: list[int] | None = None
+    render_special: bool = True
+    keep_alive: WireKeepAlive = None
+    options: dict[str, Any] | None = None
+
+
+class DetokenizeResponse(Struct, kw_only=True):
+    """The text of the tokens."""
+
+    model: str
+    content: str

@@ -1,0 +1,68 @@
+"""A grammar that makes the model call a tool (``tool_choice`` required / a named tool), in its own syntax."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from corral.conversation import Tool
+from corral.errors import GrammarError, InvalidRequestError
+from corral.prompts.grammar import gbnf_literal, schema_to_gbnf
+
+# What closes a call after its JSON, for the openers whose templates close them.
+_CLOSERS = {"<tool_call>": "</tool_call>"}
+
+
+def _rebase_refs(schema: Any, base: str) -> Any:
+    """``schema`` with its local ``$ref``s pointing into the combined schema at ``base``."""
+    if isinstance(schema, dict):
+        out = {k: _rebase_refs(v, base) for k, v in schema.items()}
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = base + ref[1:]
+        return out
+    if isinstance(schema, list):
+        return [_rebase_refs(v, base) for v in schema]
+    return schema
+
+
+def _arguments_schema(tool: Tool, base: str) -> dict[str, Any]:
+    """The tool's parameters as the arguments' schema; one the converter cannot express is relaxed to
+    any JSON object (the call is still forced and still parsed; only its arguments are unconstrained)."""
+    params = tool.parameters or {"type": "object"}
+    try:
+        schema_to_gbnf(params)
+    except GrammarError:
+        return {"type": "object"}
+    return _rebase_refs(params, base)
+
+
+def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
+    """GBNF whose every match is one call of one of ``tools`` (or of ``only``), written after the
+    template's call opener ``tag`` ("{" = a bare JSON object) the way the output parser reads it.
+
+    Raises:
+        InvalidRequestError: no tools, or ``only`` names none of them.
+    """
+    if not tools:
+        raise InvalidRequestError("tool_choice requires a tool to call, but the request has no tools")
+    chosen = [t for t in tools if not only or t.name == only]
+    if not chosen:
+        raise InvalidRequestError(
+            f"tool_choice names the tool {only!r}, which is not among the request's tools")
+    alternatives = []
+    for i, t in enumerate(chosen):
+        base = f"#/anyOf/{i}/properties/arguments"
+        props = {"name": {"const": t.name}, "arguments": _arguments_schema(t, base)}
+        alternatives.append({"type": "object", "additionalProperties": False,
+                             "required": ["name", "arguments"], "properties": props})
+    call = schema_to_gbnf({"anyOf": alternatives})
+    call = re.sub(r"^root ::=", "call ::=", call, count=1, flags=re.M)
+    if tag == "{":
+        head, tail = "", ""
+    elif tag == "[TOOL_CALLS]":
+        return f'root ::= {gbnf_literal(tag)} "[" call "]"\n' + call
+    else:
+        head, tail = gbnf_literal(tag) + " space ", _CLOSERS.get(tag, "")
+    closing = f" {gbnf_literal(tail)}" if tail else ""
+    return f"root ::= {head}call{closing}\n" + call

@@ -1,0 +1,1 @@
+"""llama-server's own routes: /tokenize, /detokenize and the rerank API (also Cohere's and Jina's shape)."""

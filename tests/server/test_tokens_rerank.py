@@ -1,0 +1,108 @@
+"""/api/version, /api/tokenize, /api/detokenize, llama-server's /tokenize, /detokenize and the rerank API."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+import corral
+from corral.testing.fake import BOS, BYTE_OFFSET
+from corral.testing.tinyreranker import write_tiny_reranker
+
+QUERY = "what is the capital of France"
+DOCS = ["the sky is blue", "Paris is the capital of France", "France has a capital", "hello world"]
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".")[:3])
+
+
+def test_version_reports_the_ollama_api_and_corral(client: TestClient[Any]) -> None:
+    body = client.get("/api/version").json()
+    assert _version_tuple(body["version"]) >= (0, 13, 4)  # codex --oss refuses anything older
+    assert body["corral_version"] == corral.__version__
+
+
+def test_tokenize_and_detokenize(client: TestClient[Any]) -> None:
+    r = client.post("/api/tokenize", json={"model": "tiny", "content": "hi<|im_end|>"})
+    assert r.status_code == 200, r.text
+    tokens = r.json()["tokens"]
+    assert tokens[0] == BOS and tokens[1:3] == [ord("h") + BYTE_OFFSET, ord("i") + BYTE_OFFSET]
+    assert len(tokens) == 4  # the control token's text became one token
+    plain = client.post("/api/tokenize", json={"model": "tiny", "content": "hi<|im_end|>",
+                                               "add_special": False, "parse_special": False}).json()["tokens"]
+    assert plain[0] != BOS and len(plain) == 2 + len("<|im_end|>")
+    back = client.post("/api/detokenize", json={"model": "tiny", "tokens": tokens[1:]})
+    assert back.json() == {"model": "tiny", "content": "hi<|im_end|>"}
+    hidden = client.post("/api/detokenize", json={"model": "tiny", "tokens": tokens[1:],
+                                                  "render_special": False})
+    assert hidden.json()["content"] == "hi"
+
+
+def test_tokenize_errors(client: TestClient[Any]) -> None:
+    assert client.post("/api/tokenize", json={"model": "absent", "content": "x"}).status_code == 404
+    r = client.post("/api/tokenize", json={"model": "tiny", "content": "x", "bogus": 1})
+    assert r.status_code == 400 and "bogus" in r.json()["error"]
+    assert client.post("/api/tokenize", json={"model": "tiny"}).json() == {"error": "content is required"}
+    r = client.post("/api/detokenize", json={"model": "tiny", "tokens": [10**9]})
+    assert r.status_code == 400 and "out of range" in r.json()["error"]
+
+
+def test_llama_server_tokenize_shape(client: TestClient[Any]) -> None:
+    r = client.post("/tokenize", json={"model": "tiny", "content": "ab"})
+    assert r.json() == {"tokens": [ord("a") + BYTE_OFFSET, ord("b") + BYTE_OFFSET]}  # no BOS by default
+    r = client.post("/tokenize", json={"model": "tiny", "content": "ab", "add_special": True})
+    assert r.json()["tokens"][0] == BOS
+    r = client.post("/detokenize", json={"model": "tiny", "tokens": [BOS, 100]})
+    assert r.json() == {"content": "<s>a"}
+    r = client.post("/tokenize", json={"model": "tiny", "content": "ab", "with_pieces": True})
+    # OpenAI-shaped errors, as llama-server answers them
+    assert r.status_code == 400 and "with_pieces" in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def reranker(client: TestClient[Any], tmp_path: Path) -> str:
+    """A tiny reranker created through the API (blob upload, then create)."""
+    data = write_tiny_reranker(tmp_path / "rr.gguf").read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert client.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
+    r = client.post("/api/create", json={"model": "rr", "files": {"rr.gguf": digest}, "stream": False})
+    assert r.status_code == 200, r.text
+    return "rr"
+
+
+def test_rerank_sorted_top_n_and_documents(client: TestClient[Any], reranker: str) -> None:
+    show = client.post("/api/show", json={"model": reranker}).json()
+    assert show["capabilities"] == ["rerank"]
+    r = client.post("/v1/rerank", json={"model": reranker, "query": QUERY, "documents": DOCS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    scores = [x["relevance_score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(DOCS)
+    assert body["results"][0]["index"] == 1  # the fake scores by word overlap
+    assert body["object"] == "list" and body["usage"]["prompt_tokens"] > 0
+    top = client.post("/rerank", json={"model": reranker, "query": QUERY, "documents": DOCS, "top_n": 2,
+                                       "return_documents": True}).json()["results"]
+    assert [x["index"] for x in top] == [x["index"] for x in body["results"][:2]]
+    assert top[0]["document"] == {"text": DOCS[1]}
+    objects = client.post("/v1/rerank", json={"model": reranker, "query": QUERY,
+                                              "documents": [{"text": d} for d in DOCS]}).json()
+    assert objects["results"] == body["results"]
+    tei = client.post("/rerank", json={"model": reranker, "query": QUERY, "texts": DOCS, "return_text": True})
+    assert tei.json()[0] == {"index": 1, "score": scores[0], "text": DOCS[1]}
+
+
+def test_rerank_errors(client: TestClient[Any], reranker: str) -> None:
+    r = client.post("/v1/rerank", json={"model": "tiny", "query": QUERY, "documents": DOCS})
+    assert r.status_code == 400 and "does not support rerank" in r.json()["error"]["message"]
+    for bad, word in (({"query": QUERY, "documents": []}, "documents"), ({"documents": DOCS}, "query"),
+                      ({"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
+                      ({"query": QUERY, "documents": DOCS, "colour": 1}, "colour")):
+        r = client.post("/rerank", json={"model": reranker, **bad})
+        assert r.status_code == 400 and word in r.json()["error"]["message"], r.text
+    r = client.post("/v1/rerank", json={"model": "absent", "query": "q", "documents": ["d"]})
+    assert r.status_code == 404
