@@ -63,7 +63,7 @@ def test_metrics_label_the_agent_routes(client: TestClient[Any]) -> None:
     for route, status in (("/v1/messages", 200), ("/v1/responses", 200), ("/v1/responses", 400),
                           ("/api/tokenize", 200), ("/tokenize", 200), ("/v1/rerank", 400)):
         assert m[f'corral_http_requests_total{{route="{route}",method="POST",status="{status}"}}'] >= 1, route
-    assert m['corral_generated_tokens_total{model="tiny"}'] == 8  # both agent APIs' turns are counted
+    assert m['corral_generated_tokens_total{model="tiny:latest"}'] == 8  # both agent APIs' turns are counted
 
 
 def test_histogram_and_counter_text() -> None:
