@@ -159,7 +159,8 @@ def test_hook_corral_rerank(hooks: BackendHooks, host: PluginHost, handle: Model
         hooks.unload(ranker)
     with pytest.raises(CapabilityError, match="not a reranker"):
         hooks.rerank(handle, "q", ["d"])
-    assert not [c for c in fake_of(host, "bystander").history if c.op == "rerank"]  # only the backend is asked
+    # only the selected backend is asked
+    assert not [c for c in fake_of(host, "bystander").history if c.op == "rerank"]
 
 
 def test_hook_corral_unload(hooks: BackendHooks, gguf: str) -> None:

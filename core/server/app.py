@@ -18,7 +18,7 @@ from corral.config import Config
 from corral.engine import Engine
 from corral.runner import runner_quantizer, subprocess_runners
 from corral.server.anthropic.routes import ROUTES as ANTHROPIC_ROUTES
-from corral.server.errors import ErrorBody, OpenAIErrorBody, plain_error
+from corral.server.errors import AnthropicErrorBody, ErrorBody, OpenAIErrorBody, plain_error
 from corral.server.llamaserver.routes import ROUTES as LLAMA_SERVER_ROUTES
 from corral.server.metrics import AccessLog, ServerMetrics
 from corral.server.ollama.routes import ROUTES as OLLAMA_ROUTES
@@ -129,7 +129,8 @@ def create_app(config: Config, *, engine: Engine | None = None, store: Store | N
         return AccessLog(app, metrics, debug=config.debug)
 
     _document_errors([*OLLAMA_ROUTES, metrics_route], ErrorBody)
-    _document_errors(OPENAI_ROUTES, OpenAIErrorBody)
+    _document_errors([*OPENAI_ROUTES, *RESPONSES_ROUTES, *LLAMA_SERVER_ROUTES], OpenAIErrorBody)
+    _document_errors(ANTHROPIC_ROUTES, AnthropicErrorBody)
     app = Litestar(
         route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *RESPONSES_ROUTES, *ANTHROPIC_ROUTES,
                         *LLAMA_SERVER_ROUTES, metrics_route],

@@ -49,8 +49,8 @@ def _history(request: Req, req: S.ResponsesRequest) -> list[Any]:
 
 def _keep(request: Req, req: S.ResponsesRequest, plan: convert.Plan, built: ResponseBuilder) -> None:
     if req.store is not False and built.status != "failed":
-        body = ENCODER.encode(built.response())
-        response_store(request).put(built.id, req.model, body, plan.conversation + built.assistant_turns())
+        response_store(request).put(built.id, req.model, built.response(),
+                                    plan.conversation + built.assistant_turns())
 
 
 def _sse(kind: str, payload: Any) -> bytes:
@@ -102,14 +102,13 @@ async def create(request: Req, data: JSONBody[S.ResponsesRequest]) -> Response[S
     "/v1/responses/{response_id:str}",
     operation_id="openai_response_get",
     tags=["openai"],
-    media_type="application/json",
 )
-async def retrieve(request: Req, response_id: FromPath[str]) -> Response[bytes]:
+async def retrieve(request: Req, response_id: FromPath[str]) -> S.Response:
     """A stored response (kept in memory when created with ``store`` not false)."""
     stored = response_store(request).get(response_id)
     if stored is None:
         raise ModelNotFoundError(f"response with id '{response_id}' not found")
-    return Response(stored.body, media_type="application/json")
+    return stored.body  # type: ignore[no-any-return]
 
 
 @delete(

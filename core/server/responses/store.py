@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from corral.conversation import Message
 
@@ -19,13 +22,13 @@ class Stored:
     """A finished response: its wire form and the conversation up to and including its output."""
 
     model: str
-    body: bytes  # the encoded response object (GET /v1/responses/{id})
+    body: Any  # the response object, as GET /v1/responses/{id} returns it
     conversation: tuple[Message, ...]
     size: int
 
 
-def _size(conversation: tuple[Message, ...], body: bytes) -> int:
-    return len(body) + sum(
+def _size(conversation: tuple[Message, ...], body: Any) -> int:
+    return len(msgspec.json.encode(body)) + sum(
         len(m.content) + len(m.thinking) + sum(len(i) for i in m.images) + 64 for m in conversation
     )
 
@@ -39,7 +42,7 @@ class ResponseStore:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, response_id: str, model: str, body: bytes, conversation: list[Message]) -> None:
+    def put(self, response_id: str, model: str, body: Any, conversation: list[Message]) -> None:
         conv = tuple(conversation)
         item = Stored(model=model, body=body, conversation=conv, size=_size(conv, body))
         if item.size > self.max_bytes:
