@@ -566,8 +566,12 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
 
 def python_key() -> str:
     """What the cffi module depends on besides the libraries: it is built for Python's stable ABI
-    (one module for every CPython >= 3.10), so the cdef file and the cffi that generated it."""
-    ffi_hash = sha256_file(FFI_BUILD)[:12] if FFI_BUILD.exists() else "none"
+    (one module for every CPython >= 3.10), so its sources (the cdef file and the C it compiles in,
+    rpc_worker.c) and the cffi that generated it."""
+    ffi_hash = "none"
+    if FFI_BUILD.exists():
+        sources = [FFI_BUILD, *sorted(FFI_BUILD.parent.glob("*.c"))]
+        ffi_hash = hashlib.sha256("".join(sha256_file(p) for p in sources).encode()).hexdigest()[:12]
     try:
         cffi_version = importlib.metadata.version("cffi")
     except importlib.metadata.PackageNotFoundError:

@@ -35,6 +35,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0"),
     Setting("CORRAL_SPECULATIVE", "1", "0 turns off n-gram (prompt-lookup) speculative decoding"),
     Setting("CORRAL_BACKEND", "", "Backend to use, bypassing hardware detection"),
+    Setting("CORRAL_WORKERS", "", "RPC workers (corral worker) to split models across, host:port,..."),
     Setting("CORRAL_CPU_VARIANT", "", "CPU backend variant to use (e.g. zen4, haswell), skipping detection"),
     Setting("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
     Setting("CORRAL_API_KEY", "", "If set, every route requires 'Authorization: Bearer <key>'"),
@@ -44,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_MAX_MEDIA", "32", "Most images and audio clips in one request"),
     Setting("CORRAL_FETCH_IMAGES", "", "1 to let OpenAI image_url parts fetch http(s) URLs (else data URIs)"),
     Setting("CORRAL_NOPRUNE", "", "Set to keep unreferenced blobs (no garbage collection)"),
+    Setting("CORRAL_NOREPACK", "", "Set to keep CPU weights in the file's layout (llama.cpp's --no-repack)"),
     Setting("CORRAL_DEBUG", "", "1 for debug logs and tracebacks"),
     Setting("CORRAL_LOAD_PLUGINS", "", "Plugins to load, comma separated (unset: all; empty: none)"),
     Setting("CORRAL_DISABLE_PLUGINS", "", "Comma-separated plugin names to block"),
@@ -145,6 +147,35 @@ def parse_host(value: str) -> tuple[str, str, int]:
     return scheme, host, port
 
 
+MAX_WORKERS = 16  # llama.cpp's RPC backend takes at most 16 servers (GGML_RPC_MAX_SERVERS)
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+
+
+def parse_workers(text: str) -> tuple[str, ...]:
+    """RPC worker endpoints from ``host:port,host:port``, each checked and in a canonical form.
+
+    llama.cpp's RPC client connects over IPv4 by name or address (``gethostbyname``): an IPv6
+    literal cannot be reached, so it is refused here rather than failing later.
+    """
+    out: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"worker {item!r} must be host:port (e.g. 10.0.0.5:50052)")
+        if ":" in host or "[" in host or not _HOSTNAME_RE.fullmatch(host):
+            raise ValueError(f"worker {item!r}: the host must be an IPv4 address or a host name")
+        endpoint = f"{host.lower()}:{int(port_text)}"
+        if endpoint in out:
+            raise ValueError(f"worker {endpoint} is listed twice")
+        out.append(endpoint)
+    if len(out) > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS} workers, not {len(out)}")
+    return tuple(out)
+
+
 class Config(msgspec.Struct, kw_only=True):
     """Resolved settings. Build with ``Config.from_env()``; tests pass their own values."""
 
@@ -163,6 +194,7 @@ class Config(msgspec.Struct, kw_only=True):
     speculative: bool = True
     backend: str | None = None
     cpu_variant: str | None = None  # CORRAL_CPU_VARIANT: a libggml-cpu-<name> to force
+    workers: tuple[str, ...] = ()  # CORRAL_WORKERS: host:port of each RPC worker, in split order
     origins: tuple[str, ...] = ()
     api_key: str | None = None
     max_body: int = 128 * 1024 * 1024
@@ -171,6 +203,7 @@ class Config(msgspec.Struct, kw_only=True):
     max_media: int = 32
     fetch_images: bool = False
     noprune: bool = False
+    norepack: bool = False  # CORRAL_NOREPACK: no repacked CPU weights (the kernels RPC workers run)
     debug: bool = False
     load_plugins: tuple[str, ...] | None = None  # None = all entry points
     disable_plugins: tuple[str, ...] = ()
@@ -226,12 +259,14 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_MAX_MEDIA": str(self.max_media),
             "CORRAL_FETCH_IMAGES": "1" if self.fetch_images else "",
             "CORRAL_NOPRUNE": "1" if self.noprune else "",
+            "CORRAL_NOREPACK": "1" if self.norepack else "",
             "CORRAL_DEBUG": "1" if self.debug else "",
             "CORRAL_DISABLE_PLUGINS": ",".join(self.disable_plugins),
             "CORRAL_EXTRA_PLUGINS": ",".join(self.extra_plugins),
             "CORRAL_TRACE_PLUGINS": "1" if self.trace_plugins else "",
             "CORRAL_NOHISTORY": "1" if self.nohistory else "",
             "CORRAL_CPU_VARIANT": self.cpu_variant or "",
+            "CORRAL_WORKERS": ",".join(self.workers),
         }
         if self.load_plugins is not None:
             env["CORRAL_LOAD_PLUGINS"] = ",".join(self.load_plugins)
@@ -269,6 +304,7 @@ class Config(msgspec.Struct, kw_only=True):
                 speculative=parse_bool(get("CORRAL_SPECULATIVE") or "1"),
                 backend=get("CORRAL_BACKEND") or None,
                 cpu_variant=get("CORRAL_CPU_VARIANT") or None,
+                workers=parse_workers(get("CORRAL_WORKERS")),
                 origins=names("CORRAL_ORIGINS"),
                 api_key=get("CORRAL_API_KEY") or None,
                 max_body=parse_size(get("CORRAL_MAX_BODY")),
@@ -277,6 +313,7 @@ class Config(msgspec.Struct, kw_only=True):
                 max_media=max(0, int(get("CORRAL_MAX_MEDIA"))),
                 fetch_images=parse_bool(get("CORRAL_FETCH_IMAGES")),
                 noprune=parse_bool(get("CORRAL_NOPRUNE")),
+                norepack=parse_bool(get("CORRAL_NOREPACK")),
                 debug=parse_bool(get("CORRAL_DEBUG")),
                 load_plugins=None if load is None else names("CORRAL_LOAD_PLUGINS"),
                 disable_plugins=names("CORRAL_DISABLE_PLUGINS"),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         ModelHandle,
         RerankResult,
         TokenEvent,
+        WorkerInfo,
     )
 
 PROJECT = "corral"
@@ -124,3 +125,27 @@ def corral_quantize(source: str, destination: str, file_type: str,
     """Quantize the F32/F16/BF16 GGUF at ``source`` into ``destination`` as ``file_type``
     (``q4_K_M``, ``q4_K_S`` or ``q8_0``), in a runner process of the selected backend. Return True
     when done; None if this backend cannot. An unsupported source or type raises ``InvalidRequestError``."""
+
+
+@hookspec(firstresult=True)
+def corral_explain_stop(handle: ModelHandle) -> str | None:
+    """Why the runner that served ``handle`` stopped unexpectedly, as far as the backend can tell from
+    outside it: one sentence naming the cause (an RPC worker that went away), or None.
+
+    Called in the server, on the selected backend, right after such a stop; the sentence becomes
+    part of the error the stopped requests get. Quick (a second or two) and never raises.
+    """
+
+
+# ---- RPC workers: called on the backend `corral worker` selects ----------------------------------
+@hookspec(firstresult=True)
+def corral_start_worker(endpoint: str, cache_dir: str | None, threads: int,
+                        memory_limit: int) -> WorkerInfo | None:
+    """Start llama.cpp's RPC server in this process, on a thread of its own, listening on ``endpoint``
+    (``host:port``) and offering this host's best devices (its GPUs, else the CPU); return what it offers.
+
+    ``cache_dir`` keeps received weights so a client that reconnects need not send them again (None:
+    no cache); ``threads`` is the CPU thread count (0: the backend decides); ``memory_limit`` caps the
+    bytes each device offers and lets clients allocate (0: no cap). Returns None if this backend
+    cannot run a worker; raises ``BackendError`` if the server cannot start or listen.
+    """

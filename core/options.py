@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOAD_KEYS", "MIN_NUM_CTX", "OPTIONS", "REMOVED_OPTIONS", "Option", "check_option", "default_options",
-    "for_prompt", "merge_options", "parse_parameter", "to_generation", "to_load_options",
+    "for_prompt", "merge_options", "parse_parameter", "parse_tensor_split", "to_generation",
+    "to_load_options",
 ]
 
 log = logging.getLogger("corral.options")
@@ -27,7 +28,7 @@ class Option(msgspec.Struct, frozen=True):
     """One key of Ollama's ``options`` (and Modelfile ``PARAMETER``)."""
 
     name: str
-    type: str  # int | float | bool | list[str]
+    type: str  # int | float | bool | list[str] | list[float]
     default: Any  # None = decided elsewhere (config, backend)
     load: bool  # a change means reloading the model
     help: str
@@ -40,6 +41,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("main_gpu", "int", 0, True, "GPU used when the model sits on a single one"),
     Option("use_mmap", "bool", None, True, "memory-map the model file (default: backend decides)"),
     Option("num_thread", "int", 0, True, "CPU threads; 0 = backend decides"),
+    Option("tensor_split", "list[float]", None, True,
+           "share of the layers per GPU or RPC worker, in llama.cpp's device order; unset = by free memory"),
     Option("draft_num_predict", "int", 0, True, "speculative draft tokens (accepted, unused)"),
     Option("num_keep", "int", 4, False, "prompt tokens kept on a context shift; -1 = whole prompt"),
     Option("seed", "int", -1, False, "sampling seed; -1 = random"),
@@ -64,11 +67,43 @@ REMOVED_OPTIONS = frozenset({
     "use_mlock", "numa", "penalize_newline", "tfs_z",
 })
 
-_TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]": "array of strings"}
+_TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]": "array of strings",
+               "list[float]": "array of numbers"}
 _MAX_CTX = 1 << 20  # no model is trained on more; a bigger request is a typo or an attack
 _MAX_STOPS, _MAX_STOP_LEN = 64, 1024
 _MAX_THREADS, _MAX_GPUS, _MAX_LAYERS = 1024, 64, 100_000
 MIN_NUM_CTX = 4  # compat(ollama): a smaller context (from a request, a Modelfile or the config) becomes 4
+MAX_SPLIT = 16  # llama.cpp's split devices at most (llama_max_devices)
+
+
+def parse_tensor_split(value: Any, *, partial: bool = False) -> list[float]:
+    """A ``tensor_split``: numbers, or text such as ``"3,1"`` (a Modelfile line), or a list of either.
+
+    The one check of the option: 1 to 16 finite, non-negative shares, not all zero (``partial``: one
+    Modelfile line of several, which may be all zero).
+
+    Raises:
+        ValueError: anything else; the message ("must be ...") follows the option's name.
+    """
+    items = value if isinstance(value, list | tuple) else [value]
+    out: list[float] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError("must be numbers, not booleans")
+        if isinstance(item, str):
+            parts = [p for p in item.replace(",", " ").split() if p]
+            try:
+                out += [float(p) for p in parts]
+            except ValueError:
+                raise ValueError(f'must be numbers such as "3,1", not "{item[:40]}"') from None
+        elif isinstance(item, int | float):
+            out.append(float(item))
+        else:
+            raise ValueError("must be an array of numbers")
+    if not 1 <= len(out) <= MAX_SPLIT or not all(math.isfinite(x) and x >= 0 for x in out) \
+            or not (partial or sum(out)):
+        raise ValueError(f"must be 1 to {MAX_SPLIT} non-negative numbers, not all zero")
+    return out
 
 
 def default_options() -> dict[str, Any]:
@@ -102,6 +137,13 @@ def check_option(name: str, value: Any, *, what: str = "option") -> Any:
         if not isinstance(value, bool):
             raise bad()
         return value
+    if opt.type == "list[float]":
+        if not isinstance(value, list | tuple):
+            raise bad()
+        try:
+            return parse_tensor_split(list(value))
+        except ValueError as exc:
+            raise InvalidRequestError(f'{what} "{name}" {exc}') from None
     if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
         raise bad()
     return list(value)
@@ -150,6 +192,11 @@ def parse_parameter(name: str, values: Sequence[str]) -> Any:
         raise InvalidRequestError(f"unknown parameter {name!r}")
     if opt.type == "list[str]":
         return list(values)
+    if opt.type == "list[float]":
+        try:
+            return parse_tensor_split(list(values))
+        except ValueError as exc:
+            raise InvalidRequestError(f"parameter {name!r} {exc}") from None
     if not values:
         raise InvalidRequestError(f"parameter {name!r} needs a value")
     text = values[-1].strip()
@@ -206,6 +253,8 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
         speculative=config.speculative,
         embedding=embedding,
         adapters=tuple(adapters),
+        tensor_split=tuple(opts.get("tensor_split") or ()),
+        repack=not config.norepack,
     )
 
 

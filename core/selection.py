@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import BackendError, CorralError, InvalidRequestError
+from corral.errors import BackendError, BackendUnavailableError, CorralError, InvalidRequestError
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
 from corral.types import BackendInfo
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ModelHandle,
         RerankResult,
         TokenEvent,
+        WorkerInfo,
     )
 
 log = logging.getLogger("corral.selection")
@@ -72,6 +73,28 @@ def select_backend(host: PluginHost, config: Config, requested: str | None = Non
     candidates = probe_backends(host, config, only=None if probe_all or not want else want)
     name: str = host.pm.hook.corral_select_backend(candidates=candidates, requested=want)
     return name, candidates
+
+
+def select_worker_backend(host: PluginHost, config: Config, requested: str | None = None) -> str:
+    """The backend that runs ``corral worker`` here: ``requested`` if it can, else the usable backend
+    of highest priority among those that implement ``corral_start_worker``. Never a silent fallback."""
+    candidates = probe_backends(host, config)
+    runners = {impl.plugin for impl in host.pm.hook.corral_start_worker.get_hookimpls()}
+    able = [c for c in candidates if host.plugin_for(c.name) in runners]
+    if requested:
+        chosen = next((c for c in candidates if c.name == requested), None)
+        if chosen is None:
+            raise BackendUnavailableError(f"unknown backend {requested!r}; see 'corral backends'")
+        if chosen not in able:
+            raise BackendUnavailableError(f"backend {requested!r} cannot run an RPC worker")
+        if not chosen.usable:
+            raise BackendUnavailableError(f"backend {requested!r} cannot run here: {chosen.reason}")
+        return requested
+    usable = [c for c in able if c.usable]
+    if not usable:
+        why = "; ".join(f"{c.name}: {c.reason}" for c in able) or "no backend plugin offers one"
+        raise BackendUnavailableError(f"no backend here can run an RPC worker ({why})")
+    return usable[0].name
 
 
 class BackendHooks:
@@ -150,3 +173,17 @@ class BackendHooks:
         if not done:
             raise InvalidRequestError(
                 f"quantizing to {file_type} is not supported by the {self.backend} backend")
+
+    def explain_stop(self, handle: ModelHandle) -> str | None:
+        """The backend's sentence on why ``handle``'s runner stopped, or None; never raises."""
+        try:
+            why = self._call("corral_explain_stop", optional=True, handle=handle)
+        except Exception:
+            log.exception("backend %s could not explain a runner stop", self.backend)
+            return None
+        return why if isinstance(why, str) and why.strip() else None
+
+    def start_worker(self, endpoint: str, *, cache_dir: str | None, threads: int,
+                     memory_limit: int) -> WorkerInfo:
+        return self._call("corral_start_worker", endpoint=endpoint, cache_dir=cache_dir, threads=threads,
+                          memory_limit=memory_limit)

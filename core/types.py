@@ -14,7 +14,7 @@ class DeviceInfo(Struct, frozen=True, kw_only=True):
 
     name: str
     description: str = ""
-    type: str = "cpu"  # cpu | gpu | igpu | accel
+    type: str = "cpu"  # cpu | gpu | igpu | accel | rpc (a device of an RPC worker)
     memory_total: int = 0  # bytes
     memory_free: int = 0  # bytes
 
@@ -29,6 +29,17 @@ class BackendInfo(Struct, kw_only=True):
     devices: list[DeviceInfo] = msgspec.field(default_factory=list)
     plugin: str = ""  # distribution that ships the plugin
     version: str = ""
+    # Models this backend can hold at once (0: no limit of its own). A backend whose devices serve one
+    # client at a time (llama.cpp's RPC workers) says 1, and the server unloads before loading another.
+    max_models: int = 0
+
+
+class WorkerInfo(Struct, frozen=True, kw_only=True):
+    """An RPC worker running in this process: where llama.cpp's server listens and what it offers."""
+
+    endpoint: str  # host:port the server itself listens on
+    devices: list[DeviceInfo]
+    cache_dir: str | None = None  # where received weights are kept between clients
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -48,6 +59,12 @@ class LoadOptions(Struct, frozen=True, kw_only=True):
     embedding: bool = False  # load for embeddings (pooled output)
     adapters: tuple[str, ...] = ()  # LoRA GGUF paths, applied with scale 1.0
     projector: str = ""  # multimodal projector GGUF path (mmproj): images or audio in prompts
+    # Let llama.cpp repack CPU weights for its faster kernels (llama-server's --no-repack is False).
+    # RPC workers cannot hold repacked weights: without repacking the CPU runs their very kernels.
+    repack: bool = True
+    # Share of the offloaded layers per split device (GPUs, RPC workers) in llama.cpp's order;
+    # empty = in proportion to each device's free memory.
+    tensor_split: tuple[float, ...] = ()
 
 
 class ModelInfo(Struct, frozen=True, kw_only=True):

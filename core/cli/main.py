@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 # Command modules import only typer at module level; their heavy imports (litestar, uvicorn, rich
 # progress, prompt_toolkit, the plugin manager) happen inside the command that needs them, so
 # `corral --help` and `corral list` start fast.
-from corral.cli import backends, models, ps, run, serve
+from corral.cli import backends, models, ps, run, serve, worker
 from corral.cli.common import UsageError, err_console
 from corral.errors import CorralError, ModelNotFoundError, ServerUnavailableError
 
@@ -126,6 +126,7 @@ run.register(app)
 models.register(app)
 ps.register(app)
 backends.register(app)
+worker.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,12 +53,15 @@ def serve(
     backend: Annotated[str | None, typer.Option(
         help="Backend to use, bypassing hardware detection (see 'corral backends'; "
              "default: CORRAL_BACKEND).")] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="RPC workers to split models over, host:port,... (each runs 'corral worker'; "
+             "default: CORRAL_WORKERS).")] = None,
 ) -> None:
     import msgspec
 
     from corral.cli.backends import candidates_table
     from corral.cli.common import load_config
-    from corral.config import parse_host
+    from corral.config import parse_host, parse_workers
     from corral.errors import BackendUnavailableError
     from corral.plugins import load_plugins
     from corral.selection import select_backend
@@ -70,6 +73,11 @@ def serve(
         except ValueError as exc:
             raise UsageError(f"invalid --host {host!r}: {exc}") from None
         config = msgspec.structs.replace(config, scheme=scheme, host=h, port=port)
+    if workers is not None:
+        try:
+            config = msgspec.structs.replace(config, workers=parse_workers(workers))
+        except ValueError as exc:
+            raise UsageError(f"invalid --workers: {exc}") from None
     console = err_console()
     plugins = load_plugins(config)
     try:
@@ -85,6 +93,11 @@ def serve(
     info = next((c for c in candidates if c.name == chosen), None)
     detail = f" ({info.reason})" if info is not None and info.reason else ""
     console.print(f"corral: backend [bold]{chosen}[/bold]{detail}")
+    if info is not None and 0 < info.max_models < config.max_loaded_models:
+        # The backend's devices hold one client's models at a time (RPC workers): load one, unload first.
+        config = msgspec.structs.replace(config, max_loaded_models=info.max_models)
+        console.print(f"corral: backend {chosen} holds {info.max_models} model(s) at a time; "
+                      f"CORRAL_MAX_LOADED_MODELS is {info.max_models} here")
 
     if not _is_loopback(config.host) and not config.api_key:
         console.print(

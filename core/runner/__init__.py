@@ -14,14 +14,19 @@ if TYPE_CHECKING:
     from corral.config import Config
     from corral.plugins import PluginHost
     from corral.store.create import Quantizer
+    from corral.types import ModelHandle
 
 # Makes a new, not yet started runner; the scheduler starts it and loads the model.
 RunnerFactory = Callable[[], Runner]
 
 
-def subprocess_runners(config: Config, *, backend: str | None = None) -> RunnerFactory:
-    """Runners in their own processes (``python -m corral.runner``): what ``corral serve`` uses."""
-    return lambda: ProcessRunner(config, backend=backend)
+def subprocess_runners(config: Config, *, backend: str | None = None,
+                       explain: Callable[[ModelHandle], str | None] | None = None) -> RunnerFactory:
+    """Runners in their own processes (``python -m corral.runner``): what ``corral serve`` uses.
+
+    ``explain`` (usually ``BackendHooks.explain_stop``) names the cause when a loaded runner dies.
+    """
+    return lambda: ProcessRunner(config, backend=backend, explain=explain)
 
 
 def local_runners(config: Config, *, host: PluginHost | None = None,

@@ -26,6 +26,11 @@ RUNNER_STOPPED = (
 )
 
 
+def runner_stopped(cause: str | None = None) -> str:
+    """The error for requests whose runner stopped: the backend's explanation when it has one."""
+    return f"model runner has unexpectedly stopped: {cause}" if cause else RUNNER_STOPPED
+
+
 def model_file(spec: ModelSpec) -> str:
     """The GGUF a runner loads for ``spec`` (the scheduler never asks for a spec without one)."""
     if spec.files.model is None:

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -16,7 +16,7 @@ import msgspec
 from corral.config import Config
 from corral.errors import BackendError, CorralError, RunnerStoppedError
 from corral.runner import protocol as p
-from corral.runner.base import RUNNER_STOPPED, Runner
+from corral.runner.base import RUNNER_STOPPED, Runner, runner_stopped
 from corral.spec import ModelSpec
 from corral.types import (
     EmbeddingResult,
@@ -43,13 +43,19 @@ def runner_env(config: Config) -> dict[str, str]:
 
 
 class ProcessRunner(Runner):
-    """A runner in a subprocess (``python -m corral.runner``): a crash there is an error here, not a crash."""
+    """A runner in a subprocess (``python -m corral.runner``): a crash there is an error here, not a crash.
 
-    def __init__(self, config: Config, *, backend: str | None = None, start_timeout: float = 300.0) -> None:
+    ``explain``, if given, is asked (on a thread, briefly) why the runner of a loaded model stopped
+    unexpectedly; its sentence replaces the generic message in the errors of the stopped requests.
+    """
+
+    def __init__(self, config: Config, *, backend: str | None = None, start_timeout: float = 300.0,
+                 explain: Callable[[ModelHandle], str | None] | None = None) -> None:
         super().__init__()
         self.config = config
         self.requested_backend = backend
         self.start_timeout = start_timeout
+        self._explain = explain
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -136,20 +142,30 @@ class ProcessRunner(Runner):
             self._alive = False
             if self._writer is not None and not self._writer.is_closing():
                 self._writer.close()
-            self._fail_all()
+            self._fail_all(runner_stopped(await self._cause()))
             await self._reap(why)
             self._notify_stopped()
 
-    def _fail_all(self) -> None:
-        err = RunnerStoppedError(RUNNER_STOPPED)
+    async def _cause(self) -> str | None:
+        """The backend's explanation of an unexpected stop of a loaded model's runner, if any."""
+        if self._closing or self._explain is None or self.handle is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._explain, self.handle), 5.0)
+        except Exception as exc:  # an explanation is a courtesy: never let it hide the stop itself
+            log.warning("could not explain why runner pid %s stopped: %s", self.pid, exc)
+            return None
+
+    def _fail_all(self, message: str = RUNNER_STOPPED) -> None:
+        err = RunnerStoppedError(message)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(err)
         for fut in self._calls.values():
             if not fut.done():
-                fut.set_exception(RunnerStoppedError(RUNNER_STOPPED))
+                fut.set_exception(RunnerStoppedError(message))
         self._calls.clear()
         for q in self._streams.values():
-            q.put_nowait(RunnerStoppedError(RUNNER_STOPPED))
+            q.put_nowait(RunnerStoppedError(message))
 
     async def _reap(self, why: str) -> None:
         proc = self._proc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from corral.server.services import Services, services
 from corral.store import Store
 
 if TYPE_CHECKING:
-    pass
+    from corral.types import ModelHandle
 
 log = logging.getLogger("corral.server")
 
@@ -85,6 +85,24 @@ def _document_errors(handlers: list[Any], body: type) -> None:
         handler.responses = {**{status: spec for status in _ERROR_STATUSES}, **(handler.responses or {})}
 
 
+def _explainer(config: Config) -> Callable[[ModelHandle], str | None] | None:
+    """Asks the selected backend why a model's runner stopped (an RPC worker lost, say); the plugins
+    are loaded in this process on the first such stop only."""
+    if not config.backend:
+        return None
+    hooks: list[Any] = []
+
+    def explain(handle: ModelHandle) -> str | None:
+        from corral.plugins import load_plugins
+        from corral.selection import BackendHooks
+
+        if not hooks:
+            hooks.append(BackendHooks(load_plugins(config), str(config.backend)))
+        return hooks[0].explain_stop(handle)
+
+    return explain
+
+
 def create_app(config: Config, *, engine: Engine | None = None, store: Store | None = None) -> Litestar:
     """The corral server app.
 
@@ -97,7 +115,7 @@ def create_app(config: Config, *, engine: Engine | None = None, store: Store | N
     Returns:
         The Litestar app; its lifespan stops every runner (draining in-flight work) on shutdown.
     """
-    runners = subprocess_runners(config, backend=config.backend)
+    runners = subprocess_runners(config, backend=config.backend, explain=_explainer(config))
     store = store if store is not None else Store.from_config(config, quantizer=runner_quantizer(runners))
     engine = engine if engine is not None else Engine(config, store, runner_factory=runners)
     _configure_logging(config.debug)

@@ -143,7 +143,7 @@ def _check(cmd: Command) -> Command:
                    f'invalid MESSAGE role "{cmd.args[:40]}"; must be one of system, user, assistant')
     if cmd.name == "parameter":
         try:
-            convert_parameter(cmd.args, cmd.value)
+            convert_parameter(cmd.args, cmd.value, partial=True)
         except ValueError as exc:
             raise _err(cmd.line, str(exc)) from None
     if cmd.name == "requires":
@@ -173,13 +173,20 @@ def check_requires(value: str) -> str:
     return v[1:]
 
 
-def convert_parameter(key: str, value: Any) -> Any:
+def convert_parameter(key: str, value: Any, *, partial: bool = False) -> Any:
     """A parameter value typed as Ollama's options are (text from a Modelfile, or JSON values).
 
     Raises:
         ValueError: unknown parameter, wrong type or out-of-range value (message names it).
     """
     key = key.lower()
+    if key == "tensor_split":
+        from corral.options import parse_tensor_split
+
+        try:
+            return parse_tensor_split(value, partial=partial)
+        except ValueError as exc:
+            raise ValueError(f"parameter tensor_split {exc}") from None
     if key in _LIST:
         if isinstance(value, list):
             return [str(v) for v in value]
@@ -217,14 +224,21 @@ def convert_parameter(key: str, value: Any) -> Any:
 
 
 def parameters_of(mf: Modelfile) -> dict[str, Any]:
-    """PARAMETER lines as a typed dict; ``stop`` accumulates into a list."""
+    """PARAMETER lines as a typed dict; ``stop`` and ``tensor_split`` accumulate into a list."""
     params: dict[str, Any] = {}
+    split_line = 0
     for c in mf.all("parameter"):
-        v = convert_parameter(c.args, c.value)
-        if c.args in _LIST:
+        v = convert_parameter(c.args, c.value, partial=True)
+        if c.args in _LIST or c.args == "tensor_split":  # `corral show` writes one line per share
             params.setdefault(c.args, []).extend(v)
+            split_line = c.line if c.args == "tensor_split" else split_line
         else:
             params[c.args] = v
+    if "tensor_split" in params:  # the shares are checked together, as one value
+        try:
+            params["tensor_split"] = convert_parameter("tensor_split", params["tensor_split"])
+        except ValueError as exc:
+            raise _err(split_line, str(exc)) from None
     return params
 
 

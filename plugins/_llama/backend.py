@@ -25,6 +25,7 @@ from corral.types import (
     ModelHandle,
     RerankResult,
     TokenEvent,
+    WorkerInfo,
 )
 from corral_plugins._llama import library
 
@@ -91,7 +92,7 @@ class LlamaBackend:
         if native is not None and native.lib_dir == self.lib_dir.resolve():
             devices = native.devices()
         return BackendInfo(name=self.name, priority=self.priority, usable=p.usable, reason=p.reason,
-                           devices=list(devices), version=_build_version(self.lib_dir))
+                           devices=list(devices), version=build_version(self.lib_dir))
 
     def native(self) -> library.Native:
         p = self.probe()
@@ -217,8 +218,16 @@ class LlamaBackend:
 
         return quantize(self.native(), source, destination, file_type, progress)
 
+    @hookimpl
+    def corral_start_worker(self, endpoint: str, cache_dir: str | None, threads: int,
+                            memory_limit: int) -> WorkerInfo:
+        from corral_plugins._llama.rpc import start_server
 
-def _build_version(lib_dir: Path) -> str:
+        return start_server(self.native(), endpoint, cache_dir=cache_dir, threads=threads,
+                            memory_limit=memory_limit)
+
+
+def build_version(lib_dir: Path) -> str:
     info = lib_dir / "build-info.json"
     try:
         data = msgspec.json.decode(info.read_bytes())

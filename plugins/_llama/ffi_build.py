@@ -67,6 +67,13 @@ const char *       ggml_backend_dev_description(ggml_backend_dev_t device);
 void               ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
 enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
 ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
+void               ggml_backend_register(ggml_backend_reg_t reg);
+
+/* llama.cpp's RPC backend (libggml-rpc, a loaded module): its entry points come from
+   ggml_backend_reg_get_proc_address on the "RPC" registry and are cast to these types. */
+typedef ggml_backend_reg_t (*corral_rpc_add_server_t)(const char * endpoint);
+typedef void (*corral_rpc_start_server_t)(const char * endpoint, const char * cache_dir, size_t n_threads,
+                                          size_t n_devices, ggml_backend_dev_t * devices);
 
 /* ---- llama enums ---------------------------------------------------------------------------- */
 enum llama_ftype {
@@ -461,6 +468,11 @@ llama_token corral_sample_subset(struct llama_sampler * chain, struct llama_cont
                                  const llama_token * ids, int32_t n, llama_token_data * buf);
 bool corral_grammar_allows(struct llama_sampler * grammar, llama_token token);
 int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_t cap, int32_t * lens);
+
+/* ---- the RPC worker's device (rpc_worker.c) ------------------------------------------------- */
+ggml_backend_dev_t corral_worker_device(ggml_backend_dev_t inner, size_t limit);
+void corral_worker_device_usage(ggml_backend_dev_t dev, size_t * used, size_t * limit,
+                                unsigned char * layers, size_t layers_size);
 """
 
 # C helpers compiled into the module. They exist where doing the work from Python would cost a
@@ -656,16 +668,22 @@ int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_
 }
 """
 
+# The RPC worker's device wrapper, C kept in its own file (it is compiled into the same module).
+WORKER_C = Path(__file__).with_name("rpc_worker.c")
+
 
 def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cffi.FFI:
     """The configured FFI builder (exposed so tests can inspect the cdef without compiling)."""
     ffibuilder = cffi.FFI()
     ffibuilder.cdef(CDEF)
     extra_link_args = ["-Wl,-rpath,$ORIGIN"] if sys.platform != "darwin" else ["-Wl,-rpath,@loader_path"]
+    dirs = [Path(d).resolve() for d in include_dirs]
+    # rpc_worker.c needs ggml's internal device interfaces (ggml/src next to ggml/include).
+    dirs += [d.parent / "src" for d in dirs if (d.parent / "src" / "ggml-backend-impl.h").is_file()]
     ffibuilder.set_source(
         module_name,
-        C_SOURCE,
-        include_dirs=[str(Path(d).resolve()) for d in include_dirs],
+        C_SOURCE + "\n" + WORKER_C.read_text(),
+        include_dirs=[str(d) for d in dirs],
         libraries=["mtmd", "llama", "ggml", "ggml-base"],
         library_dirs=[str(Path(lib_dir).resolve())],
         extra_link_args=extra_link_args,

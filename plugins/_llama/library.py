@@ -33,20 +33,41 @@ class Native:
 
     def devices(self) -> list[DeviceInfo]:
         """Every device ggml registered, with its memory in bytes."""
-        out = []
+        lib = self.lib
+        return [self.device_info(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+
+    def device_info(self, dev: Any) -> DeviceInfo:
+        """One ggml device (a ``ggml_backend_dev_t``) as pure data."""
         ffi, lib = self.ffi, self.lib
         free, total = ffi.new("size_t *"), ffi.new("size_t *")
-        for i in range(lib.ggml_backend_dev_count()):
+        lib.ggml_backend_dev_memory(dev, free, total)
+        return DeviceInfo(
+            name=_text(ffi, lib.ggml_backend_dev_name(dev)),
+            description=_text(ffi, lib.ggml_backend_dev_description(dev)),
+            type=_DEV_TYPES.get(int(lib.ggml_backend_dev_type(dev)), "accel"),
+            memory_total=int(total[0]),
+            memory_free=int(free[0]),
+        )
+
+    def split_devices(self) -> list[DeviceInfo]:
+        """The devices llama.cpp splits a model's layers over, in its order (``tensor_split``'s order):
+        RPC workers first, then GPUs, then integrated GPUs if there is no GPU (src/llama.cpp)."""
+        ffi, lib = self.ffi, self.lib
+        rpc, gpus, igpus = [], [], []
+        for i, info in enumerate(self.devices()):
             dev = lib.ggml_backend_dev_get(i)
-            lib.ggml_backend_dev_memory(dev, free, total)
-            out.append(DeviceInfo(
-                name=_text(ffi, lib.ggml_backend_dev_name(dev)),
-                description=_text(ffi, lib.ggml_backend_dev_description(dev)),
-                type=_DEV_TYPES.get(int(lib.ggml_backend_dev_type(dev)), "accel"),
-                memory_total=int(total[0]),
-                memory_free=int(free[0]),
-            ))
-        return out
+            reg = _text(ffi, lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)))
+            if info.type == "gpu":
+                (rpc if reg == "RPC" else gpus).append(info)
+            elif info.type == "igpu":
+                igpus.append(info)
+        return rpc + gpus + ([] if gpus else igpus)
+
+    def load_module(self, path: Path) -> None:
+        """Load one more ggml backend module into this process (llama.cpp's RPC backend, say)."""
+        if self.lib.ggml_backend_load(str(path).encode()) == self.ffi.NULL:
+            raise BackendError(f"ggml could not load the backend module {path.name} (see the log)")
+        self.modules = (*self.modules, path)
 
     def system_info(self) -> str:
         return _text(self.ffi, self.lib.llama_print_system_info())
@@ -124,7 +145,19 @@ def load(lib_dir: str | Path, modules: list[Path] | tuple[Path, ...] = ()) -> Na
 # put() is reentrant and lock-free for callers) and a daemon thread hands lines to `logging`.
 _records: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
 _partial: dict[int, tuple[int, str]] = {}  # thread id -> (level, text not yet ended by a newline)
+_errors: dict[int, str] = {}  # thread id -> the last error line llama.cpp logged on that thread
 _drainer: threading.Thread | None = None
+
+
+def clear_error() -> None:
+    """Forget the last error llama.cpp logged on this thread (call before a native call)."""
+    _errors.pop(threading.get_ident(), None)
+
+
+def last_error() -> str | None:
+    """The last error line llama.cpp logged on this thread since ``clear_error``, if any: the reason
+    behind a NULL it returned ("unable to allocate RPC0[10.0.0.5:50052] buffer", say)."""
+    return _errors.pop(threading.get_ident(), None)
 
 
 def _drain() -> None:
@@ -151,6 +184,8 @@ def _install_log_callback(ffi: Any, lib: Any) -> list[Any]:
             for line in lines:
                 if line.strip():
                     _records.put((py_level, line))
+                    if py_level >= logging.ERROR:
+                        _errors[tid] = line.strip()
             if rest:
                 _partial[tid] = (py_level, rest)
         except Exception:  # an exception here would only print a cffi traceback to stderr

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import BackendError, InvalidRequestError, ModelLoadError
-from corral.gguf import file_type_name, read_gguf_info
+from corral.gguf import GGUFInfo, file_type_name, read_gguf_info
 from corral.types import LoadOptions, MemoryUsage, ModelInfo
+from corral_plugins._llama import library
 from corral_plugins._llama.library import Native
 
 _POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -55,8 +56,8 @@ def _install_progress(ffi: Any) -> None:
         _progress_installed.add(id(ffi))
 
 
-def check_gguf(path: str | Path) -> None:
-    """Refuse anything that is not a readable, well-formed GGUF before llama.cpp sees it.
+def check_gguf(path: str | Path) -> GGUFInfo:
+    """Refuse anything that is not a readable, well-formed GGUF before llama.cpp sees it; return its header.
 
     llama.cpp aborts the process on some malformed inputs; the bounded pure-Python reader checks the
     magic, version, every length and every tensor's bounds first (a directory, /dev/zero, a FIFO or a
@@ -68,17 +69,18 @@ def check_gguf(path: str | Path) -> None:
     except OSError:
         key = None
     if key is not None and key in _checked:
-        return
-    read_gguf_info(path, keep_arrays=False)  # about a second for a 262k-token vocabulary
+        return _checked[key]
+    info = read_gguf_info(path, keep_arrays=False)  # about a second for a 262k-token vocabulary
     if key is not None:
         with _progress_lock:
-            if len(_checked) > 256:
+            if len(_checked) > 16:
                 _checked.clear()
-            _checked.add(key)
+            _checked[key] = info
+    return info
 
 
 # Files already validated, by identity and modification: a reload of an unchanged file skips the walk.
-_checked: set[tuple[str, int, int, int, int]] = set()
+_checked: dict[tuple[str, int, int, int, int], GGUFInfo] = {}
 
 
 class LlamaModel:
@@ -97,8 +99,12 @@ class LlamaModel:
         params.n_gpu_layers = int(options.num_gpu)
         params.main_gpu = int(options.main_gpu)
         params.vocab_only = vocab_only
+        params.use_extra_bufts = bool(options.repack)
         if options.use_mmap is not None:
             params.load_mode = lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+        split = self._tensor_split(options.tensor_split) if options.tensor_split and not vocab_only else None
+        if split is not None:
+            params.tensor_split = split
         state = None
         handle = None
         if progress is not None:
@@ -107,12 +113,16 @@ class LlamaModel:
             handle = ffi.new_handle(state)
             params.progress_callback = lib.corral_progress_cb
             params.progress_callback_user_data = handle
+        library.clear_error()
         ptr = lib.llama_model_load_from_file(self.path.encode(), params)
         if ptr == ffi.NULL:
+            reason = library.last_error()
             if state is not None and state.error is not None:
                 raise ModelLoadError(f"model load stopped: the progress callback raised {state.error!r}")
             if state is not None and state.cancelled:
                 raise ModelLoadError("model load cancelled")
+            if reason:
+                raise ModelLoadError(f"llama.cpp could not load the model: {reason}")
             raise ModelLoadError(f"llama.cpp could not load {self.path} (unsupported architecture, "
                                  "damaged tensors or out of memory; see the log)")
         self.ptr = ptr
@@ -130,6 +140,22 @@ class LlamaModel:
         except BaseException:
             self.free()
             raise
+
+    def _tensor_split(self, shares: tuple[float, ...]) -> Any:
+        """llama.cpp's ``tensor_split`` array for ``shares``, checked against the devices it splits over."""
+        devices = self.native.split_devices()
+        if not devices:
+            raise InvalidRequestError("tensor_split needs GPUs or RPC workers to split the model over; "
+                                      "this backend has only the CPU")
+        if len(shares) > len(devices):
+            names = ", ".join(f"{d.name} ({d.description})" for d in devices)
+            raise InvalidRequestError(f"tensor_split has {len(shares)} shares but the model is split over "
+                                      f"{len(devices)} device(s): {names}")
+        split = self.ffi.new("float[]", max(int(self.lib.llama_max_devices()), len(shares)))
+        for i, share in enumerate(shares):
+            split[i] = float(share)
+        self._split = split  # llama.cpp reads it during the load only; kept with the model for clarity
+        return split
 
     # ---- metadata ------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

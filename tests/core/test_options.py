@@ -30,8 +30,8 @@ def test_table_defaults_match_types_defaults() -> None:
     assert d["num_predict"] == -1 and d["num_keep"] == 4 and d["num_batch"] == 512
     assert "num_ctx" not in d and "stop" not in d
     assert LOAD_KEYS == {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread",
-                         "draft_num_predict"}
-    assert len(OPTIONS) == 20
+                         "draft_num_predict", "tensor_split"}
+    assert len(OPTIONS) == 21
 
 
 def test_precedence_defaults_model_request() -> None:
