@@ -105,17 +105,18 @@ class RpcBackend(LlamaBackend):
         if bad:
             raise ModelLoadError("cannot split the model over the RPC workers: "
                                  + "; ".join(s.describe() for s in bad))
+        self._check_room(path, options, statuses)
         # A worker lost from here on aborts the runner; ggml's gdb backtrace would only delay the error.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         native = self.native()
         add_workers(native, workers)
-        self._check_room(path, options, statuses, native)
         return super().corral_load_model(path, options, progress)
 
-    def _check_room(self, path: str, options: LoadOptions, statuses: list[WorkerStatus], native: Any) -> None:
-        """Refuse, with the numbers, a model whose weights and KV cache cannot fit the split devices."""
+    def _check_room(self, path: str, options: LoadOptions, statuses: list[WorkerStatus]) -> None:
+        """Refuse, with the numbers, a model whose weights and KV cache cannot fit the split devices
+        (the workers and this host's GPUs); before anything native is loaded."""
         need = device_need(check_gguf(path), options)
-        local = [d for d in native.split_devices() if not d.name.startswith("RPC")]
+        local = [d for d in self.probe().devices if d.type in ("gpu", "igpu")]
         offered = sum(s.free for s in statuses) + sum(d.memory_free for d in local)
         if need.total <= offered:
             return
@@ -133,7 +134,7 @@ class RpcBackend(LlamaBackend):
         lost = [s for s in probe_workers(self.config().workers) if s.state in ("unreachable", "broken")]
         if not lost:
             return None
-        return "lost RPC worker " + "; ".join(s.describe() for s in lost)
+        return "lost RPC worker " + "; ".join(f"{s.endpoint} ({s.state}: {s.detail})" for s in lost)
 
 
 plugin = RpcBackend()

@@ -188,3 +188,23 @@ def test_parse_parameter() -> None:
         parse_parameter("num_ctx", ["8k"])
     with pytest.raises(InvalidRequestError, match="invalid boolean"):
         parse_parameter("use_mmap", ["maybe"])
+
+
+def test_tensor_split_option() -> None:
+    lo = to_load_options(merge_options({"tensor_split": [3, 1]}, None), Config())
+    assert lo.tensor_split == (3.0, 1.0)
+    lo = to_load_options(merge_options(None, {"tensor_split": [0, 2.5]}), Config())
+    assert lo.tensor_split == (0.0, 2.5)
+    assert to_load_options({}, Config()).tensor_split == ()  # unset: llama.cpp splits by free memory
+    assert parse_parameter("tensor_split", ["3,1"]) == [3.0, 1.0]
+    with pytest.raises(InvalidRequestError, match='"tensor_split" must be of type array of numbers'):
+        merge_options(None, {"tensor_split": "3,1"})
+    for bad in ([], [0, 0], [-1, 1], [1] * 17, [True], [float("inf")]):
+        with pytest.raises(InvalidRequestError, match='option "tensor_split" must be'):
+            merge_options(None, {"tensor_split": bad})
+
+
+def test_norepack_config_turns_repacking_off() -> None:
+    assert to_load_options({}, Config()).repack is True
+    assert to_load_options({}, Config(norepack=True)).repack is False
+    assert Config.from_env({"CORRAL_NOREPACK": "1"}).norepack

@@ -86,6 +86,29 @@ def test_crash_inside_backend_and_backend_error(make_config, engine_store):
     asyncio.run(main())
 
 
+def test_backend_explains_an_unexpected_stop(make_config, engine_store):
+    """The backend's sentence (the rpc backend names a lost worker) replaces the generic message."""
+    asked = []
+
+    def explain(handle):
+        asked.append(handle.path)
+        return "lost RPC worker 10.0.0.9:50052 (unreachable: connection refused)"
+
+    async def main():
+        config = make_config([{"match": "die", "crash": True, "error_after": 2}])
+        engine = Engine(config, engine_store, runner_factory=subprocess_runners(config, explain=explain))
+        with pytest.raises(RunnerStoppedError) as err:
+            [c async for c in engine.generate(GenerateJob(model="alpha", prompt="die now"))]
+        assert str(err.value) == ("model runner has unexpectedly stopped: lost RPC worker 10.0.0.9:50052 "
+                                  "(unreachable: connection refused)")
+        ok = [c async for c in engine.generate(GenerateJob(model="alpha", prompt="fine"))]
+        assert ok[-1].done_reason == "stop"
+        await engine.shutdown()  # a runner closed on purpose is not explained
+        assert asked == [str(engine_store.get("alpha").model_path)]
+
+    asyncio.run(main())
+
+
 def test_runner_client_calls_and_cancel(make_config, engine_store):
     rules = [{"match": "slow", "reply": "z" * 100, "delay": 0.05}]
 

@@ -94,6 +94,22 @@ def test_hooks_on_tiny_model(hooks, tiny_gguf):
         hooks.tokenize(handle, "hello")
 
 
+def test_tensor_split_needs_devices_to_split_over(hooks, tiny_gguf):
+    with pytest.raises(InvalidRequestError, match="only the CPU"):
+        hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=256, tensor_split=(1.0, 1.0)))
+
+
+def test_worker_runs_on_the_best_local_backend(host, cpu_lib):
+    from corral.selection import select_worker_backend
+
+    if Path("/proc/driver/nvidia").exists():
+        pytest.skip("this machine has an NVIDIA driver")
+    config = Config(load_plugins=IN_TREE)
+    assert select_worker_backend(host, config) == "cpu"
+    with pytest.raises(BackendUnavailableError, match="cannot run here"):
+        select_worker_backend(host, config, "cuda")
+
+
 def test_quantize_hook(hooks, tmp_path):
     # routed like every per-model call: to the selected backend only (the cuda plugin is not asked)
     src = write_tiny_gguf(tmp_path / "f16.gguf", quant="f16")

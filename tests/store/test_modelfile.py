@@ -93,6 +93,21 @@ def test_parameter_typing_and_merge() -> None:
         "stop": ["c"], "temperature": 0.2, "top_k": 64}  # new keys win, lists are replaced
 
 
+def test_tensor_split_parameter() -> None:
+    # One line, or one share per line as `corral show` writes lists; checked as a whole.
+    one = parse_modelfile("FROM x\nPARAMETER tensor_split 3,1\n")
+    assert parameters_of(one) == {"tensor_split": [3.0, 1.0]}
+    lines = "FROM x\nPARAMETER tensor_split 0\nPARAMETER tensor_split 2\n"
+    assert parameters_of(parse_modelfile(lines)) == {"tensor_split": [0.0, 2.0]}
+    with pytest.raises(ModelfileError, match="line 2: parameter tensor_split must be"):
+        parameters_of(parse_modelfile("FROM x\nPARAMETER tensor_split 0\n"))
+    with pytest.raises(ModelfileError, match="line 2: parameter tensor_split must be numbers"):
+        parse_modelfile("FROM x\nPARAMETER tensor_split 1,x\n")
+    assert merge_parameters({}, {"tensor_split": [1, 2]}) == {"tensor_split": [1.0, 2.0]}
+    with pytest.raises(ValueError, match="1 to 16"):
+        merge_parameters({}, {"tensor_split": [1] * 17})
+
+
 def test_spec_from_modelfile(tmp_path: Path, tiny_gguf: Path) -> None:
     (tmp_path / "m.gguf").write_bytes(tiny_gguf.read_bytes())
     mf = parse_modelfile("FROM ./m.gguf\nSYSTEM hi\nPARAMETER stop x\nMESSAGE user yo\nLICENSE L\n")
