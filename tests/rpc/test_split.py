@@ -29,6 +29,13 @@ SETTINGS = {"CORRAL_CONTEXT_LENGTH": "1024", "CORRAL_NUM_PARALLEL": "2"}
 class Cluster:
     def __init__(self, workers: list[Worker], rpc: Server, cpu: Server) -> None:
         self.workers, self.rpc, self.cpu = workers, rpc, cpu
+        self._reference: dict[str, dict[str, Any]] = {}
+
+    def reference(self, prompt: str) -> dict[str, Any]:
+        """The local CPU's greedy answer to ``prompt`` (computed once: the CPU side never changes)."""
+        if prompt not in self._reference:
+            self._reference[prompt] = self.cpu.generate(prompt)
+        return self._reference[prompt]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +92,7 @@ def test_backends_lists_workers_and_their_devices(cluster: Cluster) -> None:
 
 def test_split_is_token_identical_to_the_local_cpu(cluster: Cluster) -> None:
     for prompt in PROMPTS:
-        got = cluster.rpc.generate(prompt, options={"num_predict": 32})
-        want = cluster.cpu.generate(prompt, options={"num_predict": 32})
+        got, want = cluster.rpc.generate(prompt), cluster.reference(prompt)
         assert got["context"] == want["context"], (got["response"], want["response"])
         assert got["response"] == want["response"] and got["response"].strip()
     # Each worker holds some of the 18 layers, none twice, all of them between the two.
@@ -112,7 +118,7 @@ def test_streaming_follow_up_grammar_and_batching_match_the_cpu(cluster: Cluster
                                            options={"num_predict": 40})["response"]
     assert isinstance(json.loads(got["response"])["color"], str)
     # Two requests at once are decoded in one batch and come out as each does alone.
-    alone = {p: cpu.generate(p)["response"] for p in PROMPTS}
+    alone = {p: cluster.reference(p)["response"] for p in PROMPTS}
     with ThreadPoolExecutor(2) as pool:
         together = dict(zip(PROMPTS, pool.map(lambda p: rpc.generate(p)["response"], PROMPTS), strict=True))
     assert together == alone
@@ -182,8 +188,7 @@ def test_worker_killed_mid_stream(cluster: Cluster) -> None:
         assert time.monotonic() - t0 < 10
         # Back up: the next request loads the model again and answers as before.
         victim.start().wait_ready()
-        got = rpc.generate(PROMPTS[0], options={"num_predict": 32})
-        assert got["context"] == cluster.cpu.generate(PROMPTS[0], options={"num_predict": 32})["context"]
+        assert rpc.generate(PROMPTS[0])["context"] == cluster.reference(PROMPTS[0])["context"]
     finally:
         stop.set()
         poller.join(5)
