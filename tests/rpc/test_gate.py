@@ -29,13 +29,21 @@ def hello_from(source: str, endpoint: str) -> bytes:
         s.connect((host, int(port)))
         try:
             s.sendall(struct.pack("<BQ", CMD_HELLO, CONN_CAPS) + bytes(CONN_CAPS))
-            reply = s.recv(64)
+            reply = read(s, 8 + 4 + CONN_CAPS)
             if reply:  # allowed: the real server answers, and keeps answering
                 s.sendall(struct.pack("<BQ", CMD_DEVICE_COUNT, 0))
-                reply += s.recv(64)
+                reply += read(s, 8 + 4)
             return reply
         except ConnectionError:  # reset or broken pipe: the gate closed before or while we spoke
             return b""
+
+
+def read(s: socket.socket, n: int) -> bytes:
+    """``n`` bytes, or what came before the peer closed (the relay may split a message)."""
+    out = b""
+    while len(out) < n and (chunk := s.recv(n - len(out))):
+        out += chunk
+    return out
 
 
 def local_ipv4() -> str | None:
