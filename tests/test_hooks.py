@@ -189,3 +189,64 @@ def test_hook_corral_quantize(host: PluginHost, hooks: BackendHooks, tmp_path: P
     host.register(CannotQuantize(), "plain")
     with pytest.raises(InvalidRequestError, match="quantizing to q8_0 is not supported by the plain backend"):
         BackendHooks(host, "plain").quantize(src, str(tmp_path / "x.gguf"), "q8_0")
+
+
+def test_hook_corral_explain_stop(host: PluginHost, hooks: BackendHooks, handle: ModelHandle) -> None:
+    # Optional: a backend without it (the fake) leaves the generic message; never raises.
+    assert hooks.explain_stop(handle) is None
+
+    class Lossy:
+        def __init__(self, answer: str | None = None, fail: bool = False) -> None:
+            self.answer, self.fail, self.asked = answer, fail, 0
+
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            return BackendInfo(name=f"lossy{int(self.fail)}", priority=1, usable=True)
+
+        @hookimpl
+        def corral_explain_stop(self, handle: ModelHandle) -> str | None:
+            self.asked += 1
+            if self.fail:
+                raise RuntimeError("probe of the workers exploded")
+            return self.answer
+
+    lossy = Lossy("lost RPC worker 10.0.0.9:50052 (unreachable: connection refused)")
+    broken = Lossy(fail=True)
+    host.register(lossy, "lossy0")
+    host.register(broken, "lossy1")
+    assert BackendHooks(host, "lossy0").explain_stop(handle) == lossy.answer
+    assert BackendHooks(host, "lossy1").explain_stop(handle) is None  # a failing explanation is no error
+    assert BackendHooks(host, "fake").explain_stop(handle) is None
+    assert (lossy.asked, broken.asked) == (1, 1)  # routed to one backend, never broadcast
+
+
+def test_hook_corral_start_worker(host: PluginHost, tmp_path: Path) -> None:
+    from corral.selection import select_worker_backend
+    from corral.types import DeviceInfo, WorkerInfo
+
+    class Offers:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            return BackendInfo(name="offers", priority=2, usable=True)
+
+        @hookimpl
+        def corral_start_worker(self, endpoint: str, cache_dir: str | None, threads: int,
+                                memory_limit: int) -> WorkerInfo:
+            self.calls.append((endpoint, cache_dir, threads, memory_limit))
+            return WorkerInfo(endpoint=endpoint, devices=[DeviceInfo(name="CPU")], cache_dir=cache_dir)
+
+    offers = Offers()
+    host.register(offers, "offers")
+    # Only a backend that implements the hook may run a worker: the fake (priority 1) and the bystander
+    # (priority 50) do not, so the lower-priority "offers" is chosen, and asking for the fake is an error.
+    assert select_worker_backend(host, Config()) == "offers"
+    with pytest.raises(BackendUnavailableError, match="cannot run an RPC worker"):
+        select_worker_backend(host, Config(), "fake")
+    info = BackendHooks(host, "offers").start_worker("127.0.0.1:50052", cache_dir=str(tmp_path), threads=1,
+                                                     memory_limit=1 << 30)
+    assert info.endpoint == "127.0.0.1:50052" and info.devices[0].name == "CPU"
+    assert offers.calls == [("127.0.0.1:50052", str(tmp_path), 1, 1 << 30)]
+    assert fake_of(host).history == [] and fake_of(host, "bystander").history == []

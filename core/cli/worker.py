@@ -57,7 +57,7 @@ def worker(
 
     from corral.cli.common import err_console, load_config
     from corral.config import parse_size
-    from corral.plugins import make_plugin_manager
+    from corral.plugins import load_plugins
     from corral.rpcgate import AllowList, Gate, free_loopback_port
     from corral.selection import BackendHooks, select_worker_backend
 
@@ -89,8 +89,8 @@ def worker(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.debug:
         logging.getLogger("corral.llama").setLevel(logging.WARNING)
-    pm = make_plugin_manager(config)
-    name = select_worker_backend(pm, config, backend)
+    host_plugins = load_plugins(config)
+    name = select_worker_backend(host_plugins, config, backend)
     # With an allow-list, llama.cpp listens on a private loopback port and the gate owns the public one.
     gate = None
     if allowed.networks:
@@ -102,7 +102,7 @@ def worker(
         endpoint = f"127.0.0.1:{private}"
     else:
         endpoint = f"{address}:{port}"
-    info = BackendHooks(pm, name).start_worker(endpoint, cache_dir=cache_dir, threads=threads,
+    info = BackendHooks(host_plugins, name).start_worker(endpoint, cache_dir=cache_dir, threads=threads,
                                                memory_limit=limit)
     offered = ", ".join(f"{d.name} ({d.description}, {d.memory_free / 2**20:.0f} MiB free of "
                         f"{d.memory_total / 2**20:.0f} MiB)" for d in info.devices)

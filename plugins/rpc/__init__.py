@@ -7,12 +7,11 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from corral.config import Config
 from corral.errors import BackendUnavailableError, ModelLoadError
 from corral.hookspecs import hookimpl
-from corral.types import BackendInfo, LoadOptions, ModelHandle
+from corral.types import BackendInfo, LoadOptions, ModelHandle, WorkerInfo
 from corral_plugins._llama.backend import LlamaBackend, Probe, build_version
 from corral_plugins._llama.model import check_gguf
 from corral_plugins._llama.rpc import add_workers, rpc_module
@@ -24,8 +23,6 @@ log = logging.getLogger("corral.rpc")
 # Above every local backend: when workers are configured, using them is what was asked for.
 PRIORITY = 400
 LOCAL_BUILDS = ("metal", "cuda", "cpu")  # the local devices come from the best of these that runs here
-HOOKS = ("corral_probe_backend", "corral_load_model", "corral_tokenize", "corral_detokenize",
-         "corral_generate", "corral_embed", "corral_unload", "corral_explain_stop")
 NO_WORKERS = ("no workers: list them in CORRAL_WORKERS=host:port,... or `corral serve --workers`, "
               "and start each with `corral worker`")
 
@@ -43,9 +40,6 @@ class RpcBackend(LlamaBackend):
         super().__init__("rpc", cpu, PRIORITY, self._probe_local)
         self.local = ""
         self._config: Config | None = None
-
-    def hooks(self) -> dict[str, Callable[..., Any]]:
-        return {h: getattr(self, h) for h in HOOKS}
 
     def config(self) -> Config:
         return self._config if self._config is not None else Config.from_env()
@@ -129,6 +123,11 @@ class RpcBackend(LlamaBackend):
             f"({where}); add workers, give them more memory (corral worker --memory), lower num_ctx, "
             f"or keep layers on this host with num_gpu")
 
+    def corral_start_worker(self, endpoint: str, cache_dir: str | None, threads: int,
+                            memory_limit: int) -> WorkerInfo | None:
+        """Not a hook here (no @hookimpl): a worker offers its own devices, not other workers'."""
+        return None
+
     @hookimpl
     def corral_explain_stop(self, handle: ModelHandle) -> str | None:
         lost = [s for s in probe_workers(self.config().workers) if s.state in ("unreachable", "broken")]
@@ -137,6 +136,5 @@ class RpcBackend(LlamaBackend):
         return "lost RPC worker " + "; ".join(f"{s.endpoint} ({s.state}: {s.detail})" for s in lost)
 
 
+# The plugin object: the "rpc" entry point names it, as the cpu, cuda and metal ones name theirs.
 plugin = RpcBackend()
-# pluggy registers this module: its hook functions are the instance's bound methods.
-globals().update(plugin.hooks())
