@@ -27,8 +27,9 @@ def _rebase_refs(schema: Any, base: str) -> Any:
 
 
 def _arguments_schema(tool: Tool, base: str) -> dict[str, Any]:
-    """The tool's parameters as the arguments' schema; one the converter cannot express is relaxed to
-    any JSON object (the call is still forced and still parsed; only its arguments are unconstrained)."""
+    """The tool's parameters as the arguments' schema, its local ``$ref``s pointing at ``base``; one the
+    converter cannot express is relaxed to any JSON object (the call is still forced and still parsed;
+    only its arguments are unconstrained)."""
     params = tool.parameters or {"type": "object"}
     try:
         schema_to_gbnf(params)
@@ -50,13 +51,15 @@ def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
     if not chosen:
         raise InvalidRequestError(
             f"tool_choice names the tool {only!r}, which is not among the request's tools")
-    alternatives = []
+    # Each tool's schema goes under $defs (a path of objects only, which $ref can walk), and its own
+    # local references are rebased there.
+    alternatives, defs = [], {}
     for i, t in enumerate(chosen):
-        base = f"#/anyOf/{i}/properties/arguments"
-        props = {"name": {"const": t.name}, "arguments": _arguments_schema(t, base)}
+        defs[f"tool{i}"] = _arguments_schema(t, f"#/$defs/tool{i}")
+        props = {"name": {"const": t.name}, "arguments": {"$ref": f"#/$defs/tool{i}"}}
         alternatives.append({"type": "object", "additionalProperties": False,
                              "required": ["name", "arguments"], "properties": props})
-    call = schema_to_gbnf({"anyOf": alternatives})
+    call = schema_to_gbnf({"anyOf": alternatives, "$defs": defs})
     call = re.sub(r"^root ::=", "call ::=", call, count=1, flags=re.M)
     if tag == "{":
         head, tail = "", ""

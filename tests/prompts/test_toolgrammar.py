@@ -1,0 +1,93 @@
+"""tool_choice required / a named tool: the grammar forces exactly one call, in the template's own syntax,
+that the output parser reads back as that call; llama.cpp's GBNF parser accepts every form of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.config import Config
+from corral.conversation import Tool
+from corral.errors import InvalidRequestError
+from corral.plugins import load_plugins
+from corral.prompts.outparse import OutputParser
+from corral.prompts.toolgrammar import tool_call_grammar
+from corral.selection import BackendHooks
+from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
+from corral.testing.gbnf import sample_grammar
+from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams
+
+__all__ = ["tiny_gguf", "tiny_gguf_spec"]
+CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
+TOOLS = [
+    Tool(
+        name="get_weather",
+        parameters={
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+        },
+    ),
+    Tool(name="get_time", parameters={"type": "object", "properties": {}, "additionalProperties": False}),
+    # $defs and $ref inside one tool's schema still resolve once the schemas are combined
+    Tool(
+        name="move",
+        parameters={
+            "type": "object",
+            "required": ["to"],
+            "$defs": {"pos": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "properties": {"to": {"$ref": "#/$defs/pos"}},
+        },
+    ),
+]
+TAGS = ["<tool_call>", "{", "[TOOL_CALLS]", "<|python_tag|>"]
+
+
+def _parse(text: str, tag: str) -> list[str]:
+    parser = OutputParser(tools=TOOLS, tool_tag=tag)
+    delta = parser.feed(text)
+    tail = parser.finish()
+    assert not (delta.content + tail.content).strip(), text
+    return [c.name for c in delta.tool_calls + tail.tool_calls]
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_every_sample_is_one_parsed_call(tag: str) -> None:
+    grammar = tool_call_grammar(TOOLS, tag)
+    for seed in range(12):
+        names = _parse(sample_grammar(grammar, seed=seed), tag)
+        assert len(names) == 1 and names[0] in {t.name for t in TOOLS}
+    forced = tool_call_grammar(TOOLS, tag, only="get_time")
+    assert all(_parse(sample_grammar(forced, seed=s), tag) == ["get_time"] for s in range(6))
+
+
+def test_clear_errors() -> None:
+    with pytest.raises(InvalidRequestError, match="no tools"):
+        tool_call_grammar([], "{")
+    with pytest.raises(InvalidRequestError, match="not among"):
+        tool_call_grammar(TOOLS, "{", only="absent")
+
+
+@pytest.fixture(scope="module")
+def tiny_hooks(tiny_gguf: Path):
+    if not (any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))):
+        pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
+    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
+    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=512, num_parallel=1))
+    yield hooks, handle
+    hooks.unload(handle)
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_llama_cpp_generates_a_parsable_call(tiny_hooks, tag: str) -> None:
+    hooks, handle = tiny_hooks
+    request = GenerationRequest(
+        prompt=hooks.tokenize(handle, "call a tool"),
+        num_predict=200,
+        sampling=SamplingParams(temperature=0.0, grammar=tool_call_grammar(TOOLS, tag)),
+    )
+    events = list(hooks.generate(handle, request, CancelToken()))
+    text = "".join(e.text for e in events)
+    assert events[-1].finish_reason == "stop", text  # the grammar ended the answer, not the cap
+    assert len(_parse(text, tag)) == 1
