@@ -53,6 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_TRACE_PLUGINS", "", "1 to log every hook call"),
     Setting("CORRAL_NOHISTORY", "", "Set to keep no REPL history"),
     Setting("CORRAL_HOME", "~/.corral", "Where history, logs and the server pid live"),
+    Setting("CORRAL_REGISTRY_MIRROR", "", "URL that pulls of registry.ollama.ai models use instead"),
 )
 # The test kit's own variable: not a server setting, so not part of Config (read by fake_script()).
 FAKE_SCRIPT = Setting("CORRAL_FAKE_SCRIPT", "", "Test kit: JSON rules file scripting the fake backend")
@@ -176,6 +177,17 @@ def parse_workers(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_mirror(value: str) -> str | None:
+    """A registry mirror's base URL (``https://host[:port][/prefix]``, no trailing slash), or None."""
+    v = value.strip().rstrip("/")
+    if not v:
+        return None
+    scheme, sep, rest = v.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError(f"CORRAL_REGISTRY_MIRROR must be an http(s)://host[:port][/path] URL, not {value!r}")
+    return f"{scheme.lower()}://{rest}"
+
+
 class Config(msgspec.Struct, kw_only=True):
     """Resolved settings. Build with ``Config.from_env()``; tests pass their own values."""
 
@@ -210,6 +222,7 @@ class Config(msgspec.Struct, kw_only=True):
     extra_plugins: tuple[str, ...] = ()
     trace_plugins: bool = False
     nohistory: bool = False
+    registry_mirror: str | None = None  # CORRAL_REGISTRY_MIRROR: scheme://host[:port][/prefix]
 
     def __post_init__(self) -> None:
         """A setting no request could ever use is refused here, when the server starts."""
@@ -267,6 +280,7 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_NOHISTORY": "1" if self.nohistory else "",
             "CORRAL_CPU_VARIANT": self.cpu_variant or "",
             "CORRAL_WORKERS": ",".join(self.workers),
+            "CORRAL_REGISTRY_MIRROR": self.registry_mirror or "",
         }
         if self.load_plugins is not None:
             env["CORRAL_LOAD_PLUGINS"] = ",".join(self.load_plugins)
@@ -320,6 +334,7 @@ class Config(msgspec.Struct, kw_only=True):
                 extra_plugins=names("CORRAL_EXTRA_PLUGINS"),
                 trace_plugins=parse_bool(get("CORRAL_TRACE_PLUGINS")),
                 nohistory=parse_bool(get("CORRAL_NOHISTORY")),
+                registry_mirror=parse_mirror(get("CORRAL_REGISTRY_MIRROR")),
             )
         except ValueError as exc:
             raise ValueError(f"invalid environment setting: {exc}") from None

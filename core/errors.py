@@ -86,6 +86,11 @@ class RegistryError(CorralError):
     """The registry answered in a way the pull/push protocol does not allow."""
 
 
+class RegistryUnreachableError(RegistryError):
+    """No connection to the registry could be opened at all (no route, name resolution, refused):
+    reported at once, never retried, unlike errors in the middle of a transfer."""
+
+
 class GenerationCancelledError(CorralError):
     """Generation stopped because the client went away or the server is shutting down."""
 

@@ -31,6 +31,8 @@ def _hint(exc: CorralError) -> str:
         if str(exc).startswith("couldn't find model"):
             return "see the loaded models with 'corral ps'"
         return "see the models you have with 'corral list', or get one with 'corral pull NAME'"
+    if "manifest: cannot reach" in str(exc):  # RegistryUnreachableError, also when it came in-band
+        return ""  # the message says why already: no network is one line, not a debugging session
     if getattr(exc, "status", None) in (401, 403):
         return "the server wants an API key: set CORRAL_API_KEY to the key it was started with"
     return "set CORRAL_DEBUG=1 for the traceback"
@@ -49,8 +51,8 @@ def report_error(exc: CorralError) -> None:
         import traceback
 
         sys.stderr.write("".join(traceback.format_exception(exc)))
-    else:
-        console.print(f"[dim]hint: {escape(_hint(exc))}[/dim]")
+    elif hint := _hint(exc):
+        console.print(f"[dim]hint: {escape(hint)}[/dim]")
 
 
 class CorralGroup(TyperGroup):

@@ -56,7 +56,10 @@ class Store(StoreLayout):
 
     @classmethod
     def from_config(cls, config: Config, *, quantizer: Quantizer | None = None) -> Store:
-        return cls(config.models, noprune=config.noprune, quantizer=quantizer)
+        from corral.store.transfer import TransferSettings
+
+        return cls(config.models, noprune=config.noprune, quantizer=quantizer,
+                   transfer=TransferSettings(mirror=config.registry_mirror))
 
     # ---- blobs -----------------------------------------------------------------------------------
     async def put_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import secrets
+import socket
 import ssl
 import time
 import urllib.parse
@@ -14,8 +16,8 @@ import httpx
 import msgspec
 
 from corral import __version__
-from corral.errors import InvalidRequestError, ModelNotFoundError, RegistryError
-from corral.names import ModelName
+from corral.errors import InvalidRequestError, ModelNotFoundError, RegistryError, RegistryUnreachableError
+from corral.names import DEFAULT_HOST, ModelName
 from corral.store.manifest import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES
 
 MAX_SMALL_BODY = 64 * 1024  # error bodies and tokens (CVE-2024-12886: never read them unbounded)
@@ -38,6 +40,7 @@ class TransferSettings(msgspec.Struct, kw_only=True):
     disk_margin: int = 64 * 1024 * 1024
     max_redirects: int = 5
     upload_chunk: int = 1 << 20
+    mirror: str | None = None  # CORRAL_REGISTRY_MIRROR: base URL used for registry.ollama.ai names
 
 
 @functools.cache
@@ -78,14 +81,19 @@ class RegistryClient:
 
     def __init__(self, name: ModelName, *, insecure: bool, settings: TransferSettings,
                  token: str | None = None) -> None:
-        if name.scheme == "http" and not insecure:
-            raise InvalidRequestError(
-                "insecure protocol http: pass insecure=true to pull or push over plain http")
         self.name = name
         self.insecure = insecure
         self.settings = settings
-        scheme = "http" if insecure else "https"
-        self.base = f"{scheme}://{name.host}"
+        if settings.mirror and name.host.lower() == DEFAULT_HOST:
+            # The mirror stands in for the default registry; plain http there is the user's own choice.
+            self.base = settings.mirror
+            self.http_ok = insecure or settings.mirror.startswith("http://")
+        else:
+            if name.scheme == "http" and not insecure:
+                raise InvalidRequestError(
+                    "insecure protocol http: pass insecure=true to pull or push over plain http")
+            self.base = f"{'http' if insecure else 'https'}://{name.host}"
+            self.http_ok = insecure
         self.netloc = urllib.parse.urlsplit(self.base).netloc.lower()
         self.token = token
         timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout,
@@ -127,7 +135,7 @@ class RegistryClient:
                 await resp.aclose()
                 if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
                     raise RegistryError("registry redirected to a non-http URL")
-                if urllib.parse.urlsplit(url).scheme == "http" and not self.insecure:
+                if urllib.parse.urlsplit(url).scheme == "http" and not self.http_ok:
                     raise RegistryError("registry redirected to plain http; refusing without insecure")
                 if resp.status_code == 303:
                     method, content = "GET", None
@@ -143,7 +151,7 @@ class RegistryClient:
         if parts.netloc.lower() != self.netloc or parts.scheme not in ("http", "https"):
             raise RegistryError(f"registry {self.name.host} asked to authenticate at another host "
                                 f"({parts.netloc[:100] or 'none'}); refusing")
-        if parts.scheme == "http" and not self.insecure:
+        if parts.scheme == "http" and not self.http_ok:
             raise RegistryError("registry auth realm uses plain http; refusing without insecure")
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         query.update(ts=str(int(time.time())), nonce=secrets.token_urlsafe(16))
@@ -166,17 +174,31 @@ class RegistryClient:
         self.token = token
 
     async def get_manifest(self) -> bytes:
-        """The manifest bytes; 5xx and dropped connections are retried with backoff."""
+        """The manifest bytes; 5xx and dropped connections are retried with backoff.
+
+        A registry that cannot be connected to at all on the first try (no route, no name resolution,
+        refused) is reported at once: retrying a missing route only makes the user wait.
+        """
         url = self.url("manifests", self.name.tag)
         delay = self.settings.backoff
+        reached = False
         for attempt in range(self.settings.retries + 1):
             try:
                 resp = await self.send("GET", url, headers={"Accept": MANIFEST_MEDIA_TYPE})
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                why = connect_failure(exc, self.settings)
+                why = f"pull model manifest: cannot reach {self.netloc}: {why}"
+                if not reached:
+                    raise RegistryUnreachableError(why) from None
+                if attempt >= self.settings.retries:
+                    raise RegistryError(why) from None
             except httpx.TransportError as exc:
+                reached = True  # the connection opened and then failed: transient
                 if attempt >= self.settings.retries:
                     raise RegistryError(
-                        f"pull model manifest: cannot reach {self.name.host}: {exc}") from None
+                        f"pull model manifest: cannot reach {self.netloc}: {exc}") from None
             else:
+                reached = True
                 try:
                     if resp.status_code < 500 and resp.status_code != 429:
                         if resp.status_code == 404:
@@ -191,6 +213,24 @@ class RegistryClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.backoff_max)
         raise RegistryError("pull model manifest: retries exhausted")
+
+
+def connect_failure(exc: httpx.TransportError, settings: TransferSettings) -> str:
+    """Why a connection could not be opened, in a few words (the OS error under httpx's wrapping)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no answer within {settings.connect_timeout:.0f} s"
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 8:
+        if isinstance(cause, socket.gaierror):
+            return "cannot resolve the host name (no network, or no DNS)"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "no route to the host (no network?)"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 async def read_bounded(resp: httpx.Response, limit: int, what: str) -> bytes:
