@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import re
+import select
 import shutil
 import socket
 import tempfile
@@ -39,6 +40,10 @@ class Faults:
     chunk_size: int = 16 * 1024  # body write size; small so that mid-part faults land mid-part
     redirect_blobs: str | None = None  # base URL (a "CDN") that blob GETs are redirected to (307)
     gzip_manifests: bool = False  # send manifests gzip-compressed (Content-Encoding: gzip)
+    # When set: every blob body stops after its first chunk until the event is set (``holding`` is set
+    # once one does; ``hung_up`` once its client goes away), so a test can interrupt a transfer that
+    # certainly has not finished.
+    hold: threading.Event | None = None
 
 
 @dataclass
@@ -72,6 +77,8 @@ class TestRegistry:
         (self.root / "uploads").mkdir(parents=True, exist_ok=True)
         self.manifests: dict[str, bytes] = {}
         self.faults = Faults()
+        self.holding = threading.Event()  # a blob body is waiting for ``faults.hold``
+        self.hung_up = threading.Event()  # the client of a held body closed its connection
         self.log: list[Access] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -294,11 +301,28 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
                     if not self._write(chunk, access):
                         return
                     pos += len(chunk)
+                    hold = f.hold
+                    if hold is not None and pos <= end:
+                        self.wfile.flush()
+                        reg.holding.set()
+                        while not hold.wait(0.05):
+                            if self._peer_closed():
+                                reg.hung_up.set()
+                                self.close_connection = True
+                                return
                     if f.bytes_per_second:
                         ahead = access.sent / f.bytes_per_second - (time.monotonic() - t0)
                         if ahead > 0:
                             time.sleep(ahead)
             access.complete = True
+
+        def _peer_closed(self) -> bool:
+            """The client hung up (EOF or reset on the socket) while its response is held."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
         def _write(self, chunk: bytes, access: Access) -> bool:
             try:

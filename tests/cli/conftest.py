@@ -20,9 +20,13 @@ from corral.cli.main import app
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec  # noqa: F401  (fixtures)
 from corral.testing.live import free_port
 
+NO_REGISTRY = "http://127.0.0.1:9"
+
 # Prompts containing these words get scripted fake answers (the runner reads this file at start).
 FAKE_RULES = [
-    {"match": "go slowly", "reply": "one two three four five six seven eight nine ten " * 20, "delay": 0.05},
+    # ~500 s of streaming: it cannot end by itself before a test's Ctrl-C, however busy the machine is
+    {"match": "go slowly", "reply": "one two three four five six seven eight nine ten " * 1000,
+     "delay": 0.05},
     {"match": "fail please", "error": "scripted failure"},
     # a thinking model (test_run_thinks_by_itself...): reasoning only when the prompt opened it
     {"match": "2+2?\nassistant: <think>", "reply": "Let me add.</think>It is 4."},
@@ -79,6 +83,9 @@ def server_env(root: Path, port: int) -> dict[str, str]:
         "CORRAL_BACKEND": "fake",
         "CORRAL_FAKE_SCRIPT": str(rules),
         "CORRAL_NOHISTORY": "1",
+        # Pulls of registry.ollama.ai names go here: a port nothing listens on (a privileged one, so no
+        # test's ephemeral port can take it). The tests never depend on the real registry.
+        "CORRAL_REGISTRY_MIRROR": NO_REGISTRY,
     }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pexpect
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from .conftest import LiveServer
 
 PROMPT = ">>> "
+TIMEOUT = 120  # a ceiling for each expected output, not a speed bar: a busy 2-core machine is slow
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def repl(live_server: LiveServer, tiny_model: str) -> pexpect.spawn:
     env = {**os.environ, **live_server.env, "TERM": "xterm", "COLUMNS": "100", "LINES": "40",
            "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = pexpect.spawn(sys.executable, ["-m", "corral.cli", "run", tiny_model], env=env,
-                          encoding="utf-8", timeout=30, dimensions=(40, 100))
+                          encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 100))
     child.expect_exact(PROMPT)
     yield child
     if child.isalive():
@@ -38,13 +38,12 @@ def test_repl_streams_sets_parameters_stops_on_ctrl_c_and_leaves(repl: pexpect.s
     repl.expect_exact("Set parameter 'temperature' to '0'")
     repl.expect_exact(PROMPT)
 
-    # A long, slow scripted answer: Ctrl-C must stop it, not the program.
+    # A scripted answer that streams for ~500 s: Ctrl-C must stop it (the prompt comes back long before
+    # the answer could have ended), not the program.
     repl.sendline("please go slowly")
     repl.expect_exact("three")
-    started = time.monotonic()
     repl.sendcontrol("c")
     repl.expect_exact(PROMPT)
-    assert time.monotonic() - started < 5  # well before the 200-word answer would have ended
     assert repl.isalive()
 
     repl.sendline('"""first line')
