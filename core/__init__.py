@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corral.hookspecs import hookimpl
+from typing import Any
 
 __version__ = "0.1.0"
 # The Ollama API version corral's /api/version reports: the one whose routes and fields it implements
@@ -10,3 +10,13 @@ __version__ = "0.1.0"
 OLLAMA_API_VERSION = "0.13.4"
 
 __all__ = ["OLLAMA_API_VERSION", "__version__", "hookimpl"]
+
+
+def __getattr__(name: str) -> Any:
+    """``corral.hookimpl`` for plugins, imported on first use: a CLI command that loads no plugin
+    (``corral list``) should not pay for pluggy."""
+    if name == "hookimpl":
+        from corral.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

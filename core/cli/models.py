@@ -8,31 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from corral.cli.common import connect, human_size, time_ago
+from corral.cli import tables
+from corral.cli.common import connect
 
 
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the server's JSON for scripts.")] = False,
 ) -> None:
     """List the models in the store (NAME, ID, SIZE, MODIFIED), newest first."""
-    from corral.cli.common import print_json
-
-    data = connect().request("GET", "/api/tags") or {}
-    models = data.get("models") or []
-    if as_json:
-        print_json(models)
-        return
-    rows = [(m.get("name", ""), (m.get("digest") or "")[:12], human_size(m.get("size")),
-             time_ago(m.get("modified_at"))) for m in models]
-    print_columns(("NAME", "ID", "SIZE", "MODIFIED"), rows)
-
-
-def print_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Ollama's tab-aligned table: columns padded to the widest cell, three spaces apart."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        line = "   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        sys.stdout.write(line + "\n")
+    tables.list_models(as_json)
 
 
 # ---- show ----------------------------------------------------------------------------------------

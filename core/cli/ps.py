@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from corral.cli.common import connect, human_size, time_until
-
-
-def processor(m: dict[str, Any]) -> str:
-    """``100% CPU``, ``100% GPU`` or ``48%/52% CPU/GPU``, from size and size_vram."""
-    size, vram = m.get("size") or 0, m.get("size_vram") or 0
-    if not size or vram <= 0:
-        return "100% CPU"
-    if vram >= size:
-        return "100% GPU"
-    gpu = round(100 * vram / size)
-    return f"{100 - gpu}%/{gpu}% CPU/GPU"
+from corral.cli import tables
+from corral.cli.common import connect
 
 
 def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print the server's JSON for scripts.")] = False,
 ) -> None:
     """List the models loaded in memory now."""
-    from corral.cli.common import print_json
-    from corral.cli.models import print_columns
-
-    data = connect().request("GET", "/api/ps") or {}
-    models = data.get("models") or []
-    if as_json:
-        print_json(models)
-        return
-    rows = [(m.get("name", ""), (m.get("digest") or "")[:12], human_size(m.get("size")), processor(m),
-             str(m.get("context_length") or ""), time_until(m.get("expires_at"))) for m in models]
-    print_columns(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"), rows)
+    tables.list_loaded(as_json)
 
 
 def _same(a: str, b: str) -> bool:
