@@ -20,7 +20,8 @@ def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):
                api_key="secret", max_body=1234, max_media_size=99, max_image_pixels=4096, max_media=3,
                fetch_images=True, noprune=True, debug=True, load_plugins=("cpu",),
                disable_plugins=("cuda",), extra_plugins=("corral.testing.fake",), trace_plugins=True,
-               nohistory=True, cpu_variant="zen4", workers=("10.0.0.5:50052", "box:1"), norepack=True),
+               nohistory=True, cpu_variant="zen4", workers=("10.0.0.5:50052", "box:1"), norepack=True,
+               registry_mirror="http://10.0.0.2:5000/ollama"),
         Config(keep_alive=0.25, flash_attention=True, load_plugins=()),
     ]
     # The second config sets every field, so a new setting missing from Config.to_env fails here.
