@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -31,7 +31,6 @@ from corral.jobs import (
 from corral.media import inspect_media
 from corral.options import for_prompt, merge_options, to_generation, to_load_options
 from corral.prompts import (
-    OutputParser,
     ParsedDelta,
     PromptPlan,
     TokenCounter,
@@ -39,6 +38,7 @@ from corral.prompts import (
     plan_chat,
     plan_generate,
 )
+from corral.prompts.formats import StreamParser
 from corral.prompts.media import split_media
 from corral.runner import RunnerFactory, subprocess_runners
 from corral.scheduler import Lease, RunningModel, Scheduler
@@ -130,8 +130,8 @@ class Engine:
                      metrics=Metrics(total_duration=time.monotonic_ns() - start,
                                      load_duration=lease.load_duration_ns))
 
-    async def _stream(self, lease: Lease, parser: OutputParser, request: GenerationRequest, start: int,
-                      want_context: bool) -> AsyncIterator[Chunk]:
+    async def _stream(self, lease: Lease, parser: StreamParser, request: GenerationRequest, start: int,
+                      want_context: bool) -> AsyncGenerator[Chunk, None]:
         """Run ``request`` and turn its token events into chunks, parsed into content/thinking/tools."""
         generated: list[int] = []
         thinking = pending = 0  # generated tokens that were reasoning; tokens not yet released as text
@@ -185,7 +185,7 @@ class Engine:
         return msgspec.structs.replace(request, media=media) if media else request
 
     # ---- jobs -----------------------------------------------------------------------------------
-    async def generate(self, job: GenerateJob) -> AsyncIterator[Chunk]:
+    async def generate(self, job: GenerateJob) -> AsyncGenerator[Chunk, None]:
         """Stream a completion; the last chunk has ``done=True``, metrics and (unless raw) context."""
         start = time.monotonic_ns()
         needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
@@ -214,7 +214,7 @@ class Engine:
         finally:
             lease.release()
 
-    async def chat(self, job: ChatJob) -> AsyncIterator[Chunk]:
+    async def chat(self, job: ChatJob) -> AsyncGenerator[Chunk, None]:
         """Stream an assistant turn; tool calls arrive whole, thinking split from content."""
         start = time.monotonic_ns()
         needed = _chat_needs(job) + self._media_needs([img for m in job.messages for img in m.images])

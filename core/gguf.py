@@ -97,10 +97,12 @@ class _Reader:
         return struct.unpack(fmt, self.take(n, what))[0]
 
     def u32(self, what: str) -> int:
-        return struct.unpack("<I", self.take(4, what))[0]
+        value: int = struct.unpack("<I", self.take(4, what))[0]
+        return value
 
     def u64(self, what: str) -> int:
-        return struct.unpack("<Q", self.take(8, what))[0]
+        value: int = struct.unpack("<Q", self.take(8, what))[0]
+        return value
 
     def string(self, what: str) -> str:
         n = self.u64(f"the length of {what}")

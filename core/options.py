@@ -101,7 +101,7 @@ def parse_tensor_split(value: Any, *, partial: bool = False) -> list[float]:
         else:
             raise ValueError("must be an array of numbers")
     if not 1 <= len(out) <= MAX_SPLIT or not all(math.isfinite(x) and x >= 0 for x in out) \
-            or not (partial or sum(out)):
+            or (not partial and sum(out) == 0):
         raise ValueError(f"must be 1 to {MAX_SPLIT} non-negative numbers, not all zero")
     return out
 

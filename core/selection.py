@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral.errors import BackendError, BackendUnavailableError, CorralError, InvalidRequestError
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
-from corral.types import BackendInfo
+from corral.types import BackendInfo, EmbeddingResult, ModelHandle, RerankResult, WorkerInfo
 
 if TYPE_CHECKING:
     from pluggy import HookCaller
 
     from corral.config import Config
-    from corral.types import (
-        CancelToken,
-        EmbeddingResult,
-        GenerationRequest,
-        LoadOptions,
-        ModelHandle,
-        RerankResult,
-        TokenEvent,
-        WorkerInfo,
-    )
+    from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
 log = logging.getLogger("corral.selection")
+T = TypeVar("T")
 
 
 
@@ -131,17 +123,27 @@ class BackendHooks:
             raise BackendError(f"backend {self.backend!r} does not implement {hook}")
         return result
 
+    def _typed(self, hook: str, value: object, kind: type[T]) -> T:
+        """``value`` if it is a ``kind``: a plugin that answers with something else is a clear error."""
+        if not isinstance(value, kind):
+            raise BackendError(f"backend {self.backend!r} returned {type(value).__name__} from {hook}, "
+                               f"not {kind.__name__}")
+        return value
+
     def load_model(self, path: str, options: LoadOptions,
                    progress: Callable[[float], bool] | None = None) -> ModelHandle:
-        return self._call("corral_load_model", path=path, options=options, progress=progress)
+        handle = self._call("corral_load_model", path=path, options=options, progress=progress)
+        return self._typed("corral_load_model", handle, ModelHandle)
 
     def tokenize(self, handle: ModelHandle, text: str, *, add_special: bool = True,
                  parse_special: bool = True) -> list[int]:
-        return self._call("corral_tokenize", handle=handle, text=text, add_special=add_special,
-                          parse_special=parse_special)
+        tokens = self._call("corral_tokenize", handle=handle, text=text, add_special=add_special,
+                            parse_special=parse_special)
+        return self._typed("corral_tokenize", tokens, list)
 
     def detokenize(self, handle: ModelHandle, tokens: list[int], *, render_special: bool = False) -> str:
-        return self._call("corral_detokenize", handle=handle, tokens=tokens, render_special=render_special)
+        text = self._call("corral_detokenize", handle=handle, tokens=tokens, render_special=render_special)
+        return self._typed("corral_detokenize", text, str)
 
     def generate(self, handle: ModelHandle, request: GenerationRequest,
                  cancel: CancelToken) -> Iterator[TokenEvent]:
@@ -157,10 +159,12 @@ class BackendHooks:
     def embed(
         self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True
     ) -> EmbeddingResult:
-        return self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
+        result = self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
+        return self._typed("corral_embed", result, EmbeddingResult)
 
     def rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:
-        return self._call("corral_rerank", handle=handle, query=query, documents=documents)
+        result = self._call("corral_rerank", handle=handle, query=query, documents=documents)
+        return self._typed("corral_rerank", result, RerankResult)
 
     def unload(self, handle: ModelHandle) -> None:
         self._call("corral_unload", optional=True, handle=handle)
@@ -185,5 +189,6 @@ class BackendHooks:
 
     def start_worker(self, endpoint: str, *, cache_dir: str | None, threads: int,
                      memory_limit: int) -> WorkerInfo:
-        return self._call("corral_start_worker", endpoint=endpoint, cache_dir=cache_dir, threads=threads,
+        info = self._call("corral_start_worker", endpoint=endpoint, cache_dir=cache_dir, threads=threads,
                           memory_limit=memory_limit)
+        return self._typed("corral_start_worker", info, WorkerInfo)

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -103,7 +103,7 @@ class _Counting:
         self.done = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        data: bytes = self.f.read(n)
         self.done += len(data)
         return data
 
@@ -135,7 +135,8 @@ def _upload(client: Any, path: Path, digest: str) -> Iterator[dict[str, Any]]:
     yield {"status": f"copying {path.name}", "digest": digest, "total": total, "completed": total}
 
 
-def events(client: Any, body: dict[str, Any], uploads: list[tuple[str, Path]]) -> Iterator[dict[str, Any]]:
+def events(client: Any, body: dict[str, Any],
+           uploads: list[tuple[str, Path]]) -> Generator[dict[str, Any], None, None]:
     """Local hashing and uploads, then the server's create progress, as one stream of progress dicts."""
     for kind, path in uploads:
         digest = ""

@@ -125,7 +125,7 @@ class Repl:
 
     def _read(self) -> str:
         """One message; a line starting with \"\"\" opens a block that ends at the next \"\"\"."""
-        line = self.session.prompt(">>> ", placeholder=_placeholder())
+        line: str = self.session.prompt(">>> ", placeholder=_placeholder())
         if not line.lstrip().startswith('"""'):
             return line
         body = line.lstrip()[3:]

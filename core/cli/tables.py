@@ -4,12 +4,13 @@ entry point (corral.cli.fast) and the typer commands print exactly the same thin
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from corral.cli.common import connect, human_size, print_json, time_ago, time_until
 
 
-def print_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def print_columns(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> None:
     """Ollama's tab-aligned table: columns padded to the widest cell, three spaces apart."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:

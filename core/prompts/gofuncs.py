@@ -12,20 +12,20 @@ from typing import Any
 from corral.errors import TemplateError
 
 
-class Struct(dict):
+class Struct(dict[str, Any]):
     """A Go struct value: missing fields are an error, unlike a map's (missingkey=zero)."""
 
     type_name = "struct"
     stringer = False  # has a String() method that fmt uses
 
 
-class JsonMap(dict):
+class JsonMap(dict[str, Any]):
     """A Go map type whose String() is its JSON (Ollama's ToolCallFunctionArguments)."""
 
     stringer = True
 
 
-class PropertyType(list):
+class PropertyType(list[str]):
     """Ollama's api.PropertyType: a property's JSON-schema type(s), a []string that prints as the type.
 
     compat(ollama): String() is "" for none, the type for one, `[a b]` for several; its JSON is a

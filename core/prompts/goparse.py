@@ -8,6 +8,8 @@ from typing import Any
 
 from corral.errors import TemplateError
 
+Token = tuple[str, Any, int]  # (kind, value, line) from the action lexer
+
 MAX_TEMPLATE_CHARS = 1 << 20  # a Modelfile TEMPLATE is a few KiB; 1 MiB bounds parse time
 MAX_NESTING = 100  # nested if/range/with/define and parentheses; real templates nest under 10
 
@@ -146,9 +148,9 @@ def _unquote(s: str, line: int) -> str:
     return "".join(out)
 
 
-def _lex_action(src: str, line: int) -> list[tuple[str, Any, int]]:
+def _lex_action(src: str, line: int) -> list[Token]:
     """Tokens of one action's inside; a token keeps the line it starts on."""
-    toks: list[tuple[str, Any, int]] = []
+    toks: list[Token] = []
     pos = 0
     prev = ""  # kind of the token just before, "ws" after whitespace
     while pos < len(src):
@@ -334,7 +336,7 @@ class _Parser:
                 raise TemplateError(f"template: :{it.line}: unexpected {{{{{kw}}}}}")
         return nodes, None
 
-    def parse_branch(self, kind: str, toks: list, line: int) -> Branch:
+    def parse_branch(self, kind: str, toks: list[Token], line: int) -> Branch:
         # Go's parseControl: what the pipeline, the body or the else part declares ends at {{end}}
         mark = len(self.vars)
         self.nest(line)
@@ -344,7 +346,7 @@ class _Parser:
             del self.vars[mark:]
             self.nesting -= 1
 
-    def _parse_branch(self, kind: str, toks: list, line: int) -> Branch:
+    def _parse_branch(self, kind: str, toks: list[Token], line: int) -> Branch:
         if not toks:
             raise TemplateError(f"template: :{line}: missing value for {kind}")
         pipe = self.parse_pipe(toks, line, decl_ok=True, range_decl=kind == "range")
@@ -374,11 +376,11 @@ class _Parser:
             raise TemplateError(f"template: :{end.line}: unexpected {etoks[1][1]!r} in end")
         return Branch(kind, pipe, body, else_body, line)
 
-    def parse_branch_chain(self, kind: str, toks: list, line: int) -> Branch:
+    def parse_branch_chain(self, kind: str, toks: list[Token], line: int) -> Branch:
         # identical to parse_branch; the shared {{end}} is consumed by the innermost branch
         return self.parse_branch(kind, toks, line)
 
-    def parse_define(self, kw: str, toks: list, line: int) -> list[Any]:
+    def parse_define(self, kw: str, toks: list[Token], line: int) -> list[Any]:
         if not toks or toks[0][0] != "lit" or not isinstance(toks[0][1], str):
             raise TemplateError(f"template: :{line}: {kw} needs a quoted template name")
         name = toks[0][1]
@@ -398,13 +400,14 @@ class _Parser:
             return [Include(name, pipe, line)]
         return []
 
-    def parse_include(self, toks: list, line: int) -> Include:
+    def parse_include(self, toks: list[Token], line: int) -> Include:
         if not toks or toks[0][0] != "lit" or not isinstance(toks[0][1], str):
             raise TemplateError(f"template: :{line}: template needs a quoted template name")
         pipe = self.parse_pipe(toks[1:], line) if len(toks) > 1 else None
         return Include(toks[0][1], pipe, line)
 
-    def parse_pipe(self, toks: list, line: int, decl_ok: bool = False, range_decl: bool = False) -> Pipe:
+    def parse_pipe(self, toks: list[Token], line: int, decl_ok: bool = False,
+                   range_decl: bool = False) -> Pipe:
         decl: list[str] = []
         assign = False
         # `$x :=`, `$x =`, and for range `$i, $e :=`
@@ -439,7 +442,7 @@ class _Parser:
                 raise TemplateError(f"template: :{c.line}: non executable command in pipeline stage 2")
         return Pipe(cmds, decl, assign, line)
 
-    def parse_operand(self, toks: list, pos: int) -> tuple[Any, int]:
+    def parse_operand(self, toks: list[Token], pos: int) -> tuple[Any, int]:
         kind, val, line = toks[pos]
         pos += 1
         node: Any

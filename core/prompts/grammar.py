@@ -376,7 +376,7 @@ class _Converter:
 
     def integer_body(self, schema: dict[str, Any], path: str) -> str:
         def bound(key: str, excl: str, step: int) -> int | None:
-            vals = []
+            vals: list[int | float] = []
             if key in schema:
                 vals.append(schema[key])
             if excl in schema and not isinstance(schema[excl], bool):

@@ -94,7 +94,7 @@ class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             bounds.check_format(target, args + tuple(kwargs.values()))
-            return bounds.check_result(fmt(*args, **kwargs))
+            return str(bounds.check_result(fmt(*args, **kwargs)))
 
         return checked
 

@@ -54,7 +54,7 @@ class PromptPlan:
     tokens: list[int] | None = None  # the text's tokens when truncation already counted them
     format: OutputFormat = field(default_factory=lambda: OutputFormat("generic"))  # the family's output
 
-    def new_parser(self) -> OutputParser | StreamParser:
+    def new_parser(self) -> StreamParser:
         """A fresh streaming parser for this plan's output (thinking, tool calls, content)."""
         family = formats.new_parser(self.format, tools=self.tools, think=self.think,
                                     starts_thinking=self.think and self.starts_thinking, prompt=self.text)
@@ -83,7 +83,7 @@ def _schema_for(fmt: Format, grammar: str | None, markers: tuple[str, str] | Non
     """The schema form of `format`, once ``grammar_for`` accepted it (both agree on what is refused)."""
     if grammar is None or fmt is None or fmt == "":
         return None
-    return json_constraint(fmt, markers, inside)  # type: ignore[arg-type]
+    return json_constraint(fmt, markers, inside)
 
 
 def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:

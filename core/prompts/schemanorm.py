@@ -26,7 +26,8 @@ def normalize_schema(schema: dict[str, Any]) -> dict[str, Any]:
     - ``allOf`` is merged, and ``anyOf``/``oneOf`` alternatives inherit their siblings, as there;
     - ``prefixItems`` is a fixed tuple; annotations are dropped.
     """
-    return _Normalizer(schema).walk(schema)
+    normalized: dict[str, Any] = _Normalizer(schema).walk(schema)
+    return normalized
 
 
 class _Normalizer:
@@ -47,8 +48,7 @@ class _Normalizer:
             if key in s:
                 base = {k: v for k, v in s.items() if k != key}
                 alts = [{**base, **a} if base and isinstance(a, dict) else a for a in s[key]]
-                out = {"anyOf": [self.walk(a) for a in alts]}
-                return self.with_defs(out, s)
+                return self.with_defs({"anyOf": [self.walk(a) for a in alts]}, s)
         if "allOf" in s:
             return self.walk(self.merge_all_of(s))
         out: dict[str, Any] = {}

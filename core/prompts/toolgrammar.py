@@ -35,7 +35,8 @@ def _arguments_schema(tool: Tool, base: str) -> dict[str, Any]:
         schema_to_gbnf(params)
     except GrammarError:
         return {"type": "object"}
-    return _rebase_refs(params, base)
+    rebased: dict[str, Any] = _rebase_refs(params, base)
+    return rebased
 
 
 def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:

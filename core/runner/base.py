@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from corral.errors import BackendError
 from corral.spec import ModelSpec
@@ -85,7 +85,7 @@ class Runner(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Stream token events; closing the iterator early cancels the generation at once."""
 
     @abc.abstractmethod

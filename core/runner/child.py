@@ -172,7 +172,7 @@ class RunnerChild:
         self.writer.close()
 
     # ---- requests -------------------------------------------------------------------------------
-    def _handle(self, msg: p.ToRunner) -> None:
+    def _handle(self, msg: p.Request) -> None:
         try:
             if isinstance(msg, p.Generate):
                 self._generate(msg)
@@ -191,7 +191,7 @@ class RunnerChild:
             raise BackendError("no model is loaded in this runner")
         return self.handle
 
-    def _call(self, msg: p.ToRunner) -> Any:
+    def _call(self, msg: p.Request) -> Any:
         if isinstance(msg, p.Load):
             if self.handle is not None:
                 raise BackendError("this runner already has a model loaded")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import BackendError, RunnerStoppedError
@@ -89,7 +89,7 @@ class LocalRunner(Runner):
     async def rerank(self, query: str, documents: list[str]) -> RerankResult:
         return await asyncio.to_thread(self._hooks.rerank, self._loaded(), query, documents)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         handle = self._loaded()
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Any] = asyncio.Queue()

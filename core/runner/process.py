@@ -8,8 +8,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,6 +28,7 @@ from corral.types import (
 )
 
 log = logging.getLogger("corral.runner")
+T = TypeVar("T")
 
 
 def runner_env(config: Config) -> dict[str, str]:
@@ -212,13 +213,13 @@ class ProcessRunner(Runner):
             raise RunnerStoppedError(RUNNER_STOPPED)
         self._writer.write(p.encode(msg))
 
-    async def _call(self, msg: msgspec.Struct, result_type: Any) -> Any:
+    async def _call(self, msg: p.Request, result_type: type[T]) -> T:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[msg.id] = fut  # type: ignore[attr-defined]
+        self._calls[msg.id] = fut
         try:
             self._send(msg)
         except CorralError:
-            self._calls.pop(msg.id, None)  # type: ignore[attr-defined]
+            self._calls.pop(msg.id, None)
             raise
         value = await fut
         return msgspec.convert(value, result_type)
@@ -251,7 +252,7 @@ class ProcessRunner(Runner):
         await self._call(p.Unload(id=next(self._ids)), bool)
         self.handle = None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         rid = next(self._ids)
         q: asyncio.Queue[list[TokenEvent] | BaseException] = asyncio.Queue()
         self._streams[rid] = q

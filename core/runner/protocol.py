@@ -70,7 +70,8 @@ class Cancel(Struct, tag="cancel", kw_only=True):
     target: int  # the id of the generate request to stop
 
 
-ToRunner = Load | Tokenize | Detokenize | Generate | Embed | Rerank | Unload | Quantize | Cancel
+Request = Load | Tokenize | Detokenize | Generate | Embed | Rerank | Unload | Quantize  # answered by id
+ToRunner = Request | Cancel
 
 
 # ---- runner -> parent ----------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def encode(msg: Struct) -> bytes:
 
 
 def frame_length(header: bytes) -> int:
-    (n,) = HEADER.unpack(header)
+    n: int = HEADER.unpack(header)[0]
     if n > MAX_FRAME:
         raise ValueError(f"runner frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
     return n

@@ -29,6 +29,7 @@ from corral.server.services import Services, services
 from corral.store import Store
 
 if TYPE_CHECKING:
+    from corral.selection import BackendHooks
     from corral.types import ModelHandle
 
 log = logging.getLogger("corral.server")
@@ -90,7 +91,7 @@ def _explainer(config: Config) -> Callable[[ModelHandle], str | None] | None:
     are loaded in this process on the first such stop only."""
     if not config.backend:
         return None
-    hooks: list[Any] = []
+    hooks: list[BackendHooks] = []
 
     def explain(handle: ModelHandle) -> str | None:
         from corral.plugins import load_plugins

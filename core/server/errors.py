@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from corral import errors as E
+
+Req = Request[Any, Any, Any]
 
 log = logging.getLogger("corral.server")
 
@@ -112,7 +115,7 @@ def message_for(exc: BaseException) -> str:
     if bad:
         return bad
     if isinstance(exc, ValidationException) or (isinstance(exc, HTTPException) and exc.status_code == 400):
-        return validation_message(exc)  # type: ignore[arg-type]
+        return validation_message(exc)
     if isinstance(exc, HTTPException):
         return str(exc.detail)
     return "internal server error"
@@ -167,7 +170,7 @@ def openai_body(message: str, status: int, param: str | None = None) -> OpenAIEr
     return OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=openai_type(status), param=param))
 
 
-def _log(request: Request, exc: BaseException, status: int) -> None:
+def _log(request: Req, exc: BaseException, status: int) -> None:
     if status >= 500 and not isinstance(exc, E.CorralError):
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     elif status >= 500:
@@ -176,12 +179,12 @@ def _log(request: Request, exc: BaseException, status: int) -> None:
         log.debug("%s %s -> %d: %s", request.method, request.url.path, status, message_for(exc), exc_info=exc)
 
 
-def _missing_body(request: Request, exc: BaseException) -> bool:
+def _missing_body(request: Req, exc: BaseException) -> bool:
     return isinstance(exc, ValidationException) and request.headers.get("content-length") in ("0", None) \
         and request.headers.get("transfer-encoding") is None
 
 
-def _status_and_message(request: Request, exc: Exception) -> tuple[int, str]:
+def _status_and_message(request: Req, exc: Exception) -> tuple[int, str]:
     """What either API answers for ``exc`` (logged here): its status and message."""
     status = status_for(exc)
     if isinstance(exc, ValidationException):
@@ -190,7 +193,7 @@ def _status_and_message(request: Request, exc: Exception) -> tuple[int, str]:
     return status, "missing request body" if _missing_body(request, exc) else message_for(exc)
 
 
-def plain_error(request: Request, exc: Exception) -> Response[msgspec.Struct]:
+def plain_error(request: Req, exc: Exception) -> Response[msgspec.Struct]:
     """App-level handler: each API's paths get its own envelope (see ``error_body``)."""
     status, msg = _status_and_message(request, exc)
     return Response(error_body(request.url.path, msg, status), status_code=status,

@@ -10,8 +10,18 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from corral.config import Config
 from corral.server.errors import ENCODER_ERRORS, error_body
@@ -113,7 +123,7 @@ class SecurityMiddleware:
         self.max_body = config.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -164,7 +174,7 @@ class SecurityMiddleware:
 
         seen = 0
 
-        async def receive_wrapper() -> Message:
+        async def receive_wrapper() -> ReceiveMessage:
             nonlocal seen
             message = await receive()
             if limit is not None and message["type"] == "http.request":
@@ -205,9 +215,11 @@ class SecurityMiddleware:
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status,
+                                     "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
 
 
 async def _reject(send: Send, path: str, status: int, message: str,

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
+from litestar import Response
 from litestar.response import Stream
 
 from corral.conversation import ToolCall
@@ -25,6 +26,7 @@ ENCODER = msgspec.json.Encoder()
 
 T = TypeVar("T")
 U = TypeVar("U")
+S = TypeVar("S", bound=msgspec.Struct)
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -78,8 +80,11 @@ async def close_quietly(it: AsyncIterator[Any]) -> None:
             log.debug("error while closing a stream", exc_info=True)
 
 
-def ndjson_response(items: AsyncIterator[msgspec.Struct]) -> Stream:
-    """A native streaming response: one JSON object per line; an error after the start is a last line."""
+def ndjson_response(items: AsyncIterator[S]) -> Response[Any]:
+    """A native streaming response: one JSON object per line; an error after the start is a last line.
+
+    A ``Stream``, typed as a plain response so a handler can declare the model of its lines.
+    """
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -95,8 +100,8 @@ def ndjson_response(items: AsyncIterator[msgspec.Struct]) -> Stream:
     return Stream(body(), media_type=NDJSON)
 
 
-def sse_response(items: AsyncIterator[msgspec.Struct]) -> Stream:
-    """An OpenAI streaming response: ``data: {json}`` events ending with ``data: [DONE]``."""
+def sse_response(items: AsyncIterator[S]) -> Response[Any]:
+    """An OpenAI streaming response: ``data: {json}`` events ending with ``data: [DONE]`` (a ``Stream``)."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -220,7 +225,7 @@ class Started(Generic[T]):
     def __init__(self, it: AsyncIterator[T], first: asyncio.Task[T]) -> None:
         self.it, self.first = it, first
 
-    async def items(self, every: float) -> AsyncIterator[T | None]:
+    async def items(self, every: float) -> AsyncGenerator[T | None, None]:
         """The stream's items; ``None`` every ``every`` seconds while the first is still coming."""
         try:
             while not self.first.done():

@@ -120,11 +120,12 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                 _read(store, digest, fname)
                 layers.append(mf.Layer(mf.ADAPTER, digest, store.blob_path(digest).stat().st_size))
             yield from _text_layers(store, spec, base, layers)
+            names = _inherited(named, base["config"])
             config = mf.make_config(
                 family=info.architecture, families=[info.architecture] if info.architecture else [],
                 model_type=gguf.human_number(int(info.kv.get("general.parameter_count") or info.n_params)),
                 file_type=gguf.quantization(info), layer_digests=[layer.digest for layer in layers],
-                **_inherited(named, base["config"]),
+                renderer=names["renderer"], parser=names["parser"], requires=names["requires"],
             )
             cdigest, created = _put_bytes(store, config)
             yield _layer_progress(cdigest, created)
@@ -160,7 +161,7 @@ def _check_names(spec: CreateSpec) -> dict[str, str]:
 
 def _inherited(named: dict[str, str], parent_config: dict[str, Any]) -> dict[str, str]:
     """compat(ollama): a name the request leaves empty comes from the FROM model's config."""
-    out = {}
+    out: dict[str, str] = {}
     for field in ("renderer", "parser", "requires"):
         value = named.get(field) or parent_config.get(field)
         out[field] = value if isinstance(value, str) else ""

@@ -96,7 +96,7 @@ class StoreLayout:
             return None
 
     def manifest_files(self) -> list[tuple[ModelName, Path]]:
-        out = []
+        out: list[tuple[ModelName, Path]] = []
         if not self.manifests_dir.is_dir():
             return out
         for path in self.manifests_dir.glob("*/*/*/*"):

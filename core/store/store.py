@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import stat
@@ -177,7 +178,7 @@ class Store(StoreLayout):
         self.prune_dirs(path.parent)
         self.remove_unused(digests)
 
-    def gc(self, *, grace: float = GC_GRACE_SECONDS) -> list[str]:
+    def gc(self, *, grace: float = GC_GRACE_SECONDS) -> builtins.list[str]:  # `list` is a method here
         """Sweep unreferenced blobs and stale partials older than ``grace`` seconds.
 
         Never sweeps with ``noprune``, while any pull/create/upload holds the store, or when any

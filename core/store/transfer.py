@@ -62,7 +62,9 @@ def parse_challenge(header: str) -> dict[str, str]:
 
 
 def _split_params(text: str) -> list[str]:
-    parts, cur, quoted = [], [], False
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

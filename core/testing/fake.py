@@ -319,13 +319,14 @@ class FakeBackend:
         decoder, stops = Utf8Decoder(), StopMatcher(request.stop)
         emitted: list[int] = []
         finish = "stop"
+        failing = rule if rule is not None and (rule.error or rule.crash) else None
         fail_at = None
-        if rule is not None and (rule.error or rule.crash):
-            fail_at = rule.error_after if rule.error_after is not None else 0
+        if failing is not None:
+            fail_at = failing.error_after if failing.error_after is not None else 0
         ended = False  # by a stop string, the token limit or cancellation rather than the reply's end
         for i, tok in enumerate(ids):
-            if fail_at is not None and i >= fail_at:
-                _fail(rule)
+            if failing is not None and fail_at is not None and i >= fail_at:
+                _fail(failing)
             if cancel.cancelled or (rule is not None and rule.delay > 0 and cancel.wait(rule.delay)):
                 ended = True
                 break
@@ -339,8 +340,8 @@ class FakeBackend:
             if stopped:
                 ended = True
                 break
-        if fail_at is not None and not ended:  # error_after at or beyond the reply's length
-            _fail(rule)
+        if failing is not None and not ended:  # error_after at or beyond the reply's length
+            _fail(failing)
         tail = "" if stops.stopped else stops.feed(decoder.flush())[0]
         tail += stops.flush()
         with model.lock:

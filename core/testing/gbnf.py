@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import sys
+from typing import Any
 
 from corral.errors import GrammarError
 
@@ -13,7 +14,7 @@ __all__ = ["matches", "parse_gbnf", "sample_grammar"]
 
 # Grammar tree nodes, as tuples to stay small: ("lit", str) ("cls", ranges, negated) ("any",)
 # ("ref", name) ("seq", [nodes]) ("alt", [nodes]) ("rep", node, lo, hi_or_None)
-Node = tuple  # type: ignore[type-arg]
+Node = tuple[Any, ...]
 Rules = dict[str, Node]
 _NAME = r"[a-zA-Z0-9_-]+"
 _RULE_START = re.compile(rf"^[ \t]*({_NAME})[ \t]*::=", re.MULTILINE)
@@ -229,7 +230,8 @@ def _costs(rules: Rules) -> dict[str, float]:
 
 class _Sampler:
     def __init__(self, rules: Rules, rng: random.Random) -> None:
-        self.rules, self.rng, self.out = rules, rng, []
+        self.rules, self.rng = rules, rng
+        self.out: list[str] = []
         self.cost = _costs(rules)
         self.length = 0
 

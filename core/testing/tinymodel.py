@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType
 
 __all__ = ["CHATML_TEMPLATE", "DEFAULT_WORDS", "TinyModelSpec", "write_tiny_gguf"]
 
@@ -34,14 +39,19 @@ NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
 _QUANTS = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # name -> general.file_type (LlamaFileType)
 
 
+@dataclass(frozen=True, repr=False)
 class TinyModelSpec:
     """What ``write_tiny_gguf`` wrote: the numbers a test may assert on."""
 
-    __slots__ = ("bos", "eos", "n_ctx_train", "n_embd", "n_layer", "n_vocab", "path", "quant", "tokens")
-
-    def __init__(self, **kw: object) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    path: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_ctx_train: int
+    bos: int
+    eos: int
+    quant: str
+    tokens: list[str]
 
     def __repr__(self) -> str:
         return f"TinyModelSpec(path={self.path!r}, n_vocab={self.n_vocab}, n_embd={self.n_embd})"
@@ -74,7 +84,7 @@ def _vocab(words: Sequence[str]) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _quantize(a: np.ndarray, quant: str) -> tuple[np.ndarray, object | None]:
+def _quantize(a: np.ndarray, quant: str) -> tuple[np.ndarray, GGMLQuantizationType | None]:
     import gguf
 
     if quant == "f32":

@@ -6,6 +6,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,17 @@ import numpy as np
 __all__ = ["TinyProjectorSpec", "png_bytes", "write_tiny_projector"]
 
 
+@dataclass(frozen=True, repr=False)
 class TinyProjectorSpec:
     """What ``write_tiny_projector`` wrote: the numbers a test may assert on."""
 
-    __slots__ = ("image_size", "n_embd", "n_image_tokens", "n_layer", "patch_size", "path", "text_n_embd")
-
-    def __init__(self, **kw: object) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    path: str
+    text_n_embd: int
+    n_embd: int
+    n_layer: int
+    image_size: int
+    patch_size: int
+    n_image_tokens: int
 
     def __repr__(self) -> str:
         return f"TinyProjectorSpec(path={self.path!r}, n_image_tokens={self.n_image_tokens})"
@@ -78,7 +82,8 @@ def write_tiny_projector(
 
     def matrix(rows: int, cols: int) -> np.ndarray:
         # numpy shape (rows, cols) is ggml ne = [cols, rows]: cols is the input dimension.
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * cols**-0.5).astype(np.float32)
+        out: np.ndarray = rng.standard_normal((rows, cols), dtype=np.float32) * cols**-0.5
+        return out.astype(np.float32)
 
     def vector(n: int, scale: float = 0.1) -> np.ndarray:
         return (rng.standard_normal(n, dtype=np.float32) * scale).astype(np.float32)

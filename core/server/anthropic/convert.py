@@ -73,7 +73,10 @@ def messages(system: str | list[S.TextBlock] | None, wire: list[S.InputMessage])
         if isinstance(m.content, str):
             out.append(Message(role=m.role, content=m.content))
             continue
-        texts, thinking, images, calls = [], [], [], []
+        texts: list[str] = []
+        thinking: list[str] = []
+        images: list[bytes] = []
+        calls: list[ToolCall] = []
         for block in m.content:
             if isinstance(block, S.TextBlock):
                 texts.append(block.text)

@@ -31,7 +31,9 @@ def _event(ev: S.StreamEvent) -> bytes:
     return b"event: " + str(kind).encode() + b"\ndata: " + ENCODER.encode(ev) + b"\n\n"
 
 
-def _sse(started: Started[Any], state: convert.MessageStream) -> Stream:
+def _sse(started: Started[Any], state: convert.MessageStream) -> Response[Any]:
+    """Anthropic's event stream (a ``Stream``, typed so the handler documents its message model)."""
+
     async def body() -> AsyncIterator[bytes]:
         items = started.items(PING_EVERY)
         try:

@@ -29,6 +29,11 @@ from corral.spec import ModelDetails
 Req = Request[Any, Any, Any]
 
 
+def _empty_ok() -> Response[None]:
+    """200 with an empty body, as Ollama answers copy and delete (Litestar would render None as null)."""
+    return Response(b"", status_code=200)  # type: ignore[arg-type]  # bytes are sent as they are
+
+
 def _streaming(flag: bool | None) -> bool:
     # compat(ollama): streaming is the default when "stream" is absent.
     return flag is None or flag
@@ -151,7 +156,7 @@ async def copy(request: Req, data: JSONBody[W.CopyRequest]) -> Response[None]:
     """Copy a model under a new name (the manifest only; blobs are shared)."""
     src, dst = common.require_model(data.source), common.require_model(data.destination)
     await anyio.to_thread.run_sync(services(request).store.copy, src, dst)
-    return Response(b"", status_code=200)
+    return _empty_ok()
 
 
 @delete("/api/delete", status_code=200, operation_id="delete", tags=["ollama"])
@@ -162,7 +167,7 @@ async def delete_model(request: Req, data: JSONBody[W.ModelRequest]) -> Response
     record = await anyio.to_thread.run_sync(svc.store.get, name)
     await svc.engine.unload(record.display)
     await anyio.to_thread.run_sync(svc.store.delete, name)
-    return Response(b"", status_code=200)
+    return _empty_ok()
 
 
 async def _progress(items: Any, stream: bool | None) -> Response[W.ProgressResponse]:

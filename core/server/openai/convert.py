@@ -8,6 +8,8 @@ import secrets
 import struct
 from typing import Any
 
+import msgspec
+
 from corral.conversation import Message, Tool, ToolCall
 from corral.errors import InvalidRequestError
 from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
@@ -17,8 +19,8 @@ from corral.server.openai import schemas as S
 
 FINGERPRINT = "fp_corral"
 # compat(ollama): openai/openai.go maps reasoning_effort; we pass at most "high" to the prompt layer.
-_EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-           "max": "high", "xhigh": "high", "ultra": "high"}
+_EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                                  "high": "high", "max": "high", "xhigh": "high", "ultra": "high"}
 
 
 def new_id(prefix: str) -> str:
@@ -108,21 +110,21 @@ def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[M
                 names_by_id[c.id] = c.function.name
         thinking = m.reasoning_content or m.reasoning or ""
         tool_name = (m.name or names_by_id.get(m.tool_call_id or "", "")) if role == "tool" else ""
-        base = {"role": role, "thinking": thinking, "tool_calls": calls, "tool_name": tool_name,
-                "tool_call_id": m.tool_call_id or ""}
+        base = Message(role=role, thinking=thinking, tool_calls=calls, tool_name=tool_name,
+                       tool_call_id=m.tool_call_id or "")
         if m.content is None or isinstance(m.content, str):
-            out.append(Message(content=m.content or "", **base))
+            out.append(msgspec.structs.replace(base, content=m.content or ""))
             continue
         # compat(ollama): each part of an array content becomes its own message with the same role.
         for part in m.content:
             if part.type == "text":
-                out.append(Message(content=part.text or "", **base))
+                out.append(msgspec.structs.replace(base, content=part.text or ""))
             elif part.type == "image_url":
                 url = _image_url(part)
                 if url in fetched:
-                    out.append(Message(images=[fetched[url]], **base))
+                    out.append(msgspec.structs.replace(base, images=[fetched[url]]))
                 elif url.startswith("data:"):
-                    out.append(Message(images=[common.decode_image(url, "image_url")], **base))
+                    out.append(msgspec.structs.replace(base, images=[common.decode_image(url, "image_url")]))
                 else:
                     raise InvalidRequestError("invalid image_url: use a base64 data URI or an http(s) URL")
             elif part.type == "input_audio":
@@ -130,10 +132,10 @@ def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[M
                     raise InvalidRequestError("input_audio needs data (base64 audio)")
                 # compat(ollama): audio travels with the images; its bytes tell which it is
                 audio = common.decode_image(part.input_audio.data, "input_audio")
-                out.append(Message(images=[audio], **base))
+                out.append(msgspec.structs.replace(base, images=[audio]))
             else:
                 raise InvalidRequestError(f"invalid content part type: {part.type!r}")
-            base = {**base, "tool_calls": []}  # attach calls once
+            base = msgspec.structs.replace(base, tool_calls=[])  # attach calls once
     return out
 
 

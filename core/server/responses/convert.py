@@ -13,7 +13,8 @@ from corral.server import common
 from corral.server.responses import schemas as S
 
 # compat(ollama): the effort levels openai/openai.go maps; at most "high" reaches the template.
-_EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+_EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                                  "high": "high", "xhigh": "high"}
 # Hosted tools Codex sends besides its functions. corral cannot run them, so they are left out of the
 # prompt (the model is never offered them) rather than failing every Codex turn; any other hosted tool
 # type is refused.
@@ -123,9 +124,8 @@ def input_messages(items: str | list[S.InputItem] | None) -> list[Message]:
                 )
             )
         elif it.type == "reasoning":  # the model's earlier reasoning, for the assistant turn that follows
-            parts = [p.text for p in it.summary or []] + [
-                p.text or "" for p in it.content or [] if not isinstance(it.content, str)
-            ]
+            content = [] if isinstance(it.content, str) else it.content or []
+            parts = [p.text for p in it.summary or []] + [p.text or "" for p in content]
             thinking += "\n".join(p for p in parts if p)
         else:
             raise InvalidRequestError(f"{where}: input item type {it.type!r} is not supported")

@@ -95,7 +95,10 @@ async def create(request: Req, data: JSONBody[S.ResponsesRequest]) -> Response[S
         finally:
             await items.aclose()
 
-    return Stream(body(), media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # a Stream of events; the handler documents the Response model that the last event carries
+    stream: Response[Any] = Stream(body(), media_type=SSE,
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return stream
 
 
 @get(

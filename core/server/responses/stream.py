@@ -135,7 +135,7 @@ class ResponseBuilder:
             )
         else:
             kind = "summary" if self.plan.summary else "content"
-            part = (item.summary if self.plan.summary else item.content)[0]
+            reasoning = (item.summary if self.plan.summary else item.content)[0]
             if kind == "summary":
                 out.append(
                     self._ev(
@@ -143,7 +143,7 @@ class ResponseBuilder:
                         item_id=item.id,
                         output_index=index,
                         summary_index=0,
-                        text=part.text,
+                        text=reasoning.text,
                     )
                 )
                 out.append(
@@ -152,7 +152,7 @@ class ResponseBuilder:
                         item_id=item.id,
                         output_index=index,
                         summary_index=0,
-                        part=part,
+                        part=reasoning,
                     )
                 )
             else:
@@ -162,7 +162,7 @@ class ResponseBuilder:
                         item_id=item.id,
                         output_index=index,
                         content_index=0,
-                        text=part.text,
+                        text=reasoning.text,
                     )
                 )
         item.status = "completed"
