@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 from corral.errors import BackendError, CorralError
 
+from .priority import lower_this_thread
 from .projector import MediaSpan, Projector
 
 __all__ = ["MediaEncoder"]
@@ -69,6 +70,9 @@ class MediaEncoder:
             self._thread.join()
 
     def _run(self) -> None:
+        # Encoding runs on CPU time that token generation leaves over: an image must never stall the
+        # streams that are already answering (ggml's worker threads inherit this class).
+        lower_this_thread()
         while True:
             with self._lock:
                 while not self._closed and not self._queue:

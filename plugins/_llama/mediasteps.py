@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any
 
-from corral.errors import BackendError, InvalidRequestError
+from corral.errors import BackendError, GenerationCancelledError, InvalidRequestError
 from corral.types import GenerationRequest
 
 from .encoder import MediaEncoder
+from .priority import lower_this_thread
 from .projector import MediaSpan, Projector
 
 __all__ = ["MediaSteps", "media_floor", "media_piece", "span_at"]
@@ -63,12 +65,24 @@ class MediaSteps:
         raw = self._lib.llama_batch_init(n_batch, self.n_embd, 1)
         self._batch = self._ffi.new("llama_batch *", raw)
         self.encoder = MediaEncoder(projector, wake)
+        # Decoding and resizing images is untrusted, CPU-heavy work: one background-priority thread
+        # does it for every request in turn, so a burst of image requests cannot crowd out decoding.
+        self._prepare = ThreadPoolExecutor(1, thread_name_prefix="corral-media-prepare",
+                                           initializer=lower_this_thread)
         self._freed = False
 
     def expand(self, request: GenerationRequest) -> tuple[list[int], list[MediaSpan]]:
-        """Prompt keys and media spans for ``request`` (decoding and preprocessing happen here, on the
-        caller's thread, never on the loop's)."""
-        keys, spans = self.projector.expand(request)
+        """Prompt keys and media spans for ``request``; the caller waits while the media are decoded and
+        preprocessed on the background thread (never on the loop's)."""
+        unloading = GenerationCancelledError("the model is being unloaded; retry the request")
+        try:
+            future = self._prepare.submit(self.projector.expand, request)
+        except RuntimeError:  # the pool is shut down
+            raise unloading from None
+        try:
+            keys, spans = future.result()
+        except CancelledError:
+            raise unloading from None
         for span in spans:
             if span.non_causal and span.n > self.n_batch:
                 self.encoder.release(spans)
@@ -105,7 +119,8 @@ class MediaSteps:
             lib.llama_set_causal_attn(ctx, True)
 
     def close(self) -> None:
-        """Stop the encoder thread and free the batch (the projector is freed by its owner)."""
+        """Stop the media threads and free the batch (the projector is freed by its owner)."""
+        self._prepare.shutdown(wait=True, cancel_futures=True)
         self.encoder.close()
         if not self._freed:
             self._freed = True
