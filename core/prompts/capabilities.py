@@ -153,8 +153,12 @@ def capabilities(template: str | None, gguf: GGUFFacts, *, projector: str | os.P
 
 
 def projector_capabilities(path: str | os.PathLike[str] | None) -> list[str]:
-    """"vision" and/or "audio" for a projector GGUF (``general.architecture = clip``) with those
-    encoders; [] for no projector or a file that is not one."""
+    """["vision"] for a projector GGUF (``general.architecture = clip``) with a vision encoder; [] for
+    no projector or a file that is not one.
+
+    Audio encoders are not claimed: corral cannot yet bound an audio clip's decoded length before
+    decoding it (MP3 has no reliable duration in its header), so audio is refused, never half-served.
+    """
     if not path:
         return []
     try:
@@ -174,9 +178,7 @@ def _projector_capabilities(path: str, ino: int, size: int, mtime_ns: int) -> tu
         return ()
     vision = kv.get("clip.has_vision_encoder") is True and bool(
         kv.get("clip.projector_type") or kv.get("clip.vision.projector_type"))
-    audio = kv.get("clip.has_audio_encoder") is True and bool(
-        kv.get("clip.projector_type") or kv.get("clip.audio.projector_type"))
-    return (("vision",) if vision else ()) + (("audio",) if audio else ())
+    return ("vision",) if vision else ()
 
 
 def check_capabilities(spec: ModelSpec, needed: list[str]) -> None:

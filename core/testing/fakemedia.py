@@ -38,8 +38,8 @@ def load_projector(path: str) -> FakeProjector:
         raise ModelLoadError(f"{path} is not a projector (general.architecture is not clip)")
     size, patch = kv.get("clip.vision.image_size"), kv.get("clip.vision.patch_size")
     tokens = (size // patch) ** 2 if isinstance(size, int) and isinstance(patch, int) and patch > 0 else 0
-    return FakeProjector(vision=kv.get("clip.has_vision_encoder") is True,
-                         audio=kv.get("clip.has_audio_encoder") is True,
+    # Audio is not claimed, as the llama.cpp backend does not claim it (projector_capabilities).
+    return FakeProjector(vision=kv.get("clip.has_vision_encoder") is True, audio=False,
                          media_tokens=tokens if 0 < tokens <= 4096 else DEFAULT_MEDIA_TOKENS)
 
 

@@ -231,7 +231,6 @@ enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
 void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch);
 void llama_set_embeddings(struct llama_context * ctx, bool embeddings);
 void llama_set_causal_attn(struct llama_context * ctx, bool causal_attn);
-bool llama_get_causal_attn(const struct llama_context * ctx);
 void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback,
                               void * abort_callback_data);
 void llama_synchronize(struct llama_context * ctx);
@@ -373,7 +372,6 @@ typedef struct mtmd_context mtmd_context;
 typedef struct mtmd_bitmap mtmd_bitmap;
 typedef struct mtmd_input_chunk mtmd_input_chunk;
 typedef struct mtmd_input_chunks mtmd_input_chunks;
-typedef struct mtmd_helper_video mtmd_helper_video;
 typedef struct mtmd_input_text {
     const char * text;
     size_t text_len;
@@ -393,15 +391,6 @@ struct mtmd_context_params {
     int32_t batch_max_tokens;
     ...;
 };
-struct mtmd_caps {
-    bool inp_vision;
-    bool inp_audio;
-};
-typedef struct { ...; } mtmd_helper_init_opt;
-struct mtmd_helper_bitmap_wrapper {
-    mtmd_bitmap * bitmap;
-    mtmd_helper_video * video_ctx;
-};
 
 const char * mtmd_default_marker(void);
 struct mtmd_context_params mtmd_context_params_default(void);
@@ -411,17 +400,8 @@ void mtmd_free(mtmd_context * ctx);
 bool mtmd_decode_use_non_causal(const mtmd_context * ctx, const mtmd_input_chunk * chunk);
 bool mtmd_decode_use_mrope(const mtmd_context * ctx);
 bool mtmd_support_vision(const mtmd_context * ctx);
-bool mtmd_support_audio(const mtmd_context * ctx);
-int mtmd_get_audio_sample_rate(const mtmd_context * ctx);
-struct mtmd_caps mtmd_get_cap_from_file(const char * mmproj_fname);
-void mtmd_log_set(ggml_log_callback log_callback, void * user_data);
 
-uint32_t mtmd_bitmap_get_nx(const mtmd_bitmap * bitmap);
-uint32_t mtmd_bitmap_get_ny(const mtmd_bitmap * bitmap);
-size_t mtmd_bitmap_get_n_bytes(const mtmd_bitmap * bitmap);
-bool mtmd_bitmap_is_audio(const mtmd_bitmap * bitmap);
 void mtmd_bitmap_free(mtmd_bitmap * bitmap);
-const char * mtmd_bitmap_get_id(const mtmd_bitmap * bitmap);
 void mtmd_bitmap_set_id(mtmd_bitmap * bitmap, const char * id);
 
 mtmd_input_chunks * mtmd_input_chunks_init(void);
@@ -431,7 +411,6 @@ void mtmd_input_chunks_free(mtmd_input_chunks * chunks);
 enum mtmd_input_chunk_type mtmd_input_chunk_get_type(const mtmd_input_chunk * chunk);
 const llama_token * mtmd_input_chunk_get_tokens_text(const mtmd_input_chunk * chunk, size_t * n_tokens);
 size_t mtmd_input_chunk_get_n_tokens(const mtmd_input_chunk * chunk);
-const char * mtmd_input_chunk_get_id(const mtmd_input_chunk * chunk);
 llama_pos mtmd_input_chunk_get_n_pos(const mtmd_input_chunk * chunk);
 mtmd_input_chunk * mtmd_input_chunk_copy(const mtmd_input_chunk * chunk);
 void mtmd_input_chunk_free(mtmd_input_chunk * chunk);
@@ -441,12 +420,7 @@ int32_t mtmd_tokenize(const mtmd_context * ctx, mtmd_input_chunks * output, cons
 int32_t mtmd_encode_chunk(mtmd_context * ctx, const mtmd_input_chunk * chunk);
 float * mtmd_get_output_embd(mtmd_context * ctx);
 
-mtmd_helper_init_opt mtmd_helper_init_opt_default(void);
 void mtmd_helper_log_set(ggml_log_callback log_callback, void * user_data);
-struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_buf(
-    const mtmd_context * ctx, const unsigned char * buf, size_t len, bool placeholder,
-    mtmd_helper_init_opt opt);
-size_t mtmd_helper_get_n_tokens(const mtmd_input_chunks * chunks);
 
 /* ---- corral's C helpers --------------------------------------------------------------------- */
 int32_t corral_batch_fill(struct llama_batch * batch, int32_t capacity, const llama_token * tokens,

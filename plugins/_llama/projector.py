@@ -78,7 +78,9 @@ class Projector:
                                  "see the log)")
         self.ctx = ctx
         self.vision = bool(lib.mtmd_support_vision(ctx))
-        self.audio = bool(lib.mtmd_support_audio(ctx))
+        # Audio is not taken yet (see corral.prompts.capabilities.projector_capabilities): a clip's
+        # decoded length cannot be bounded from every format's header before decoding it.
+        self.audio = False
         if lib.mtmd_decode_use_mrope(ctx):
             # M-RoPE (Qwen2-VL and its successors) gives image rows 2-D positions that do not advance
             # one per row; the batching loop's position bookkeeping assumes they do.
@@ -126,7 +128,7 @@ class Projector:
         if info.kind == "image" and not self.vision:
             raise CapabilityError("this model's projector does not take images")
         if info.kind == "audio" and not self.audio:
-            raise CapabilityError("this model's projector does not take audio")
+            raise CapabilityError("audio input is not supported by this model in corral")
         if info.kind == "image" and info.format not in IMAGE_FORMATS:
             raise InvalidRequestError(f"{what} is {info.format.upper()}; send PNG, JPEG, GIF or BMP")
         digest = hashlib.sha256(media.data).digest()
@@ -156,6 +158,8 @@ class Projector:
                 n_rows = int(lib.mtmd_input_chunk_get_n_tokens(chunk))
                 if n_rows <= 0 or n_rows >= 1 << _ROW_BITS or n_media >= 1 << _CHUNK_BITS:
                     raise InvalidRequestError(f"{what} became an unusable chunk of {n_rows} tokens")
+                if int(lib.mtmd_input_chunk_get_n_pos(chunk)) != n_rows:  # one position per row, always
+                    raise BackendError(f"{what}: this projector's rows do not take one position each")
                 owned = lib.mtmd_input_chunk_copy(chunk)
                 if owned == ffi.NULL:
                     raise BackendError("mtmd could not copy a media chunk (out of memory?)")
@@ -180,13 +184,7 @@ class Projector:
             # The header looked right to corral.media, so stb_image found the rest broken.
             reason = ffi.string(lib.corral_image_failure_reason()).decode("utf-8", "replace")
             raise InvalidRequestError(f"{what} is damaged" + (f": {reason}" if reason else ""))
-        # Audio: the helper's miniaudio path (its magic-number check matches corral.media's, so these
-        # bytes never reach its video fallback).
-        wrapped = lib.mtmd_helper_bitmap_init_from_buf(self.ctx, data, len(data), False,
-                                                        lib.mtmd_helper_init_opt_default())
-        if wrapped.bitmap == ffi.NULL:
-            raise InvalidRequestError(f"{what} could not be decoded")
-        return wrapped.bitmap
+        raise CapabilityError(f"{what}: audio input is not supported by this model in corral")
 
     # ---- encoding --------------------------------------------------------------------------------
     def encode(self, span: MediaSpan) -> np.ndarray:
