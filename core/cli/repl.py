@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from corral.cli.run import THINK_VALUES, Answer, chat_once, ensure_model, infer_think
+from corral.cli.chat import THINK_VALUES, Answer, chat_once, ensure_model, infer_think, user_message
 from corral.errors import CorralError
 
 HELP = """Available Commands:
@@ -186,8 +186,6 @@ class Repl:
         msgs = list(self.messages)
         if self.system is not None:
             msgs = [{"role": "system", "content": self.system}, *msgs]
-        from corral.cli.run import user_message
-
         turn = user_message(text, self.info.get("capabilities") or [])
         msgs.append(turn)
         body: dict[str, Any] = {"model": self.model, "messages": msgs, **self._extras()}

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from corral.cli.chat import WordWrapper
 from corral.cli.common import format_duration, human_size, metrics_summary, time_ago, time_until
 from corral.cli.create import build_request
 from corral.cli.main import app
-from corral.cli.run import WordWrapper, normalize_think
+from corral.cli.run import normalize_think
 from corral.errors import ModelfileError
 
 runner = CliRunner()
