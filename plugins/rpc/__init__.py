@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+import msgspec
 
 from corral.config import Config
 from corral.errors import BackendUnavailableError, ModelLoadError
@@ -18,11 +19,10 @@ from corral_plugins._llama.rpc import add_workers, rpc_module
 from corral_plugins.rpc.placement import device_need, mib
 from corral_plugins.rpc.probe import WorkerStatus, probe_workers
 
-log = logging.getLogger("corral.rpc")
-
 # Above every local backend: when workers are configured, using them is what was asked for.
 PRIORITY = 400
 LOCAL_BUILDS = ("metal", "cuda", "cpu")  # the local devices come from the best of these that runs here
+WORKER_MARK = "@"  # a handle's device "RPC0@10.0.0.5:50052": llama.cpp's device name, then the worker
 NO_WORKERS = ("no workers: list them in CORRAL_WORKERS=host:port,... or `corral serve --workers`, "
               "and start each with `corral worker`")
 
@@ -38,7 +38,6 @@ class RpcBackend(LlamaBackend):
     def __init__(self) -> None:
         cpu = Path(__file__).resolve().parent.parent / "cpu" / "_lib"
         super().__init__("rpc", cpu, PRIORITY, self._probe_local)
-        self.local = ""
         self._config: Config | None = None
 
     def config(self) -> Config:
@@ -59,7 +58,7 @@ class RpcBackend(LlamaBackend):
             elif rpc_module(plugin.lib_dir) is None:
                 why.append(f"{name}: built without llama.cpp's RPC backend")
             else:
-                self.lib_dir, self.local = plugin.lib_dir, name
+                self.lib_dir = plugin.lib_dir
                 return Probe(True, f"local devices of the {name} backend", list(found.modules),
                              list(found.devices))
         return Probe(False, "no local llama.cpp build runs here (" + "; ".join(why) + ")")
@@ -84,7 +83,7 @@ class RpcBackend(LlamaBackend):
             reason += " (models fail to load until every worker answers)"
         devices = [d for s in statuses for d in s.devices] + list(local.devices)
         return BackendInfo(name=self.name, priority=self.priority, usable=True, reason=reason,
-                           devices=devices, version=build_version(self.lib_dir), max_models=1)
+                           devices=devices, version=version, max_models=1)
 
     # ---- models --------------------------------------------------------------------------------
     @hookimpl
@@ -103,8 +102,14 @@ class RpcBackend(LlamaBackend):
         # A worker lost from here on aborts the runner; ggml's gdb backtrace would only delay the error.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         native = self.native()
-        add_workers(native, workers)
-        return super().corral_load_model(path, options, progress)
+        registered = add_workers(native, workers)
+        handle = super().corral_load_model(path, options, progress)
+        # The handle names each worker's devices with its endpoint: corral_explain_stop runs in the
+        # server, from the handle alone, and must know which workers this model was spread over.
+        remote = {name for names in registered.values() for name in names}
+        local = tuple(d for d in handle.devices if d not in remote)
+        return msgspec.structs.replace(handle, devices=local + tuple(
+            f"{name}{WORKER_MARK}{endpoint}" for endpoint, names in registered.items() for name in names))
 
     def _check_room(self, path: str, options: LoadOptions, statuses: list[WorkerStatus]) -> None:
         """Refuse, with the numbers, a model whose weights and KV cache cannot fit the split devices
@@ -130,7 +135,9 @@ class RpcBackend(LlamaBackend):
 
     @hookimpl
     def corral_explain_stop(self, handle: ModelHandle) -> str | None:
-        lost = [s for s in probe_workers(self.config().workers) if s.state in ("unreachable", "broken")]
+        used = [d.split(WORKER_MARK, 1)[1] for d in handle.devices if WORKER_MARK in d]
+        endpoints = list(dict.fromkeys(used)) or list(self.config().workers)
+        lost = [s for s in probe_workers(endpoints) if s.state in ("unreachable", "broken")]
         if not lost:
             return None
         return "lost RPC worker " + "; ".join(f"{s.endpoint} ({s.state}: {s.detail})" for s in lost)
