@@ -48,11 +48,22 @@ def add_tiny_models(store: Store, gguf: Path, templates: Mapping[str, str]) -> s
     return digest
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (when asked)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on (when asked) and this process has not handed out.
+
+    A port is free only until somebody binds it: a test that asks for several before starting their
+    servers must not get the same one twice, which the kernel may well offer again once it is closed.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class LiveServer:

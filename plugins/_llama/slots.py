@@ -204,6 +204,10 @@ class Stream:
         if self._over:
             raise StopIteration
         item = self._job.out.get()
+        # Once the caller cancels, tokens the loop produced before it noticed are not wanted: skip to
+        # the final event (the loop posts it at its next step) so a cancelled stream ends at once.
+        while item.__class__ is TokenEvent and item.finish_reason is None and self._job.cancel.cancelled:
+            item = self._job.out.get()
         if isinstance(item, BaseException):
             self._over = True
             raise item
