@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -193,6 +194,9 @@ def main() -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        # The model store and the staged llama-server are half a gigabyte; the logs stay.
+        for heavy in (models, work / "llama-server"):
+            shutil.rmtree(heavy, ignore_errors=True)
 
     sides = (rpc, llama_rpc, cpu)
     med = {s.name: {k: statistics.median(v) for k, v in s.rates.items()} for s in sides}
