@@ -10,7 +10,9 @@ server, medians of --rounds rounds:
   gap    the streaming client's longest gap between tokens while the image turn is being served
          (corral's bar: <= 250 ms; llama-server encodes and evaluates the image inline, so its gap is
          roughly the whole encode + image evaluation);
-  ttft   the image turn's time to first token.
+  ttft   the image turn's time to first token;
+  noise  the same stream's longest gap over an equally long window right after, without any image
+         (what the machine itself costs: on a shared machine this can exceed the bar on its own).
 
 Usage:
   python bench/vision.py [--llama-server PATH] [--threads 2] [--rounds 3] [--corral-only]
@@ -32,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tools import find_tool, stage_tool  # noqa: E402
-from serve import MODEL, Server, Stream, _free_port, _sse, _wait_ready, stream_completion  # noqa: E402
+from serve import MODEL, Server, Stream, _free_port, _sse, _wait_ready  # noqa: E402
 
 from corral.testing.tinyvision import png_bytes, write_tiny_projector  # noqa: E402
 
@@ -103,28 +105,56 @@ async def image_turn(client: httpx.AsyncClient, srv: Server, data: bytes) -> Str
     return s
 
 
-async def one_round(srv: Server, seed: int) -> tuple[float, float]:
-    """(the streaming client's longest gap while the image turn is served, the image turn's TTFT)."""
-    async with httpx.AsyncClient(timeout=600) as c:
-        streaming = asyncio.create_task(stream_completion(
-            c, srv, f"Chapter {seed}. Once upon a time, in a small village by the sea,", 600))
+async def stream_until(client: httpx.AsyncClient, srv: Server, prompt: str, done: asyncio.Event) -> Stream:
+    """Stream a long completion until ``done`` is set (then drop the connection, which cancels it)."""
+    body = {"model": srv.model, "prompt": prompt, "max_tokens": 8000, "temperature": 0, "stream": True,
+            **srv.extra}
+    s = Stream(started=time.perf_counter())
+    async for ev in _sse(client, srv.url + "/v1/completions", body):
+        for choice in ev.get("choices") or []:
+            if choice.get("text"):
+                s.arrivals.append(time.perf_counter())
+        if done.is_set():
+            break
+    return s
+
+
+async def one_round(srv: Server, seed: int) -> tuple[float, float, float]:
+    """(the streaming client's longest gap while the image turn is served, the image turn's TTFT, the
+    same stream's longest gap over as long a window without any image: the machine's own noise)."""
+    done = asyncio.Event()
+    prompt = f"Chapter {seed}. Once upon a time, in a small village by the sea,"
+    async with httpx.AsyncClient(timeout=900) as c:
+        streaming = asyncio.create_task(stream_until(c, srv, prompt, done))
         await asyncio.sleep(1.5)  # the stream is generating
         turn = await image_turn(c, srv, image(seed))
+        first = turn.arrivals[0] if turn.arrivals else time.perf_counter()
+        await asyncio.sleep(0.5)
+        control_start = time.perf_counter()
+        await asyncio.sleep(first - turn.started)  # the control window: as long, no image
+        control_end = time.perf_counter()
+        done.set()
         long = await streaming
-    first = turn.arrivals[0] if turn.arrivals else time.perf_counter()
-    pairs = zip(long.arrivals, long.arrivals[1:], strict=False)
-    during = [b - a for a, b in pairs if turn.started <= b <= first]
-    if long.arrivals and long.arrivals[-1] < first:
-        raise SystemExit(f"{srv.name}: the stream ended before the image turn answered; raise its length")
-    return max(during, default=0.0), turn.ttft
+    if not long.arrivals or long.arrivals[-1] < control_end:
+        raise SystemExit(f"{srv.name}: the stream ended before the measurement did (8000 tokens)")
+
+    def longest_gap(t0: float, t1: float) -> float:
+        pairs = zip(long.arrivals, long.arrivals[1:], strict=False)
+        return max((b - a for a, b in pairs if t0 <= b <= t1), default=t1 - t0)
+
+    return longest_gap(turn.started, first), turn.ttft, longest_gap(control_start, control_end)
 
 
-async def measure(srv: Server, rounds: int) -> tuple[float, float]:
+async def measure(srv: Server, rounds: int) -> tuple[float, float, float]:
     await one_round(srv, 1000)  # warm-up: loads the model and the projector
-    results = [await one_round(srv, seed) for seed in range(rounds)]
-    for gap, ttft in results:
-        print(f"  {srv.name}: gap {gap * 1000:7.0f} ms   image ttft {ttft * 1000:7.0f} ms", flush=True)
-    return statistics.median(g for g, _ in results), statistics.median(t for _, t in results)
+    results = []
+    for seed in range(rounds):
+        gap, ttft, control = await one_round(srv, seed)
+        results.append((gap, ttft, control))
+        print(f"  {srv.name}: gap {gap * 1000:7.0f} ms   image ttft {ttft * 1000:7.0f} ms   "
+              f"no-image gap {control * 1000:7.0f} ms", flush=True)
+    return (statistics.median(r[0] for r in results), statistics.median(r[1] for r in results),
+            statistics.median(r[2] for r in results))
 
 
 def main() -> int:
@@ -158,9 +188,9 @@ def main() -> int:
                 rows["llama-server"] = asyncio.run(measure(srv, args.rounds))
             finally:
                 srv.stop()
-    print("\nserver        max gap while an image is served   image ttft   (medians)")
-    for name, (gap, ttft) in rows.items():
-        print(f"{name:<13} {gap * 1000:10.0f} ms {'':20} {ttft * 1000:8.0f} ms")
+    print("\nserver        max gap with an image   max gap without   image ttft   (medians)")
+    for name, (gap, ttft, control) in rows.items():
+        print(f"{name:<13} {gap * 1000:14.0f} ms {control * 1000:14.0f} ms {ttft * 1000:10.0f} ms")
     gap = rows["corral"][0]
     ok = gap <= BAR_S
     print(f"\ncorral's longest gap {gap * 1000:.0f} ms {'<=' if ok else '>'} {BAR_S * 1000:.0f} ms: "

@@ -33,9 +33,9 @@ def load_projector(path: str) -> FakeProjector:
     try:
         kv = read_gguf_info(path, keep_arrays=False).kv
     except InvalidModelFileError as exc:
-        raise ModelLoadError(f"could not load the projector {path}: {exc}") from None
+        raise ModelLoadError(f"could not load the model's projector: {exc}") from None
     if kv.get("general.architecture") != "clip":
-        raise ModelLoadError(f"{path} is not a projector (general.architecture is not clip)")
+        raise ModelLoadError("the model's projector is not one (general.architecture is not clip)")
     size, patch = kv.get("clip.vision.image_size"), kv.get("clip.vision.patch_size")
     tokens = (size // patch) ** 2 if isinstance(size, int) and isinstance(patch, int) and patch > 0 else 0
     # Audio is not claimed, as the llama.cpp backend does not claim it (projector_capabilities).

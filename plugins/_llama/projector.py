@@ -73,9 +73,8 @@ class Projector:
         self._marker = lib.mtmd_default_marker()  # a C string that lives as long as the library
         ctx = lib.mtmd_init_from_file(self.path.encode(), model.ptr, params)
         if ctx == ffi.NULL:
-            raise ModelLoadError(f"llama.cpp could not load the projector {self.path} for this model "
-                                 "(not a projector, a projector for another model, or out of memory; "
-                                 "see the log)")
+            raise ModelLoadError("llama.cpp could not load the model's projector (not a projector, a "
+                                 "projector for another model, or out of memory; see the log)")
         self.ctx = ctx
         self.vision = bool(lib.mtmd_support_vision(ctx))
         # Audio is not taken yet (see corral.prompts.capabilities.projector_capabilities): a clip's
