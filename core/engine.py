@@ -207,8 +207,10 @@ class Engine:
             tokens = list(job.context) + tokens
             media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
             request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate, media=media)
+            # context tokens cannot carry an image: a client continuing from them would lose it unawares
+            want_context = not job.raw and not media
             async with aclosing(self._stream(lease, plan.new_parser(), request, start,
-                                             want_context=not job.raw)) as chunks:
+                                             want_context=want_context)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:

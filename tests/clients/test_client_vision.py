@@ -34,6 +34,7 @@ def test_ollama_generate_and_chat_answers_depend_on_the_image(vision_served: Ser
     a = c.generate(model="tiny-vision", prompt="what is this", images=[red], options=OPTS)
     b = c.generate(model="tiny-vision", prompt="what is this", images=[grad], options=OPTS)
     assert a.response != b.response
+    assert a.context is None  # context tokens cannot carry the image, so none are offered
     # prompt_eval_count counts the image's tokens: a raw prompt with and without it differs by exactly those.
     raw = c.generate(model="tiny-vision", prompt="[img]what is this", images=[red], raw=True, options=OPTS)
     text_only = c.generate(model="tiny-vision", prompt="what is this", raw=True, options=OPTS)
