@@ -23,6 +23,7 @@ from corral.jobs import (
     GenerateJob,
     LogprobEntry,
     Metrics,
+    RenderedPrompt,
     RerankJob,
     RerankOutput,
     Think,
@@ -72,12 +73,14 @@ class Engine:
         return spec
 
     def _options(self, spec: ModelSpec, options: dict[str, Any], *, shift: bool = True,
-                 logprobs: bool = False, top_logprobs: int = 0) -> tuple[LoadOptions, GenerationRequest]:
+                 logprobs: bool = False, top_logprobs: int = 0,
+                 logit_bias: dict[int, float] | None = None) -> tuple[LoadOptions, GenerationRequest]:
         """The load options and the generation settings of one request, each converted once from the
         model's parameters and the request's options: every 400 about options is raised here, before
         anything is loaded. The generation settings get their prompt from ``for_prompt``."""
         opts = merge_options(spec.parameters, options)
-        generation = to_generation(opts, shift=shift, logprobs=logprobs, top_logprobs=top_logprobs)
+        generation = to_generation(opts, shift=shift, logprobs=logprobs, top_logprobs=top_logprobs,
+                                   logit_bias=logit_bias)
         load = to_load_options(opts, self.config, n_ctx_train=spec.gguf.context_length,
                                embedding=spec.embedding_only, adapters=spec.files.adapters)
         if spec.embedding_only:  # compat(ollama): embedding models always run one sequence at a time
@@ -188,24 +191,16 @@ class Engine:
     async def generate(self, job: GenerateJob) -> AsyncGenerator[Chunk, None]:
         """Stream a completion; the last chunk has ``done=True``, metrics and (unless raw) context."""
         start = time.monotonic_ns()
-        needed = ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think)
-                                                                         else [])
-        spec = await self._resolve(job.model, needed + self._media_needs(job.images))
+        spec = await self._resolve(job.model, _generate_needs(job) + self._media_needs(job.images))
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
-                                         top_logprobs=job.top_logprobs)
+                                         top_logprobs=job.top_logprobs, logit_bias=job.logit_bias)
         if not job.prompt and not job.suffix and not job.images:
             yield await self._load_only(spec, load, job.keep_alive, start)
             return
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
             info = lease.handle.info
-            # templates are untrusted work: rendered on a worker thread, never on the event loop
-            plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
-                                           bos_token=info.bos_token, eos_token=info.eos_token)
-            tokens, media = await self._tokenize(
-                lease, plan, add_special=plan.add_special and not job.context, parse_special=not job.raw)
-            tokens = list(job.context) + tokens
-            media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
+            plan, tokens, media = await self._generate_prompt(lease, spec, job)
             request = self._request(generation, tokens, plan, info.n_ctx, truncate=job.truncate, media=media)
             # context tokens cannot carry an image: a client continuing from them would lose it unawares
             want_context = not job.raw and not media
@@ -222,7 +217,7 @@ class Engine:
         needed = _chat_needs(job) + self._media_needs([img for m in job.messages for img in m.images])
         spec = await self._resolve(job.model, needed)
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
-                                         top_logprobs=job.top_logprobs)
+                                         top_logprobs=job.top_logprobs, logit_bias=job.logit_bias)
         if not job.messages:
             yield await self._load_only(spec, load, job.keep_alive, start)
             return
@@ -245,6 +240,37 @@ class Engine:
                     yield chunk
         finally:
             lease.release()
+
+    async def _generate_prompt(self, lease: Lease, spec: ModelSpec,
+                               job: GenerateJob) -> tuple[PromptPlan, list[int], list[MediaInput]]:
+        """The rendered prompt plan of a generate job, its tokens (after ``context``) and its media."""
+        info = lease.handle.info
+        # templates are untrusted work: rendered on a worker thread, never on the event loop
+        plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
+                                       bos_token=info.bos_token, eos_token=info.eos_token)
+        tokens, media = await self._tokenize(
+            lease, plan, add_special=plan.add_special and not job.context, parse_special=not job.raw)
+        media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
+        return plan, list(job.context) + tokens, media
+
+    async def render(self, job: GenerateJob | ChatJob) -> RenderedPrompt:
+        """The prompt ``job`` renders to and its token count, without generating (Ollama's
+        ``_debug_render_only``). The model is loaded: its tokenizer counts, and truncation needs it."""
+        if isinstance(job, ChatJob):
+            needed = _chat_needs(job) + self._media_needs([img for m in job.messages for img in m.images])
+        else:
+            needed = _generate_needs(job) + self._media_needs(job.images)
+        spec = await self._resolve(job.model, needed)
+        load, _generation = self._options(spec, job.options, logit_bias=job.logit_bias)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            if isinstance(job, ChatJob):
+                plan, tokens, _media = await self._chat_prompt(lease, spec, job)
+            else:
+                plan, tokens, _media = await self._generate_prompt(lease, spec, job)
+        finally:
+            lease.release()
+        return RenderedPrompt(text=plan.text, token_count=len(tokens), image_count=len(plan.images))
 
     async def _chat_prompt(self, lease: Lease, spec: ModelSpec,
                            job: ChatJob) -> tuple[PromptPlan, list[int], list[MediaInput]]:
@@ -346,6 +372,11 @@ class Engine:
 
 def _wants(think: Think) -> bool:
     return think is not None and think is not False
+
+
+def _generate_needs(job: GenerateJob) -> list[str]:
+    """The capabilities a generate job needs."""
+    return ["completion"] + (["insert"] if job.suffix else []) + (["thinking"] if _wants(job.think) else [])
 
 
 def _chat_needs(job: ChatJob) -> list[str]:

@@ -10,6 +10,7 @@ from msgspec import Struct
 
 from corral.conversation import Message, Tool, ToolCall
 from corral.errors import InvalidRequestError
+from corral.gbnf import check_gbnf
 from corral.types import MAX_TOP_LOGPROBS, TokenLogprob
 
 # `format` as the core sees it: None, "json", or a JSON-schema object.
@@ -53,6 +54,34 @@ def _format(value: Format) -> Format:
     raise InvalidRequestError(f'invalid format: expected "json" or a valid JSON schema, got {value!r}')
 
 
+def _grammar(value: str | None, fmt: Format) -> str | None:
+    """``grammar``: raw GBNF for llama.cpp's sampler, bounded and scanned (``corral.gbnf``); it and
+    ``format`` each constrain the whole answer, so a request gives one or the other."""
+    if value is None or value == "":
+        return None
+    if fmt is not None:
+        raise InvalidRequestError("grammar cannot be combined with format: each constrains the whole answer")
+    check_gbnf(value)
+    return value
+
+
+MAX_LOGIT_BIAS = 1024  # token ids one request may bias (OpenAI allows 300; llama.cpp copies them all)
+
+
+def _logit_bias(value: dict[int, float]) -> dict[int, float]:
+    """``logit_bias``: token id -> a bias added to its logit, -100..100 as OpenAI defines it (-100 in
+    practice bans the token, 100 forces it); whether each id is in the vocabulary is the backend's check."""
+    if len(value) > MAX_LOGIT_BIAS:
+        raise InvalidRequestError(f"logit_bias holds {len(value)} tokens; the limit is {MAX_LOGIT_BIAS}")
+    for token, bias in value.items():
+        if token < 0:
+            raise InvalidRequestError(f"logit_bias: token id {token} must be a non-negative integer")
+        if not (isinstance(bias, int | float) and -100 <= bias <= 100):
+            raise InvalidRequestError(
+                f"logit_bias: the bias of token {token} must be a number from -100 to 100")
+    return value
+
+
 def _top_logprobs(value: int) -> int:
     if not 0 <= value <= MAX_TOP_LOGPROBS:
         raise InvalidRequestError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
@@ -78,6 +107,8 @@ class GenerateJob(Struct, kw_only=True):
     logprobs: bool = False
     top_logprobs: int = 0
     images: list[bytes] = msgspec.field(default_factory=list)
+    grammar: str | None = None  # raw GBNF (llama.cpp's grammar sampler), instead of ``format``
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> bias, -100..100
 
     def __post_init__(self) -> None:
         if self.raw and (self.template or self.system or self.context):
@@ -87,6 +118,8 @@ class GenerateJob(Struct, kw_only=True):
             raise InvalidRequestError("images cannot be combined with suffix (fill-in-the-middle)")
         self.think = _think(self.think)
         self.format = _format(self.format)
+        self.grammar = _grammar(self.grammar, self.format)
+        _logit_bias(self.logit_bias)
         _top_logprobs(self.top_logprobs)
 
 
@@ -109,11 +142,18 @@ class ChatJob(Struct, kw_only=True):
     tool_choice: str = "auto"
     forced_tool: str = ""
     think_if_supported: bool = False  # ``think`` applies only when the model can think (else: None)
+    grammar: str | None = None  # raw GBNF (llama.cpp's grammar sampler), instead of ``format``
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> bias, -100..100
 
     def __post_init__(self) -> None:
         self.think = _think(self.think)
         self.format = _format(self.format)
+        self.grammar = _grammar(self.grammar, self.format)
+        _logit_bias(self.logit_bias)
         _top_logprobs(self.top_logprobs)
+        if self.grammar and self.tool_choice == "required":
+            raise InvalidRequestError("grammar cannot be combined with a required tool call: each constrains "
+                                      "the whole answer")
         if self.tool_choice not in ("auto", "none", "required"):
             raise InvalidRequestError(f"invalid tool_choice {self.tool_choice!r}: use auto, none or required")
         if self.forced_tool and self.tool_choice != "required":
@@ -184,6 +224,14 @@ class RerankOutput(Struct, kw_only=True):
     prompt_eval_count: int = 0
     total_duration: int = 0
     load_duration: int = 0
+
+
+class RenderedPrompt(Struct, kw_only=True):
+    """A job's prompt exactly as the model would be given it, rendered without generating."""
+
+    text: str
+    token_count: int  # the tokens of ``text`` (the embedding tokens of its images are not included)
+    image_count: int = 0
 
 
 class Metrics(Struct, kw_only=True):

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from corral.config import Config
 
 __all__ = [
-    "LOAD_KEYS", "MIN_NUM_CTX", "OPTIONS", "REMOVED_OPTIONS", "Option", "check_option", "default_options",
-    "for_prompt", "merge_options", "parse_parameter", "parse_tensor_split", "to_generation",
+    "LOAD_KEYS", "MIN_NUM_CTX", "OPTIONS", "REMOVED_NEUTRAL", "REMOVED_OPTIONS", "Option", "check_option",
+    "default_options", "for_prompt", "merge_options", "parse_parameter", "parse_tensor_split",
+    "request_options", "to_generation",
     "to_load_options",
 ]
 
@@ -61,11 +62,16 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
 
 LOAD_KEYS = frozenset(k for k, o in OPTIONS.items() if o.load)
 
-# compat(ollama): removed options that clients (ollama-python) still send; ignored without a warning.
-REMOVED_OPTIONS = frozenset({
-    "mirostat", "mirostat_tau", "mirostat_eta", "low_vram", "f16_kv", "logits_all", "vocab_only",
-    "use_mlock", "numa", "penalize_newline", "tfs_z",
-})
+# compat(ollama): options Ollama removed, which clients (ollama-python's Options) can still send, each with
+# the value that asks for what corral does anyway (None: any value, the option only tunes one that is off).
+# A request that sends one with another value asks for something corral does not do: a 400, not a shrug.
+REMOVED_NEUTRAL: dict[str, Any] = {
+    "mirostat": 0, "mirostat_tau": None, "mirostat_eta": None, "tfs_z": 1.0, "low_vram": False,
+    "f16_kv": True, "logits_all": False, "vocab_only": False, "use_mlock": False, "numa": False,
+    # llama.cpp dropped penalize_nl: its penalties count newlines like any token, which is "true"
+    "penalize_newline": True,
+}
+REMOVED_OPTIONS = frozenset(REMOVED_NEUTRAL)
 
 _TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]": "array of strings",
                "list[float]": "array of numbers"}
@@ -167,16 +173,62 @@ def _layer(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def request_options(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A request's ``options``, checked: every key has its effect or is a 400 naming it.
+
+    An unknown key is refused (a typo would otherwise change nothing, silently); a removed one is
+    accepted only with the value that asks for what corral does anyway (``REMOVED_NEUTRAL``); null
+    means "not given" (compat(ollama)); a known key of the wrong type is refused.
+    """
+    out: dict[str, Any] = {}
+    if values is None:
+        return out
+    if not isinstance(values, Mapping):
+        raise InvalidRequestError("options must be a JSON object")
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in REMOVED_NEUTRAL:
+            neutral = REMOVED_NEUTRAL[key]
+            if not _asks_nothing(value, neutral):
+                wanted = "a number" if neutral is None else json_text(neutral)
+                raise InvalidRequestError(
+                    f'option "{key}" was removed from Ollama and corral does not implement it: leave it '
+                    f"out (it is accepted only as {wanted}, which asks for nothing)")
+            continue
+        if key not in OPTIONS:
+            raise InvalidRequestError(f'unknown option "{key}" (the options are: {", ".join(OPTIONS)})')
+        out[key] = check_option(key, value)
+    return out
+
+
+def _asks_nothing(value: Any, neutral: Any) -> bool:
+    """Whether a removed option's ``value`` asks for what corral does anyway (see REMOVED_NEUTRAL)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if neutral is None:
+        return number
+    if isinstance(neutral, bool):
+        return value is neutral
+    return number and value == neutral
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON writes it (true, 1.0), for messages."""
+    return "true" if value is True else "false" if value is False else repr(value)
+
+
 def merge_options(model_params: Mapping[str, Any] | None,
-                  request_options: Mapping[str, Any] | None) -> dict[str, Any]:
+                  request_options_: Mapping[str, Any] | None) -> dict[str, Any]:
     """defaults < the model's Modelfile parameters < the request's ``options``.
 
-    Unknown keys are ignored with a logged warning, removed legacy keys silently; a known key with
-    the wrong type raises ``InvalidRequestError('option "x" must be of type ...')``.
+    The model's parameters came from its Modelfile (or a pulled params layer): unknown keys there are
+    ignored with a logged warning, removed ones silently, as Ollama does. The request's options are
+    checked by ``request_options``. A known key with the wrong type raises
+    ``InvalidRequestError('option "x" must be of type ...')``.
     """
     merged = default_options()
     merged.update(_layer(model_params, "parameter"))
-    merged.update(_layer(request_options, "option"))
+    merged.update(request_options(request_options_))
     return merged
 
 
@@ -259,7 +311,7 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
 
 
 def to_generation(opts: Mapping[str, Any], *, shift: bool = True, logprobs: bool = False,
-                  top_logprobs: int = 0) -> GenerationRequest:
+                  top_logprobs: int = 0, logit_bias: Mapping[int, float] | None = None) -> GenerationRequest:
     """The sampling and stopping rules of one request, checked; anything out of range is a 400.
 
     Runs once per request, before anything is loaded. The result has no prompt yet and keeps the
@@ -292,7 +344,7 @@ def to_generation(opts: Mapping[str, Any], *, shift: bool = True, logprobs: bool
     sampling = SamplingParams(
         temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p, typical_p=typical_p,
         repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, presence_penalty=presence,
-        frequency_penalty=frequency, seed=seed,
+        frequency_penalty=frequency, seed=seed, logit_bias=dict(logit_bias or {}),
     )
     return GenerationRequest(prompt=[], sampling=sampling, num_predict=num_predict, stop=stop,
                              num_keep=num_keep, shift=shift, logprobs=logprobs or top_logprobs > 0,

@@ -12,6 +12,7 @@ import msgspec
 
 from corral.conversation import Message, Tool
 from corral.errors import CorralError, InvalidRequestError
+from corral.gbnf import prefix_rules
 from corral.jobs import ChatJob, Format, GenerateJob, Think
 from corral.prompts import formats, gotemplate, jinja, renderers
 from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
@@ -76,6 +77,14 @@ def grammar_for(fmt: Format) -> str | None:
     if isinstance(fmt, dict):
         return schema_to_gbnf(fmt)
     return JSON_GBNF
+
+
+def _with_think(grammar: str, raw: bool, markers: tuple[str, str], inside: bool) -> str:
+    """``grammar`` after an optional think block: the model reasons first, then the grammar shapes its
+    answer. A client's own GBNF gets its rules renamed first, so none can clash with the block's."""
+    if raw:
+        grammar = "root ::= user-root\n" + prefix_rules(grammar, "user-")
+    return with_think_block(grammar, markers, inside=inside)
 
 
 def _schema_for(fmt: Format, grammar: str | None, markers: tuple[str, str] | None,
@@ -281,7 +290,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     active = [] if job.tool_choice == "none" else list(job.tools)  # "none": the model never sees them
     if active and not fmt.tools:
         raise missing_capability(spec, "tools")
-    grammar = grammar_for(job.format)
+    grammar = grammar_for(job.format) or job.grammar
     if job.tool_choice == "required":
         if grammar:
             raise InvalidRequestError("a required tool call cannot be combined with a response format")
@@ -333,7 +342,7 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     inside = _starts_thinking(text, markers)
     schema = _schema_for(job.format, grammar, markers if think_on else None, inside)
     if grammar and think_on and markers is not None:
-        grammar = with_think_block(grammar, markers, inside=inside)
+        grammar = _with_think(grammar, job.grammar is not None, markers, inside)
     return _finish(
         text, bos_token, grammar=grammar, json_schema=schema, stop=_stops(src, fmt),
         images=[img for m in window for img in m.images], think=think_on,
@@ -351,7 +360,7 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     fmt = output_format(spec.parser, go_src, jinja_src)
     markers = fmt.think_markers
     think_on = _resolve_think(spec, job.think, fmt)
-    grammar = grammar_for(job.format)
+    grammar = grammar_for(job.format) or job.grammar
     common: dict[str, Any] = {"grammar": grammar, "images": list(job.images), "think": think_on,
                               "think_markers": markers or ("<think>", "</think>"), "format": fmt}
     if job.raw:
@@ -382,6 +391,6 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     inside = _starts_thinking(text, markers)
     common["json_schema"] = _schema_for(job.format, grammar, markers if think_on else None, inside)
     if grammar and think_on and markers is not None:
-        common["grammar"] = with_think_block(grammar, markers, inside=inside)
+        common["grammar"] = _with_think(grammar, job.grammar is not None, markers, inside)
     return _finish(text, bos_token, stop=_stops(go_src or jinja_src or "", fmt), starts_thinking=inside,
                    **common)

@@ -51,6 +51,15 @@ def decode_image(text: str, field: str = "images") -> bytes:
         raise InvalidRequestError(f"invalid {field}: not valid base64 image data") from None
 
 
+END_USER = "corral.end_user"  # scope state key: the ``user`` a request was made for (the access log shows it)
+
+
+def note_end_user(request: Any, user: str) -> None:
+    """Keep the end user a request names for the access log line (OpenAI's ``user``, for abuse tracing)."""
+    if user:
+        request.scope.setdefault("state", {})[END_USER] = user
+
+
 def call_id() -> str:
     """A tool-call id in Ollama's form: ``call_`` and 8 random characters."""
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))

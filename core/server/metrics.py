@@ -12,6 +12,7 @@ from typing import Any
 from corral.errors import InvalidRequestError
 from corral.jobs import Chunk, Metrics
 from corral.names import parse_name
+from corral.server.common import END_USER
 from corral.server.streaming import close_quietly
 
 log = logging.getLogger("corral.server.access")
@@ -197,4 +198,7 @@ class AccessLog:
             self.metrics.request_seconds.observe(elapsed)
             qs = scope.get("query_string") or b""
             query = f"?{qs.decode('latin-1')}" if self.debug and qs else ""
-            log.info('%s %s%s %d %.1fms', scope["method"], scope["path"], query, status, elapsed * 1000)
+            user = (scope.get("state") or {}).get(END_USER)
+            who = f" user={user!r}" if user else ""
+            log.info('%s %s%s %d %.1fms%s', scope["method"], scope["path"], query, status, elapsed * 1000,
+                     who)

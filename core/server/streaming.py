@@ -14,9 +14,8 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from corral.conversation import ToolCall
 from corral.errors import GenerationCancelledError
-from corral.jobs import Chunk, LogprobEntry
+from corral.jobs import Chunk
 from corral.server.errors import message_for, native_body, openai_body, status_for
 
 log = logging.getLogger("corral.server")
@@ -146,26 +145,102 @@ async def aflat(items: AsyncIterator[T], fn: Callable[[T], list[U]]) -> AsyncIte
         await close_quietly(items)
 
 
+def fold(chunks: list[Chunk]) -> Chunk:
+    """One chunk for ``stream: false``: texts joined, calls and logprobs merged, the last one's metrics."""
+    last = next((c for c in reversed(chunks) if c.done), Chunk(done=True, done_reason="stop"))
+    return Chunk(content="".join(c.content for c in chunks), thinking="".join(c.thinking for c in chunks),
+                 tool_calls=[t for c in chunks for t in c.tool_calls],
+                 logprobs=[e for c in chunks for e in c.logprobs], done=True, done_reason=last.done_reason,
+                 metrics=last.metrics, context=last.context, stop_string=last.stop_string)
+
+
 async def collect(chunks: AsyncIterator[Chunk]) -> Chunk:
-    """Fold a core stream into one chunk for ``stream: false``: texts joined, calls and logprobs merged."""
-    content: list[str] = []
-    thinking: list[str] = []
-    calls: list[ToolCall] = []
-    logprobs: list[LogprobEntry] = []
-    last = Chunk(done=True, done_reason="stop")
+    """Fold a core stream into one chunk for ``stream: false`` (see ``fold``)."""
+    items: list[Chunk] = []
     try:
         async for c in chunks:
-            content.append(c.content)
-            thinking.append(c.thinking)
-            calls.extend(c.tool_calls)
-            logprobs.extend(c.logprobs)
-            if c.done:
-                last = c
+            items.append(c)
     finally:
         await close_quietly(chunks)
-    return Chunk(content="".join(content), thinking="".join(thinking), tool_calls=calls, logprobs=logprobs,
-                 done=True, done_reason=last.done_reason, metrics=last.metrics, context=last.context,
-                 stop_string=last.stop_string)
+    return fold(items)
+
+
+_END = object()
+
+
+async def open_merged(sources: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Several core streams started together (``n`` choices), merged: their items as they come, each
+    with its stream's index (order kept within a stream).
+
+    Like ``open_stream``, this returns once every stream has its first item, so an error before that
+    (unknown model, bad options) gets a real HTTP status. Every stream is read as fast as it produces,
+    whatever the consumer does, so none holds its slot while another waits for one. An error in one
+    stream ends them all; closing the merge closes every stream.
+    """
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+    started = [asyncio.Event() for _ in sources]
+    early: list[BaseException | None] = [None] * len(sources)
+
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
+        try:
+            async for item in it:
+                queue.put_nowait((i, item, None))
+                started[i].set()
+            queue.put_nowait((i, _END, None))
+        except Exception as exc:
+            if not started[i].is_set():
+                early[i] = exc
+            queue.put_nowait((i, _END, exc))
+        finally:
+            started[i].set()
+
+    tasks = [asyncio.ensure_future(pump(i, it)) for i, it in enumerate(sources)]
+
+    async def stop() -> None:
+        with anyio.CancelScope(shield=True):
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for it in sources:
+                await close_quietly(it)
+
+    try:
+        for ev in started:
+            await ev.wait()
+    except BaseException:
+        await stop()
+        raise
+    failed = next((e for e in early if e is not None), None)
+    if failed is not None:
+        await stop()
+        raise failed
+
+    async def merged() -> AsyncIterator[tuple[int, T]]:
+        try:
+            remaining = len(tasks)
+            while remaining:
+                i, item, exc = await queue.get()
+                if exc is not None:
+                    raise exc
+                if item is _END:
+                    remaining -= 1
+                    continue
+                yield i, item
+        finally:
+            await stop()
+
+    return merged()
+
+
+async def collect_all(merged: AsyncIterator[tuple[int, Chunk]], n: int) -> list[Chunk]:
+    """Each of ``n`` merged streams folded for ``stream: false``."""
+    per: list[list[Chunk]] = [[] for _ in range(n)]
+    try:
+        async for i, c in merged:
+            per[i].append(c)
+    finally:
+        await close_quietly(merged)
+    return [fold(items) for items in per]
 
 
 async def thread_iter(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:

@@ -6,7 +6,8 @@ Public API (the server, CLI and engine code against these names; keep them):
 - ``store.list() -> list[ModelRecord]`` (newest first); ``store.get(name) -> ModelRecord``
   (``gemma3:270m`` is imported from its PyPI package on first use); ``store.resolve(name) ->
   corral.spec.ModelSpec`` (what the engine reads: files, layers, GGUF facts, capabilities, details);
-  ``store.show(name, verbose=False) -> ShowInfo``; ``store.copy(src, dst)``; ``store.delete(name)``;
+  ``store.show(name, verbose=False, overrides=ShowOverrides()) -> ShowInfo``; ``store.copy(src, dst)``;
+  ``store.delete(name)``;
   ``store.gc(grace=3600) -> list[str]``
 - ``store.blob_path(digest)`` (the one validating path builder), ``store.has_blob(digest)``,
   ``await store.put_blob(digest, chunks) -> bool``, ``store.add_blob_file(path) -> digest``
@@ -25,7 +26,8 @@ Public API (the server, CLI and engine code against these names; keep them):
 from __future__ import annotations
 
 from corral.store.records import CreateSpec, ModelRecord, Progress, ShowInfo
+from corral.store.show import ShowOverrides
 from corral.store.store import Store
 from corral.store.transfer import TransferSettings
 
-__all__ = ["CreateSpec", "ModelRecord", "Progress", "ShowInfo", "Store", "TransferSettings"]
+__all__ = ["CreateSpec", "ModelRecord", "Progress", "ShowInfo", "ShowOverrides", "Store", "TransferSettings"]

@@ -117,7 +117,10 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
             if qlabel:
                 info, layers = yield from _quantize(store, quantizer, info, layers, qlabel)
             for fname, digest in adapters.items():
-                _read(store, digest, fname)
+                kind = _read(store, digest, fname).kv.get("general.type")
+                if kind != "adapter":  # llama.cpp would refuse it at every load; say so once, here
+                    raise InvalidRequestError(f"adapter {fname} is not a LoRA adapter GGUF (its general.type "
+                                              f"is {kind!r}, not 'adapter')")
                 layers.append(mf.Layer(mf.ADAPTER, digest, store.blob_path(digest).stat().st_size))
             yield from _text_layers(store, spec, base, layers)
             names = _inherited(named, base["config"])

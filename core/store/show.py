@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from corral import gguf
-from corral.errors import InvalidModelFileError
+from corral.errors import InvalidModelFileError, TemplateError
+from corral.options import request_options
+from corral.prompts import gotemplate
 from corral.prompts.capabilities import capabilities
 from corral.spec import GGUFFacts
 from corral.store import manifest as mf
@@ -20,8 +24,36 @@ def parent_model(record: ModelRecord) -> str:
                  if layer.media_type == mf.MODEL and layer.from_), "")
 
 
-def show(store: StoreLayout, record: ModelRecord, *, verbose: bool = False) -> ShowInfo:
+class ShowOverrides(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``show`` request puts in place of the model's own, in everything it reports."""
+
+    system: str = ""  # "" keeps the model's SYSTEM
+    template: str = ""  # "" keeps its TEMPLATE (and so the capabilities the template gives)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # merged over its parameters
+
+
+def _overridden(record: ModelRecord, o: ShowOverrides) -> ModelRecord:
+    """``record`` as the request asks to see it; a template that does not parse or an option that is
+    unknown or of the wrong type is a 400, as it would be in a chat."""
+    changes: dict[str, Any] = {}
+    if o.system:
+        changes["system"] = o.system
+    if o.template:
+        try:
+            gotemplate.load(o.template)
+        except TemplateError as exc:
+            raise TemplateError(f"invalid template: {exc.message}") from None
+        changes["template"] = o.template
+    if o.options:
+        checked = request_options(o.options)
+        changes["params"] = {**record.params, **checked}
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+def show(store: StoreLayout, record: ModelRecord, *, verbose: bool = False,
+         overrides: ShowOverrides = ShowOverrides()) -> ShowInfo:
     """Build ``ShowInfo`` for ``record`` (reads the GGUF header, never the weights)."""
+    record = _overridden(record, overrides)
     info: gguf.GGUFInfo | None = None
     if record.model_path is not None:
         try:

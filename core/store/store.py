@@ -25,7 +25,7 @@ from corral.store.pull import pull
 from corral.store.push import push
 from corral.store.records import CreateSpec, ModelRecord, Progress, ShowInfo
 from corral.store.resolve import model_spec
-from corral.store.show import show
+from corral.store.show import ShowOverrides, show
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -214,8 +214,9 @@ class Store(StoreLayout):
         return removed
 
     # ---- operations in their own modules ---------------------------------------------------------
-    def show(self, name: str, verbose: bool = False) -> ShowInfo:
-        return show(self, self.get(name), verbose=verbose)
+    def show(self, name: str, verbose: bool = False,
+             overrides: ShowOverrides = ShowOverrides()) -> ShowInfo:  # noqa: B008 (frozen, so safe)
+        return show(self, self.get(name), verbose=verbose, overrides=overrides)
 
     def create(self, name: str, spec: CreateSpec, quantize: str | None = None) -> Iterator[Progress]:
         """Create ``name`` from ``spec``; yields progress (blocking: run it in a thread on a server)."""

@@ -88,7 +88,7 @@ def test_content_parts_and_developer_role(client: TestClient[Any], harness: Harn
     ({"model": "tiny", "messages": USER, "reasoning_effort": "enormous"}, 400, "reasoning_effort"),
     ({"model": "tiny", "messages": USER, "response_format": {"type": "xml"}}, 400, "response_format"),
     ({"model": "tiny", "messages": "hi"}, 400, "'messages'"),
-    ({"model": "tiny", "messages": USER, "n": 5}, 400, "n must be 1"),
+    ({"model": "tiny", "messages": USER, "n": 17}, 400, "n must be between 1 and 16"),
     ({"model": "tiny", "messages": USER, "stop": ["s"] * 10000}, 400, "stop"),
     ({"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]},

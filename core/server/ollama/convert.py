@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from corral.conversation import Message, Tool, ToolCall
 from corral.errors import InvalidRequestError
-from corral.jobs import ChatJob, Chunk, DetokenizeJob, EmbedJob, GenerateJob, LogprobEntry, TokenizeJob
+from corral.jobs import (
+    ChatJob,
+    Chunk,
+    DetokenizeJob,
+    EmbedJob,
+    GenerateJob,
+    LogprobEntry,
+    RenderedPrompt,
+    TokenizeJob,
+)
 from corral.server import common
 from corral.server.ollama.schemas import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    DebugInfo,
     DetokenizeRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -35,11 +45,19 @@ def generate_job(req: GenerateRequest) -> GenerateJob:
         think=req.think, truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
         top_logprobs=req.top_logprobs, images=[common.decode_image(i) for i in req.images or []],
+        grammar=req.grammar,
     )
+
+
+def _function_type(kind: str | None, where: str) -> None:
+    if kind not in (None, "function"):
+        raise InvalidRequestError(f"{where} type {kind!r} is not supported: only function")
 
 
 def message(m: ChatMessage) -> Message:
     """A core Message from a wire message (roles lowercased, as Ollama does)."""
+    for c in m.tool_calls or []:
+        _function_type(c.type, "tool call")
     calls = [ToolCall(name=c.function.name, arguments=dict(c.function.arguments), id=c.id or "",
                       index=c.function.index if c.function.index is not None else i)
              for i, c in enumerate(m.tool_calls or [])]
@@ -51,6 +69,8 @@ def message(m: ChatMessage) -> Message:
 def chat_job(req: ChatRequest) -> ChatJob:
     """A ChatJob from /api/chat."""
     model = common.require_model(req.model)
+    for t in req.tools or []:
+        _function_type(t.type, "tool")
     tools = [Tool(name=t.function.name, description=t.function.description,
                   parameters=dict(t.function.parameters), type=t.type) for t in req.tools or []]
     return ChatJob(
@@ -59,7 +79,7 @@ def chat_job(req: ChatRequest) -> ChatJob:
         keep_alive=common.keep_alive(req.keep_alive), think=req.think,
         truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
-        top_logprobs=req.top_logprobs,
+        top_logprobs=req.top_logprobs, grammar=req.grammar,
     )
 
 
@@ -116,6 +136,11 @@ def logprobs(entries: list[LogprobEntry]) -> list[Logprob] | None:
                     top_logprobs=[TopLogprob(token=t.text, logprob=t.logprob, bytes=t.bytes)
                                   for t in e.top_logprobs] if e.top_logprobs else None)
             for e in entries]
+
+
+def debug_info(r: RenderedPrompt) -> DebugInfo:
+    """``_debug_info``: the prompt as rendered, its images and its tokens."""
+    return DebugInfo(rendered_template=r.text, image_count=r.image_count, token_count=r.token_count)
 
 
 def generate_response(model: str, c: Chunk) -> GenerateResponse:

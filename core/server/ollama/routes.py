@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 import corral
 from corral.conversation import Message
+from corral.errors import InvalidRequestError
 from corral.server import common
 from corral.server.ollama import convert
 from corral.server.ollama import schemas as W
@@ -24,7 +25,10 @@ from corral.server.streaming import (
     thread_iter,
     unless_disconnected,
 )
-from corral.spec import ModelDetails
+from corral.spec import GGUFFacts, ModelDetails
+from corral.store import ShowOverrides
+from corral.store.records import ModelRecord
+from corral.store.resolve import model_spec
 
 Req = Request[Any, Any, Any]
 
@@ -45,6 +49,10 @@ async def generate(request: Req, data: JSONBody[W.GenerateRequest]) -> Response[
     """Complete a prompt; NDJSON chunks unless ``stream`` is false."""
     svc, started = services(request), time.perf_counter()
     job = convert.generate_job(data)
+    if data.debug_render_only:  # compat(ollama): one JSON object, streaming or not
+        rendered = await svc.engine.render(job)
+        return Response(W.GenerateResponse(model=data.model, created_at=common.now_rfc3339(), response="",
+                                           done=False, debug_info=convert.debug_info(rendered)))
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.generate(job)))
     if not _streaming(data.stream):
         done = await unless_disconnected(request.receive, collect(chunks))
@@ -57,6 +65,11 @@ async def chat(request: Req, data: JSONBody[W.ChatRequest]) -> Response[W.ChatRe
     """One chat turn; NDJSON chunks unless ``stream`` is false."""
     svc, started = services(request), time.perf_counter()
     job = convert.chat_job(data)
+    if data.debug_render_only:  # compat(ollama): one JSON object, streaming or not
+        rendered = await svc.engine.render(job)
+        return Response(W.ChatResponse(model=data.model, created_at=common.now_rfc3339(),
+                                       message=W.ResponseMessage(role="", content=""), done=False,
+                                       debug_info=convert.debug_info(rendered)))
     chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
     if not _streaming(data.stream):
         done = await unless_disconnected(request.receive, collect(chunks))
@@ -98,19 +111,33 @@ async def detokenize(request: Req, data: JSONBody[W.DetokenizeRequest]) -> W.Det
 
 
 # ---- models --------------------------------------------------------------------------------------
-def _details(d: ModelDetails) -> W.Details:
+def _details(d: ModelDetails, gguf: GGUFFacts | None = None) -> W.Details:
+    """Wire details; the lengths come from the config blob, else (as Ollama reads them) the GGUF."""
+    context = d.context_length or (gguf.context_length if gguf else None)
+    embedding = d.embedding_length or (gguf.embedding_length if gguf else None)
     return W.Details(parent_model=d.parent_model, format=d.format or "gguf", family=d.family,
                      families=list(d.families) if d.families is not None else None,
-                     parameter_size=d.parameter_size, quantization_level=d.quantization_level)
+                     parameter_size=d.parameter_size, quantization_level=d.quantization_level,
+                     context_length=context or 0, embedding_length=embedding or 0)
+
+
+def _listed(records: list[ModelRecord]) -> list[W.ListedModel]:
+    """/api/tags entries with capabilities and lengths; each GGUF header is read once (then cached)."""
+    out = []
+    for r in records:
+        spec = model_spec(r)
+        out.append(W.ListedModel(name=r.display, model=r.display, modified_at=common.rfc3339(r.modified_at),
+                                 size=r.size, digest=r.digest, details=_details(r.details, spec.gguf),
+                                 capabilities=list(spec.capabilities) or None))
+    return out
 
 
 @get(["/api/tags"], operation_id="tags", tags=["ollama"])
 async def tags(request: Req) -> W.TagsResponse:
-    """Local models, newest first."""
-    records = await anyio.to_thread.run_sync(services(request).store.list)
-    return W.TagsResponse(models=[
-        W.ListedModel(name=r.display, model=r.display, modified_at=common.rfc3339(r.modified_at), size=r.size,
-                      digest=r.digest, details=_details(r.details)) for r in records])
+    """Local models, newest first, with their capabilities, context and embedding lengths."""
+    store = services(request).store
+    listed = await anyio.to_thread.run_sync(lambda: _listed(store.list()))
+    return W.TagsResponse(models=listed)
 
 
 @head("/api/tags", operation_id="tags_head", tags=["ollama"])
@@ -128,8 +155,16 @@ async def ps(request: Req) -> W.PsResponse:
         for r in services(request).engine.running()])
 
 
-def _model_name(data: JSONBody[W.ModelRequest]) -> str:
+def _model_name(data: W.ShowRequest | W.DeleteRequest | W.TransferRequest) -> str:
     return common.require_model(data.model or data.name)
+
+
+def _no_credentials(data: W.TransferRequest) -> None:
+    """compat(ollama): the Go client always sends these two, empty; Ollama ignores them, so a value in
+    them is a client expecting a login that never happens."""
+    if data.username or data.password:
+        raise InvalidRequestError("username and password are not supported on /api/pull and /api/push "
+                                  "(Ollama ignores them too): leave them empty")
 
 
 def _wire_message(m: Message) -> W.ChatMessage:
@@ -138,10 +173,12 @@ def _wire_message(m: Message) -> W.ChatMessage:
 
 
 @post("/api/show", status_code=200, operation_id="show", tags=["ollama"])
-async def show(request: Req, data: JSONBody[W.ModelRequest]) -> W.ShowResponse:
-    """Everything about one model: Modelfile, parameters, template, details, GGUF metadata."""
+async def show(request: Req, data: JSONBody[W.ShowRequest]) -> W.ShowResponse:
+    """Everything about one model: Modelfile, parameters, template, details, GGUF metadata; the
+    request's ``system``, ``template`` and ``options`` take the model's place in what is reported."""
     name = _model_name(data)
-    info = await anyio.to_thread.run_sync(services(request).store.show, name, data.verbose)
+    overrides = ShowOverrides(system=data.system, template=data.template, options=dict(data.options or {}))
+    info = await anyio.to_thread.run_sync(services(request).store.show, name, data.verbose, overrides)
     return W.ShowResponse(
         model_info=info.model_info or {}, modelfile=info.modelfile, parameters=info.parameters,
         template=info.template, system=info.system, license=info.license, details=_details(info.details),
@@ -160,7 +197,7 @@ async def copy(request: Req, data: JSONBody[W.CopyRequest]) -> Response[None]:
 
 
 @delete("/api/delete", status_code=200, operation_id="delete", tags=["ollama"])
-async def delete_model(request: Req, data: JSONBody[W.ModelRequest]) -> Response[None]:
+async def delete_model(request: Req, data: JSONBody[W.DeleteRequest]) -> Response[None]:
     """Delete a model; layers nothing else uses go too. A loaded copy is unloaded first."""
     svc = services(request)
     name = _model_name(data)
@@ -180,16 +217,18 @@ async def _progress(items: Any, stream: bool | None) -> Response[W.ProgressRespo
 
 
 @post("/api/pull", status_code=200, operation_id="pull", tags=["ollama"])
-async def pull(request: Req, data: JSONBody[W.ModelRequest]) -> Response[W.ProgressResponse]:
+async def pull(request: Req, data: JSONBody[W.TransferRequest]) -> Response[W.ProgressResponse]:
     """Pull a model from its registry, streaming progress."""
     name = _model_name(data)
+    _no_credentials(data)
     return await _progress(services(request).store.pull(name, insecure=data.insecure), data.stream)
 
 
 @post("/api/push", status_code=200, operation_id="push", tags=["ollama"])
-async def push(request: Req, data: JSONBody[W.ModelRequest]) -> Response[W.ProgressResponse]:
+async def push(request: Req, data: JSONBody[W.TransferRequest]) -> Response[W.ProgressResponse]:
     """Push a model to its registry, streaming progress."""
     name = _model_name(data)
+    _no_credentials(data)
     return await _progress(services(request).store.push(name, insecure=data.insecure), data.stream)
 
 
@@ -199,6 +238,12 @@ async def create(request: Req, data: JSONBody[W.CreateRequest]) -> Response[W.Pr
     from corral.store.records import CreateSpec
 
     name = common.require_model(data.model or data.name)
+    if data.modelfile is not None:
+        # compat(ollama): Ollama dropped the Modelfile text from /api/create (it now ignores it); its
+        # FROM would name a path on the server, which corral never opens for a client
+        raise InvalidRequestError("modelfile is not supported by /api/create: send its parts (from, files, "
+                                  "template, system, parameters, ...) as `ollama create` and `corral create` "
+                                  "do")
     spec = CreateSpec(from_=data.from_, files=dict(data.files or {}), adapters=dict(data.adapters or {}),
                       template=data.template, system=data.system, license=data.license,
                       parameters=data.parameters, messages=[convert.message(m) for m in data.messages]

@@ -14,7 +14,7 @@ WireThink = bool | str | None
 
 
 # ---- shared pieces -------------------------------------------------------------------------------
-class ToolCallFunction(Struct, kw_only=True, omit_defaults=True):
+class ToolCallFunction(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A tool call's function; ``arguments`` is a JSON object on this API."""
 
     name: str
@@ -22,7 +22,7 @@ class ToolCallFunction(Struct, kw_only=True, omit_defaults=True):
     index: int | None = None
 
 
-class ToolCallWire(Struct, kw_only=True, omit_defaults=True):
+class ToolCallWire(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """``{id?, function: {index, name, arguments}}``."""
 
     function: ToolCallFunction
@@ -30,7 +30,7 @@ class ToolCallWire(Struct, kw_only=True, omit_defaults=True):
     type: str | None = None
 
 
-class ChatMessage(Struct, kw_only=True, omit_defaults=True):
+class ChatMessage(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A message in a chat request or response. ``role`` is required by ollama-python."""
 
     role: str
@@ -51,7 +51,7 @@ class ResponseMessage(Struct, kw_only=True, omit_defaults=True):
     tool_calls: list[ToolCallWire] | None = None
 
 
-class ToolFunction(Struct, kw_only=True, omit_defaults=True):
+class ToolFunction(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A tool's function: name, description, JSON-schema parameters."""
 
     name: str
@@ -59,7 +59,7 @@ class ToolFunction(Struct, kw_only=True, omit_defaults=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ToolWire(Struct, kw_only=True, omit_defaults=True):
+class ToolWire(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """``{type: "function", function: {...}}``."""
 
     function: ToolFunction
@@ -84,7 +84,7 @@ class Logprob(Struct, kw_only=True):
 
 
 # ---- requests ------------------------------------------------------------------------------------
-class GenerateRequest(Struct, kw_only=True):
+class GenerateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/generate."""
 
     model: str = ""
@@ -104,9 +104,11 @@ class GenerateRequest(Struct, kw_only=True):
     shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    grammar: str | None = None  # raw GBNF, as llama-server takes it (corral's extension)
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
-class ChatRequest(Struct, kw_only=True):
+class ChatRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/chat."""
 
     model: str = ""
@@ -121,9 +123,11 @@ class ChatRequest(Struct, kw_only=True):
     shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    grammar: str | None = None  # raw GBNF, as llama-server takes it (corral's extension)
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
-class EmbedRequest(Struct, kw_only=True):
+class EmbedRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/embed: ``input`` is a string or a list of strings."""
 
     model: str = ""
@@ -134,7 +138,7 @@ class EmbedRequest(Struct, kw_only=True):
     options: dict[str, Any] | None = None
 
 
-class EmbeddingsRequest(Struct, kw_only=True):
+class EmbeddingsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/embeddings (legacy, one prompt)."""
 
     model: str = ""
@@ -143,24 +147,44 @@ class EmbeddingsRequest(Struct, kw_only=True):
     options: dict[str, Any] | None = None
 
 
-class ModelRequest(Struct, kw_only=True):
-    """A request naming one model: show, delete, pull, push (``name`` is the deprecated alias)."""
+class ShowRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /api/show (``name`` is the deprecated alias of ``model``); ``system``, ``template`` and
+    ``options`` override what the model has, in what is reported."""
 
     model: str = ""
     name: str = ""
     verbose: bool = False
+    system: str = ""
+    template: str = ""
+    options: dict[str, Any] | None = None
+
+
+class DeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """DELETE /api/delete."""
+
+    model: str = ""
+    name: str = ""
+
+
+class TransferRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /api/pull and /api/push. The Go client always sends ``username`` and ``password`` (empty)."""
+
+    model: str = ""
+    name: str = ""
     insecure: bool = False
     stream: bool | None = None
+    username: str = ""
+    password: str = ""
 
 
-class CopyRequest(Struct, kw_only=True):
+class CopyRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/copy."""
 
     source: str
     destination: str
 
 
-class CreateRequest(Struct, kw_only=True):
+class CreateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /api/create (ollama-python sends ``from``, ``files``, ``parameters``, ...)."""
 
     model: str = ""
@@ -183,6 +207,14 @@ class CreateRequest(Struct, kw_only=True):
 
 
 # ---- responses -----------------------------------------------------------------------------------
+class DebugInfo(Struct, kw_only=True, omit_defaults=True):
+    """``_debug_info`` of a ``_debug_render_only`` answer: the prompt as rendered, and its size."""
+
+    rendered_template: str
+    image_count: int = 0
+    token_count: int = 0
+
+
 class GenerateResponse(Struct, kw_only=True, omit_defaults=True):
     """One /api/generate chunk. ``model``, ``created_at``, ``response`` and ``done`` are always sent."""
 
@@ -201,6 +233,7 @@ class GenerateResponse(Struct, kw_only=True, omit_defaults=True):
     eval_count: int = 0
     eval_duration: int = 0
     logprobs: list[Logprob] | None = None
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class ChatResponse(Struct, kw_only=True, omit_defaults=True):
@@ -218,6 +251,7 @@ class ChatResponse(Struct, kw_only=True, omit_defaults=True):
     eval_count: int = 0
     eval_duration: int = 0
     logprobs: list[Logprob] | None = None
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class EmbedResponse(Struct, kw_only=True, omit_defaults=True):
@@ -245,6 +279,8 @@ class Details(Struct, kw_only=True, omit_defaults=True):
     families: list[str] | None = None
     parameter_size: str = ""
     quantization_level: str = ""
+    context_length: int = 0  # the model's trained context (GGUF <arch>.context_length)
+    embedding_length: int = 0  # its hidden size (GGUF <arch>.embedding_length)
 
 
 class ListedModel(Struct, kw_only=True, omit_defaults=True):

@@ -1,44 +1,72 @@
-"""OpenAI wire structs to core jobs, and core chunks to OpenAI completions, chunks and embeddings."""
+"""OpenAI wire requests to core jobs, every field checked here (answers go back in ``answers``)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
-import struct
+import re
 from typing import Any
 
 import msgspec
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.errors import InvalidRequestError
-from corral.jobs import ChatJob, Chunk, EmbedJob, EmbedOutput, GenerateJob, LogprobEntry, Metrics
+from corral.errors import GrammarError, InvalidRequestError
+from corral.jobs import ChatJob, EmbedJob, GenerateJob
+from corral.media import AUDIO_FORMATS, inspect_media
+from corral.prompts.grammar import schema_to_gbnf
 from corral.server import common
 from corral.server.fetch import is_remote
 from corral.server.openai import schemas as S
 
-FINGERPRINT = "fp_corral"
 # compat(ollama): openai/openai.go maps reasoning_effort; we pass at most "high" to the prompt layer.
 _EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
                                   "high": "high", "max": "high", "xhigh": "high", "ultra": "high"}
 
 
-def new_id(prefix: str) -> str:
-    """A unique completion id (Ollama's are not unique; clients that key on them deserve better)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
-
-
 # ---- requests ------------------------------------------------------------------------------------
+MAX_CHOICES = 16  # ``n``: choices one request may ask for (each is a sequence in its own slot)
+MAX_USER_CHARS = 256
+
+
+def choices(n: int | None) -> int:
+    """``n``: how many choices to sample (1..MAX_CHOICES)."""
+    if n is None:
+        return 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequestError(f"n must be between 1 and {MAX_CHOICES}, not {n}")
+    return n
+
+
+def end_user(user: str | None) -> str:
+    """``user``: the end user a request is made for (kept in corral's access log, as OpenAI keeps it for
+    abuse monitoring); "" when not given."""
+    if user is None:
+        return ""
+    if len(user) > MAX_USER_CHARS or not user.isprintable():
+        raise InvalidRequestError(f"user must be printable text of at most {MAX_USER_CHARS} characters")
+    return user
+
+
+def logit_bias(value: dict[str, Any] | None) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: token ids as decimal strings, each mapped to a bias from -100 to 100."""
+    out: dict[int, float] = {}
+    for key, bias in (value or {}).items():
+        if not key.strip().isdigit():
+            raise InvalidRequestError(
+                f"logit_bias: {key[:40]!r} is not a token id (use the token's number as a string: \"1234\")")
+        if isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise InvalidRequestError(
+                f"logit_bias: the bias of token {key} must be a number from -100 to 100")
+        out[int(key)] = float(bias)
+    return out
+
+
 def _sampling(req: S.ChatCompletionRequest | S.CompletionRequest, max_tokens: int | None) -> dict[str, Any]:
-    if req.n is not None and req.n != 1:
-        # One choice per request: n > 1 would multiply the work behind one queue slot.
-        raise InvalidRequestError("n must be 1 (one choice per request)")
     opts: dict[str, Any] = {}
     if max_tokens is not None:
         if max_tokens < 0:
             raise InvalidRequestError("max_tokens must be a non-negative integer")
         opts["num_predict"] = max_tokens
-    for key in ("seed", "frequency_penalty", "presence_penalty"):
+    for key in ("seed", "frequency_penalty", "presence_penalty", "top_k", "min_p"):
         value = getattr(req, key)
         if value is not None:
             opts[key] = value
@@ -48,6 +76,15 @@ def _sampling(req: S.ChatCompletionRequest | S.CompletionRequest, max_tokens: in
     opts["temperature"] = 1.0 if req.temperature is None else req.temperature
     opts["top_p"] = 1.0 if not req.top_p else req.top_p
     return opts
+
+
+def with_seed_offset(options: dict[str, Any], i: int) -> dict[str, Any]:
+    """The options of choice ``i`` of ``n``: with a seed, choice i samples with seed + i, so the choices
+    differ and each one still reproduces."""
+    seed = options.get("seed")
+    if i == 0 or not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        return options
+    return {**options, "seed": (seed + i) % (1 << 32)}
 
 
 def _think(req: S.ChatCompletionRequest) -> bool | str | None:
@@ -61,15 +98,23 @@ def _think(req: S.ChatCompletionRequest) -> bool | str | None:
     return _EFFORT[key]
 
 
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _format(rf: S.ResponseFormat | None) -> str | dict[str, Any] | None:
     if rf is None or rf.type == "text":
         return None
     if rf.type == "json_object":
         return "json"
     if rf.type == "json_schema":
-        if rf.json_schema is None or rf.json_schema.schema is None:
+        js = rf.json_schema
+        if js is None or js.schema is None:
             raise InvalidRequestError("response_format.json_schema.schema is required for type json_schema")
-        return rf.json_schema.schema
+        # compat(openai): the name labels the schema: letters, digits, '_' and '-', at most 64
+        if js.name and not _SCHEMA_NAME.fullmatch(js.name):
+            raise InvalidRequestError("response_format.json_schema.name must be 1 to 64 letters, digits, '_' "
+                                      "or '-'")
+        return js.schema
     raise InvalidRequestError(f"invalid response_format type: {rf.type!r}")
 
 
@@ -87,6 +132,10 @@ def _arguments(text: str) -> dict[str, Any]:
 
 def _image_url(part: S.ContentPart) -> str:
     img = part.image_url
+    if isinstance(img, S.ImageURL) and img.detail not in (None, "auto", "high"):
+        # mtmd feeds the projector the image at the resolution it was trained on: there is no "low"
+        raise InvalidRequestError(f"image_url.detail {img.detail!r} is not supported: the model's projector "
+                                  "sets the resolution (use auto or high)")
     return img if isinstance(img, str) else (img.url if img else "")
 
 
@@ -96,27 +145,58 @@ def remote_image_urls(req: S.ChatCompletionRequest) -> list[str]:
             if p.type == "image_url" and is_remote(_image_url(p))]
 
 
+def _audio(part: S.ContentPart) -> bytes:
+    clip = part.input_audio
+    if clip is None or not clip.data:
+        raise InvalidRequestError("input_audio needs data (base64 audio)")
+    data = common.decode_image(clip.data, "input_audio")
+    if clip.format:
+        said = clip.format.strip().lower()
+        if said not in AUDIO_FORMATS:
+            raise InvalidRequestError(f"input_audio.format {clip.format!r} is not supported (use "
+                                      f"{', '.join(AUDIO_FORMATS)})")
+        found = inspect_media(data, what="input_audio").format
+        if found != said:
+            raise InvalidRequestError(f"input_audio.format says {said} but the data is {found}")
+    return data
+
+
+def _calls(m: S.RequestMessage, names_by_id: dict[str, str]) -> list[ToolCall]:
+    calls = []
+    for i, c in enumerate(m.tool_calls or []):
+        if c.type not in (None, "function"):
+            raise InvalidRequestError(f"tool call type {c.type!r} is not supported: only function")
+        calls.append(ToolCall(name=c.function.name, arguments=_arguments(c.function.arguments),
+                              id=c.id or "", index=c.index if c.index is not None else i))
+        if c.id:
+            names_by_id[c.id] = c.function.name
+    return calls
+
+
 def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[Message]:
     out: list[Message] = []
     names_by_id: dict[str, str] = {}
     for m in wire:
         role = m.role.strip().lower()
         role = "system" if role == "developer" else role
-        calls = []
-        for i, c in enumerate(m.tool_calls or []):
-            calls.append(ToolCall(name=c.function.name, arguments=_arguments(c.function.arguments),
-                                  id=c.id or "", index=c.index if c.index is not None else i))
-            if c.id:
-                names_by_id[c.id] = c.function.name
+        if m.name is not None and role != "tool":
+            # chat templates have no place for a participant's name: it would never reach the model
+            raise InvalidRequestError(f"name is supported on tool messages only, not on a {role} message")
+        calls = _calls(m, names_by_id)
         thinking = m.reasoning_content or m.reasoning or ""
         tool_name = (m.name or names_by_id.get(m.tool_call_id or "", "")) if role == "tool" else ""
         base = Message(role=role, thinking=thinking, tool_calls=calls, tool_name=tool_name,
                        tool_call_id=m.tool_call_id or "")
-        if m.content is None or isinstance(m.content, str):
-            out.append(msgspec.structs.replace(base, content=m.content or ""))
+        content = m.content
+        if m.refusal is not None:
+            if role != "assistant" or content:
+                raise InvalidRequestError("refusal belongs to an assistant message without content")
+            content = m.refusal  # what the assistant said, as the model should see it next turn
+        if content is None or isinstance(content, str):
+            out.append(msgspec.structs.replace(base, content=content or ""))
             continue
         # compat(ollama): each part of an array content becomes its own message with the same role.
-        for part in m.content:
+        for part in content:
             if part.type == "text":
                 out.append(msgspec.structs.replace(base, content=part.text or ""))
             elif part.type == "image_url":
@@ -128,15 +208,72 @@ def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[M
                 else:
                     raise InvalidRequestError("invalid image_url: use a base64 data URI or an http(s) URL")
             elif part.type == "input_audio":
-                if part.input_audio is None or not part.input_audio.data:
-                    raise InvalidRequestError("input_audio needs data (base64 audio)")
                 # compat(ollama): audio travels with the images; its bytes tell which it is
-                audio = common.decode_image(part.input_audio.data, "input_audio")
-                out.append(msgspec.structs.replace(base, images=[audio]))
+                out.append(msgspec.structs.replace(base, images=[_audio(part)]))
             else:
                 raise InvalidRequestError(f"invalid content part type: {part.type!r}")
             base = msgspec.structs.replace(base, tool_calls=[])  # attach calls once
     return out
+
+
+def _tools(req: S.ChatCompletionRequest) -> list[Tool]:
+    tools = []
+    for t in req.tools or []:
+        if t.type != "function":
+            raise InvalidRequestError(f"tool type {t.type!r} is not supported: only function")
+        tools.append(Tool(name=t.function.name, description=t.function.description,
+                          parameters=dict(t.function.parameters), type=t.type))
+    return tools
+
+
+def _tool_choice(req: S.ChatCompletionRequest, tools: list[Tool]) -> tuple[str, str, list[Tool]]:
+    """(auto | none | required, the forced tool's name, the tools the model may call)."""
+    choice = req.tool_choice
+    if choice is None:
+        return "auto", "", tools
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise InvalidRequestError(f"invalid tool_choice {choice!r}: use auto, none, required or "
+                                      '{"type": "function", "function": {"name": ...}}')
+        return choice, "", tools
+    if choice.type == "function":
+        if choice.function is None or not choice.function.name:
+            raise InvalidRequestError("tool_choice of type function needs function.name")
+        return "required", choice.function.name, tools
+    if choice.type == "allowed_tools" and choice.allowed_tools is not None:
+        allowed = choice.allowed_tools
+        if allowed.mode not in ("auto", "required"):
+            raise InvalidRequestError("tool_choice.allowed_tools.mode must be auto or required")
+        names = set()
+        for entry in allowed.tools:
+            fn = entry.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if entry.get("type") != "function" or not isinstance(name, str):
+                raise InvalidRequestError('tool_choice.allowed_tools.tools holds {"type": "function", '
+                                          '"function": {"name": ...}} entries')
+            if name not in {t.name for t in tools}:
+                raise InvalidRequestError(f"tool_choice.allowed_tools names {name!r}, which is not among the "
+                                          "request's tools")
+            names.add(name)
+        return allowed.mode, "", [t for t in tools if t.name in names]
+    raise InvalidRequestError(f"invalid tool_choice type {choice.type!r}: use function or allowed_tools")
+
+
+def _check_strict(req: S.ChatCompletionRequest, choice: str, tools: list[Tool]) -> None:
+    """``strict`` tools: their arguments must follow their schema, which corral guarantees only when a
+    grammar forces the call (tool_choice required or a named function) and the schema converts to one."""
+    for t in req.tools or []:
+        if not t.function.strict:
+            continue
+        if choice != "required":
+            raise InvalidRequestError(
+                f"tool {t.function.name!r} is strict, which corral guarantees only for a forced call: set "
+                'tool_choice to "required" or name the function, or leave strict out')
+        try:
+            schema_to_gbnf(t.function.parameters or {"type": "object"})
+        except GrammarError as exc:
+            raise InvalidRequestError(f"tool {t.function.name!r} is strict but its parameters cannot be "
+                                      f"enforced: {exc.message}") from None
 
 
 def chat_job(req: S.ChatCompletionRequest, fetched: dict[str, bytes] | None = None) -> ChatJob:
@@ -145,13 +282,14 @@ def chat_job(req: S.ChatCompletionRequest, fetched: dict[str, bytes] | None = No
     if not req.messages:
         raise InvalidRequestError("[] is too short - 'messages'")
     top = req.top_logprobs or 0
-    tools = [Tool(name=t.function.name, description=t.function.description,
-                  parameters=dict(t.function.parameters), type=t.type) for t in req.tools or []]
+    choice, forced, tools = _tool_choice(req, _tools(req))
+    _check_strict(req, choice, tools)
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     return ChatJob(model=model, messages=_messages(req.messages, fetched or {}), tools=tools,
                    format=_format(req.response_format), options=_sampling(req, max_tokens),
-                   think=_think(req), logprobs=bool(req.logprobs) or top > 0,
-                   top_logprobs=top)
+                   think=_think(req), logprobs=bool(req.logprobs) or top > 0, top_logprobs=top,
+                   tool_choice=choice, forced_tool=forced, grammar=req.grammar,
+                   logit_bias=logit_bias(req.logit_bias))
 
 
 def completion_job(req: S.CompletionRequest) -> GenerateJob:
@@ -164,10 +302,13 @@ def completion_job(req: S.CompletionRequest) -> GenerateJob:
         prompt = prompt[0]
     if prompt is None:
         raise InvalidRequestError("prompt is required")
+    if req.echo and req.logprobs is not None:
+        raise InvalidRequestError("echo with logprobs is not supported: corral does not score the prompt's "
+                                  "own tokens")
     top = req.logprobs or 0
     return GenerateJob(model=model, prompt=prompt, suffix=req.suffix or "",
                        options=_sampling(req, req.max_tokens), logprobs=req.logprobs is not None,
-                       top_logprobs=top)
+                       top_logprobs=top, grammar=req.grammar, logit_bias=logit_bias(req.logit_bias))
 
 
 def embed_job(req: S.EmbeddingRequest) -> tuple[EmbedJob, bool]:
@@ -182,160 +323,3 @@ def embed_job(req: S.EmbeddingRequest) -> tuple[EmbedJob, bool]:
     if not inputs or any(not i for i in inputs):
         raise InvalidRequestError("invalid input: must be a non-empty string or a list of non-empty strings")
     return EmbedJob(model=model, inputs=inputs, dimensions=req.dimensions), enc == "base64"
-
-
-# ---- responses -----------------------------------------------------------------------------------
-def usage(m: Metrics | None) -> S.Usage:
-    """OpenAI usage from core metrics."""
-    p, c = (m.prompt_eval_count, m.eval_count) if m else (0, 0)
-    return S.Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
-
-
-def finish_reason(c: Chunk, had_calls: bool) -> str:
-    """``stop``/``length``, or ``tool_calls`` when the model called tools."""
-    if had_calls and c.done_reason in (None, "stop"):
-        return "tool_calls"
-    return "length" if c.done_reason == "length" else "stop"
-
-
-def wire_calls(calls: list[ToolCall], with_index: bool) -> list[S.ToolCall] | None:
-    """Tool calls with JSON-string arguments, each whole."""
-    if not calls:
-        return None
-    return [S.ToolCall(id=c.id or common.call_id(), type="function", index=c.index if with_index else None,
-                       function=S.FunctionCall(name=c.name, arguments=json.dumps(c.arguments)))
-            for c in calls]
-
-
-def chat_logprobs(entries: list[LogprobEntry]) -> S.ChoiceLogprobs | None:
-    """``{"content": [...]}`` logprobs for chat."""
-    if not entries:
-        return None
-    return S.ChoiceLogprobs(content=[
-        S.TokenLogprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
-                       top_logprobs=[S.TopLogprob(token=t.text, logprob=t.logprob, bytes=t.bytes)
-                                     for t in e.top_logprobs])
-        for e in entries])
-
-
-def completion_logprobs(entries: list[LogprobEntry], offset: int = 0) -> S.CompletionLogprobs | None:
-    """Legacy completion logprobs: parallel arrays."""
-    if not entries:
-        return None
-    offsets, pos = [], offset
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e.token)
-    return S.CompletionLogprobs(tokens=[e.token for e in entries],
-                                token_logprobs=[e.logprob for e in entries],
-                                top_logprobs=[{t.text: t.logprob for t in e.top_logprobs} for e in entries],
-                                text_offset=offsets)
-
-
-def chat_completion(model: str, c: Chunk) -> S.ChatCompletion:
-    """A non-streamed chat completion from the folded core stream."""
-    msg = S.ResponseMessage(role="assistant", content=c.content,
-                            reasoning_content=c.thinking or None, reasoning=c.thinking or None,
-                            tool_calls=wire_calls(c.tool_calls, with_index=True))
-    return S.ChatCompletion(
-        id=new_id("chatcmpl"), object="chat.completion", created=common.unix_now(), model=model,
-        system_fingerprint=FINGERPRINT,
-        choices=[S.ChatChoice(index=0, message=msg, finish_reason=finish_reason(c, bool(c.tool_calls)),
-                              logprobs=chat_logprobs(c.logprobs))],
-        usage=usage(c.metrics))
-
-
-class ChatStream:
-    """Turns core chunks into chat.completion.chunk events, following Ollama's /v1 stream shape."""
-
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.model, self.include_usage = model, include_usage
-        self.id, self.created = new_id("chatcmpl"), common.unix_now()
-        self.sent_role = False
-        self.had_calls = False
-
-    def _chunk(self, delta: S.Delta, finish: str | None = None, logprobs: S.ChoiceLogprobs | None = None,
-               ) -> S.ChatCompletionChunk:
-        return S.ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
-                                     model=self.model, system_fingerprint=FINGERPRINT,
-                                     choices=[S.ChunkChoice(index=0, delta=delta, finish_reason=finish,
-                                                            logprobs=logprobs)])
-
-    def _role(self) -> str | None:
-        if self.sent_role:
-            return None
-        self.sent_role = True
-        return "assistant"
-
-    def feed(self, c: Chunk) -> list[S.ChatCompletionChunk]:
-        out: list[S.ChatCompletionChunk] = []
-        if c.thinking:
-            # compat(ollama): a chunk with thinking and content is split: reasoning first.
-            out.append(self._chunk(S.Delta(role=self._role(), reasoning_content=c.thinking,
-                                           reasoning=c.thinking)))
-        if c.tool_calls:
-            self.had_calls = True
-        if c.content or c.tool_calls or c.logprobs or not self.sent_role:
-            # compat(ollama): the first chunk carries role and content, even "".
-            out.append(self._chunk(S.Delta(role=self._role(), content=c.content,
-                                           tool_calls=wire_calls(c.tool_calls, with_index=True)),
-                                   logprobs=chat_logprobs(c.logprobs)))
-        if c.done:
-            out.append(self._chunk(S.Delta(), finish=finish_reason(c, self.had_calls)))
-            if self.include_usage:
-                out.append(S.ChatCompletionChunk(id=self.id, object="chat.completion.chunk",
-                                                 created=self.created, model=self.model,
-                                                 system_fingerprint=FINGERPRINT, choices=[],
-                                                 usage=usage(c.metrics)))
-        return out
-
-
-def completion(model: str, c: Chunk) -> S.Completion:
-    """A non-streamed legacy completion."""
-    return S.Completion(id=new_id("cmpl"), object="text_completion", created=common.unix_now(), model=model,
-                        system_fingerprint=FINGERPRINT,
-                        choices=[S.CompletionChoice(text=c.content, index=0,
-                                                    finish_reason=finish_reason(c, False),
-                                                    logprobs=completion_logprobs(c.logprobs))],
-                        usage=usage(c.metrics))
-
-
-class CompletionStream:
-    """Turns core chunks into streamed text_completion events."""
-
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.model, self.include_usage = model, include_usage
-        self.id, self.created = new_id("cmpl"), common.unix_now()
-        self.offset = 0
-
-    def _event(self, choices: list[S.CompletionChoice], usage_: S.Usage | None) -> S.Completion:
-        return S.Completion(id=self.id, object="text_completion", created=self.created, model=self.model,
-                            system_fingerprint=FINGERPRINT, choices=choices, usage=usage_)
-
-    def feed(self, c: Chunk) -> list[S.Completion]:
-        out: list[S.Completion] = []
-        zero = S.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0) if self.include_usage else None
-        if c.content or c.logprobs or not c.done:
-            lp = completion_logprobs(c.logprobs, self.offset)
-            self.offset += len(c.content)
-            out.append(self._event([S.CompletionChoice(text=c.content, index=0, finish_reason=None,
-                                                       logprobs=lp)], zero))
-        if c.done:
-            out.append(self._event([S.CompletionChoice(text="", index=0,
-                                                       finish_reason=finish_reason(c, False))], zero))
-            if self.include_usage:
-                out.append(self._event([], usage(c.metrics)))
-        return out
-
-
-def embeddings(model: str, result: EmbedOutput, b64: bool) -> S.EmbeddingList:
-    """The embedding list, vectors as floats or base64 little-endian float32."""
-    data = []
-    for i, vec in enumerate(result.embeddings):
-        value: list[float] | str = vec
-        if b64:
-            value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
-        data.append(S.Embedding(object="embedding", embedding=value, index=i))
-    n = result.prompt_eval_count
-    return S.EmbeddingList(object="list", data=data, model=model,
-                           usage=S.EmbeddingUsage(prompt_tokens=n, total_tokens=n))

@@ -3,61 +3,87 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from corral.errors import ModelNotFoundError
+from corral.jobs import ChatJob, Chunk, GenerateJob
+from corral.server import common
 from corral.server.fetch import fetch_images
-from corral.server.openai import convert
+from corral.server.openai import answers, convert
 from corral.server.openai import schemas as S
-from corral.server.services import services
-from corral.server.streaming import aflat, collect, open_stream, sse_response, unless_disconnected
+from corral.server.services import Services, services
+from corral.server.streaming import aflat, collect_all, open_merged, sse_response, unless_disconnected
 from corral.store.records import ModelRecord
 
 Req = Request[Any, Any, Any]
 
 
+async def _choices(svc: Services, job: ChatJob | GenerateJob, n: int,
+                   started: float) -> AsyncIterator[tuple[int, Chunk]]:
+    """``n`` streams of the same job, started together, each in its own sequence (its own slot), merged;
+    with a seed, choice i samples with seed + i."""
+    jobs = [job] + [msgspec.structs.replace(job, options=convert.with_seed_offset(job.options, i))
+                    for i in range(1, n)]
+    run = svc.engine.chat if isinstance(job, ChatJob) else svc.engine.generate
+    return await open_merged([svc.metrics.observe(job.model, started, run(j)) for j in jobs])  # type: ignore[arg-type]
+
+
 @post("/v1/chat/completions", status_code=200, operation_id="openai_chat", tags=["openai"])
 async def chat_completions(request: Req,
                            data: JSONBody[S.ChatCompletionRequest]) -> Response[S.ChatCompletion]:
-    """Chat completion; SSE ``chat.completion.chunk`` events when ``stream`` is true."""
+    """Chat completion (``n`` choices); SSE ``chat.completion.chunk`` events when ``stream`` is true."""
     svc, started = services(request), time.perf_counter()
+    common.note_end_user(request, convert.end_user(data.user))
+    n = convert.choices(data.n)
     fetched = await fetch_images(convert.remote_image_urls(data), enabled=svc.config.fetch_images,
                                  max_bytes=svc.config.max_media_size)
     job = convert.chat_job(data, fetched)
-    chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.chat(job)))
+    if data.debug_render_only:
+        return Response(answers.rendered_chat(data.model, await svc.engine.render(job)))
+    merged = await _choices(svc, job, n, started)
+    single = data.parallel_tool_calls is False
     if not data.stream:
-        done = await unless_disconnected(request.receive, collect(chunks))
-        return Response(convert.chat_completion(data.model, done))
-    state = convert.ChatStream(data.model, bool(data.stream_options and data.stream_options.include_usage))
-    return sse_response(aflat(chunks, state.feed))
+        done = await unless_disconnected(request.receive, collect_all(merged, n))
+        return Response(answers.chat_completion(data.model, done, single_call=single))
+    include_usage = bool(data.stream_options and data.stream_options.include_usage)
+    state = answers.ChatStream(data.model, include_usage, n, single_call=single)
+    return sse_response(aflat(merged, lambda item: state.feed(item[1], item[0])))
 
 
 @post("/v1/completions", status_code=200, operation_id="openai_completions", tags=["openai"])
 async def completions(request: Req, data: JSONBody[S.CompletionRequest]) -> Response[S.Completion]:
-    """Legacy text completion; SSE ``text_completion`` events when ``stream`` is true."""
+    """Legacy text completion (``n`` choices, ``echo``); SSE ``text_completion`` events when streaming."""
     svc, started = services(request), time.perf_counter()
+    common.note_end_user(request, convert.end_user(data.user))
+    n = convert.choices(data.n)
     job = convert.completion_job(data)
-    chunks = svc.metrics.observe(job.model, started, await open_stream(svc.engine.generate(job)))
+    if data.debug_render_only:
+        return Response(answers.rendered_completion(data.model, await svc.engine.render(job)))
+    echo = job.prompt if data.echo else ""
+    merged = await _choices(svc, job, n, started)
     if not data.stream:
-        done = await unless_disconnected(request.receive, collect(chunks))
-        return Response(convert.completion(data.model, done))
+        done = await unless_disconnected(request.receive, collect_all(merged, n))
+        return Response(answers.completion(data.model, done, echo=echo))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
-    state = convert.CompletionStream(data.model, include_usage)
-    return sse_response(aflat(chunks, state.feed))
+    state = answers.CompletionStream(data.model, include_usage, n, echo=echo)
+    return sse_response(aflat(merged, lambda item: state.feed(item[1], item[0])))
 
 
 @post("/v1/embeddings", status_code=200, operation_id="openai_embeddings", tags=["openai"])
 async def embeddings(request: Req, data: JSONBody[S.EmbeddingRequest]) -> S.EmbeddingList:
     """Embeddings as float lists or base64 little-endian float32 (the SDK's default)."""
     svc = services(request)
+    common.note_end_user(request, convert.end_user(data.user))
     job, b64 = convert.embed_job(data)
     out = await svc.engine.embed(job)
     svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
-    return convert.embeddings(data.model, out, b64)
+    return answers.embeddings(data.model, out, b64)
 
 
 def _model(r: ModelRecord) -> S.Model:

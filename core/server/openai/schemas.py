@@ -9,21 +9,21 @@ from msgspec import Struct
 
 
 # ---- requests ------------------------------------------------------------------------------------
-class ImageURL(Struct, kw_only=True):
+class ImageURL(Struct, kw_only=True, forbid_unknown_fields=True):
     """``image_url`` as an object."""
 
     url: str
     detail: str | None = None
 
 
-class InputAudio(Struct, kw_only=True):
+class InputAudio(Struct, kw_only=True, forbid_unknown_fields=True):
     """``input_audio``: base64 audio and its format (wav, mp3, flac; the bytes say which)."""
 
     data: str
     format: str = ""
 
 
-class ContentPart(Struct, kw_only=True):
+class ContentPart(Struct, kw_only=True, forbid_unknown_fields=True):
     """One part of an array ``content``: text, an image (data URI or http(s) URL) or audio."""
 
     type: str
@@ -48,61 +48,101 @@ class ToolCall(Struct, kw_only=True, omit_defaults=True):
     index: int | None = None
 
 
-class RequestMessage(Struct, kw_only=True):
+class RequestFunctionCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A tool call's function in a request's history; ``arguments`` is a JSON *string*."""
+
+    name: str = ""
+    arguments: str = ""
+
+
+class RequestToolCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    """An earlier assistant turn's tool call, as a client sends it back."""
+
+    function: RequestFunctionCall
+    id: str | None = None
+    type: str | None = None  # "function" (the only kind)
+    index: int | None = None
+
+
+class RequestMessage(Struct, kw_only=True, forbid_unknown_fields=True):
     """A message as clients send it: ``content`` a string, an array of parts, or null."""
 
     role: str
     content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    name: str | None = None  # tool messages: the tool's name
+    tool_calls: list[RequestToolCall] | None = None
     tool_call_id: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    refusal: str | None = None  # an assistant turn the model refused: its refusal text
 
 
-class FunctionDef(Struct, kw_only=True):
+class FunctionDef(Struct, kw_only=True, forbid_unknown_fields=True):
     """A tool definition's function."""
 
     name: str
     description: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    strict: bool | None = None  # the arguments must follow ``parameters`` exactly
 
 
-class ToolDef(Struct, kw_only=True):
+class ToolDef(Struct, kw_only=True, forbid_unknown_fields=True):
     """``{type: "function", function: {...}}``."""
 
     function: FunctionDef
     type: str = "function"
 
 
-class StreamOptions(Struct, kw_only=True):
+class StreamOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     """``stream_options``."""
 
     include_usage: bool = False
 
 
-class JSONSchemaFormat(Struct, kw_only=True):
+class JSONSchemaFormat(Struct, kw_only=True, forbid_unknown_fields=True):
     """``response_format.json_schema``."""
 
     name: str = ""
+    description: str | None = None
     schema: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ResponseFormat(Struct, kw_only=True):
+class ResponseFormat(Struct, kw_only=True, forbid_unknown_fields=True):
     """``response_format``: text, json_object or json_schema."""
 
     type: str = "text"
     json_schema: JSONSchemaFormat | None = None
 
 
-class Reasoning(Struct, kw_only=True):
+class Reasoning(Struct, kw_only=True, forbid_unknown_fields=True):
     """``reasoning: {effort}``."""
 
     effort: str | None = None
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
+class NamedFunction(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tool_choice.function``."""
+
+    name: str
+
+
+class AllowedTools(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tool_choice.allowed_tools``: the tools the model may call (``mode`` auto or required)."""
+
+    mode: str
+    tools: list[dict[str, Any]]
+
+
+class NamedToolChoice(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``tool_choice`` as an object: one named function, or a subset of the tools."""
+
+    type: str
+    function: NamedFunction | None = None
+    allowed_tools: AllowedTools | None = None
+
+
+class ChatCompletionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/chat/completions."""
 
     model: str = ""
@@ -123,11 +163,19 @@ class ChatCompletionRequest(Struct, kw_only=True):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[ToolDef] | None = None
-    tool_choice: Any = None
+    tool_choice: str | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     n: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    user: str | None = None
+    # llama-server's and Ollama's extensions
+    top_k: int | None = None
+    min_p: float | None = None
+    grammar: str | None = None
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
-class CompletionRequest(Struct, kw_only=True):
+class CompletionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/completions: ``prompt`` is text (token arrays are not supported)."""
 
     model: str = ""
@@ -145,15 +193,22 @@ class CompletionRequest(Struct, kw_only=True):
     logprobs: int | None = None
     echo: bool | None = None
     n: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    user: str | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    grammar: str | None = None
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
-class EmbeddingRequest(Struct, kw_only=True):
+class EmbeddingRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/embeddings."""
 
     model: str = ""
     input: str | list[str] | None = None
     dimensions: int | None = None
     encoding_format: str | None = None
+    user: str | None = None
 
 
 # ---- responses -----------------------------------------------------------------------------------
@@ -216,7 +271,15 @@ class ChatChoice(Struct, kw_only=True):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletion(Struct, kw_only=True):
+class DebugInfo(Struct, kw_only=True, omit_defaults=True):
+    """``_debug_info`` of a ``_debug_render_only`` answer: the prompt as rendered, and its size."""
+
+    rendered_template: str
+    image_count: int = 0
+    token_count: int = 0
+
+
+class ChatCompletion(Struct, kw_only=True, omit_defaults=True):
     """A non-streamed chat completion."""
 
     id: str
@@ -226,6 +289,7 @@ class ChatCompletion(Struct, kw_only=True):
     system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class Delta(Struct, kw_only=True, omit_defaults=True):
@@ -278,6 +342,7 @@ class Completion(Struct, kw_only=True, omit_defaults=True):
     system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class Embedding(Struct, kw_only=True):
