@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import CapabilityError, CorralError, InvalidModelFileError
+from corral.errors import CapabilityError, CorralError, InvalidModelFileError, InvalidRequestError
 from corral.selection import BackendHooks
 from corral.testing.tinyvision import png_bytes
 from corral.types import (
@@ -226,6 +226,21 @@ class BackendContract:
         value = json.loads(text)
         assert set(value) == {"name", "n"} and isinstance(value["n"], int)
         assert last.finish_reason == "stop"
+
+    def test_logit_bias_bans_and_forces_tokens(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                               prompt: list[int]) -> None:
+        _, free, _ = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=6)
+        assert free, "the model generated nothing"
+        banned = SamplingParams(temperature=0.0, logit_bias={free[0]: -100.0})
+        _, tokens, _ = self.generate(backend_hooks, model, prompt, sampling=banned, num_predict=6)
+        assert free[0] not in tokens
+        forced_token = next((t for t in free if t != free[0]), free[0] + 1)
+        forced = SamplingParams(temperature=0.0, logit_bias={forced_token: 100.0})
+        _, tokens, _ = self.generate(backend_hooks, model, prompt, sampling=forced, num_predict=4)
+        assert tokens == [forced_token] * 4
+        outside = SamplingParams(temperature=0.0, logit_bias={model.info.n_vocab + 5: 1.0})
+        with pytest.raises(InvalidRequestError, match="logit_bias"):
+            self.generate(backend_hooks, model, prompt, sampling=outside, num_predict=2)
 
     def test_parallel_greedy_matches_sequential(self, backend_hooks: BackendHooks, model: ModelHandle,
                                                 prompt: list[int]) -> None:

@@ -98,6 +98,17 @@ def load_rules(path: str | os.PathLike[str]) -> list[Rule]:
         raise BackendError(f"fake backend: cannot read script {path}: {exc}") from None
 
 
+def _biased(ids: list[int], bias: dict[int, float]) -> list[int]:
+    """A reply under ``logit_bias`` as a real sampler would pick it: a token biased by +100 wins every
+    step, one biased by -100 never appears."""
+    if not bias:
+        return ids
+    top = max(bias, key=lambda t: bias[t])
+    if bias[top] >= 100:
+        return [top] * len(ids)
+    return [t for t in ids if bias.get(t, 0.0) > -100]
+
+
 def default_reply(prompt_text: str, seed: int = 0, temperature: float = 0.0) -> str:
     """The fake's unscripted reply: seeded filler words, then an echo of the prompt's last words.
 
@@ -277,6 +288,10 @@ class FakeBackend:
         prompt, prompt_text = expand(model.projector, request,
                                      lambda tokens: self.corral_detokenize(handle, tokens, True))
         self._record(FakeCall(op="generate", handle=handle.id, text=prompt_text, request=request))
+        for token in request.sampling.logit_bias:  # as the llama.cpp sampler checks them
+            if not 0 <= token < handle.info.n_vocab:
+                raise InvalidRequestError(
+                    f"logit_bias: token {token} is not in the vocabulary (0..{handle.info.n_vocab - 1})")
         n_ctx = handle.info.n_ctx
         truncated = False
         if len(prompt) >= n_ctx:
@@ -312,7 +327,7 @@ class FakeBackend:
         cached = min(cached, max(0, len(prompt) - 1))  # the last prompt token is always evaluated
         t1 = time.perf_counter_ns()
         reply = self._reply_text(request, prompt_text, rule)
-        ids = [b + BYTE_OFFSET for b in reply.encode()]
+        ids = _biased([b + BYTE_OFFSET for b in reply.encode()], request.sampling.logit_bias)
         limit = request.num_predict if request.num_predict >= 0 else 10 * model.handle.info.n_ctx
         if not request.shift or request.media:
             limit = min(limit, max(0, model.handle.info.n_ctx - len(prompt)))

@@ -27,6 +27,7 @@ def _url(data: bytes) -> str:
     return "data:image/png;base64," + _b64(data)
 
 
+@pytest.mark.fields("ollama.GenerateRequest.images", "ollama.ChatMessage.images")
 def test_ollama_generate_and_chat_answers_depend_on_the_image(vision_served: Served, sample_images,
                                                               tiny_projector, tmp_path) -> None:
     c = ollama.Client(host=vision_served.url)
@@ -59,6 +60,7 @@ def test_ollama_generate_and_chat_answers_depend_on_the_image(vision_served: Ser
     assert "vision" in c.show("tiny-vision").capabilities and "vision" not in c.show("tiny").capabilities
 
 
+@pytest.mark.fields("openai.ContentPart.image_url", "openai.ImageURL.url")
 def test_openai_image_url_parts(vision_served: Served, sample_images) -> None:
     c = openai.OpenAI(base_url=vision_served.url + "/v1/", api_key="corral", max_retries=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,20 @@ def make_harness(store_seed: Path, tmp_path: Path) -> Iterator[Callable[..., Har
         return Harness(root, config, subprocess=subprocess)
 
     yield make
+
+
+@pytest.fixture
+def sample_png() -> str:
+    """A small PNG, base64 as the native API takes images."""
+    from corral.testing.tinyvision import png_bytes
+
+    return base64.b64encode(png_bytes(8, 8, lambda x, y: (x * 30, y * 30, 0))).decode()
+
+
+@pytest.fixture
+def sample_png_url(sample_png: str) -> str:
+    """The same PNG as a data URI, as OpenAI's ``image_url`` takes it."""
+    return "data:image/png;base64," + sample_png
 
 
 @pytest.fixture

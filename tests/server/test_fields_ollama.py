@@ -5,7 +5,6 @@ Each test claims the fields it shows with ``@pytest.mark.fields`` (see tests/tes
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,9 @@ from litestar.testing import TestClient
 from server_support import Harness
 
 from corral.testing.fake import FakeCall
-from corral.testing.tinyvision import png_bytes
 
 USER = [{"role": "user", "content": "hello"}]
 GRAMMAR = 'root ::= "yes" | "no"\n'
-
-
-@pytest.fixture
-def sample_png() -> str:
-    return base64.b64encode(png_bytes(8, 8, lambda x, y: (x * 30, y * 30, 0))).decode()
 
 
 def last_generate(harness: Harness) -> FakeCall:
@@ -32,8 +25,9 @@ def last_generate(harness: Harness) -> FakeCall:
 
 
 def make_model(client: TestClient[Any], name: str, template: str, **extra: Any) -> None:
-    r = client.post("/api/create", json={"model": name, "from": "tiny", "template": template, "stream": False,
-                                         **extra})
+    r = client.post(
+        "/api/create", json={"model": name, "from": "tiny", "template": template, "stream": False, **extra}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -41,14 +35,28 @@ def make_model(client: TestClient[Any], name: str, template: str, **extra: Any) 
 def test_unknown_fields_and_unknown_options_are_refused_by_name(client: TestClient[Any]) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "whatever": 1})
     assert r.status_code == 400 and "whatever" in r.json()["error"]
-    r = client.post("/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x",
-                                                                      "mood": "happy"}]})
+    r = client.post(
+        "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x", "mood": "happy"}]}
+    )
     assert r.status_code == 400 and "mood" in r.json()["error"]
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "options": {"temprature": 0}})
     assert r.status_code == 400 and 'unknown option "temprature"' in r.json()["error"]
     # removed options: only the value that asks for nothing passes (what ollama-python may send)
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "options": {
-        "num_predict": 3, "mirostat": 0, "tfs_z": 1.0, "mirostat_tau": 5.0, "use_mlock": False}})
+    r = client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "hi",
+            "stream": False,
+            "options": {
+                "num_predict": 3,
+                "mirostat": 0,
+                "tfs_z": 1.0,
+                "mirostat_tau": 5.0,
+                "use_mlock": False,
+            },
+        },
+    )
     assert r.status_code == 200 and r.json()["eval_count"] == 3
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "options": {"mirostat": 2}})
     assert r.status_code == 400 and '"mirostat" was removed' in r.json()["error"]
@@ -57,11 +65,27 @@ def test_unknown_fields_and_unknown_options_are_refused_by_name(client: TestClie
 # ---- /api/generate ---------------------------------------------------------------------------------------
 @pytest.mark.fields("ollama.GenerateRequest.system", "ollama.GenerateRequest.template")
 def test_generate_system_and_template_reach_the_prompt(client: TestClient[Any], harness: Harness) -> None:
-    client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "system": "Talk like a pirate.",
-                                       "stream": False, "options": {"num_predict": 1}})
+    client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "hi",
+            "system": "Talk like a pirate.",
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert "Talk like a pirate." in last_generate(harness).text
-    client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
-                                       "template": "Q: {{ .Prompt }} A:", "options": {"num_predict": 1}})
+    client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "hi",
+            "stream": False,
+            "template": "Q: {{ .Prompt }} A:",
+            "options": {"num_predict": 1},
+        },
+    )
     assert last_generate(harness).text.endswith("Q: hi A:")
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "template": "{{ .Nope"})
     assert r.status_code == 400
@@ -70,77 +94,148 @@ def test_generate_system_and_template_reach_the_prompt(client: TestClient[Any], 
 @pytest.mark.fields("ollama.GenerateRequest.suffix")
 def test_generate_suffix_fills_in_the_middle(client: TestClient[Any], harness: Harness) -> None:
     make_model(client, "tiny-fim", "<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>")
-    client.post("/api/generate", json={"model": "tiny-fim", "prompt": "def f(", "suffix": "    return x",
-                                       "stream": False, "options": {"num_predict": 1}})
+    client.post(
+        "/api/generate",
+        json={
+            "model": "tiny-fim",
+            "prompt": "def f(",
+            "suffix": "    return x",
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert last_generate(harness).text.endswith("<PRE> def f( <SUF>    return x <MID>")
 
 
 @pytest.mark.fields("ollama.GenerateRequest.context")
 def test_generate_context_continues_the_tokens(client: TestClient[Any], harness: Harness) -> None:
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "one", "stream": False,
-                                           "options": {"num_predict": 2}})
+    r = client.post(
+        "/api/generate",
+        json={"model": "tiny", "prompt": "one", "stream": False, "options": {"num_predict": 2}},
+    )
     context = r.json()["context"]
-    client.post("/api/generate", json={"model": "tiny", "prompt": "two", "context": context, "stream": False,
-                                       "options": {"num_predict": 1}})
+    client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "two",
+            "context": context,
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     request = last_generate(harness).request
     assert request is not None and request.prompt[: len(context)] == context
 
 
-@pytest.mark.fields("ollama.GenerateRequest.truncate", "ollama.GenerateRequest.shift",
-                    "ollama.ChatRequest.truncate", "ollama.ChatRequest.shift")
+@pytest.mark.fields(
+    "ollama.GenerateRequest.truncate",
+    "ollama.GenerateRequest.shift",
+    "ollama.ChatRequest.truncate",
+    "ollama.ChatRequest.shift",
+)
 def test_truncate_and_shift(client: TestClient[Any], harness: Harness) -> None:
     long = "word " * 400
     opts = {"num_ctx": 64, "num_predict": 1}
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": long, "truncate": False,
-                                           "options": opts})
+    r = client.post(
+        "/api/generate", json={"model": "tiny", "prompt": long, "truncate": False, "options": opts}
+    )
     assert r.status_code == 400 and "longer than the context" in r.json()["error"]
-    r = client.post("/api/chat", json={"model": "tiny", "truncate": False, "options": opts,
-                                       "messages": [{"role": "user", "content": long}]})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "truncate": False,
+            "options": opts,
+            "messages": [{"role": "user", "content": long}],
+        },
+    )
     assert r.status_code == 400 and "longer than the context" in r.json()["error"]
-    client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "shift": False, "stream": False,
-                                       "options": {"num_predict": 1}})
+    client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "hi",
+            "shift": False,
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert last_generate(harness).request.shift is False  # type: ignore[union-attr]
-    client.post("/api/chat", json={"model": "tiny", "messages": USER, "shift": False, "stream": False,
-                                   "options": {"num_predict": 1}})
+    client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": USER,
+            "shift": False,
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert last_generate(harness).request.shift is False  # type: ignore[union-attr]
-    client.post("/api/chat", json={"model": "tiny", "messages": USER, "stream": False,
-                                   "options": {"num_predict": 1}})
+    client.post(
+        "/api/chat", json={"model": "tiny", "messages": USER, "stream": False, "options": {"num_predict": 1}}
+    )
     assert last_generate(harness).request.shift is True  # type: ignore[union-attr]
     # truncate (the default) drops the oldest turns to fit instead
-    history = [{"role": "user", "content": long}, {"role": "assistant", "content": "ok"},
-               {"role": "user", "content": "last question"}]
-    r = client.post("/api/chat", json={"model": "tiny", "messages": history, "stream": False,
-                                       "options": {"num_ctx": 128, "num_predict": 1}})
+    history = [
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "last question"},
+    ]
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": history,
+            "stream": False,
+            "options": {"num_ctx": 128, "num_predict": 1},
+        },
+    )
     assert r.status_code == 200 and "word word" not in last_generate(harness).text
 
 
 @pytest.mark.fields("ollama.GenerateRequest.grammar", "ollama.ChatRequest.grammar")
 def test_grammar_reaches_llama_cpp_sampler_as_sent(client: TestClient[Any], harness: Harness) -> None:
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "ok?", "grammar": GRAMMAR,
-                                           "stream": False})
+    r = client.post(
+        "/api/generate", json={"model": "tiny", "prompt": "ok?", "grammar": GRAMMAR, "stream": False}
+    )
     assert r.status_code == 200 and r.json()["response"] in ("yes", "no")
     sampling = last_generate(harness).request.sampling  # type: ignore[union-attr]
     assert sampling.grammar == GRAMMAR and sampling.json_schema is None  # llama.cpp's sampler, not llguidance
-    r = client.post("/api/chat", json={"model": "tiny", "messages": USER, "grammar": GRAMMAR,
-                                       "stream": False})
+    r = client.post(
+        "/api/chat", json={"model": "tiny", "messages": USER, "grammar": GRAMMAR, "stream": False}
+    )
     assert r.status_code == 200 and r.json()["message"]["content"] in ("yes", "no")
 
 
-@pytest.mark.parametrize(("grammar", "fragment"), [
-    ("", None),  # empty: no grammar
-    ('answer ::= "x"\n', "no 'root' rule"),
-    ('root ::= item\n', "'item' is used but never defined"),
-    ('root ::= "unterminated\n', "unterminated string"),
-    ("root ::= " + "(" * 100 + '"x"' + ")" * 100 + "\n", "nest deeper"),
-    ('root ::= "x"{3000}\n', "exceeds 2000"),
-    ('root ::= "x"{5,2}\n', "maximum below its minimum"),
-    ('root ::= ' + ' '.join(['"x"{2000}'] * 40) + "\n", "add up to more than"),
-    ("root ::= " + '"a" ' * 70000 + "\n", "characters long"),
-])
-def test_grammar_is_bounded_and_checked_before_it_runs(client: TestClient[Any], grammar: str,
-                                                       fragment: str | None) -> None:
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "grammar": grammar,
-                                           "stream": False, "options": {"num_predict": 2}})
+@pytest.mark.parametrize(
+    ("grammar", "fragment"),
+    [
+        ("", None),  # empty: no grammar
+        ('answer ::= "x"\n', "no 'root' rule"),
+        ("root ::= item\n", "'item' is used but never defined"),
+        ('root ::= "unterminated\n', "unterminated string"),
+        ("root ::= " + "(" * 100 + '"x"' + ")" * 100 + "\n", "nest deeper"),
+        ('root ::= "x"{3000}\n', "exceeds 2000"),
+        ('root ::= "x"{5,2}\n', "maximum below its minimum"),
+        ("root ::= " + " ".join(['"x"{2000}'] * 40) + "\n", "add up to more than"),
+        ("root ::= " + '"a" ' * 70000 + "\n", "characters long"),
+    ],
+)
+def test_grammar_is_bounded_and_checked_before_it_runs(
+    client: TestClient[Any], grammar: str, fragment: str | None
+) -> None:
+    r = client.post(
+        "/api/generate",
+        json={
+            "model": "tiny",
+            "prompt": "x",
+            "grammar": grammar,
+            "stream": False,
+            "options": {"num_predict": 2},
+        },
+    )
     if fragment is None:
         assert r.status_code == 200
     else:
@@ -148,16 +243,20 @@ def test_grammar_is_bounded_and_checked_before_it_runs(client: TestClient[Any], 
 
 
 def test_grammar_conflicts_are_refused(client: TestClient[Any]) -> None:
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "grammar": GRAMMAR,
-                                           "format": "json"})
+    r = client.post(
+        "/api/generate", json={"model": "tiny", "prompt": "x", "grammar": GRAMMAR, "format": "json"}
+    )
     assert r.status_code == 400 and "grammar cannot be combined with format" in r.json()["error"]
 
 
-def test_grammar_on_a_thinking_model_shapes_the_answer_after_the_thought(client: TestClient[Any],
-                                                                         harness: Harness) -> None:
+def test_grammar_on_a_thinking_model_shapes_the_answer_after_the_thought(
+    client: TestClient[Any], harness: Harness
+) -> None:
     grammar = 'root ::= answer\nanswer ::= "yes" | "no"\nthink-text ::= "clash?"\n'
-    r = client.post("/api/generate", json={"model": "tiny-think", "prompt": "ok?", "think": True,
-                                           "grammar": grammar, "stream": False})
+    r = client.post(
+        "/api/generate",
+        json={"model": "tiny-think", "prompt": "ok?", "think": True, "grammar": grammar, "stream": False},
+    )
     assert r.status_code == 200, r.text
     sent = last_generate(harness).request.sampling.grammar  # type: ignore[union-attr]
     assert sent is not None and "user-root ::= user-answer" in sent and 'user-think-text ::= "clash?"' in sent
@@ -166,8 +265,9 @@ def test_grammar_on_a_thinking_model_shapes_the_answer_after_the_thought(client:
 
 
 @pytest.mark.fields("ollama.GenerateRequest._debug_render_only", "ollama.ChatRequest._debug_render_only")
-def test_debug_render_only_returns_the_prompt_without_generating(client: TestClient[Any],
-                                                                 harness: Harness) -> None:
+def test_debug_render_only_returns_the_prompt_without_generating(
+    client: TestClient[Any], harness: Harness
+) -> None:
     before = len([c for c in harness.fake.history if c.op == "generate"])
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hello", "_debug_render_only": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
@@ -177,14 +277,22 @@ def test_debug_render_only_returns_the_prompt_without_generating(client: TestCli
     assert body["done"] is False and body["response"] == "" and body["model"] == "tiny"
     tokens = client.post("/api/tokenize", json={"model": "tiny", "content": info["rendered_template"]})
     assert info["token_count"] == len(tokens.json()["tokens"])
-    r = client.post("/api/chat", json={"model": "tiny", "messages": USER, "_debug_render_only": True,
-                                       "stream": True})
+    r = client.post(
+        "/api/chat", json={"model": "tiny", "messages": USER, "_debug_render_only": True, "stream": True}
+    )
     body = r.json()
     assert body["_debug_info"]["rendered_template"].endswith("user\nhello<|im_end|>\n<|im_start|>assistant\n")
     assert body["_debug_info"]["token_count"] > 0 and body["message"] == {"role": "", "content": ""}
     assert len([c for c in harness.fake.history if c.op == "generate"]) == before  # nothing generated
-    r = client.post("/api/chat", json={"model": "tiny", "messages": USER, "_debug_render_only": True,
-                                       "tools": [{"type": "function", "function": {"name": "f"}}]})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": USER,
+            "_debug_render_only": True,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        },
+    )
     assert r.status_code == 400 and "does not support tools" in r.json()["error"]  # the same checks apply
 
 
@@ -192,18 +300,35 @@ def test_debug_render_only_returns_the_prompt_without_generating(client: TestCli
 def test_images_on_a_text_model_are_refused_not_dropped(client: TestClient[Any], sample_png: str) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "what?", "images": [sample_png]})
     assert r.status_code == 400 and "vision" in r.json()["error"]
-    r = client.post("/api/chat", json={"model": "tiny", "messages": [
-        {"role": "user", "content": "what?", "images": [sample_png]}]})
+    r = client.post(
+        "/api/chat",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "what?", "images": [sample_png]}]},
+    )
     assert r.status_code == 400 and "vision" in r.json()["error"]
 
 
 # ---- /api/chat ---------------------------------------------------------------------------------------
-@pytest.mark.fields("ollama.ChatRequest.format", "ollama.ChatRequest.options", "ollama.ChatRequest.logprobs",
-                    "ollama.ChatRequest.top_logprobs", "ollama.ChatRequest.keep_alive")
+@pytest.mark.fields(
+    "ollama.ChatRequest.format",
+    "ollama.ChatRequest.options",
+    "ollama.ChatRequest.logprobs",
+    "ollama.ChatRequest.top_logprobs",
+    "ollama.ChatRequest.keep_alive",
+)
 def test_chat_format_options_logprobs_keep_alive(client: TestClient[Any], harness: Harness) -> None:
-    r = client.post("/api/chat", json={"model": "tiny", "messages": USER, "stream": False, "format": "json",
-                                       "options": {"num_predict": 5, "seed": 11, "temperature": 0.3},
-                                       "logprobs": True, "top_logprobs": 3, "keep_alive": "7m"})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": USER,
+            "stream": False,
+            "format": "json",
+            "options": {"num_predict": 5, "seed": 11, "temperature": 0.3},
+            "logprobs": True,
+            "top_logprobs": 3,
+            "keep_alive": "7m",
+        },
+    )
     assert r.status_code == 200
     request = last_generate(harness).request
     assert request is not None and request.sampling.grammar and request.num_predict == 5
@@ -216,32 +341,67 @@ def test_chat_format_options_logprobs_keep_alive(client: TestClient[Any], harnes
     assert r.status_code == 400 and "top_logprobs" in r.json()["error"]
 
 
-@pytest.mark.fields("ollama.ChatMessage.thinking", "ollama.ChatMessage.tool_calls",
-                    "ollama.ChatMessage.tool_name", "ollama.ChatMessage.tool_call_id",
-                    "ollama.ToolCallWire.function", "ollama.ToolCallWire.id",
-                    "ollama.ToolCallFunction.name", "ollama.ToolCallFunction.arguments",
-                    "ollama.ToolCallFunction.index", "ollama.ToolWire.function", "ollama.ToolFunction.name",
-                    "ollama.ToolFunction.description", "ollama.ToolFunction.parameters")
+@pytest.mark.fields(
+    "ollama.ChatMessage.thinking",
+    "ollama.ChatMessage.tool_calls",
+    "ollama.ChatMessage.tool_name",
+    "ollama.ChatMessage.tool_call_id",
+    "ollama.ToolCallWire.function",
+    "ollama.ToolCallWire.id",
+    "ollama.ToolCallFunction.name",
+    "ollama.ToolCallFunction.arguments",
+    "ollama.ToolCallFunction.index",
+    "ollama.ToolWire.function",
+    "ollama.ToolFunction.name",
+    "ollama.ToolFunction.description",
+    "ollama.ToolFunction.parameters",
+)
 def test_history_and_tools_reach_the_template(client: TestClient[Any], harness: Harness) -> None:
-    make_model(client, "tiny-history", (
-        "{{ range .Tools }}[tool {{ .Function.Name }}: {{ .Function.Description }} "
-        "{{ .Function.Parameters.Properties }}]{{ end }}"
-        "{{ range .Messages }}<{{ .Role }}>{{ if .Thinking }}(thought {{ .Thinking }}){{ end }}{{ .Content }}"
-        "{{ range .ToolCalls }}(call {{ .Function.Index }} {{ .ID }} {{ .Function.Name }} "
-        "{{ .Function.Arguments }}){{ end }}{{ if .ToolName }}(result of {{ .ToolName }} "
-        "{{ .ToolCallID }}){{ end }}{{ end }}<assistant><tool_call>"))
-    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather now.",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
+    make_model(
+        client,
+        "tiny-history",
+        (
+            "{{ range .Tools }}[tool {{ .Function.Name }}: {{ .Function.Description }} "
+            "{{ .Function.Parameters.Properties }}]{{ end }}"
+            "{{ range .Messages }}<{{ .Role }}>"
+            "{{ if .Thinking }}(thought {{ .Thinking }}){{ end }}{{ .Content }}"
+            "{{ range .ToolCalls }}(call {{ .Function.Index }} {{ .ID }} {{ .Function.Name }} "
+            "{{ .Function.Arguments }}){{ end }}{{ if .ToolName }}(result of {{ .ToolName }} "
+            "{{ .ToolCallID }}){{ end }}{{ end }}<assistant><tool_call>"
+        ),
+    )
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "Weather now.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     messages = [
         {"role": "user", "content": "Lima?"},
-        {"role": "assistant", "content": "", "thinking": "look it up",
-         "tool_calls": [{"id": "call_7", "function": {"index": 3, "name": "weather",
-                                                      "arguments": {"city": "Lima"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "thinking": "look it up",
+            "tool_calls": [
+                {"id": "call_7", "function": {"index": 3, "name": "weather", "arguments": {"city": "Lima"}}}
+            ],
+        },
         {"role": "tool", "content": "22C", "tool_name": "weather", "tool_call_id": "call_7"},
     ]
-    r = client.post("/api/chat", json={"model": "tiny-history", "messages": messages, "tools": tools,
-                                       "stream": False, "options": {"num_predict": 1}})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny-history",
+            "messages": messages,
+            "tools": tools,
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert r.status_code == 200, r.text
     seen = last_generate(harness).text
     assert "[tool weather: Weather now. map[city:" in seen
@@ -255,23 +415,41 @@ def test_tool_types_other_than_function_are_refused(client: TestClient[Any]) -> 
     r = client.post("/api/chat", json={"model": "tiny-tools", "messages": USER, "tools": [tool]})
     assert r.status_code == 400 and "tool type 'retrieval'" in r.json()["error"]
     call = {"type": "code", "function": {"name": "f", "arguments": {}}}
-    r = client.post("/api/chat", json={"model": "tiny", "messages": [
-        {"role": "assistant", "content": "", "tool_calls": [call]}, *USER]})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "assistant", "content": "", "tool_calls": [call]}, *USER],
+        },
+    )
     assert r.status_code == 400 and "tool call type 'code'" in r.json()["error"]
     tool["type"] = "function"
-    r = client.post("/api/chat", json={"model": "tiny-tools", "messages": USER, "tools": [tool],
-                                       "stream": False, "options": {"num_predict": 1}})
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": "tiny-tools",
+            "messages": USER,
+            "tools": [tool],
+            "stream": False,
+            "options": {"num_predict": 1},
+        },
+    )
     assert r.status_code == 200
 
 
 # ---- embeddings ------------------------------------------------------------------------------------------
-@pytest.mark.fields("ollama.EmbedRequest.truncate", "ollama.EmbedRequest.keep_alive",
-                    "ollama.EmbedRequest.options", "ollama.EmbeddingsRequest.keep_alive",
-                    "ollama.EmbeddingsRequest.options")
+@pytest.mark.fields(
+    "ollama.EmbedRequest.truncate",
+    "ollama.EmbedRequest.keep_alive",
+    "ollama.EmbedRequest.options",
+    "ollama.EmbeddingsRequest.keep_alive",
+    "ollama.EmbeddingsRequest.options",
+)
 def test_embed_truncate_keep_alive_and_options(client: TestClient[Any], harness: Harness) -> None:
     long = "word " * 200
-    r = client.post("/api/embed", json={"model": "tiny", "input": long, "truncate": False,
-                                        "options": {"num_ctx": 32}})
+    r = client.post(
+        "/api/embed", json={"model": "tiny", "input": long, "truncate": False, "options": {"num_ctx": 32}}
+    )
     assert r.status_code == 400 and "exceeds the context length" in r.json()["error"]
     r = client.post("/api/embed", json={"model": "tiny", "input": long, "options": {"num_ctx": 32}})
     assert r.status_code == 200 and r.json()["prompt_eval_count"] <= 32
@@ -293,9 +471,15 @@ def test_embed_truncate_keep_alive_and_options(client: TestClient[Any], harness:
 def test_show_reports_with_the_requests_system_template_and_options(client: TestClient[Any]) -> None:
     plain = client.post("/api/show", json={"model": "tiny"}).json()
     assert "tools" not in plain.get("capabilities", [])
-    r = client.post("/api/show", json={"model": "tiny", "system": "Be a cat.",
-                                       "template": "{{ if .Tools }}T{{ end }}{{ .Prompt }}",
-                                       "options": {"temperature": 0.25, "stop": ["END"]}})
+    r = client.post(
+        "/api/show",
+        json={
+            "model": "tiny",
+            "system": "Be a cat.",
+            "template": "{{ if .Tools }}T{{ end }}{{ .Prompt }}",
+            "options": {"temperature": 0.25, "stop": ["END"]},
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["system"] == "Be a cat." and "SYSTEM Be a cat." in body["modelfile"]
@@ -353,17 +537,34 @@ def test_pull_and_push_refuse_credentials_they_would_not_use(client: TestClient[
     assert r.status_code == 400 and "invalid model name" in r.json()["error"]
 
 
-@pytest.mark.fields("ollama.CreateRequest.name", "ollama.CreateRequest.template",
-                    "ollama.CreateRequest.license", "ollama.CreateRequest.messages",
-                    "ollama.CreateRequest.parameters", "ollama.CreateRequest.system",
-                    "ollama.CreateRequest.renderer", "ollama.CreateRequest.parser",
-                    "ollama.CreateRequest.requires")
+@pytest.mark.fields(
+    "ollama.CreateRequest.name",
+    "ollama.CreateRequest.template",
+    "ollama.CreateRequest.license",
+    "ollama.CreateRequest.messages",
+    "ollama.CreateRequest.parameters",
+    "ollama.CreateRequest.system",
+    "ollama.CreateRequest.renderer",
+    "ollama.CreateRequest.parser",
+    "ollama.CreateRequest.requires",
+)
 def test_create_stores_what_it_is_given(client: TestClient[Any]) -> None:
-    r = client.post("/api/create", json={
-        "name": "made", "from": "tiny", "template": "{{ .Prompt }}!", "license": ["MIT", "extra"],
-        "messages": [{"role": "user", "content": "seed q"}, {"role": "assistant", "content": "seed a"}],
-        "parameters": {"temperature": 0.4}, "system": "Be kind.", "renderer": "qwen3-coder",
-        "parser": "qwen3-coder", "requires": "0.12.0", "stream": False})
+    r = client.post(
+        "/api/create",
+        json={
+            "name": "made",
+            "from": "tiny",
+            "template": "{{ .Prompt }}!",
+            "license": ["MIT", "extra"],
+            "messages": [{"role": "user", "content": "seed q"}, {"role": "assistant", "content": "seed a"}],
+            "parameters": {"temperature": 0.4},
+            "system": "Be kind.",
+            "renderer": "qwen3-coder",
+            "parser": "qwen3-coder",
+            "requires": "0.12.0",
+            "stream": False,
+        },
+    )
     assert r.status_code == 200, r.text
     shown = client.post("/api/show", json={"model": "made"}).json()
     assert shown["template"] == "{{ .Prompt }}!" and shown["license"] == "MIT\nextra"
@@ -375,8 +576,9 @@ def test_create_stores_what_it_is_given(client: TestClient[Any]) -> None:
 
 
 @pytest.mark.fields("ollama.CreateRequest.adapters")
-def test_create_adapters_are_loaded_with_the_model(client: TestClient[Any], harness: Harness, tiny_gguf: Any,
-                                                   tmp_path: Path) -> None:
+def test_create_adapters_are_loaded_with_the_model(
+    client: TestClient[Any], harness: Harness, tiny_gguf: Any, tmp_path: Path
+) -> None:
     import gguf
 
     w = gguf.GGUFWriter(str(tmp_path / "lora.gguf"), "llama")
@@ -391,8 +593,10 @@ def test_create_adapters_are_loaded_with_the_model(client: TestClient[Any], harn
         data = path.read_bytes()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         client.post(f"/api/blobs/{digest}", content=data)
-        r = client.post("/api/create", json={"model": "lora", "from": "tiny", "adapters": {"a.gguf": digest},
-                                             "stream": False})
+        r = client.post(
+            "/api/create",
+            json={"model": "lora", "from": "tiny", "adapters": {"a.gguf": digest}, "stream": False},
+        )
         if path == tiny_gguf:  # a model, not a LoRA adapter: refused, not stored as one
             assert r.status_code == 400 and "not a LoRA adapter" in r.json()["error"]
             continue
@@ -406,13 +610,32 @@ def test_create_adapters_are_loaded_with_the_model(client: TestClient[Any], harn
 @pytest.mark.fields("ollama.CreateRequest.quantize", "ollama.CreateRequest.quantization")
 def test_create_quantize_and_its_old_name(client: TestClient[Any]) -> None:
     for key in ("quantize", "quantization"):
-        r = client.post("/api/create", json={"model": f"q-{key}", "from": "tiny", key: "q9_z",
-                                             "stream": False})
+        r = client.post(
+            "/api/create", json={"model": f"q-{key}", "from": "tiny", key: "q9_z", "stream": False}
+        )
         assert r.status_code == 400 and "q9_z" in r.json()["error"].lower(), r.text
 
 
 @pytest.mark.fields("ollama.CreateRequest.modelfile")
 def test_create_modelfile_text_is_refused_with_the_way_forward(client: TestClient[Any]) -> None:
-    r = client.post("/api/create", json={"model": "old", "modelfile": "FROM tiny\nSYSTEM hi",
-                                         "stream": False})
+    r = client.post(
+        "/api/create", json={"model": "old", "modelfile": "FROM tiny\nSYSTEM hi", "stream": False}
+    )
     assert r.status_code == 400 and "modelfile" in r.json()["error"]
+
+
+@pytest.mark.fields(
+    "ollama.TokenizeRequest.keep_alive",
+    "ollama.TokenizeRequest.options",
+    "ollama.DetokenizeRequest.keep_alive",
+    "ollama.DetokenizeRequest.options",
+)
+def test_tokenize_keep_alive_and_options(client: TestClient[Any], harness: Harness) -> None:
+    for path, body in (("/api/tokenize", {"content": "x"}), ("/api/detokenize", {"tokens": [100]})):
+        r = client.post(path, json={"model": "tiny", "options": {"num_ctx": 48}, "keep_alive": 0, **body})
+        assert r.status_code == 200, r.text
+        load = [c for c in harness.fake.history if c.op == "load"][-1]
+        assert load.options is not None and load.options.num_ctx == 48
+        assert client.get("/api/ps").json()["models"] == []  # keep_alive 0: unloaded once answered
+        r = client.post(path, json={"model": "tiny", "options": {"num_ctx": "x"}, **body})
+        assert r.status_code == 400 and "num_ctx" in r.json()["error"]

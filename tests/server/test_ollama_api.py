@@ -25,6 +25,8 @@ def test_root_and_version(client: TestClient[Any]) -> None:
     assert r.status_code == 200 and re.fullmatch(r"\d+\.\d+\.\d+.*", r.json()["version"])
 
 
+@pytest.mark.fields("ollama.GenerateRequest.model", "ollama.GenerateRequest.prompt",
+                    "ollama.GenerateRequest.options", "ollama.GenerateRequest.stream")
 def test_generate_streams_ndjson_with_final_metrics_and_context(client: TestClient[Any]) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hello there",
                                            "options": {"num_predict": 6, "temperature": 0}})
@@ -43,6 +45,7 @@ def test_generate_streams_ndjson_with_final_metrics_and_context(client: TestClie
     assert "context" not in lines[0] and "done_reason" not in lines[0]
 
 
+@pytest.mark.fields("ollama.GenerateRequest.stream")
 def test_generate_non_streaming_joins_text(client: TestClient[Any], harness: Harness) -> None:
     harness.fake.enqueue("Bonjour le monde")
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
@@ -52,6 +55,7 @@ def test_generate_non_streaming_joins_text(client: TestClient[Any], harness: Har
     assert body["model"] == "tiny"
 
 
+@pytest.mark.fields("ollama.GenerateRequest.raw")
 def test_generate_raw_has_no_context_and_rejects_template(client: TestClient[Any]) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "x", "raw": True, "stream": False,
                                            "options": {"num_predict": 2}})
@@ -61,6 +65,8 @@ def test_generate_raw_has_no_context_and_rejects_template(client: TestClient[Any
     assert r.json() == {"error": "raw mode does not support template, system, or context"}
 
 
+@pytest.mark.fields("ollama.ChatRequest.model", "ollama.ChatRequest.messages", "ollama.ChatRequest.stream",
+                    "ollama.ChatMessage.role", "ollama.ChatMessage.content")
 def test_chat_stream_and_non_stream(client: TestClient[Any], harness: Harness) -> None:
     harness.fake.enqueue("Hi! How are you?")
     r = client.post("/api/chat", json={"model": "tiny", "messages": [{"role": "USER", "content": "hello"}]})
@@ -92,6 +98,7 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: TestClient[Any])
 
 
 @pytest.mark.parametrize("keep_alive", ["10m", 120, -1, "1h30m"])
+@pytest.mark.fields("ollama.GenerateRequest.keep_alive")
 def test_keep_alive_forms_accepted(client: TestClient[Any], keep_alive: Any) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "keep_alive": keep_alive, "stream": False})
     assert r.status_code == 200 and r.json()["done_reason"] == "load"
@@ -155,6 +162,7 @@ def test_error_before_first_chunk_keeps_its_status(client: TestClient[Any], harn
     assert r.status_code == 500 and r.json() == {"error": "cannot start"}
 
 
+@pytest.mark.fields("ollama.GenerateRequest.logprobs", "ollama.GenerateRequest.top_logprobs")
 def test_logprobs_shapes(client: TestClient[Any]) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "logprobs": True,
                                            "top_logprobs": 2, "options": {"num_predict": 4}})
@@ -165,6 +173,7 @@ def test_logprobs_shapes(client: TestClient[Any]) -> None:
         assert len(e["top_logprobs"]) == 2 and {"token", "logprob"} <= set(e["top_logprobs"][0])
 
 
+@pytest.mark.fields("ollama.GenerateRequest.format")
 def test_format_json_schema_constrains_output(client: TestClient[Any], harness: Harness) -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
     r = client.post("/api/generate", json={"model": "tiny", "prompt": "age?", "stream": False,
@@ -174,6 +183,9 @@ def test_format_json_schema_constrains_output(client: TestClient[Any], harness: 
     assert request is not None and request.sampling.grammar  # the schema reached the sampler as a grammar
 
 
+@pytest.mark.fields("ollama.EmbedRequest.model", "ollama.EmbedRequest.input",
+                    "ollama.EmbedRequest.dimensions", "ollama.EmbeddingsRequest.model",
+                    "ollama.EmbeddingsRequest.prompt")
 def test_embed_and_legacy_embeddings(client: TestClient[Any]) -> None:
     r = client.post("/api/embed", json={"model": "tiny", "input": ["a cat", "a dog"]})
     body = r.json()
@@ -191,6 +203,8 @@ def test_embed_and_legacy_embeddings(client: TestClient[Any]) -> None:
     assert client.post("/api/embeddings", json={"model": "tiny", "prompt": ""}).json() == {"embedding": []}
 
 
+@pytest.mark.fields("ollama.CopyRequest.source", "ollama.CopyRequest.destination",
+                    "ollama.DeleteRequest.model")
 def test_tags_show_copy_delete(client: TestClient[Any]) -> None:
     models = client.get("/api/tags").json()["models"]
     names = {m["name"] for m in models}
@@ -215,6 +229,7 @@ def test_tags_show_copy_delete(client: TestClient[Any]) -> None:
     assert r.status_code == 400 and "invalid model name" in r.json()["error"]
 
 
+@pytest.mark.fields("ollama.ShowRequest.model")
 def test_show_has_model_info(client: TestClient[Any]) -> None:
     r = client.post("/api/show", json={"model": "tiny"})
     body = r.json()
@@ -224,6 +239,8 @@ def test_show_has_model_info(client: TestClient[Any]) -> None:
     assert client.post("/api/show", json={"name": "nope"}).status_code == 404
 
 
+@pytest.mark.fields("ollama.CreateRequest.model", "ollama.CreateRequest.files", "ollama.CreateRequest.from",
+                    "ollama.CreateRequest.stream")
 def test_blobs_head_post_and_create(client: TestClient[Any], tiny_gguf: Any) -> None:
     data = tiny_gguf.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -253,6 +270,8 @@ def test_blobs_head_post_and_create(client: TestClient[Any], tiny_gguf: Any) -> 
     assert r.status_code == 400
 
 
+@pytest.mark.fields("ollama.TransferRequest.model", "ollama.TransferRequest.insecure",
+                    "ollama.TransferRequest.stream")
 def test_pull_and_push_with_the_in_process_registry(client: TestClient[Any], tiny_gguf: Any) -> None:
     with TestRegistry() as reg:
         reg.add_model("library/pulled:v1", [("application/vnd.ollama.image.model", tiny_gguf.read_bytes())])
@@ -278,6 +297,7 @@ def test_wrong_method_and_unknown_route(client: TestClient[Any]) -> None:
     assert client.get("/api/nothing-here").status_code == 404
 
 
+@pytest.mark.fields("ollama.ChatRequest.tools", "ollama.ChatRequest.think", "ollama.GenerateRequest.think")
 def test_native_tool_calls_and_thinking_shapes(client: TestClient[Any], harness: Harness) -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]

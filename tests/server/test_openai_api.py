@@ -14,6 +14,8 @@ from server_support import Harness, sse
 USER = [{"role": "user", "content": "hello"}]
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.model", "openai.ChatCompletionRequest.messages",
+                    "openai.RequestMessage.role", "openai.RequestMessage.content")
 def test_chat_completion_non_stream(client: TestClient[Any], harness: Harness) -> None:
     harness.fake.enqueue("Hello back.")
     r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER})
@@ -28,6 +30,8 @@ def test_chat_completion_non_stream(client: TestClient[Any], harness: Harness) -
     assert u["completion_tokens"] == len("Hello back.") and u["total_tokens"] == u["prompt_tokens"] + 11
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.stream", "openai.ChatCompletionRequest.stream_options",
+                    "openai.StreamOptions.include_usage")
 def test_chat_completion_stream_shape(client: TestClient[Any], harness: Harness) -> None:
     harness.fake.enqueue("abc")
     r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER, "stream": True,
@@ -44,6 +48,7 @@ def test_chat_completion_stream_shape(client: TestClient[Any], harness: Harness)
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 3
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.max_tokens")
 def test_chat_stream_without_usage_and_length_finish(client: TestClient[Any]) -> None:
     r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER, "stream": True,
                                                   "max_tokens": 2})
@@ -52,6 +57,9 @@ def test_chat_stream_without_usage_and_length_finish(client: TestClient[Any]) ->
     assert all("usage" not in e for e in events)
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.stop", "openai.ChatCompletionRequest.temperature",
+                    "openai.ChatCompletionRequest.top_p", "openai.ChatCompletionRequest.frequency_penalty",
+                    "openai.ChatCompletionRequest.presence_penalty")
 def test_v1_fields_become_options(client: TestClient[Any], harness: Harness) -> None:
     r = client.post("/v1/chat/completions", json={
         "model": "tiny", "messages": USER, "max_tokens": 3, "seed": 7, "stop": ["zz"], "temperature": 0.5,
@@ -68,6 +76,7 @@ def test_v1_fields_become_options(client: TestClient[Any], harness: Harness) -> 
     assert (s.temperature, s.top_p) == (1.0, 1.0)
 
 
+@pytest.mark.fields("openai.ContentPart.type", "openai.ContentPart.text")
 def test_content_parts_and_developer_role(client: TestClient[Any], harness: Harness) -> None:
     msgs = [{"role": "developer", "content": "be terse"},
             {"role": "user", "content": [{"type": "text", "text": "part one"},
@@ -111,6 +120,7 @@ def test_error_mid_stream_is_an_sse_error_event(client: TestClient[Any], harness
     assert events[-1]["error"]["message"] == "decode failed" and events[-1]["error"]["type"] == "api_error"
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.logprobs", "openai.ChatCompletionRequest.top_logprobs")
 def test_logprobs_on_chat_and_completions(client: TestClient[Any]) -> None:
     r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER, "max_tokens": 3,
                                                   "logprobs": True, "top_logprobs": 2})
@@ -176,6 +186,7 @@ def test_tool_calls_on_v1_are_json_strings(client: TestClient[Any], harness: Har
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"} and call["id"].startswith("call_")
 
 
+@pytest.mark.fields("openai.ChatCompletionRequest.response_format", "openai.ResponseFormat.type")
 def test_response_format_reaches_the_sampler(client: TestClient[Any], harness: Harness) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     r = client.post("/v1/chat/completions", json={

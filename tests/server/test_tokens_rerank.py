@@ -27,6 +27,10 @@ def test_version_reports_the_ollama_api_and_corral(client: TestClient[Any]) -> N
     assert body["corral_version"] == corral.__version__
 
 
+@pytest.mark.fields("ollama.TokenizeRequest.model", "ollama.TokenizeRequest.content",
+                    "ollama.TokenizeRequest.add_special", "ollama.TokenizeRequest.parse_special",
+                    "ollama.DetokenizeRequest.model", "ollama.DetokenizeRequest.tokens",
+                    "ollama.DetokenizeRequest.render_special")
 def test_tokenize_and_detokenize(client: TestClient[Any]) -> None:
     r = client.post("/api/tokenize", json={"model": "tiny", "content": "hi<|im_end|>"})
     assert r.status_code == 200, r.text
