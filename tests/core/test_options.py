@@ -11,6 +11,7 @@ from corral.errors import InvalidRequestError
 from corral.options import (
     LOAD_KEYS,
     OPTIONS,
+    REMOVED_OPTIONS,
     default_options,
     for_prompt,
     merge_options,
@@ -47,18 +48,28 @@ def test_request_stop_replaces_model_stop() -> None:
     assert merge_options({"stop": ["a"]}, {"stop": ["b", "c"]})["stop"] == ["b", "c"]
 
 
-def test_unknown_key_warns_and_is_ignored(caplog) -> None:
+def test_unknown_request_option_is_refused_but_a_models_is_only_logged(caplog) -> None:
+    with pytest.raises(InvalidRequestError, match='unknown option "not_an_option"'):
+        merge_options(None, {"not_an_option": 3, "temperature": 0})
+    # a pulled model's params layer is the model's, not the client's: warned about and skipped, as Ollama does
     with caplog.at_level(logging.WARNING, logger="corral.options"):
-        m = merge_options(None, {"not_an_option": 3, "temperature": 0})
-    assert "not_an_option" not in m and m["temperature"] == 0.0
+        m = merge_options({"not_an_option": 3, "temperature": 0.5}, None)
+    assert "not_an_option" not in m and m["temperature"] == 0.5
     assert any("not_an_option" in r.getMessage() for r in caplog.records)
 
 
-def test_removed_keys_silently_ignored(caplog) -> None:
+def test_removed_keys_pass_only_with_the_value_that_asks_for_nothing(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="corral.options"):
-        m = merge_options(None, {"mirostat": 2, "tfs_z": 1.0, "low_vram": True, "penalize_newline": 1})
-    assert not {"mirostat", "tfs_z", "low_vram", "penalize_newline"} & m.keys()
+        m = merge_options(None, {"mirostat": 0, "tfs_z": 1, "low_vram": False, "penalize_newline": True,
+                                 "mirostat_eta": 0.3, "f16_kv": True})
+    assert not REMOVED_OPTIONS & m.keys()
     assert not caplog.records
+    for key, value in (("mirostat", 2), ("tfs_z", 0.9), ("low_vram", True), ("penalize_newline", False),
+                       ("f16_kv", 1), ("mirostat_tau", "high")):
+        with pytest.raises(InvalidRequestError, match=f'"{key}" was removed'):
+            merge_options(None, {key: value})
+    m = merge_options({"mirostat": 2, "tfs_z": 0.5}, None)  # a model's old params: dropped, as Ollama does
+    assert not REMOVED_OPTIONS & m.keys()
 
 
 @pytest.mark.parametrize(("key", "value", "word"), [

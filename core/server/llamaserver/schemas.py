@@ -40,7 +40,7 @@ class DetokenizeResponse(Struct, kw_only=True):
     content: str
 
 
-class DocumentObject(Struct, kw_only=True):
+class DocumentObject(Struct, kw_only=True, forbid_unknown_fields=True):
     """A document given as ``{"text": ...}`` (Cohere and Jina accept both forms)."""
 
     text: str
