@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from corral.conversation import Message, Tool, ToolCall
 from corral.errors import InvalidRequestError
 from corral.jobs import (
@@ -11,6 +13,7 @@ from corral.jobs import (
     EmbedJob,
     GenerateJob,
     LogprobEntry,
+    Metrics,
     RenderedPrompt,
     TokenizeJob,
 )
@@ -143,31 +146,39 @@ def debug_info(r: RenderedPrompt) -> DebugInfo:
     return DebugInfo(rendered_template=r.text, image_count=r.image_count, token_count=r.token_count)
 
 
+class _MetricFields(TypedDict):
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+
+
+def _metric_fields(m: Metrics | None) -> _MetricFields:
+    """The metric fields of a chunk: 0 (so not sent: omit_defaults) on every chunk but the last."""
+    m = m or Metrics()
+    return _MetricFields(total_duration=m.total_duration, load_duration=m.load_duration,
+                         prompt_eval_count=m.prompt_eval_count, prompt_eval_duration=m.prompt_eval_duration,
+                         eval_count=m.eval_count, eval_duration=m.eval_duration)
+
+
 def generate_response(model: str, c: Chunk) -> GenerateResponse:
     """A /api/generate chunk from a core chunk."""
-    m = c.metrics
     return GenerateResponse(
         model=model, created_at=common.now_rfc3339(), response=c.content, done=c.done,
         thinking=c.thinking or None, done_reason=c.done_reason if c.done else None,
         context=c.context if c.done else None, tool_calls=tool_calls(c.tool_calls),
-        logprobs=logprobs(c.logprobs),
-        **({} if m is None else {
-            "total_duration": m.total_duration, "load_duration": m.load_duration,
-            "prompt_eval_count": m.prompt_eval_count, "prompt_eval_duration": m.prompt_eval_duration,
-            "eval_count": m.eval_count, "eval_duration": m.eval_duration}),
+        logprobs=logprobs(c.logprobs), **_metric_fields(c.metrics),
     )
 
 
 def chat_response(model: str, c: Chunk) -> ChatResponse:
     """A /api/chat chunk from a core chunk."""
-    m = c.metrics
     msg = ResponseMessage(role="assistant", content=c.content, thinking=c.thinking or None,
                           tool_calls=tool_calls(c.tool_calls))
     return ChatResponse(
         model=model, created_at=common.now_rfc3339(), message=msg, done=c.done,
         done_reason=c.done_reason if c.done else None, logprobs=logprobs(c.logprobs),
-        **({} if m is None else {
-            "total_duration": m.total_duration, "load_duration": m.load_duration,
-            "prompt_eval_count": m.prompt_eval_count, "prompt_eval_duration": m.prompt_eval_duration,
-            "eval_count": m.eval_count, "eval_duration": m.eval_duration}),
+        **_metric_fields(c.metrics),
     )
