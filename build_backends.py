@@ -64,9 +64,10 @@ FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
 CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
 CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"  # CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models
 RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
-LAYOUT_VERSION = 2  # bump when the way a backend folder is assembled changes (re-copies only)
+LAYOUT_VERSION = 3  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
 LIBRARY_TARGETS = ("llama", "mtmd")
+SHIPPED_STEMS = ("libllama", "libmtmd", "libggml", "libggml-base")  # plus every libggml-<backend> module
 TOOL_TARGETS = ("llama-bench", "llama-server")
 
 
@@ -512,6 +513,10 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
     out = []
     for path in sorted(bin_dir.iterdir()):
         name = path.name
+        # the runtime's libraries only: a --tools build leaves llama-common and the tools' own
+        # libraries in the same folder, which no plugin loads
+        if name.split(".")[0] not in SHIPPED_STEMS and not name.startswith("libggml-"):
+            continue
         if sys.platform == "darwin":
             keep = name.endswith(".dylib") and (name.count(".") == 2 or not path.is_symlink())
         else:

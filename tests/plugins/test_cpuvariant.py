@@ -59,6 +59,41 @@ def test_variant_that_crashes_is_rejected_and_the_next_one_used(trap_lib, cpu_ch
     assert "SIGILL" in choice.rejected["trap"]
 
 
+# A variant built for a CPU this one is not (the folder came from a newer machine, or a wheel carries it):
+# ggml's score is 0 when an instruction it was compiled with is missing; it must never be initialised.
+FOREIGN_VARIANT = r"""
+int ggml_backend_score(void) { return 0; }
+void * ggml_backend_init(void) { __builtin_trap(); return 0; }
+"""
+
+
+def test_folder_moved_to_a_cpu_it_cannot_run_on_falls_back_to_the_baseline(cpu_lib, tiny_gguf, tmp_path,
+                                                                             caplog):
+    from corral_plugins._llama.cpufeatures import BASELINE
+    from corral_plugins._llama.cpuvariant import choose_variant
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the foreign variant")
+    baseline = cpu_lib / f"libggml-cpu-{BASELINE}.so"
+    if not baseline.exists():
+        pytest.skip(f"this build has no {BASELINE} variant")
+    moved = tmp_path / "_lib"
+    moved.mkdir()
+    for p in cpu_lib.iterdir():  # everything but the CPU variants, and the baseline
+        if not p.name.startswith("libggml-cpu") or p == baseline:
+            shutil.copy2(p, moved / p.name)
+    src = tmp_path / "foreign.c"
+    src.write_text(FOREIGN_VARIANT)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(moved / "libggml-cpu-newer.so"), str(src)], check=True)
+    with caplog.at_level("WARNING", logger="corral.llama.cpu"):
+        choice = choose_variant(moved, model=tiny_gguf, use_cache=False)
+    assert choice.name == BASELINE and choice.source == "verified"
+    assert choice.rejected["newer"] == "not supported by this CPU (score 0)"
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "portable baseline" in warning and "newer" in warning and str(moved) in warning
+
+
 def test_verdict_is_cached(trap_lib, tiny_gguf, monkeypatch, tmp_path):
     from corral_plugins._llama import cpuvariant
 
