@@ -618,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-tools-dir", action="store_true", help="print where the tools are and exit")
     parser.add_argument("--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES for cuda (e.g. 90)")
     parser.add_argument("--from-install", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--prefetch-source", action="store_true",
+                        help="only fetch, verify and extract the pinned llama.cpp source, then exit")
     opts = parser.parse_args(argv)
+    if opts.prefetch_source:
+        ensure_source()
+        return 0
 
     requested = opts.backend
     if requested is None and os.environ.get("CORRAL_BACKENDS"):

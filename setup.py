@@ -30,6 +30,25 @@ def builds_backends() -> bool:
     return os.environ.get("CORRAL_BACKENDS", "auto").strip().lower() not in ("none", "skip", "0")
 
 
+def prefetch_source() -> None:
+    """Start fetching the pinned llama.cpp source in the background, once, when pip first asks this
+    file for its build requirements: pip then spends seconds resolving and downloading corral's
+    dependencies before it builds, and the source download (pip's own, ~15 s with its unpacking)
+    runs beside that instead of after it. The build waits for it on a lock; without a network it
+    fails there with pip's message. Output goes to the build cache's prefetch.log."""
+    if not builds_backends() or (ROOT / "vendor" / "llama.cpp" / ".corral-source.json").exists():
+        return
+    cache = Path(os.environ.get("CORRAL_BUILD_CACHE", "~/.cache/corral/build")).expanduser()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / "prefetch.log", "ab") as out:
+            subprocess.Popen([sys.executable, str(ROOT / "build_backends.py"), "--prefetch-source"], cwd=ROOT,
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    except OSError:
+        pass  # the build fetches it itself
+
+
 class BuildWithBackends(build_py):
     """Runs build_backends.py before collecting files, so the wheel (or the editable tree)
     carries the llama.cpp libraries for this machine. CORRAL_BACKENDS chooses or skips them."""
@@ -53,6 +72,8 @@ class PlatformWheel(Distribution):
     def has_ext_modules(self) -> bool:
         return builds_backends()
 
+
+prefetch_source()
 
 setup(
     packages=find_packages(),
