@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from corral.testing.live import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.gemma]
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_LIB = ROOT / "plugins" / "cpu" / "_lib"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
