@@ -14,13 +14,21 @@ class Speculation:
     """Mixed into ``Batcher``: drafting and verification, in terms of the loop's own steps
     (``_draw`` samples a row, ``_emit`` hands a token to its request, ``_truncate`` drops KV)."""
 
+    n_batch: int
     n_ctx_seq: int
     _draw: Any
     _emit: Any
     _truncate: Any
 
+    def _drafts(self, gen: list[Slot]) -> None:
+        """Set ``s.draft`` of every generating sequence: tokens guessed to follow ``s.last_token``,
+        verified in this step's batch with it. The batch keeps a row for every sequence's decode token."""
+        room = self.n_batch - len(gen)
+        for s in gen:
+            s.draft = self._draft(s, room)
+            room -= len(s.draft)
+
     def _draft(self, s: Slot, room: int) -> list[int]:
-        """Tokens guessed to follow ``s.last_token``, verified in this step's batch with it."""
         job = s.job
         assert job is not None
         if job.drafter is None:

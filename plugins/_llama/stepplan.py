@@ -1,0 +1,181 @@
+"""The plan of one step of the batching loop: which waiting requests take which slots, and which tokens
+each sequence evaluates (its decode token and draft, a prompt chunk, idle-time warm tokens)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from corral.errors import CorralError
+
+from .mediasteps import media_floor, media_piece, span_at
+from .slots import Job, Slot, StepClock, common_prefix
+
+__all__ = ["MIN_SHARE", "Piece", "StepPlanner"]
+
+# A shared prefix shorter than this is cheaper to evaluate again than to wait for.
+MIN_SHARE = 16
+# One entry of a step's plan: (slot, first prompt index or -1/-2, count).
+Piece = tuple[Slot, int, int]
+
+
+class StepPlanner:
+    """Mixed into ``Batcher``: admission, the step plan, prefix sharing between sequences and the
+    context shift, in terms of the loop's state (slots, waiting jobs, the step clock) and its steps
+    (``_finish``/``_fail`` end a request, ``_truncate``/``_copy`` move KV cells)."""
+
+    n_batch: int
+    n_ctx_seq: int
+    can_shift: bool
+    _bos: int | None
+    _lib: Any
+    _mem: Any
+    _slots: list[Slot]
+    _waiting: deque[Job]
+    _cond: threading.Condition
+    _clock: StepClock
+    _prompt_cap: int
+    _draft_ok: bool
+    _media: Any
+    _finish: Any
+    _fail: Any
+    _truncate: Any
+    _copy: Any
+    _drafts: Any
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
+        while True:
+            with self._cond:
+                if not self._waiting:
+                    return
+                job = self._waiting[0]
+                if job.cancel.cancelled:
+                    self._waiting.popleft()
+                else:
+                    free = [s for s in self._slots if s.job is None]
+                    if not free:
+                        return
+                    self._waiting.popleft()
+            if job.cancel.cancelled:
+                job.t_admit = job.t_first = job.t_last = time.perf_counter_ns()
+                self._emit_final(job, "stop")
+                continue
+            best = max(free, key=lambda s: (common_prefix(s.reusable, job.prompt), -s.last_used))
+            # At least the last prompt token is evaluated again: its logits are needed to sample.
+            keep = common_prefix(best.reusable, job.prompt, len(job.prompt) - 1)
+            if job.spans:
+                keep = media_floor(job.spans, keep)
+                self._media.admitted(job.spans, keep)  # type: ignore[union-attr]
+            self._truncate(best, keep)
+            job.cached_tokens = keep
+            job.t_admit = time.perf_counter_ns()
+            best.job, best.state, best.warm = job, "prefill", []
+            best.touch()
+            if job.limit == 0:
+                job.t_first = job.t_last = job.t_admit
+                self._finish(best, "length")
+
+    def _plan(self, active: list[Slot], warming: list[Slot]) -> tuple[list[Piece], list[Piece]]:
+        """Decide this step's batch: (slot, first prompt index, or -1 for a decode token, or -2 for
+        idle-time warm tokens, count), and its media pieces (slot, first prompt index, count). Warm
+        tokens only fill what requests leave of the budget."""
+        plan: list[Piece] = []
+        media: list[Piece] = []
+        gen = [s for s in active
+               if s.state == "gen" and (len(s.cached) < self.n_ctx_seq or self._make_room(s))]
+        if self._draft_ok:
+            self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
+        self._draft_ok = True
+        for s in gen:
+            plan.append((s, -1, 1 + len(s.draft)))
+        n_gen = sum(n for _, _, n in plan)
+        room = min(self.n_batch - n_gen, self._prompt_cap)
+        budget = min(room, self._clock.mixed_budget()) if n_gen else room
+        prefilling = sorted((s for s in active if s.state == "prefill"), key=lambda s: s.job.order)  # type: ignore[union-attr]
+        for s in prefilling:
+            if budget <= 0:
+                break
+            if self._wait_for_shared(s, prefilling):
+                continue
+            job = s.job
+            assert job is not None
+            start = len(s.cached)
+            n = min(len(job.prompt) - start, budget)
+            if job.spans:
+                try:
+                    n = media_piece(job.spans, start, n)
+                except CorralError as exc:  # the encoder failed on this request's media
+                    self._fail(s, exc, start)
+                    continue
+                if n == 0:
+                    continue  # its next image is still on the encoder thread: the others go on meanwhile
+            (media if job.spans and span_at(job.spans, start) else plan).append((s, start, n))
+            budget -= n
+        for s in warming:
+            n = min(len(s.warm), budget)
+            if n > 0:
+                plan.append((s, -2, n))
+                budget -= n
+        return plan, media
+
+    def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
+        """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
+        job = s.job
+        assert job is not None
+        have = len(s.cached)
+        cap = len(job.prompt) - 1
+        donor, got = None, have
+        for o in self._slots:
+            if o is s:
+                continue
+            k = common_prefix(o.reusable, job.prompt, cap)
+            if k > got:
+                donor, got = o, k
+        if job.spans:
+            got = max(have, media_floor(job.spans, got))
+        if donor is not None and got >= have + MIN_SHARE:
+            self._copy(donor, s, got)
+            job.cached_tokens += got - have
+            have = got
+        # An earlier request is still evaluating a longer common head: wait for it, not redo it.
+        for o in prefilling:
+            if o is s or o.job is None or o.job.order > job.order:
+                continue
+            if common_prefix(o.job.prompt, job.prompt, cap) >= have + MIN_SHARE:
+                return True
+        return False
+
+    # ---- KV bookkeeping --------------------------------------------------------------------------
+    def _make_room(self, s: Slot) -> bool:
+        """The sequence filled its context: shift it (Ollama's keep + discard half), or finish."""
+        job = s.job
+        assert job is not None
+        if not (job.request.shift and self.can_shift) or job.spans:  # media never shift (as in llama-server)
+            self._finish(s, "length")
+            return False
+        keep = max(0, job.request.num_keep)
+        if self._bos is not None and s.cached and s.cached[0] == self._bos:
+            keep += 1
+        # Cells shared with another sequence must not move: an idle one gives them up, a busy one
+        # keeps them in place by widening what this shift keeps.
+        for oid, k in list(s.shares.items()):
+            o = self._slots[oid]
+            if k > keep and o.job is None:
+                self._truncate(o, keep)
+        keep = max([keep, *(k for oid, k in s.shares.items() if self._slots[oid].job is not None)])
+        n = len(s.cached)
+        discard = (n - keep) // 2
+        if keep >= n - 1 or discard <= 0:
+            self._finish(s, "length")
+            return False
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._mem, s.id, keep, keep + discard)
+        lib.llama_memory_seq_add(self._mem, s.id, keep + discard, n, -discard)
+        s.cached = s.cached[:keep] + s.cached[keep + discard :]
+        s.reuse_limit = min(s.reuse_limit, keep)  # the shifted tail no longer matches a fresh evaluation
+        job.truncated = True
+        return True
+
