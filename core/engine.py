@@ -87,6 +87,8 @@ class Engine:
             load = msgspec.structs.replace(load, num_parallel=1)
         if spec.files.projector and (spec.has("vision") or spec.has("audio")):
             load = msgspec.structs.replace(load, projector=spec.files.projector)
+        if spec.files.draft and not spec.embedding_only:
+            load = msgspec.structs.replace(load, draft=spec.files.draft)
         return load, generation
 
     def _media_needs(self, images: list[bytes]) -> list[str]:

@@ -133,7 +133,7 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int]:
 
 
 def read_gguf_info(path: str | os.PathLike[str], *, max_kv_bytes: int = DEFAULT_MAX_KV_BYTES,
-                   keep_arrays: bool = True) -> GGUFInfo:
+                   keep_arrays: bool = True, keep: frozenset[str] = frozenset()) -> GGUFInfo:
     """Read and validate a GGUF header.
 
     Args:
@@ -142,13 +142,14 @@ def read_gguf_info(path: str | os.PathLike[str], *, max_kv_bytes: int = DEFAULT_
         keep_arrays: when False, arrays of more than 5 elements are validated and skipped (their
             value becomes a ``GGUFArray`` stub holding only type and length), which is much faster
             for 256k-token vocabularies.
+        keep: keys whose arrays are read even when ``keep_arrays`` is False.
 
     Raises:
         InvalidModelFileError: with a message naming the field that is wrong.
     """
     f, size = _open_regular(Path(path))
     with f:
-        return _parse(_Reader(f, size), size, max_kv_bytes, keep_arrays)
+        return _parse(_Reader(f, size), size, max_kv_bytes, keep_arrays, keep)
 
 
 class GGUFArray(msgspec.Struct, frozen=True):
@@ -158,7 +159,8 @@ class GGUFArray(msgspec.Struct, frozen=True):
     length: int
 
 
-def _parse(r: _Reader, size: int, max_kv_bytes: int, keep_arrays: bool) -> GGUFInfo:
+def _parse(r: _Reader, size: int, max_kv_bytes: int, keep_arrays: bool,
+           keep: frozenset[str] = frozenset()) -> GGUFInfo:
     if size < 4 or r.take(4, "the magic number") != MAGIC:
         raise InvalidModelFileError("not a GGUF file: bad magic number")
     version = r.u32("the version")
@@ -178,7 +180,7 @@ def _parse(r: _Reader, size: int, max_kv_bytes: int, keep_arrays: bool) -> GGUFI
     for i in range(n_kv):
         key = r.string(f"metadata key #{i}")
         vtype = r.u32(f"the type of {key}")
-        kv[key] = _value(r, vtype, key, keep_arrays)
+        kv[key] = _value(r, vtype, key, keep_arrays or key in keep)
         if r.pos - start > max_kv_bytes:
             raise InvalidModelFileError(f"invalid GGUF file: metadata is larger than {max_kv_bytes} bytes")
     alignment = kv.get("general.alignment", DEFAULT_ALIGNMENT)

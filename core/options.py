@@ -44,7 +44,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("num_thread", "int", 0, True, "CPU threads; 0 = backend decides"),
     Option("tensor_split", "list[float]", None, True,
            "share of the layers per GPU or RPC worker, in llama.cpp's device order; unset = by free memory"),
-    Option("draft_num_predict", "int", 0, True, "speculative draft tokens (accepted, unused)"),
+    Option("draft_num_predict", "int", None, True,
+           "tokens drafted per step for speculative decoding (0 turns it off): with a DRAFT model the "
+           "draft model's tokens, 4 by default; without one the most that prompt lookup (n-gram) "
+           "drafting guesses, adaptive up to 16 by default"),
     Option("num_keep", "int", 4, False, "prompt tokens kept on a context shift; -1 = whole prompt"),
     Option("seed", "int", -1, False, "sampling seed; -1 = random"),
     Option("num_predict", "int", -1, False, "tokens to generate; -1 = until a stop"),
@@ -78,6 +81,7 @@ _TYPE_WORDS = {"int": "integer", "float": "float", "bool": "boolean", "list[str]
 _MAX_CTX = 1 << 20  # no model is trained on more; a bigger request is a typo or an attack
 _MAX_STOPS, _MAX_STOP_LEN = 64, 1024
 _MAX_THREADS, _MAX_GPUS, _MAX_LAYERS = 1024, 64, 100_000
+MAX_DRAFT_TOKENS = 64  # draft_num_predict at most (each drafted token costs a row of logits)
 MIN_NUM_CTX = 4  # compat(ollama): a smaller context (from a request, a Modelfile or the config) becomes 4
 MAX_SPLIT = 16  # llama.cpp's split devices at most (llama_max_devices)
 
@@ -306,8 +310,14 @@ def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int
         embedding=embedding,
         adapters=tuple(adapters),
         tensor_split=tuple(opts.get("tensor_split") or ()),
+        draft_num_predict=_draft_tokens(opts),
         repack=not config.norepack,
     )
+
+
+def _draft_tokens(opts: Mapping[str, Any]) -> int:
+    value = _bounded(opts, "draft_num_predict", 0, MAX_DRAFT_TOKENS)
+    return -1 if value is None else int(value)  # -1: the backend's default
 
 
 def to_generation(opts: Mapping[str, Any], *, shift: bool = True, logprobs: bool = False,

@@ -64,7 +64,7 @@ class ModelFiles(Struct, frozen=True, kw_only=True):
     model: str | None = None  # the GGUF weights; None when the manifest names no (present) model blob
     projector: str | None = None  # multimodal projector (mmproj GGUF) from a projector layer
     adapters: tuple[str, ...] = ()  # LoRA adapter GGUFs, applied in order with scale 1.0
-    draft: str | None = None  # a draft model for speculative decoding (no store layer sets it yet)
+    draft: str | None = None  # a draft model for speculative decoding (Modelfile DRAFT, a draft layer)
 
 
 class ModelSpec(Struct, frozen=True, kw_only=True):

@@ -55,7 +55,11 @@ class LoadOptions(Struct, frozen=True, kw_only=True):
     use_mmap: bool | None = None  # None = backend default
     flash_attention: bool | None = None  # None = auto
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0
-    speculative: bool = True  # n-gram (prompt-lookup) drafting, verified in the batch
+    speculative: bool = True  # speculative decoding at all (CORRAL_SPECULATIVE), verified in the batch
+    # Tokens drafted per step (Ollama's draft_num_predict): 0 = no speculation, -1 = the default (4 with a
+    # draft model; adaptive prompt-lookup drafting up to 16 without one).
+    draft_num_predict: int = -1
+    draft: str = ""  # draft model GGUF path (Modelfile DRAFT): drafts with it beside the model
     embedding: bool = False  # load for embeddings (pooled output)
     adapters: tuple[str, ...] = ()  # LoRA GGUF paths, applied with scale 1.0
     projector: str = ""  # multimodal projector GGUF path (mmproj): images or audio in prompts

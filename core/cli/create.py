@@ -31,9 +31,10 @@ def _local_path(value: str, base: Path) -> Path | None:
     return None
 
 
-def build_request(model: str, modelfile: Path,
-                  quantize: str | None) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
+def build_request(model: str, modelfile: Path, quantize: str | None,
+                  draft_quantize: str | None = None) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     """The /api/create body and the local files (kind, path) to upload first, from a Modelfile."""
+    from corral.store.create import check_draft_path
     from corral.store.modelfile import parameters_of, parse_modelfile
 
     try:
@@ -48,7 +49,7 @@ def build_request(model: str, modelfile: Path,
     uploads: list[tuple[str, Path]] = []
     n_from = sum(1 for cmd in mf.commands if cmd.name == "from")
     for cmd in mf.commands:
-        if cmd.name in ("from", "adapter"):
+        if cmd.name in ("from", "adapter", "draft"):
             path = _local_path(cmd.value, base)
             if path is None and cmd.name == "from":
                 if n_from > 1:
@@ -63,6 +64,8 @@ def build_request(model: str, modelfile: Path,
             if path.is_dir():
                 raise ModelfileError(f"Modelfile line {cmd.line}: {cmd.value!r} is a directory; corral "
                                      "imports GGUF files only (convert safetensors to GGUF first)")
+            if cmd.name == "draft":
+                check_draft_path(path, [_local_path(c.value, base) for c in mf.all("from")], cmd.line)
             uploads.append((cmd.name, path))
         elif cmd.name in ("template", "system", "renderer", "parser", "requires"):
             body[cmd.name] = cmd.value
@@ -75,6 +78,8 @@ def build_request(model: str, modelfile: Path,
         body["parameters"] = params
     if quantize:
         body["quantize"] = quantize
+    if draft_quantize:
+        body["draft_quantize"] = draft_quantize
     return body, uploads
 
 
@@ -146,7 +151,7 @@ def events(client: Any, body: dict[str, Any],
             else:
                 yield ev
         yield from _upload(client, path, digest)
-        key = "files" if kind == "from" else "adapters"
+        key = {"from": "files", "adapter": "adapters", "draft": "draft_files"}[kind]
         body.setdefault(key, {})[path.name] = digest
     yield from client.stream("POST", "/api/create", {**body, "stream": True})
 
@@ -156,12 +161,14 @@ def create(
     file: Annotated[Path, typer.Option("--file", "-f", help="Modelfile to read.")] = Path("Modelfile"),
     quantize: Annotated[str | None, typer.Option(
         "--quantize", "-q", help="Quantize an F16/F32 model: q4_K_M, q4_K_S, q8_0.")] = None,
+    draft_quantize: Annotated[str | None, typer.Option(
+        "--draft-quantize", help="Quantize an F16/F32 DRAFT model: q4_K_M, q4_K_S, q8_0.")] = None,
 ) -> None:
     """Create a model from a Modelfile."""
     from corral.cli.common import connect
     from corral.cli.progress import follow
 
-    body, uploads = build_request(model, file, quantize)
+    body, uploads = build_request(model, file, quantize, draft_quantize)
     client = connect()
     stream = events(client, body, uploads)
     try:

@@ -16,6 +16,7 @@ from corral.names import parse_name
 from corral.prompts import gotemplate
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
+from corral.store.draft import vocab_problem
 from corral.store.layout import StoreLayout
 from corral.store.modelfile import ROLES, Modelfile, check_requires, merge_parameters, parameters_of
 from corral.store.records import CreateSpec, Progress
@@ -60,21 +61,28 @@ def _layer_progress(digest: str, created: bool) -> Progress:
 
 
 def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None = None, *,
-           quantizer: Quantizer | None = None) -> Iterator[Progress]:
+           quantizer: Quantizer | None = None, draft_quantize: str | None = None) -> Iterator[Progress]:
     """Build the layers, write the config and the manifest; yields Ollama's create statuses.
 
     ``FROM`` names are read through ``store.get`` (the ``Store`` imports the embedded default model
-    there); ``quantize`` needs ``quantizer``.
+    there); ``quantize`` and ``draft_quantize`` need ``quantizer``. A draft model (``draft_files``, or
+    the FROM model's) is stored as a draft layer when its vocabulary is the model's.
 
     Raises:
         InvalidModelNameError, InvalidRequestError, InvalidModelFileError, ModelNotFoundError.
     """
     target = parse_name(name)
     qlabel = _check_quantize(quantize)
+    dlabel = _check_quantize(draft_quantize)
     named = _check_names(spec)
     files = _check_files(spec.files, "model")
     adapters = _check_files(spec.adapters, "adapter")
-    for digest in [*files.values(), *adapters.values()]:
+    drafts = _check_files(spec.draft_files, "draft")
+    if len(drafts) > 1:
+        raise InvalidRequestError("a model takes one draft model: give DRAFT one GGUF file")
+    if dlabel and not drafts:
+        raise InvalidRequestError("draft_quantize requires a draft model (DRAFT, draft_files)")
+    for digest in [*files.values(), *adapters.values(), *drafts.values()]:
         if not store.has_blob(digest):
             raise InvalidRequestError(
                 f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
@@ -83,7 +91,7 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
     base: dict[str, Any] = {"params": {}, "template": None, "system": None, "messages": None, "license": None,
                             "config": {}}
     info: gguf.GGUFInfo | None = None
-    with store.pinned([*files.values(), *adapters.values()]):
+    with store.pinned([*files.values(), *adapters.values(), *drafts.values()]):
         if files:
             yield Progress("parsing GGUF")
             for fname, digest in files.items():
@@ -102,7 +110,8 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                                           "list them in files")
             parent = store.get(spec.from_)
             for layer in parent.manifest.layers:
-                if layer.media_type in (mf.MODEL, mf.PROJECTOR, mf.ADAPTER):
+                if layer.media_type in (mf.MODEL, mf.PROJECTOR, mf.ADAPTER) or \
+                        layer.media_type == mf.DRAFT and not drafts:  # a new DRAFT replaces the parent's
                     layers.append(mf.Layer(layer.media_type, layer.digest, layer.size,
                                            from_=layer.from_ or parent.name.full, name=layer.name))
             base = {"params": parent.params, "template": parent.template, "system": parent.system,
@@ -114,8 +123,12 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
         else:
             raise InvalidRequestError("neither from nor files was specified")
         with store.pinned([layer.digest for layer in layers]):
+            draft_config = yield from _draft_layer(store, drafts, layers)
             if qlabel:
-                info, layers = yield from _quantize(store, quantizer, info, layers, qlabel)
+                info, layers = yield from _quantize(store, quantizer, info, layers, qlabel, mf.MODEL)
+            if dlabel:
+                _, layers = yield from _quantize(store, quantizer, _read(store, _digest_of(layers, mf.DRAFT),
+                                                                         "draft"), layers, dlabel, mf.DRAFT)
             for fname, digest in adapters.items():
                 kind = _read(store, digest, fname).kv.get("general.type")
                 if kind != "adapter":  # llama.cpp would refuse it at every load; say so once, here
@@ -129,6 +142,7 @@ def create(store: StoreLayout, name: str, spec: CreateSpec, quantize: str | None
                 model_type=gguf.human_number(int(info.kv.get("general.parameter_count") or info.n_params)),
                 file_type=gguf.quantization(info), layer_digests=[layer.digest for layer in layers],
                 renderer=names["renderer"], parser=names["parser"], requires=names["requires"],
+                draft=draft_config,
             )
             cdigest, created = _put_bytes(store, config)
             yield _layer_progress(cdigest, created)
@@ -169,6 +183,33 @@ def _inherited(named: dict[str, str], parent_config: dict[str, Any]) -> dict[str
         value = named.get(field) or parent_config.get(field)
         out[field] = value if isinstance(value, str) else ""
     return out
+
+
+def _digest_of(layers: list[mf.Layer], media_type: str) -> str:
+    return next(layer.digest for layer in layers if layer.media_type == media_type)
+
+
+def _draft_layer(store: StoreLayout, drafts: dict[str, str],
+                 layers: list[mf.Layer]) -> Generator[Progress, None, dict[str, str] | None]:
+    """Add the draft layer for ``drafts`` (one GGUF) after checking it can draft for the model in
+    ``layers``; the config's ``draft`` entry (as Ollama writes it) for the draft layer, new or inherited."""
+    model = store.blob_path(_digest_of(layers, mf.MODEL))
+    for fname, digest in drafts.items():
+        dinfo = _read(store, digest, fname)
+        if dinfo.architecture == "clip" or dinfo.kv.get("general.type") == "adapter":
+            raise InvalidRequestError(f"draft {fname}: a draft must be a language model, not a projector or "
+                                      "an adapter")
+        problem = vocab_problem(model, store.blob_path(digest))
+        if problem:
+            raise InvalidRequestError(f"draft {fname} cannot draft for this model: {problem}; a draft model "
+                                      "must use the model's own tokenizer")
+        layers.append(mf.Layer(mf.DRAFT, digest, store.blob_path(digest).stat().st_size))
+        yield _layer_progress(digest, False)
+    draft = next((layer for layer in layers if layer.media_type == mf.DRAFT), None)
+    if draft is None:
+        return None
+    arch = _read(store, draft.digest, "draft").architecture
+    return {"model_format": "gguf", "architecture": arch}
 
 
 def _read(store: StoreLayout, digest: str, label: str) -> gguf.GGUFInfo:
@@ -216,16 +257,19 @@ def _text_layers(store: StoreLayout, spec: CreateSpec, base: dict[str, Any],
 
 
 def _quantize(store: StoreLayout, quantizer: Quantizer | None, info: gguf.GGUFInfo, layers: list[mf.Layer],
-              qlabel: str) -> Generator[Progress, None, tuple[gguf.GGUFInfo, list[mf.Layer]]]:
+              qlabel: str, media_type: str
+              ) -> Generator[Progress, None, tuple[gguf.GGUFInfo, list[mf.Layer]]]:
+    """Replace the ``media_type`` layer (the model, or the draft) by its quantized form."""
+    what = "draft model" if media_type == mf.DRAFT else "model"
     current = gguf.quantization(info)
     if current not in QUANTIZABLE:
         raise InvalidRequestError(f"quantization is only supported for F16, BF16 and F32 models; "
-                                  f"this model is {current}")
+                                  f"this {what} is {current}")
     if quantizer is None:
         raise InvalidRequestError("quantization needs a backend; none is available in this process")
-    model = next(i for i, layer in enumerate(layers) if layer.media_type == mf.MODEL)
+    model = next(i for i, layer in enumerate(layers) if layer.media_type == media_type)
     src = store.blob_path(layers[model].digest)
-    yield Progress(f"quantizing {current} model to {qlabel}", digest="0", total=src.stat().st_size,
+    yield Progress(f"quantizing {current} {what} to {qlabel}", digest="0", total=src.stat().st_size,
                    completed=0)
     tmp = _blobs.temp_path(store.blobs_dir, "quantize")
     try:
@@ -244,7 +288,7 @@ def _quantize(store: StoreLayout, quantizer: Quantizer | None, info: gguf.GGUFIn
     finally:
         tmp.unlink(missing_ok=True)
     yield _layer_progress(digest, created)
-    layers = [*layers[:model], mf.Layer(mf.MODEL, digest, size), *layers[model + 1 :]]
+    layers = [*layers[:model], mf.Layer(media_type, digest, size), *layers[model + 1 :]]
     return new_info, layers
 
 
@@ -279,6 +323,13 @@ def spec_from_modelfile(modelfile: Modelfile, base_dir: Path) -> tuple[CreateSpe
         digest = _hash_local(path, cmd.line)
         spec.adapters[path.name] = digest
         uploads[digest] = path
+    for cmd in modelfile.all("draft"):
+        path = _local_path(cmd.value, base_dir, must=True)
+        assert path is not None
+        check_draft_path(path, [_local_path(f.value, base_dir) for f in froms], cmd.line)
+        digest = _hash_local(path, cmd.line)
+        spec.draft_files[path.name] = digest
+        uploads[digest] = path
     if (c := modelfile.first("template")) is not None:
         spec.template = c.value
     if (c := modelfile.first("system")) is not None:
@@ -298,6 +349,14 @@ def spec_from_modelfile(modelfile: Modelfile, base_dir: Path) -> tuple[CreateSpe
 
         spec.messages = [msgspec.convert(m, Message) for m in msgs]
     return spec, uploads
+
+
+def check_draft_path(draft: Path, froms: list[Path | None], line: int) -> None:
+    """compat(ollama): DRAFT must not name the file FROM names (parser.rejectMatchingLocalPath)."""
+    for frm in froms:
+        if frm is not None and frm.exists() and draft.exists() and draft.resolve() == frm.resolve():
+            raise ModelfileError(f"Modelfile line {line}: DRAFT must not reference the same local path as "
+                                 f"FROM: {draft}")
 
 
 def _local_path(value: str, base_dir: Path, must: bool = False) -> Path | None:

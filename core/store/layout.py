@@ -160,6 +160,8 @@ class StoreLayout:
                 rec.adapters.append(path_)
             elif t == mf.PROJECTOR:
                 rec.projector = path_
+            elif t == mf.DRAFT:
+                rec.draft = path_
             elif t in (mf.TEMPLATE, mf.PROMPT):
                 rec.template = self.read_text(layer.digest)
             elif t == mf.SYSTEM:

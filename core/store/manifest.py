@@ -16,6 +16,7 @@ _P = "application/vnd.ollama.image."
 MODEL = _P + "model"
 PROJECTOR = _P + "projector"
 ADAPTER = _P + "adapter"
+DRAFT = _P + "draft"  # a draft model for speculative decoding (Ollama 2026)
 TEMPLATE = _P + "template"
 PROMPT = _P + "prompt"  # legacy name of the template layer
 SYSTEM = _P + "system"
@@ -100,8 +101,9 @@ def manifest_digest(data: bytes) -> str:
 
 def make_config(*, family: str, families: list[str], model_type: str, file_type: str,
                 layer_digests: list[str], extra: dict[str, Any] | None = None, renderer: str = "",
-                parser: str = "", requires: str = "") -> bytes:
-    """The config blob (Ollama's ``ConfigV2``), key order as Ollama writes it (empty names left out)."""
+                parser: str = "", requires: str = "", draft: dict[str, str] | None = None) -> bytes:
+    """The config blob (Ollama's ``ConfigV2``), key order as Ollama writes it (empty names left out);
+    ``draft`` describes the draft layer (``model_format``, ``architecture``)."""
     cfg: dict[str, Any] = {
         "model_format": "gguf",
         "model_family": family,
@@ -110,6 +112,8 @@ def make_config(*, family: str, families: list[str], model_type: str, file_type:
         "file_type": file_type,
     }
     cfg.update({k: v for k, v in (("renderer", renderer), ("parser", parser), ("requires", requires)) if v})
+    if draft:
+        cfg["draft"] = draft
     cfg |= {
         "architecture": "amd64",
         "os": "linux",

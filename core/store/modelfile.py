@@ -10,15 +10,15 @@ import msgspec
 
 from corral.errors import ModelfileError
 
-INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "license", "message", "requires",
-                "renderer", "parser")
+INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "draft", "license", "message",
+                "requires", "renderer", "parser")
 ROLES = ("system", "user", "assistant")
 MAX_VALUE = 8 * 1024 * 1024  # one instruction's value (a TEMPLATE block included)
 MAX_MODELFILE = 32 * 1024 * 1024
 
 # compat(ollama): api.Options field types; the value text is converted to these.
 _INT = {"num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat", "num_ctx", "num_batch",
-        "num_gpu", "main_gpu", "num_thread", "num_gqa"}
+        "num_gpu", "main_gpu", "num_thread", "num_gqa", "draft_num_predict"}
 _FLOAT = {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
           "frequency_penalty", "mirostat_tau", "mirostat_eta", "tfs_z"}
 _BOOL = {"use_mmap", "use_mlock", "numa", "low_vram", "f16_kv", "vocab_only", "penalize_newline",
@@ -27,9 +27,9 @@ _LIST = {"stop"}
 # Lower bounds that keep nonsense away from llama.cpp (None = no bound).
 _MIN: dict[str, float] = {"num_ctx": 1, "num_batch": 1, "num_predict": -2, "top_k": 0, "repeat_last_n": -1,
                           "num_keep": -1, "num_thread": 0, "temperature": 0, "top_p": 0, "min_p": 0,
-                          "typical_p": 0, "mirostat": 0, "num_gpu": -1, "main_gpu": 0}
+                          "typical_p": 0, "mirostat": 0, "num_gpu": -1, "main_gpu": 0, "draft_num_predict": 0}
 _MAX: dict[str, float] = {"num_ctx": 1 << 24, "num_batch": 1 << 20, "top_p": 1, "min_p": 1, "typical_p": 1,
-                          "mirostat": 2}
+                          "mirostat": 2, "draft_num_predict": 64}
 
 
 class Command(msgspec.Struct, frozen=True):

@@ -41,6 +41,7 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     model_digest: str | None = None
     adapters: list[Path] = msgspec.field(default_factory=list)
     projector: Path | None = None
+    draft: Path | None = None  # the draft model GGUF (Modelfile DRAFT), for speculative decoding
     template: str | None = None
     system: str | None = None
     params: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -84,6 +85,7 @@ class ShowInfo(msgspec.Struct, kw_only=True):
     capabilities: list[str]
     modified_at: dt.datetime
     projector_info: dict[str, Any] | None = None
+    draft_info: dict[str, Any] | None = None  # the draft model GGUF's metadata, as model_info
     tensors: list[dict[str, Any]] | None = None
     renderer: str = ""  # the built-in prompt renderer the config names (Modelfile RENDERER)
     parser: str = ""  # the built-in output parser (Modelfile PARSER)
@@ -93,13 +95,14 @@ class ShowInfo(msgspec.Struct, kw_only=True):
 class CreateSpec(msgspec.Struct, kw_only=True):
     """Ollama's ``/api/create`` fields (minus the name and quantize, passed separately).
 
-    ``files`` and ``adapters`` map a relative file name to a blob digest uploaded beforehand; the
-    server never opens a path a client names.
+    ``files``, ``adapters`` and ``draft_files`` map a relative file name to a blob digest uploaded
+    beforehand; the server never opens a path a client names.
     """
 
     from_: str | None = None
     files: dict[str, str] = msgspec.field(default_factory=dict)
     adapters: dict[str, str] = msgspec.field(default_factory=dict)
+    draft_files: dict[str, str] = msgspec.field(default_factory=dict)  # Modelfile DRAFT: one GGUF
     template: str | None = None
     system: str | None = None
     license: str | list[str] | None = None

@@ -6,8 +6,10 @@ import functools
 from pathlib import Path
 
 from corral import gguf
+from corral.errors import InvalidModelFileError
 from corral.prompts.capabilities import capabilities
 from corral.spec import GGUFFacts, ModelFiles, ModelSpec
+from corral.store.draft import vocab_problem
 from corral.store.records import ModelRecord
 
 
@@ -48,6 +50,7 @@ def model_spec(record: ModelRecord) -> ModelSpec:
             model=str(record.model_path) if record.model_path is not None else None,
             projector=str(record.projector) if record.projector is not None else None,
             adapters=tuple(str(p) for p in record.adapters),
+            draft=_draft(record),
         ),
         parameters=dict(record.params),
         template=record.template,
@@ -61,6 +64,20 @@ def model_spec(record: ModelRecord) -> ModelSpec:
         parser=_text(config.get("parser")),
         requires=_text(config.get("requires")),
     )
+
+
+def _draft(record: ModelRecord) -> str | None:
+    """The draft model's path, once it is known to share the model's vocabulary (a pulled model's draft
+    never went through create's check); a draft that cannot serve is a 400, never silently dropped."""
+    if record.draft is None or record.model_path is None:
+        return None
+    try:
+        problem = vocab_problem(record.model_path, record.draft)
+    except OSError:
+        problem = "its file is missing from the store; pull or create the model again"
+    if problem:
+        raise InvalidModelFileError(f'the draft model of "{record.display}" cannot draft for it: {problem}')
+    return str(record.draft)
 
 
 def _text(value: object) -> str:

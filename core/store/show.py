@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -65,13 +66,7 @@ def show(store: StoreLayout, record: ModelRecord, *, verbose: bool = False,
         details = gguf.details(info, parent_model(record))
     else:
         details = record.details
-    projector_info = None
-    if record.projector is not None and record.projector.is_file():
-        try:
-            pinfo = gguf.read_gguf_info(record.projector, keep_arrays=verbose)
-            projector_info = gguf.summarize(pinfo, verbose)
-        except InvalidModelFileError:
-            projector_info = None
+    projector_info, draft_info = _summary(record.projector, verbose), _summary(record.draft, verbose)
     tensors = None
     if verbose and info is not None:
         tensors = [{"name": t.name, "type": t.type_name, "shape": list(t.shape)} for t in info.tensors]
@@ -89,11 +84,22 @@ def show(store: StoreLayout, record: ModelRecord, *, verbose: bool = False,
                                   parser=_config_text(record, "parser")),
         modified_at=record.modified_at,
         projector_info=projector_info,
+        draft_info=draft_info,
         tensors=tensors,
         renderer=_config_text(record, "renderer"),
         parser=_config_text(record, "parser"),
         requires=_config_text(record, "requires"),
     )
+
+
+def _summary(path: Path | None, verbose: bool) -> dict[str, Any] | None:
+    """A side file's metadata (the projector, the draft model) as model_info reports the model's."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return gguf.summarize(gguf.read_gguf_info(path, keep_arrays=verbose), verbose)
+    except InvalidModelFileError:
+        return None
 
 
 def _config_text(record: ModelRecord, field: str) -> str:
@@ -131,6 +137,8 @@ def modelfile_text(store: StoreLayout, record: ModelRecord) -> str:
             out.append(f"{field.upper()} {value}")
     for adapter in record.adapters:
         out.append(f"ADAPTER {adapter}")
+    if record.draft is not None:
+        out.append(f"DRAFT {record.draft}")
     for key, value in record.params.items():
         for v in value if isinstance(value, list) else [value]:
             text = v if isinstance(v, str) else go_value(v)

@@ -97,8 +97,8 @@ class Store(StoreLayout):
         self.ensure_dirs()
         return _blobs.write_blob(self.blobs_dir, None, _blobs.file_chunks([path]))[0]
 
-    def create_from_modelfile(self, name: str, modelfile: Path,
-                              quantize: str | None = None) -> Iterator[Progress]:
+    def create_from_modelfile(self, name: str, modelfile: Path, quantize: str | None = None,
+                              draft_quantize: str | None = None) -> Iterator[Progress]:
         """Parse ``modelfile``, import the local files it names, and create ``name``."""
         parse_name(name)
         try:
@@ -114,7 +114,7 @@ class Store(StoreLayout):
                 if not self.has_blob(digest) and self.add_blob_file(local) != digest:
                     raise ModelfileError(f"{local.name} changed while it was being imported")
                 yield Progress(f"copying file {digest}", digest=digest, total=size, completed=size)
-            yield from self.create(name, spec, quantize)
+            yield from self.create(name, spec, quantize, draft_quantize)
 
     # ---- list / get ------------------------------------------------------------------------------
     def list(self) -> list[ModelRecord]:
@@ -218,9 +218,10 @@ class Store(StoreLayout):
              overrides: ShowOverrides = ShowOverrides()) -> ShowInfo:  # noqa: B008 (frozen, so safe)
         return show(self, self.get(name), verbose=verbose, overrides=overrides)
 
-    def create(self, name: str, spec: CreateSpec, quantize: str | None = None) -> Iterator[Progress]:
+    def create(self, name: str, spec: CreateSpec, quantize: str | None = None,
+               draft_quantize: str | None = None) -> Iterator[Progress]:
         """Create ``name`` from ``spec``; yields progress (blocking: run it in a thread on a server)."""
-        return create(self, name, spec, quantize, quantizer=self.quantizer)
+        return create(self, name, spec, quantize, quantizer=self.quantizer, draft_quantize=draft_quantize)
 
     def pull(self, name: str, *, insecure: bool = False) -> AsyncIterator[Progress]:
         return pull(self, name, insecure=insecure, transfer=self.transfer, downloads=self._downloads)

@@ -170,3 +170,22 @@ def test_create_refuses_unknown_renderer_parser_bad_requires(cli_env: LiveServer
         modelfile.write_text(f"FROM tiny\n{line}\n")
         r = invoke("create", "tiny-bad", "-f", str(modelfile))
         assert r.exit_code == 1 and message in r.stderr, r.output
+
+
+def test_create_with_a_draft_model(cli_env: LiveServer, tiny_model: str, tmp_path: Path,
+                                   tiny_gguf: Path) -> None:
+    """DRAFT uploads the draft's GGUF as draft_files; show prints it back; --draft-quantize is sent."""
+    (tmp_path / "m.gguf").write_bytes(tiny_gguf.read_bytes())
+    (tmp_path / "d.gguf").write_bytes(tiny_gguf.read_bytes())
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM ./m.gguf\nDRAFT ./d.gguf\nPARAMETER draft_num_predict 2\n")
+    r = invoke("create", "tiny-spec", "-f", str(modelfile))
+    assert r.exit_code == 0, r.output
+    show = cli_env.client.request("POST", "/api/show", {"model": "tiny-spec"})
+    assert any(line.startswith("DRAFT ") for line in show["modelfile"].splitlines())
+    assert "draft_num_predict" in show["parameters"]
+    r = invoke("create", "tiny-spec2", "-f", str(modelfile), "--draft-quantize", "q3")
+    assert r.exit_code == 1 and 'unsupported quantization type "q3"' in r.stderr, r.output
+    modelfile.write_text("FROM ./m.gguf\nDRAFT ./m.gguf\n")
+    r = invoke("create", "tiny-spec3", "-f", str(modelfile))
+    assert r.exit_code == 1 and "DRAFT must not reference the same local path as FROM" in r.stderr

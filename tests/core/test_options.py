@@ -121,9 +121,16 @@ def test_load_options_from_request_and_trained_cap() -> None:
     assert to_load_options({"num_ctx": 2}, Config()).num_ctx == 4  # compat: minimum 4
 
 
+def test_draft_num_predict_is_a_load_option() -> None:
+    assert to_load_options(merge_options(None, None), Config()).draft_num_predict == -1  # the default
+    assert to_load_options(merge_options({"draft_num_predict": 3}, None), Config()).draft_num_predict == 3
+    assert to_load_options(merge_options(None, {"draft_num_predict": 0}), Config()).draft_num_predict == 0
+
+
 @pytest.mark.parametrize("opts", [{"num_ctx": -1}, {"num_ctx": 1 << 30}, {"num_batch": 0},
                                   {"num_gpu": -2}, {"main_gpu": -1}, {"num_thread": -3},
-                                  {"num_thread": 100000}])
+                                  {"num_thread": 100000}, {"draft_num_predict": -1},
+                                  {"draft_num_predict": 65}])
 def test_load_bounds_are_400(opts) -> None:
     with pytest.raises(InvalidRequestError, match="must be between"):
         to_load_options(merge_options(None, opts), Config())

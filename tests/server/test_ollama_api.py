@@ -323,3 +323,30 @@ def test_native_tool_calls_and_thinking_shapes(client: TestClient[Any], harness:
     r = client.post("/api/chat", json={"model": "tiny-think", "think": "high", "stream": False,
                                        "messages": [{"role": "user", "content": "ok?"}]})
     assert r.json()["message"] == {"role": "assistant", "content": "Yes.", "thinking": "Short thought."}
+
+
+def test_create_with_a_draft_model(client: TestClient[Any], tiny_gguf: Any, tmp_path: Any) -> None:
+    """draft_files: stored as a draft layer and shown; one that cannot draft, or draft_quantize without a
+    draft, is a 400; draft_num_predict is an option with bounds."""
+    from corral.testing.tinymodel import DEFAULT_WORDS, write_tiny_gguf
+
+    digest = "sha256:" + hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    write_tiny_gguf(tmp_path / "other.gguf", vocab=[*DEFAULT_WORDS, "zebra", "quagga"])
+    other = (tmp_path / "other.gguf").read_bytes()
+    other_digest = "sha256:" + hashlib.sha256(other).hexdigest()
+    assert client.post(f"/api/blobs/{other_digest}", content=other).status_code == 201
+    r = client.post("/api/create", json={"model": "spec", "files": {"t.gguf": digest},
+                                         "draft_files": {"d.gguf": digest}, "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}
+    show = client.post("/api/show", json={"model": "spec"}).json()
+    assert any(line.startswith("DRAFT ") for line in show["modelfile"].splitlines())
+    assert show["draft_info"]["general.architecture"] == "llama"
+    r = client.post("/api/create", json={"model": "bad", "files": {"t.gguf": digest},
+                                         "draft_files": {"o.gguf": other_digest}, "stream": False})
+    assert r.status_code == 400 and "cannot draft for this model" in r.json()["error"]
+    r = client.post("/api/create", json={"model": "bad", "from": "spec", "draft_quantize": "q8_0",
+                                         "stream": False})
+    assert r.status_code == 400 and "draft_quantize requires a draft model" in r.json()["error"]
+    r = client.post("/api/generate", json={"model": "spec", "prompt": "hi", "stream": False,
+                                           "options": {"draft_num_predict": 65}})
+    assert r.status_code == 400 and "draft_num_predict" in r.json()["error"]

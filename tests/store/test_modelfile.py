@@ -49,7 +49,7 @@ def test_full_syntax() -> None:
     ("", "Modelfile has no FROM line"),
     ("# only a comment\nSYSTEM hi", "Modelfile has no FROM line"),
     ("FROM a\nFOO bar", 'Modelfile line 2: unknown instruction "FOO"; must be one of FROM, PARAMETER, '
-                        "TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE, REQUIRES, RENDERER, PARSER"),
+                        "TEMPLATE, SYSTEM, ADAPTER, DRAFT, LICENSE, MESSAGE, REQUIRES, RENDERER, PARSER"),
     ("FROM a\nPARAMETER", "Modelfile line 2: PARAMETER needs a parameter name and a value"),
     ("FROM a\nMESSAGE", "Modelfile line 2: MESSAGE needs a role and a message"),
     ("FROM a\nPARAMETER stop", "Modelfile line 2: missing value"),

@@ -183,7 +183,7 @@ async def show(request: Req, data: JSONBody[W.ShowRequest]) -> W.ShowResponse:
         model_info=info.model_info or {}, modelfile=info.modelfile, parameters=info.parameters,
         template=info.template, system=info.system, license=info.license, details=_details(info.details),
         messages=[_wire_message(m) for m in info.messages] or None, capabilities=info.capabilities or None,
-        projector_info=info.projector_info, tensors=info.tensors,
+        projector_info=info.projector_info, draft_info=info.draft_info, tensors=info.tensors,
         modified_at=common.rfc3339(info.modified_at), renderer=info.renderer, parser=info.parser,
         requires=info.requires)
 
@@ -248,10 +248,11 @@ async def create(request: Req, data: JSONBody[W.CreateRequest]) -> Response[W.Pr
                       template=data.template, system=data.system, license=data.license,
                       parameters=data.parameters, messages=[convert.message(m) for m in data.messages]
                       if data.messages is not None else None, renderer=data.renderer, parser=data.parser,
-                      requires=data.requires)
+                      requires=data.requires, draft_files=dict(data.draft_files or {}))
     store = services(request).store
     quantize = data.quantize or data.quantization
-    return await _progress(thread_iter(lambda: store.create(name, spec, quantize)), data.stream)
+    return await _progress(thread_iter(lambda: store.create(name, spec, quantize, data.draft_quantize)),
+                           data.stream)
 
 
 @head("/api/blobs/{digest:str}", operation_id="blob_exists", tags=["ollama"])

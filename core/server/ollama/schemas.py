@@ -199,6 +199,8 @@ class CreateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     messages: list[ChatMessage] | None = None
     quantize: str | None = None
     quantization: str | None = None
+    draft_files: dict[str, str] | None = None  # Modelfile DRAFT: the draft model's GGUF, uploaded as a blob
+    draft_quantize: str | None = None
     renderer: str | None = None
     parser: str | None = None
     requires: str | None = None
@@ -333,6 +335,7 @@ class ShowResponse(Struct, kw_only=True, omit_defaults=True):
     messages: list[ChatMessage] | None = None
     capabilities: list[str] | None = None
     projector_info: dict[str, Any] | None = None  # the projector GGUF's metadata, as model_info
+    draft_info: dict[str, Any] | None = None  # the draft model GGUF's metadata (Modelfile DRAFT)
     tensors: list[dict[str, Any]] | None = None
     modified_at: str = ""
     renderer: str = ""
