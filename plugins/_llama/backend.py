@@ -22,6 +22,7 @@ from corral.types import (
     EmbeddingResult,
     GenerationRequest,
     LoadOptions,
+    MemoryUsage,
     ModelHandle,
     RerankResult,
     TokenEvent,
@@ -49,6 +50,7 @@ class _NativeModel:
     model: Any  # LlamaModel
     projector: Any = None  # Projector (libmtmd), when the model has one
     batcher: Any = None  # Batcher, unless loaded for embeddings only
+    draft: Any = None  # LlamaModel of the draft model (Modelfile DRAFT), drafting beside the batcher's
     embedder: Any = None  # Embedder, created on the first embed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,8 +122,12 @@ class LlamaBackend:
                     entry.projector = Projector(model, options.projector, options)
                     info = msgspec.structs.replace(info, vision=entry.projector.vision,
                                                    audio=entry.projector.audio)
+                if options.draft and options.speculative and options.draft_num_predict != 0:
+                    # The draft shares the model's placement; LoRA, tensor split and projector are not its.
+                    entry.draft = LlamaModel(native, options.draft, msgspec.structs.replace(
+                        options, adapters=(), tensor_split=(), projector="", draft=""))
                 # The batcher applies LoRA to its context and runs the projector's encoder thread.
-                entry.batcher = Batcher(native, model, options, entry.projector)
+                entry.batcher = Batcher(native, model, options, entry.projector, entry.draft)
                 info = msgspec.structs.replace(info, n_ctx=int(entry.batcher.n_ctx_seq),
                                                can_shift=bool(entry.batcher.can_shift))
             else:
@@ -131,7 +137,7 @@ class LlamaBackend:
             self._close(entry)
             raise
         handle = ModelHandle(id=uuid.uuid4().hex, backend=self.name, path=str(path), options=options,
-                             info=info, memory=model.memory(),
+                             info=info, memory=_memory(model, entry.draft),
                              devices=tuple(d.name for d in native.devices()))
         with self._lock:
             self._models[handle.id] = entry
@@ -208,6 +214,8 @@ class LlamaBackend:
             entry.projector.free()
         if entry.embedder is not None:
             entry.embedder.close()
+        if entry.draft is not None:
+            entry.draft.free()
         entry.model.free()
 
     @hookimpl
@@ -225,6 +233,15 @@ class LlamaBackend:
 
         return start_server(self.native(), endpoint, cache_dir=cache_dir, threads=threads,
                             memory_limit=memory_limit)
+
+
+def _memory(model: Any, draft: Any) -> MemoryUsage:
+    """The weights' memory, the draft model's included."""
+    mem = model.memory()
+    if draft is None:
+        return mem
+    extra = draft.memory()
+    return MemoryUsage(total=mem.total + extra.total, vram=mem.vram + extra.vram)
 
 
 def build_version(lib_dir: Path) -> str:

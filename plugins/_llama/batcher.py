@@ -21,9 +21,10 @@ from corral.errors import (
 from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
 from .context import new_context
+from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
 from .mediasteps import MediaSteps, span_at
-from .ngram import NgramDrafter
+from .ngram import MAX_DRAFT, NgramDrafter
 from .sampling import SamplerChain, logprobs_from_logits
 from .slots import (
     CONTEXT_LENGTH_MESSAGE,
@@ -43,14 +44,30 @@ __all__ = ["Batcher"]
 class Batcher(StepPlanner, Speculation):
     """Serves many concurrent ``submit`` calls by decoding their sequences together in one batch."""
 
-    def __init__(self, native: Any, model: Any, options: LoadOptions, projector: Any = None) -> None:
+    def __init__(self, native: Any, model: Any, options: LoadOptions, projector: Any = None,
+                 draft: Any = None) -> None:
         self._native = native
         self._ffi, self._lib = ffi, lib = native.ffi, native.lib
         self._model = model
         self._vocab = model.vocab
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         n_par = max(1, int(options.num_parallel))
-        self._ctx = ctx = new_context(native, model, options)
+        # Speculation (draft_num_predict tokens per step; 0 turns it off): prompt lookup always, and the
+        # draft model (``draft``, a LlamaModel with this model's vocabulary) when the model has one.
+        n_draft = int(options.draft_num_predict)
+        self._speculative = bool(options.speculative) and n_draft != 0
+        self._lookup_max = n_draft if n_draft > 0 else MAX_DRAFT
+        self._draft_model: DraftModel | None = None
+        if draft is not None and self._speculative:
+            self._draft_model = DraftModel(native, draft, self.n_vocab, options,
+                                           n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS)
+        longest = max(self._lookup_max, self._draft_model.n_tokens if self._draft_model else 0)
+        try:
+            self._ctx = ctx = new_context(native, model, options, 1 + longest if self._speculative else 1)
+        except BaseException:
+            if self._draft_model is not None:
+                self._draft_model.close()
+            raise
         self._mem = lib.llama_get_memory(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
         self.n_ctx_seq = max(32, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
@@ -76,7 +93,6 @@ class Batcher(StepPlanner, Speculation):
         self._freed = False
         self._clock = StepClock(self.n_batch)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
-        self._speculative = bool(options.speculative)
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         # Prompts with images or audio: the projector's encoder thread and an embedding batch.
         self._media = None if projector is None else MediaSteps(native, projector, self.n_batch, self._wake)
@@ -116,7 +132,7 @@ class Batcher(StepPlanner, Speculation):
                                    guide=guide)
             sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
-            drafter = NgramDrafter(prompt) if self._speculative else None
+            drafter = NgramDrafter(prompt, self._lookup_max) if self._speculative else None
             with self._cond:
                 if self._closed:
                     raise GenerationCancelledError("the model is being unloaded; retry the request")
@@ -257,11 +273,9 @@ class Batcher(StepPlanner, Speculation):
             raise BackendError("internal error: batch larger than n_batch")
         t0 = time.perf_counter()
         rc = self._lib.llama_decode(self._ctx, self._batch[0])
-        dt = time.perf_counter() - t0
         if rc != 0:
             self._decode_failed(plan, rc)
             return
-        self._clock.learn(dt, n_prompt, sum(1 for _, st, _ in plan if st == -1))
         self._prompt_cap = self.n_batch
         for s, start, n in plan:
             job = s.job
@@ -277,6 +291,10 @@ class Batcher(StepPlanner, Speculation):
                 s.cached.extend(job.prompt[start : start + n])
             if exact:
                 s.reuse_limit = len(s.cached)
+        if n_prompt and self._draft_model is not None:
+            self._mirror([s for s, start, _ in plan if start >= 0])
+        # The step's cost as the clock sees it includes the draft model's share of the prompt chunks.
+        self._clock.learn(time.perf_counter() - t0, n_prompt, sum(1 for _, st, _ in plan if st == -1))
         now = time.perf_counter_ns()
         for s, row, n in outputs:
             if n == 1:
@@ -423,3 +441,5 @@ class Batcher(StepPlanner, Speculation):
         self._lib.llama_batch_free(self._batch[0])
         self._lib.llama_free(self._ctx)
         self._ctx = self._ffi.NULL
+        if self._draft_model is not None:
+            self._draft_model.close()

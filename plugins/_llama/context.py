@@ -7,7 +7,6 @@ from typing import Any
 from corral.errors import BackendError
 from corral.types import LoadOptions
 
-from .ngram import MAX_DRAFT
 from .slots import default_threads
 
 __all__ = ["KV_TYPES", "new_context"]
@@ -16,9 +15,10 @@ __all__ = ["KV_TYPES", "new_context"]
 KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
 
 
-def new_context(native: Any, model: Any, options: LoadOptions) -> Any:
+def new_context(native: Any, model: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
     """A ``llama_context*`` for ``options.num_parallel`` sequences of ``options.num_ctx`` each, with the
-    model's LoRA adapters applied; the caller frees it with ``llama_free``."""
+    model's LoRA adapters applied, returning at most ``outputs_per_seq`` rows of logits per sequence and
+    step; the caller frees it with ``llama_free``."""
     ffi, lib = native.ffi, native.lib
     n_par = max(1, int(options.num_parallel))
     cp = lib.llama_context_default_params()
@@ -30,7 +30,7 @@ def new_context(native: Any, model: Any, options: LoadOptions) -> Any:
     cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
     # One row of logits per sequence per step (a vocabulary can be 262k wide), plus one per draft token
     # while speculating.
-    cp.n_outputs_max = n_par * (1 + MAX_DRAFT) if options.speculative else n_par
+    cp.n_outputs_max = n_par * max(1, outputs_per_seq)
     threads = int(options.num_thread) or default_threads()
     cp.n_threads = cp.n_threads_batch = threads
     cp.no_perf = True

@@ -7,7 +7,7 @@ __all__ = ["NgramDrafter"]
 # Longest n-gram first: a longer match predicts its continuation better; the shortest still finds
 # the places where an answer starts copying its input.
 NGRAM_SIZES = (4, 3)
-MAX_DRAFT = 16  # tokens per draft, at most (each costs a row of logits when it is verified)
+MAX_DRAFT = 16  # tokens per draft by default (each costs a row of logits when it is verified)
 FIRST_DRAFT = 4
 COOLDOWN_START = 8  # tokens without drafting after drafts keep failing; doubles while they do
 COOLDOWN_MAX = 512
@@ -23,16 +23,17 @@ class NgramDrafter:
     pays for a verification.
     """
 
-    __slots__ = ("history", "_index", "_indexed", "k", "_misses", "_cooldown", "_resume", "drafted",
-                 "accepted")
+    __slots__ = ("history", "_index", "_indexed", "k", "max_k", "_misses", "_cooldown", "_resume",
+                 "drafted", "accepted")
 
-    def __init__(self, prompt: list[int]) -> None:
+    def __init__(self, prompt: list[int], max_draft: int = MAX_DRAFT) -> None:
         self.history = list(prompt)
         # (n-gram) -> index of the token that followed its latest occurrence, for every occurrence
         # that ends before the last token (the last one is the n-gram being looked up)
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed = 0
-        self.k = FIRST_DRAFT
+        self.max_k = max(1, max_draft)  # draft_num_predict, when the request's model sets it
+        self.k = min(FIRST_DRAFT, self.max_k)
         self._misses = 0
         self._cooldown = COOLDOWN_START
         self._resume = 0  # len(history) from which drafting may start again
@@ -79,9 +80,9 @@ class NgramDrafter:
         self.drafted += drafted
         self.accepted += accepted
         if accepted == drafted:
-            self.k = min(MAX_DRAFT, self.k * 2)
+            self.k = min(self.max_k, self.k * 2)
         else:
-            self.k = max(2, accepted + 1)
+            self.k = min(self.max_k, max(2, accepted + 1))
         if accepted:
             self._misses = 0
             self._cooldown = COOLDOWN_START

@@ -69,7 +69,7 @@ class Job:
     __slots__ = (
         "request", "cancel", "out", "sampler", "prompt", "truncated", "order", "limit",
         "t_admit", "t_first", "t_last", "cached_tokens", "n_gen", "decoder", "stopper", "done", "spans",
-        "drafter",
+        "drafter", "drafted", "accepted",
     )
 
     def __init__(self, request: GenerationRequest, cancel: CancelToken, sampler: SamplerChain,
@@ -93,7 +93,9 @@ class Job:
         self.done = False
         # Images or audio in the prompt (MediaSpan, in order); their rows carry negative media keys.
         self.spans: list[Any] = spans or []
-        self.drafter = drafter  # prompt-lookup speculation (None: off)
+        self.drafter = drafter  # prompt-lookup speculation (None: no speculation at all)
+        self.drafted = 0  # tokens guessed (by prompt lookup or a draft model) and verified
+        self.accepted = 0  # of those, the ones the model agreed with
 
     def final_event(self, reason: str) -> TokenEvent:
         """The last event of the stream: held-back text, ``reason`` and the counts and timings."""
@@ -108,8 +110,8 @@ class Job:
             eval_count=self.n_gen,
             eval_ns=max(0, self.t_last - self.t_first) if self.t_first else 0,
             truncated=self.truncated,
-            draft_tokens=self.drafter.drafted if self.drafter else 0,
-            draft_accepted=self.drafter.accepted if self.drafter else 0,
+            draft_tokens=self.drafted,
+            draft_accepted=self.accepted,
         )
         return TokenEvent(token=-1, text=text, finish_reason=reason, stats=stats,
                           stop_string=self.stopper.matched or "")
@@ -125,7 +127,7 @@ class Slot:
     """
 
     __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm",
-                 "draft")
+                 "draft", "draft_by_model")
 
     def __init__(self, seq_id: int) -> None:
         self.id = seq_id
@@ -140,6 +142,7 @@ class Slot:
         # so the next turn (which starts with it) finds it cached. Dropped when a job takes the slot.
         self.warm: list[int] = []
         self.draft: list[int] = []  # tokens guessed to follow last_token, in this step's batch
+        self.draft_by_model = False  # the draft came from the draft model, not from prompt lookup
 
     @property
     def reusable(self) -> list[int]:

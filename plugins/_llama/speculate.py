@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .draftmodel import DraftModel
 from .slots import Slot
 
 __all__ = ["Speculation"]
@@ -12,10 +13,14 @@ __all__ = ["Speculation"]
 
 class Speculation:
     """Mixed into ``Batcher``: drafting and verification, in terms of the loop's own steps
-    (``_draw`` samples a row, ``_emit`` hands a token to its request, ``_truncate`` drops KV)."""
+    (``_draw`` samples a row, ``_emit`` hands a token to its request, ``_truncate`` drops KV).
+
+    A sequence drafts by prompt lookup first (free: an n-gram of its context repeats), else with the
+    model's draft model when it has one (``_draft_model``), as llama-server chains its drafters."""
 
     n_batch: int
     n_ctx_seq: int
+    _draft_model: DraftModel | None
     _draw: Any
     _emit: Any
     _truncate: Any
@@ -24,20 +29,49 @@ class Speculation:
         """Set ``s.draft`` of every generating sequence: tokens guessed to follow ``s.last_token``,
         verified in this step's batch with it. The batch keeps a row for every sequence's decode token."""
         room = self.n_batch - len(gen)
+        wants: list[tuple[int, list[int], int, int]] = []
+        by_id: dict[int, Slot] = {}
         for s in gen:
-            s.draft = self._draft(s, room)
+            s.draft, s.draft_by_model = [], False
+            limit = self._draft_limit(s, room)
+            if limit <= 0:
+                continue
+            job = s.job
+            assert job is not None and job.drafter is not None
+            s.draft = job.drafter.propose(limit)
+            if not s.draft and self._uses_draft_model(s):
+                assert self._draft_model is not None
+                n = min(limit, self._draft_model.n_tokens)
+                wants.append((s.id, s.cached, s.last_token, n))
+                by_id[s.id] = s
+                room -= n
             room -= len(s.draft)
+        if wants:
+            assert self._draft_model is not None
+            for seq, draft in self._draft_model.draft(wants).items():
+                by_id[seq].draft, by_id[seq].draft_by_model = draft, True
 
-    def _draft(self, s: Slot, room: int) -> list[int]:
+    def _draft_limit(self, s: Slot, room: int) -> int:
         job = s.job
         assert job is not None
         if job.drafter is None:
-            return []
+            return 0
         # Never past num_predict or the context: speculation must not change where a request ends.
-        limit = min(room, job.limit - job.n_gen - 1, self.n_ctx_seq - len(s.cached) - 2)
-        if limit <= 0:
-            return []
-        return job.drafter.propose(limit)
+        return min(room, job.limit - job.n_gen - 1, self.n_ctx_seq - len(s.cached) - 2)
+
+    def _uses_draft_model(self, s: Slot) -> bool:
+        """Whether ``s`` drafts with the draft model: it has one, and the prompt has no images or audio
+        (their rows are the target's projector's, which a draft model cannot read)."""
+        job = s.job
+        return self._draft_model is not None and job is not None and job.drafter is not None and not job.spans
+
+    def _mirror(self, slots: list[Slot]) -> None:
+        """After the target evaluated prompt chunks of ``slots``: the draft model evaluates them too, in
+        the same step, so the first draft does not wait for a whole prompt."""
+        if self._draft_model is not None:
+            wants = [(s.id, s.cached) for s in slots if self._uses_draft_model(s)]
+            if wants:
+                self._draft_model.sync(wants)
 
     def _verify(self, s: Slot, row0: int, n: int, now: int) -> None:
         """Sample the rows of a drafted step in order, as plain decoding would have sampled them one
@@ -61,7 +95,10 @@ class Speculation:
                 accepted += 1
                 continue
             break
-        job.drafter.verified(len(draft), accepted)
+        job.drafted += len(draft)
+        job.accepted += accepted
+        if not s.draft_by_model:
+            job.drafter.verified(len(draft), accepted)  # prompt lookup adapts to its own record
         job.drafter.extend(emitted)
         keep = base + accepted
         if len(s.cached) > keep:  # the refused guesses leave the cache

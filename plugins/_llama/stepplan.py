@@ -44,6 +44,7 @@ class StepPlanner:
     _truncate: Any
     _copy: Any
     _drafts: Any
+    _draft_model: Any
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
@@ -174,6 +175,8 @@ class StepPlanner:
         lib = self._lib
         lib.llama_memory_seq_rm(self._mem, s.id, keep, keep + discard)
         lib.llama_memory_seq_add(self._mem, s.id, keep + discard, n, -discard)
+        if self._draft_model is not None:
+            self._draft_model.shift(s.id, keep, discard)
         s.cached = s.cached[:keep] + s.cached[keep + discard :]
         s.reuse_limit = min(s.reuse_limit, keep)  # the shifted tail no longer matches a fresh evaluation
         job.truncated = True
