@@ -325,6 +325,7 @@ def test_native_tool_calls_and_thinking_shapes(client: TestClient[Any], harness:
     assert r.json()["message"] == {"role": "assistant", "content": "Yes.", "thinking": "Short thought."}
 
 
+@pytest.mark.fields("ollama.CreateRequest.draft_files", "ollama.CreateRequest.draft_quantize")
 def test_create_with_a_draft_model(client: TestClient[Any], tiny_gguf: Any, tmp_path: Any) -> None:
     """draft_files: stored as a draft layer and shown; one that cannot draft, or draft_quantize without a
     draft, is a 400; draft_num_predict is an option with bounds."""
