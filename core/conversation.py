@@ -27,6 +27,9 @@ class Message(Struct, kw_only=True):
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     tool_name: str = ""
     tool_call_id: str = ""
+    # A further content part of the previous message as the client sent it (the OpenAI API's parts
+    # become messages of their own, as in Ollama): history truncation keeps or drops them together.
+    continues: bool = False
 
 
 class Tool(Struct, kw_only=True):

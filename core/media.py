@@ -55,6 +55,8 @@ def inspect_media(data: bytes, limits: MediaLimits = MediaLimits(), what: str = 
     if info is None:
         raise _fail(what, "is not a PNG, JPEG, GIF or BMP image (nor WAV, MP3 or FLAC audio)")
     if info.kind == "image":
+        if info.format not in IMAGE_FORMATS:  # known by its header, but no decoder here reads it
+            raise _fail(what, f"is {info.format.upper()}; send PNG, JPEG, GIF or BMP")
         if info.width <= 0 or info.height <= 0:
             raise _fail(what, f"is a damaged {info.format.upper()}: its header has no valid size")
         if info.width * info.height > limits.max_pixels:

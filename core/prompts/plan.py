@@ -327,9 +327,15 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     if count_tokens is not None and num_ctx is not None and len(msgs) > 1:
         fitted = fitting(0)  # the common case first: the whole conversation fits
         if fitted is None:
+            # The client's last message is kept whole, even split into parts: dropping some of its
+            # images or text would answer a question that was not asked (the backend 400s instead).
             start = len(msgs) - 1
+            while start > 0 and msgs[start].continues:
+                start -= 1
             # walk back from the last message and keep every older one that still fits
-            for i in range(len(msgs) - 2, -1, -1):
+            for i in range(start - 1, -1, -1):
+                if msgs[i].continues:
+                    continue  # a window starts at a client message's first part, never inside one
                 older = fitting(i)
                 if older is None:
                     break

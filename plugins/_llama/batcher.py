@@ -122,7 +122,8 @@ class Batcher(StepPlanner, Speculation):
         sampler = None
         try:
             if spans and len(prompt) >= self.n_ctx_seq:  # an image is never cut in half to fit
-                raise ContextLengthError(CONTEXT_LENGTH_MESSAGE)
+                raise ContextLengthError(f"{CONTEXT_LENGTH_MESSAGE} (the prompt has {len(prompt)} tokens "
+                                         f"with its media, and the context holds {self.n_ctx_seq})")
             prompt, truncated = fit_prompt(prompt, self.n_ctx_seq, request.num_keep, request.shift, self._bos)
             # A schema compiles with llguidance here, in the request's own thread (never the event
             # loop, never the batching loop); where it cannot, its GBNF form runs on llama.cpp's sampler.

@@ -209,3 +209,59 @@ def test_bad_images_get_a_clear_4xx_and_the_server_keeps_serving(vision_served: 
         r = http.post("/api/generate", json={"model": "tiny-vision", "prompt": "what is this",
                                              "stream": False, "images": [_b64(red)], "options": OPTS})
         assert r.status_code == 200 and r.json()["eval_count"] == N
+
+
+def test_images_beyond_the_context_get_a_400_on_every_api(vision_served: Served, sample_images,
+                                                          tiny_projector) -> None:
+    """Each image takes its tokens whole (never cut to fit): too many for num_ctx is the context 400, streamed
+    or not, and the model keeps serving."""
+    red = sample_images["red"]
+    n = 512 // tiny_projector.n_image_tokens  # the served context is 512: these fill it before any text
+    with httpx.Client(base_url=vision_served.url, timeout=120) as http:
+        for stream in (False, True):
+            r = http.post("/api/generate", json={"model": "tiny-vision", "prompt": "what is this",
+                                                 "stream": stream, "images": [_b64(red)] * n})
+            assert r.status_code == 400 and "longer than the context length" in r.json()["error"], r.text
+            r = http.post("/api/chat", json={"model": "tiny-vision", "stream": stream,
+                                             "options": {"num_ctx": 64},
+                                             "messages": [{"role": "user", "content": "what is this",
+                                                           "images": [_b64(red)] * 4}]})
+            assert r.status_code == 400 and "longer than the context length" in r.json()["error"], r.text
+    c = openai.OpenAI(base_url=vision_served.url + "/v1/", api_key="corral", max_retries=0)
+    # One message's parts become messages of their own (as in Ollama), but history truncation keeps
+    # them together: no image of the question is dropped to make it fit.
+    question = [{"role": "user", "content": [{"type": "text", "text": "what are these"},
+                                             *[{"type": "image_url", "image_url": {"url": _url(red)}}] * n]}]
+    with pytest.raises(openai.BadRequestError, match="longer than the context length"):
+        c.chat.completions.create(model="tiny-vision", max_tokens=2, messages=question)
+    with pytest.raises(openai.BadRequestError, match="longer than the context length"):
+        list(c.chat.completions.create(model="tiny-vision", max_tokens=2, stream=True, messages=question))
+    r = ollama.Client(host=vision_served.url).generate(model="tiny-vision", prompt="what is this",
+                                                        images=[red], options=OPTS)
+    assert r.eval_count == N
+
+
+def test_bad_image_urls_get_a_clear_400_from_the_openai_api(vision_served: Served, sample_images) -> None:
+    c = openai.OpenAI(base_url=vision_served.url + "/v1/", api_key="corral", max_retries=0)
+    red = sample_images["red"]
+
+    def ask(model: str, url: str) -> None:
+        c.chat.completions.create(model=model, max_tokens=2, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what is this"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}])
+
+    cases = [
+        ("tiny-vision", "data:image/png;base64,!!not base64!!", "not valid base64"),
+        ("tiny-vision", _url(b"definitely not an image"), "not a PNG, JPEG, GIF or BMP"),
+        ("tiny-vision", _url(red[: len(red) // 2]), "damaged"),
+        ("tiny-vision", _url(red[:16] + struct.pack(">II", 100_000, 100_000) + red[24:]), "pixels"),
+        ("tiny-vision", "data:image/webp;base64," + _b64(b"RIFF\x00\x00\x00\x00WEBPVP8 "), "send PNG, JPEG"),
+        ("tiny-vision", "ftp://127.0.0.1/x.png", "invalid image_url"),
+        ("tiny", _url(red), "does not support vision"),
+    ]
+    for model, url, message in cases:
+        with pytest.raises(openai.BadRequestError, match=message):
+            ask(model, url)
+    r = c.chat.completions.create(model="tiny-vision", max_tokens=N, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _url(red)}}]}])
+    assert r.usage is not None and r.usage.completion_tokens == N

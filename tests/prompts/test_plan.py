@@ -105,6 +105,27 @@ def test_history_truncation_keeps_system_and_last_message() -> None:
     assert "m9 " in tiny.text and "m8 " not in tiny.text and "S<|im_end|>" in tiny.text
 
 
+
+def test_truncation_keeps_a_message_split_into_parts_whole() -> None:
+    """The OpenAI API's content parts become messages of their own (as in Ollama); a window never starts
+    inside one client message, so none of the question's images or text is dropped unawares."""
+    history = [Message(role="user", content="old " * 20), Message(role="assistant", content="reply " * 20)]
+    image = Message(role="user", content="", images=[b"img"], continues=True)
+    closely = Message(role="user", content="closely", continues=True)
+    parts = [user("look at these"), image, image, image, closely]
+    spec = make_spec(template=CHATML)
+
+    def plan(num_ctx: int):
+        return plan_chat(spec, ChatJob(model="x", messages=[*history, *parts]), gguf_template=None,
+                         bos_token="", eos_token="", count_tokens=lambda text, bos: text.split(),
+                         num_ctx=num_ctx)
+
+    for num_ctx in (1, 100, 768 * 3 + 20):  # images count 768 tokens each here, as Ollama counts them
+        cut = plan(num_ctx)
+        assert cut.truncated and "old" not in cut.text
+        assert "look at these" in cut.text and "closely" in cut.text and len(cut.images) == 3
+    assert not plan(10_000).truncated
+
 def test_format_becomes_a_grammar() -> None:
     spec = make_spec(template=CHATML)
     assert chat(spec, messages=[user("a")]).grammar is None

@@ -212,7 +212,7 @@ def _messages(wire: list[S.RequestMessage], fetched: dict[str, bytes]) -> list[M
                 out.append(msgspec.structs.replace(base, images=[_audio(part)]))
             else:
                 raise InvalidRequestError(f"invalid content part type: {part.type!r}")
-            base = msgspec.structs.replace(base, tool_calls=[])  # attach calls once
+            base = msgspec.structs.replace(base, tool_calls=[], continues=True)  # attach calls once
     return out
 
 
