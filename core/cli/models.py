@@ -43,11 +43,26 @@ def _model_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     return [r for r in rows if r[1]]
 
 
+def _projector_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    pi = info.get("projector_info") or {}
+    if not pi:
+        return []
+    from corral.gguf import human_number  # gguf-py (and numpy) only for a model with a projector
+
+    arch = str(pi.get("general.architecture") or "")
+    count = pi.get("general.parameter_count")
+    rows = [("architecture", arch), ("parameters", human_number(int(count)) if count else ""),
+            ("embedding length", str(pi.get(f"{arch}.vision.embedding_length") or "")),
+            ("dimensions", str(pi.get(f"{arch}.vision.projection_dim") or ""))]
+    return [r for r in rows if r[1]]
+
+
 def render_show(info: dict[str, Any], *, verbose: bool = False) -> str:
-    """The default `corral show` text: Model, Capabilities, Parameters, System, License sections."""
+    """The default `corral show` text: Model, Capabilities, Projector, Parameters, System, License."""
     out = _section("Model", _model_rows(info))
     caps = info.get("capabilities") or []
     out += _section("Capabilities", [(c, "") for c in caps])
+    out += _section("Projector", _projector_rows(info))  # compat(ollama): as `ollama show` prints it
     lines = (info.get("parameters") or "").splitlines()
     params = [tuple(line.split(None, 1)) for line in lines if line.strip()]
     out += _section("Parameters", [(p[0], p[1] if len(p) > 1 else "") for p in params])

@@ -33,6 +33,9 @@ def vision_model(live_server: LiveServer, tiny_gguf: Path, tmp_path_factory: pyt
         assert r.exit_code == 0, r.output
         shown = runner.invoke(app, ["show", "tiny-vision"])
     assert "vision" in shown.stdout, shown.stdout
+    # compat(ollama): a Projector section as `ollama show` prints it, from the projector's own header
+    projector = shown.stdout.split("  Projector\n", 1)[1].split("\n\n", 1)[0].split()
+    assert projector[:2] == ["architecture", "clip"] and "dimensions" in " ".join(projector), shown.stdout
     return "tiny-vision"
 
 
