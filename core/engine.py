@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -21,6 +22,7 @@ from corral.jobs import (
     EmbedJob,
     EmbedOutput,
     GenerateJob,
+    LoadProgress,
     LogprobEntry,
     Metrics,
     RenderedPrompt,
@@ -124,16 +126,49 @@ class Engine:
         return tokens, media
 
     async def _load_only(self, spec: ModelSpec, load: LoadOptions, keep_alive: float | None,
-                         start: int) -> Chunk:
-        """Empty prompt / messages: load the model (or unload it with keep_alive 0)."""
+                         start: int, *, progress: bool) -> AsyncGenerator[Chunk, None]:
+        """Empty prompt / messages: load the model (or unload it with keep_alive 0). With ``progress``,
+        a chunk for each whole percent of the weights loaded comes first, if a load happens at all.
+
+        Nothing is sent before the backend reports the first weights loaded, so a request that fails
+        before (an unknown backend, a damaged file, a busy queue) still gets its HTTP status."""
         if keep_alive is not None and keep_alive <= 0:
             await self.scheduler.unload(spec)
-            return Chunk(done=True, done_reason="unload")
-        lease = await self.scheduler.acquire(spec, load, keep_alive)
+            yield Chunk(done=True, done_reason="unload")
+            return
+        if not progress:
+            lease = await self.scheduler.acquire(spec, load, keep_alive)
+        else:
+            fractions: asyncio.Queue[float] = asyncio.Queue()
+            acquiring = asyncio.ensure_future(self.scheduler.acquire(spec, load, keep_alive,
+                                                                     progress=fractions.put_nowait))
+            total = _file_size(spec.files.model)
+            got: Lease | None = None
+            try:
+                while True:
+                    waiting = asyncio.ensure_future(fractions.get())
+                    await asyncio.wait((acquiring, waiting), return_when=asyncio.FIRST_COMPLETED)
+                    seen = [waiting.result()] if waiting.done() else []
+                    waiting.cancel()
+                    while not fractions.empty():  # every report before the load ended gets its line
+                        seen.append(fractions.get_nowait())
+                    for fraction in seen:
+                        if 0.0 < fraction < 1.0:  # 0: nothing loaded yet; 1: the final chunk says it
+                            yield Chunk(loading=LoadProgress(completed=int(fraction * total), total=total))
+                    if acquiring.done():
+                        break
+                got = acquiring.result()
+            finally:
+                if got is None:  # the client went away mid-load, or the load failed
+                    acquiring.cancel()
+                    done = (await asyncio.gather(acquiring, return_exceptions=True))[0]
+                    if isinstance(done, Lease):  # it was ours just before the cancel took effect
+                        done.release()
+            lease = got
         lease.release()
-        return Chunk(done=True, done_reason="load",
-                     metrics=Metrics(total_duration=time.monotonic_ns() - start,
-                                     load_duration=lease.load_duration_ns))
+        yield Chunk(done=True, done_reason="load",
+                    metrics=Metrics(total_duration=time.monotonic_ns() - start,
+                                    load_duration=lease.load_duration_ns))
 
     async def _stream(self, lease: Lease, parser: StreamParser, request: GenerationRequest, start: int,
                       want_context: bool) -> AsyncGenerator[Chunk, None]:
@@ -197,7 +232,10 @@ class Engine:
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
                                          top_logprobs=job.top_logprobs, logit_bias=job.logit_bias)
         if not job.prompt and not job.suffix and not job.images:
-            yield await self._load_only(spec, load, job.keep_alive, start)
+            async with aclosing(self._load_only(spec, load, job.keep_alive, start,
+                                                progress=job.load_progress)) as loading:
+                async for chunk in loading:
+                    yield chunk
             return
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
@@ -221,7 +259,10 @@ class Engine:
         load, generation = self._options(spec, job.options, shift=job.shift, logprobs=job.logprobs,
                                          top_logprobs=job.top_logprobs, logit_bias=job.logit_bias)
         if not job.messages:
-            yield await self._load_only(spec, load, job.keep_alive, start)
+            async with aclosing(self._load_only(spec, load, job.keep_alive, start,
+                                                progress=job.load_progress)) as loading:
+                async for chunk in loading:
+                    yield chunk
             return
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
         try:
@@ -370,6 +411,14 @@ class Engine:
     async def shutdown(self, drain_timeout: float = 30.0) -> None:
         """Refuse new work, let in-flight requests finish, stop every runner."""
         await self.scheduler.shutdown(drain_timeout)
+
+
+def _file_size(path: str | None) -> int:
+    """The size of a model's weights file (the scheduler reports a missing one)."""
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
 
 
 def _wants(think: Think) -> bool:

@@ -109,6 +109,8 @@ class GenerateJob(Struct, kw_only=True):
     images: list[bytes] = msgspec.field(default_factory=list)
     grammar: str | None = None  # raw GBNF (llama.cpp's grammar sampler), instead of ``format``
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> bias, -100..100
+    # empty prompt / messages only: stream the model's load progress before the final chunk
+    load_progress: bool = False
 
     def __post_init__(self) -> None:
         if self.raw and (self.template or self.system or self.context):
@@ -144,6 +146,8 @@ class ChatJob(Struct, kw_only=True):
     think_if_supported: bool = False  # ``think`` applies only when the model can think (else: None)
     grammar: str | None = None  # raw GBNF (llama.cpp's grammar sampler), instead of ``format``
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> bias, -100..100
+    # empty prompt / messages only: stream the model's load progress before the final chunk
+    load_progress: bool = False
 
     def __post_init__(self) -> None:
         self.think = _think(self.think)
@@ -249,10 +253,18 @@ class Metrics(Struct, kw_only=True):
     thinking_count: int = 0  # generated tokens that were reasoning (inside the think block)
 
 
+class LoadProgress(Struct, frozen=True, kw_only=True):
+    """How far a model's load has got: ``completed`` of the ``total`` bytes of its weights file."""
+
+    completed: int
+    total: int
+
+
 class Chunk(Struct, kw_only=True):
     """One streamed piece of an answer. The last chunk has ``done=True`` with reason and metrics.
 
     ``done_reason``: "stop", "length", "load", "unload" (and the OpenAI layer derives "tool_calls").
+    A load-only job that asked for ``load_progress`` gets chunks with only ``loading`` set first.
     """
 
     content: str = ""
@@ -264,6 +276,7 @@ class Chunk(Struct, kw_only=True):
     metrics: Metrics | None = None
     context: list[int] | None = None  # generate only, final chunk, not for raw
     stop_string: str = ""  # final chunk: the stop string that ended the answer, if one did
+    loading: LoadProgress | None = None  # a progress chunk of a load-only job (nothing else is set)
 
 
 class LogprobEntry(Struct, kw_only=True):

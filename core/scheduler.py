@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -113,11 +113,16 @@ class Scheduler:
         self._pending = 0
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # digest -> the load-progress watchers of the requests waiting for that model
+        self._watchers: dict[str, set[Callable[[float], None]]] = {}
 
     # ---- acquiring ------------------------------------------------------------------------------
-    async def acquire(self, spec: ModelSpec, load_options: LoadOptions,
-                      keep_alive: float | None = None) -> Lease:
-        """A lease on ``spec``'s model loaded with ``load_options``; loads or reloads it if needed."""
+    async def acquire(self, spec: ModelSpec, load_options: LoadOptions, keep_alive: float | None = None,
+                      progress: Callable[[float], None] | None = None) -> Lease:
+        """A lease on ``spec``'s model loaded with ``load_options``; loads or reloads it if needed.
+
+        ``progress`` is called with the fraction loaded while that model loads, whichever request
+        started the load."""
         start = time.monotonic_ns()
         key = spec.digest
         if spec.files.model is None:
@@ -128,6 +133,8 @@ class Scheduler:
             raise ServerBusyError(BUSY)
         keep = self.config.keep_alive if keep_alive is None else keep_alive
         self._pending += 1
+        if progress is not None:
+            self._watchers.setdefault(key, set()).add(progress)
         try:
             while True:
                 m = self._models.get(key)
@@ -160,13 +167,25 @@ class Scheduler:
                     await self._load(spec, load_options, keep)
         finally:
             self._pending -= 1
+            if progress is not None:
+                watchers = self._watchers.get(key, set())
+                watchers.discard(progress)
+                if not watchers:
+                    self._watchers.pop(key, None)
+
+    def _report(self, key: str, fraction: float) -> None:
+        for watcher in list(self._watchers.get(key, ())):
+            try:
+                watcher(fraction)
+            except Exception:  # one request's broken watcher must not fail the load for all
+                log.exception("load progress watcher failed")
 
     async def _load(self, spec: ModelSpec, options: LoadOptions, keep: float) -> None:
         t0 = time.monotonic_ns()
         runner = self.runner_factory()
         try:
             await runner.start()
-            handle = await runner.load(spec, options)
+            handle = await runner.load(spec, options, progress=lambda f: self._report(spec.digest, f))
         except BaseException:
             await _quietly(runner.close())
             raise

@@ -164,11 +164,9 @@ class Repl:
                 print(f"Error: {exc}", file=sys.stderr)
 
     def _preload(self) -> None:
-        from corral.cli.common import err_console
+        from corral.cli.loading import load_model
 
-        with err_console().status("loading model...", spinner="dots"):
-            self.client.request("POST", "/api/chat", {"model": self.model, "messages": [], "stream": False,
-                                                      **self._extras()})
+        load_model(self.client, self.model, self._extras())
         for m in self.info.get("messages") or []:  # the Modelfile's MESSAGEs open the conversation
             self.messages.append({"role": m.get("role"), "content": m.get("content", "")})
             if m.get("role") == "user":

@@ -9,6 +9,7 @@ import typer
 
 from corral.cli.chat import THINK_VALUES, Answer, chat_once, ensure_model, infer_think, user_message
 from corral.cli.common import UsageError, connect
+from corral.cli.loading import load_model
 
 
 def parse_think(value: str | None) -> bool | str | None:
@@ -75,7 +76,10 @@ def run(
         return
     opts = {"format": format or None, "think": think_value, "keep_alive": keep}
     body = {"model": model, **{k: v for k, v in opts.items() if v is not None}}
+    extras = {"keep_alive": keep} if keep else {}
     if text or piped:
+        if not unloads(keep):  # load first, showing progress (keep_alive 0 would unload it instead)
+            load_model(client, model, extras)
         answer = Answer(wordwrap=not nowordwrap, hidethinking=hidethinking, verbose=verbose, gap=False)
         if not chat_once(client, {**body, "messages": [user_message(text, caps)]}, answer):
             raise typer.Exit(130)
@@ -83,12 +87,21 @@ def run(
     if not sys.stdout.isatty():
         # compat(ollama): output that is not a terminal never gets the REPL; with nothing to say
         # the model is only loaded.
-        client.request("POST", "/api/chat", {**body, "messages": [], "stream": False})
+        load_model(client, model, extras)
         return
     from corral.cli.repl import Repl
 
     Repl(client, model, info, format=format or None, think=think_value, keepalive=keep, verbose=verbose,
          wordwrap=not nowordwrap, hidethinking=hidethinking, think_auto=think is None).loop()
+
+
+def unloads(keepalive: str | None) -> bool:
+    """True when ``--keepalive`` asks for the model to be unloaded as soon as it is idle."""
+    if keepalive is None:
+        return False
+    from corral.config import parse_duration
+
+    return parse_duration(keepalive) <= 0
 
 
 def normalize_think(args: list[str]) -> list[str]:

@@ -73,8 +73,12 @@ class Runner(abc.ABC):
         """Get a backend ready (build the plugin manager and select the backend)."""
 
     @abc.abstractmethod
-    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
-        """Load ``spec``'s model file with ``options``; the handle is kept in ``self.handle``."""
+    async def load(self, spec: ModelSpec, options: LoadOptions,
+                   progress: Callable[[float], None] | None = None) -> ModelHandle:
+        """Load ``spec``'s model file with ``options``; the handle is kept in ``self.handle``.
+
+        ``progress``, if given, is called on the event loop with the fraction of the weights loaded
+        (0.0 to 1.0, rising), as often as the backend reports it."""
 
     @abc.abstractmethod
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -195,7 +196,8 @@ class RunnerChild:
         if isinstance(msg, p.Load):
             if self.handle is not None:
                 raise BackendError("this runner already has a model loaded")
-            self.handle = self.hooks.load_model(model_file(msg.model), msg.options)
+            self.handle = self.hooks.load_model(model_file(msg.model), msg.options,
+                                                progress=self._progress_sender(msg.id))
             return self.handle
         if isinstance(msg, p.Tokenize):
             return self.hooks.tokenize(self._loaded(), msg.text, add_special=msg.add_special,
@@ -215,6 +217,21 @@ class RunnerChild:
                 self.hooks.unload(handle)
             return True
         raise BackendError(f"unknown runner request {type(msg).__name__}")
+
+    def _progress_sender(self, request_id: int) -> Callable[[float], bool]:
+        """The backend's load-progress callback for one load: a frame per whole percent, never more
+        (llama.cpp reports every tensor). It never cancels the load: closing the runner does."""
+        sent = -1
+
+        def progress(fraction: float) -> bool:
+            nonlocal sent
+            percent = int(max(0.0, min(1.0, fraction)) * 100)
+            if percent > sent:
+                sent = percent
+                self.writer.send(p.LoadProgress(id=request_id, fraction=percent / 100))
+            return True
+
+        return progress
 
     def _generate(self, msg: p.Generate) -> None:
         token = CancelToken()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import BackendError, RunnerStoppedError
@@ -69,10 +69,23 @@ class LocalRunner(Runner):
             raise BackendError("no model is loaded in this runner")
         return self.handle
 
-    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
+    async def load(self, spec: ModelSpec, options: LoadOptions,
+                   progress: Callable[[float], None] | None = None) -> ModelHandle:
         if self.handle is not None:
             raise BackendError("this runner already has a model loaded")
-        self.handle = await asyncio.to_thread(self._hooks.load_model, model_file(spec), options)
+        report: Callable[[float], bool] | None = None
+        if progress is not None:
+            loop, watcher = asyncio.get_running_loop(), progress
+
+            def to_loop(fraction: float) -> bool:  # called on the load's thread
+                try:
+                    loop.call_soon_threadsafe(watcher, fraction)
+                except RuntimeError:  # the loop is gone: nobody is watching any more
+                    pass
+                return True
+
+            report = to_loop
+        self.handle = await asyncio.to_thread(self._hooks.load_model, model_file(spec), options, report)
         return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

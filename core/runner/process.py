@@ -62,6 +62,7 @@ class ProcessRunner(Runner):
         self._reader_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[p.Ready] | None = None
         self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._progress: dict[int, Callable[[float], None]] = {}  # load request id -> its watcher
         self._streams: dict[int, asyncio.Queue[list[TokenEvent] | BaseException]] = {}
         self._ids = itertools.count(1)
         self._alive = False
@@ -195,6 +196,13 @@ class ProcessRunner(Runner):
             fut = self._calls.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg.value)
+        elif isinstance(msg, p.LoadProgress):
+            watcher = self._progress.get(msg.id)
+            if watcher is not None:
+                try:
+                    watcher(msg.fraction)
+                except Exception:  # a broken watcher must not break the channel
+                    log.exception("load progress watcher failed")
         elif isinstance(msg, p.Failure):
             err = p.error_from(msg.kind, msg.message)
             fut = self._calls.pop(msg.id, None)
@@ -224,8 +232,15 @@ class ProcessRunner(Runner):
         value = await fut
         return msgspec.convert(value, result_type)
 
-    async def load(self, spec: ModelSpec, options: LoadOptions) -> ModelHandle:
-        self.handle = await self._call(p.Load(id=next(self._ids), model=spec, options=options), ModelHandle)
+    async def load(self, spec: ModelSpec, options: LoadOptions,
+                   progress: Callable[[float], None] | None = None) -> ModelHandle:
+        msg = p.Load(id=next(self._ids), model=spec, options=options)
+        if progress is not None:
+            self._progress[msg.id] = progress
+        try:
+            self.handle = await self._call(msg, ModelHandle)
+        finally:
+            self._progress.pop(msg.id, None)
         return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

@@ -96,13 +96,20 @@ class Events(Struct, tag="events", kw_only=True):
     events: list[TokenEvent]
 
 
+class LoadProgress(Struct, tag="load_progress", kw_only=True):
+    """How far the load request ``id`` has got: the fraction of the weights loaded (0.0 to 1.0)."""
+
+    id: int
+    fraction: float
+
+
 class Failure(Struct, tag="failure", kw_only=True):
     id: int
     kind: str  # the corral.errors class name
     message: str
 
 
-FromRunner = Ready | Result | Events | Failure
+FromRunner = Ready | Result | Events | LoadProgress | Failure
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -206,6 +206,9 @@ class FakeBackend:
             raise ModelLoadError("model load cancelled")
         info = read_gguf_info(path)  # raises InvalidModelFileError for non-GGUF and truncated files
         projector = load_projector(options.projector) if options.projector and not options.embedding else None
+        # half way, as a real backend reports the weights it has read (the header is all the fake reads)
+        if progress is not None and progress(0.5) is False:
+            raise ModelLoadError("model load cancelled")
         kv = info.kv
         arch = info.architecture or "unknown"
         tokens = kv.get("tokenizer.ggml.tokens")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from corral.cli.common import human_size
 from corral.cli.main import app
 
 from .conftest import LiveServer
@@ -86,6 +87,25 @@ def test_run_passes_format_think_and_keepalive(cli_env: LiveServer, tiny_model: 
     # The tiny model cannot think: the server refuses --think, and the CLI says so in one line.
     r = invoke("run", "tiny", "hi", "--think")
     assert r.exit_code == 1 and "think" in r.stderr
+
+
+def test_run_shows_the_load_progress_before_the_answer(cli_env: LiveServer, tiny_model: str,
+                                                       tiny_gguf: Path) -> None:
+    invoke("stop", "tiny")
+    r = invoke("run", "tiny", "hello")
+    assert r.exit_code == 0, r.output
+    # off a terminal, plain lines as a pull prints (the fake backend reports its load half done)
+    size = tiny_gguf.stat().st_size
+    half = f"{human_size(size // 2)}/{human_size(size)} (50%)"
+    assert f"loading tiny: {half}" in r.stderr.splitlines(), r.stderr
+    assert "hello" in r.stdout and "loading" not in r.stdout
+    again = invoke("run", "tiny", "hello")  # loaded now: nothing to show
+    assert again.exit_code == 0 and "loading" not in again.stderr and again.stdout == r.stdout
+    invoke("stop", "tiny")
+    # --keepalive 0 unloads after the answer: the CLI does not load first (that request would unload)
+    once = invoke("run", "tiny", "hello", "--keepalive", "0s")
+    assert once.exit_code == 0 and once.stdout == r.stdout and "loading" not in once.stderr
+    assert "tiny:latest" not in invoke("ps").stdout
 
 
 def test_backend_errors_mid_answer_are_one_line(cli_env: LiveServer, tiny_model: str) -> None:

@@ -195,6 +195,10 @@ def test_repl_load_asks_the_new_model_to_think_unless_told(monkeypatch: pytest.M
             caps = ["completion", "thinking"] if body.get("model") == "thinker" else ["completion"]
             return {"capabilities": caps} if path == "/api/show" else {}
 
+        def stream(self, method: str, path: str, body: dict) -> list[dict]:
+            assert path == "/api/chat" and body["messages"] == []  # /load loads the model at once
+            return [{"done": True, "done_reason": "load"}]
+
     r = repl.Repl(Client(), "plain", {"capabilities": ["completion"]}, format=None, think=None,
                   keepalive=None, verbose=False, wordwrap=False, hidethinking=False, think_auto=True)
     r._load(["/load", "thinker"])

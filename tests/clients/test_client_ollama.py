@@ -35,6 +35,19 @@ def test_generate_and_chat_sync(served: Served) -> None:
     assert "".join(p.message.content or "" for p in parts) == "Streamed reply" and parts[-1].done
 
 
+def test_streamed_preload_with_load_progress_lines_parses(served: Served) -> None:
+    """corral's load progress lines (before a load-only request's last line) are chunks the client reads
+    (it drops their status/completed/total, fields its models do not have) with nothing in them."""
+    c = ollama.Client(host=served.url)
+    for call in (lambda: c.chat(model="tiny", messages=[], stream=True),
+                 lambda: c.generate(model="tiny", prompt="", stream=True)):
+        c.generate(model="tiny", keep_alive=0)  # unloaded: the next request loads it
+        *loading, last = list(call())
+        assert loading and all(not p.done and not p.done_reason for p in loading)
+        assert all(not (p.message.content if "message" in p else p.response) for p in loading)
+        assert last.done and last.done_reason == "load"
+
+
 def test_errors_become_response_errors(served: Served) -> None:
     c = ollama.Client(host=served.url)
     with pytest.raises(ollama.ResponseError) as e:

@@ -66,3 +66,28 @@ def test_gemma_through_a_runner_subprocess(tmp_path_factory):
         assert not os.path.exists(f"/proc/{pid}")
 
     asyncio.run(main())
+
+
+def test_gemma_load_reports_progress_through_the_runner(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gemma-progress")
+    store = Store(root / "models")
+    store.ensure_default_model()
+    config = Config(models=store.root, home=root, backend="cpu", context_length=512)
+
+    async def main():
+        engine = Engine(config, store)
+        try:
+            chunks = [c async for c in engine.chat(ChatJob(model="gemma3:270m", load_progress=True))]
+            *loading, done = chunks
+            assert done.done_reason == "load" and done.loading is None
+            # llama.cpp's progress callback, one chunk per whole percent of the weights it has read
+            done_bytes = [c.loading.completed for c in loading]
+            assert len(loading) >= 10 and done_bytes == sorted(set(done_bytes)), done_bytes
+            total = os.path.getsize(store.resolve("gemma3:270m").files.model)
+            assert all(c.loading.total == total for c in loading) and 0 < done_bytes[-1] < total
+            again = [c async for c in engine.chat(ChatJob(model="gemma3:270m", load_progress=True))]
+            assert [c.done_reason for c in again] == ["load"]  # loaded already: nothing to report
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())

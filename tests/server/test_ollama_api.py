@@ -88,13 +88,40 @@ def test_chat_stream_and_non_stream(client: TestClient[Any], harness: Harness) -
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: TestClient[Any]) -> None:
     r = client.post("/api/generate", json={"model": "tiny", "prompt": ""})
-    (line,) = ndjson(r.text)
+    *loading, line = ndjson(r.text)
+    assert loading and all(o["status"] == "loading model" for o in loading)  # the fake reports half way
     assert line["done"] is True and line["done_reason"] == "load" and line["response"] == ""
     assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["tiny:latest"]
     r = client.post("/api/chat", json={"model": "tiny", "messages": [], "keep_alive": 0, "stream": False})
     body = r.json()
     assert body["done_reason"] == "unload" and body["message"]["role"] == "assistant"
     assert client.get("/api/ps").json() == {"models": []}
+
+
+def test_streamed_load_sends_pull_style_progress_lines_first(client: TestClient[Any], tiny_gguf: Any) -> None:
+    total = tiny_gguf.stat().st_size
+    for path, body, text in (("/api/chat", {"messages": []}, "message"), ("/api/generate", {}, "response")):
+        client.post("/api/chat", json={"model": "tiny", "messages": [], "keep_alive": 0})  # unloaded
+        *loading, done = ndjson(client.post(path, json={"model": "tiny", **body}).text)
+        # the fake backend reports its load half done (llama.cpp: each whole percent of the weights)
+        assert [(o["status"], o["completed"], o["total"], o["done"]) for o in loading] == [
+            ("loading model", total // 2, total, False)]
+        empty = {"role": "assistant", "content": ""} if text == "message" else ""
+        assert loading[0][text] == empty and loading[0]["model"] == "tiny"  # still a well-formed chunk
+        assert done["done_reason"] == "load" and "status" not in done and "total" not in done
+        # loaded already: no progress, only the final line; not streamed: one object without progress
+        (again,) = ndjson(client.post(path, json={"model": "tiny", **body}).text)
+        assert again["done_reason"] == "load"
+    client.post("/api/chat", json={"model": "tiny", "messages": [], "keep_alive": 0})
+    single = client.post("/api/chat", json={"model": "tiny", "messages": [], "stream": False}).json()
+    assert single["done_reason"] == "load" and "status" not in single
+
+
+def test_load_that_fails_before_any_progress_keeps_its_status(client: TestClient[Any]) -> None:
+    r = client.post("/api/chat", json={"model": "tiny", "messages": [], "options": {"num_ctx": -5}})
+    assert r.status_code == 400 and "error" in r.json()
+    r = client.post("/api/chat", json={"model": "no-such-model", "messages": []})
+    assert r.status_code == 404 and "not found" in r.json()["error"]
 
 
 @pytest.mark.parametrize("keep_alive", ["10m", 120, -1, "1h30m"])

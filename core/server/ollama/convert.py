@@ -48,7 +48,7 @@ def generate_job(req: GenerateRequest) -> GenerateJob:
         think=req.think, truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
         top_logprobs=req.top_logprobs, images=[common.decode_image(i) for i in req.images or []],
-        grammar=req.grammar,
+        grammar=req.grammar, load_progress=req.stream is not False,
     )
 
 
@@ -82,7 +82,7 @@ def chat_job(req: ChatRequest) -> ChatJob:
         keep_alive=common.keep_alive(req.keep_alive), think=req.think,
         truncate=True if req.truncate is None else req.truncate,
         shift=True if req.shift is None else req.shift, logprobs=req.logprobs or req.top_logprobs > 0,
-        top_logprobs=req.top_logprobs, grammar=req.grammar,
+        top_logprobs=req.top_logprobs, grammar=req.grammar, load_progress=req.stream is not False,
     )
 
 
@@ -163,8 +163,14 @@ def _metric_fields(m: Metrics | None) -> _MetricFields:
                          eval_count=m.eval_count, eval_duration=m.eval_duration)
 
 
+LOADING = "loading model"  # the status of a load's progress lines
+
+
 def generate_response(model: str, c: Chunk) -> GenerateResponse:
     """A /api/generate chunk from a core chunk."""
+    if c.loading is not None:
+        return GenerateResponse(model=model, created_at=common.now_rfc3339(), response="", done=False,
+                                status=LOADING, completed=c.loading.completed, total=c.loading.total)
     return GenerateResponse(
         model=model, created_at=common.now_rfc3339(), response=c.content, done=c.done,
         thinking=c.thinking or None, done_reason=c.done_reason if c.done else None,
@@ -175,6 +181,10 @@ def generate_response(model: str, c: Chunk) -> GenerateResponse:
 
 def chat_response(model: str, c: Chunk) -> ChatResponse:
     """A /api/chat chunk from a core chunk."""
+    if c.loading is not None:
+        return ChatResponse(model=model, created_at=common.now_rfc3339(),
+                            message=ResponseMessage(role="assistant", content=""), done=False,
+                            status=LOADING, completed=c.loading.completed, total=c.loading.total)
     msg = ResponseMessage(role="assistant", content=c.content, thinking=c.thinking or None,
                           tool_calls=tool_calls(c.tool_calls))
     return ChatResponse(

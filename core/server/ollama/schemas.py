@@ -236,6 +236,11 @@ class GenerateResponse(Struct, kw_only=True, omit_defaults=True):
     eval_duration: int = 0
     logprobs: list[Logprob] | None = None
     debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
+    # A streamed load-only request's progress lines, shaped as /api/pull's (corral's addition: Ollama
+    # sends only the final line; its clients ignore these fields).
+    status: str | None = None
+    completed: int = 0
+    total: int = 0
 
 
 class ChatResponse(Struct, kw_only=True, omit_defaults=True):
@@ -254,6 +259,9 @@ class ChatResponse(Struct, kw_only=True, omit_defaults=True):
     eval_duration: int = 0
     logprobs: list[Logprob] | None = None
     debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
+    status: str | None = None  # load progress, as in GenerateResponse
+    completed: int = 0
+    total: int = 0
 
 
 class EmbedResponse(Struct, kw_only=True, omit_defaults=True):
