@@ -115,12 +115,19 @@ class ModelHandle(Struct, frozen=True, kw_only=True):
 
 # ---- generation ----------------------------------------------------------------------------------
 class JsonConstraint(Struct, frozen=True, kw_only=True):
-    """A `format` constraint as a JSON schema, for backends that compile schemas themselves
-    (llguidance); ``SamplingParams.grammar`` holds the same language as GBNF for every other backend."""
+    """A constraint around one JSON document that matches a schema (a `format`, or a forced tool call
+    between its opener and closer), for backends that compile schemas themselves (llguidance);
+    ``SamplingParams.grammar`` holds the same language as GBNF for every other backend."""
 
     schema: str  # JSON text, already normalised to the GBNF conversion's meaning (corral.prompts)
     think_markers: tuple[str, str] | None = None  # a reasoning block (open, close) may come first
     think_inside: bool = False  # the prompt already opened that block
+    # A tool call's syntax: the opener (text, or one special token) comes first, then optional
+    # whitespace and the JSON, or with `bracketed` a "[" right after it and a "]" after the JSON;
+    # the closer (text) follows the JSON's trailing whitespace.
+    opener: str = ""
+    bracketed: bool = False
+    closer: str = ""
 
 
 class SamplingParams(Struct, frozen=True, kw_only=True):

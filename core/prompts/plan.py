@@ -21,7 +21,7 @@ from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
 from corral.prompts.media import MEDIA_MARKER, place_images, place_raw_images
 from corral.prompts.outparse import OutputParser
 from corral.prompts.schemanorm import json_constraint
-from corral.prompts.toolgrammar import tool_call_grammar
+from corral.prompts.toolgrammar import tool_call_constraint, tool_call_grammar
 from corral.spec import ModelSpec
 from corral.types import JsonConstraint
 
@@ -347,6 +347,9 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     src = go_src or jinja_src or ""
     inside = _starts_thinking(text, markers)
     schema = _schema_for(job.format, grammar, markers if think_on else None, inside)
+    if job.tool_choice == "required":
+        schema = tool_call_constraint(active, fmt.tool_tag, job.forced_tool, markers if think_on else None,
+                                      inside)
     if grammar and think_on and markers is not None:
         grammar = _with_think(grammar, job.grammar is not None, markers, inside)
     return _finish(

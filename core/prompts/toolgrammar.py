@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from corral.conversation import Tool
 from corral.errors import GrammarError, InvalidRequestError
 from corral.prompts.grammar import gbnf_literal, schema_to_gbnf
+from corral.prompts.schemanorm import normalize_schema
+from corral.types import JsonConstraint
 
 # What closes a call after its JSON, for the openers whose templates close them.
 _CLOSERS = {"<tool_call>": "</tool_call>"}
+_BRACKETED = "[TOOL_CALLS]"  # Mistral's opener: the calls follow as a JSON array, with no space
 
 
 def _rebase_refs(schema: Any, base: str) -> Any:
@@ -39,9 +43,8 @@ def _arguments_schema(tool: Tool, base: str) -> dict[str, Any]:
     return rebased
 
 
-def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
-    """GBNF whose every match is one call of one of ``tools`` (or of ``only``), written after the
-    template's call opener ``tag`` ("{" = a bare JSON object) the way the output parser reads it.
+def _call_schema(tools: list[Tool], only: str) -> dict[str, Any]:
+    """The schema of one call of one of ``tools`` (or of ``only``): ``{"name": ..., "arguments": ...}``.
 
     Raises:
         InvalidRequestError: no tools, or ``only`` names none of them.
@@ -60,13 +63,33 @@ def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
         props = {"name": {"const": t.name}, "arguments": {"$ref": f"#/$defs/tool{i}"}}
         alternatives.append({"type": "object", "additionalProperties": False,
                              "required": ["name", "arguments"], "properties": props})
-    call = schema_to_gbnf({"anyOf": alternatives, "$defs": defs})
+    return {"anyOf": alternatives, "$defs": defs}
+
+
+def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
+    """GBNF whose every match is one call of one of ``tools`` (or of ``only``), written after the
+    template's call opener ``tag`` ("{" = a bare JSON object) the way the output parser reads it.
+
+    Raises:
+        InvalidRequestError: no tools, or ``only`` names none of them.
+    """
+    call = schema_to_gbnf(_call_schema(tools, only))
     call = re.sub(r"^root ::=", "call ::=", call, count=1, flags=re.M)
     if tag == "{":
         head, tail = "", ""
-    elif tag == "[TOOL_CALLS]":
+    elif tag == _BRACKETED:
         return f'root ::= {gbnf_literal(tag)} "[" call "]"\n' + call
     else:
         head, tail = gbnf_literal(tag) + " space ", _CLOSERS.get(tag, "")
     closing = f" {gbnf_literal(tail)}" if tail else ""
     return f"root ::= {head}call{closing}\n" + call
+
+
+def tool_call_constraint(tools: list[Tool], tag: str, only: str = "",
+                         markers: tuple[str, str] | None = None, inside: bool = False) -> JsonConstraint:
+    """The language of ``tool_call_grammar`` as a schema and the call's syntax around it, for backends
+    that compile schemas themselves (call it once ``tool_call_grammar`` accepted the tools)."""
+    text = json.dumps(normalize_schema(_call_schema(tools, only)), separators=(",", ":"), ensure_ascii=False)
+    opener = "" if tag == "{" else tag
+    return JsonConstraint(schema=text, think_markers=markers, think_inside=inside, opener=opener,
+                          bracketed=tag == _BRACKETED, closer=_CLOSERS.get(tag, ""))

@@ -39,28 +39,40 @@ def _re_escape(s: str) -> str:
 
 
 def lark_source(c: JsonConstraint, special: Any = lambda text: None) -> str:
-    """The llguidance grammar for ``c``: the schema, then the GBNF's trailing space; for a thinking
-    model the reasoning block first (as ``with_think_block`` writes it in GBNF).
+    """The llguidance grammar for ``c``: the schema, then the GBNF's trailing space, inside a tool
+    call's opener and closer when it has them; for a thinking model the reasoning block first (as
+    ``with_think_block`` writes it in GBNF).
 
-    ``special(text)`` names an open marker that is one special token as ``<[id]>`` (None: plain
-    text). A close marker must be text: llguidance (1.9) refuses a special token after free text,
-    so ``Guidance.guide`` leaves such models on the GBNF path.
+    ``special(text)`` names an open marker or opener that is one special token as ``<[id]>`` (None:
+    plain text). A close marker must be text: llguidance (1.9) refuses a special token after free
+    text, so ``Guidance.guide`` leaves such models on the GBNF path.
     """
     schema = json.loads(c.schema)
     if isinstance(schema, dict):
         schema = {**schema, "x-guidance": _OPTIONS}
     lines = [f"answer: %json {json.dumps(schema, ensure_ascii=False)}", f"TAIL: /{_WS}/"]
+    body = "answer TAIL?"
+    if c.opener:
+        opener = special(c.opener) or json.dumps(c.opener, ensure_ascii=False)
+        # as tool_call_grammar: `opener "[" call "]"`, or `opener space call closer`
+        body = f'{opener} "[" {body} "]"' if c.bracketed else f"{opener} TAIL? {body}"
+        if c.closer and not c.bracketed:
+            body += " " + json.dumps(c.closer, ensure_ascii=False)
+    # no_forcing: where the grammar forces text, every token that spells a piece of it stays in the
+    # mask (llguidance would keep only its own tokenization's), as in the GBNF sampler, so that a
+    # refused sample falls back to the same candidates there and greedy output stays the same.
+    lines.insert(0, '%llguidance {"no_forcing": true}')
     if c.think_markers is None:
-        return "\n".join(["start: answer TAIL?", *lines]) + "\n"
+        return "\n".join([f"start: {body}", *lines]) + "\n"
     open_, close = c.think_markers
     c0, c1 = (_re_escape(x) for x in close[:2])
     char = f"(?:[^{c0}]|{c0}[^{c1}])"
     open_item = special(open_) or json.dumps(open_, ensure_ascii=False)
     # One lexeme up to and including the close marker: the lexer is greedy, so a separate text
     # lexeme would swallow the marker's first character and never give it back.
-    body = [f"think_body: /{char}*{_re_escape(close)}/"]
+    think = [f"think_body: /{char}*{_re_escape(close)}/"]
     head = "think_body THINK_WS?" if c.think_inside else f"({open_item} think_body THINK_WS?)?"
-    return "\n".join([f"start: {head} answer TAIL?", *body, "THINK_WS: /[ \\t\\n]{1,8}/", *lines]) + "\n"
+    return "\n".join([f"start: {head} {body}", *think, "THINK_WS: /[ \\t\\n]{1,8}/", *lines]) + "\n"
 
 
 class Guidance:
@@ -73,7 +85,7 @@ class Guidance:
         self._lock = threading.Lock()
         self._tok: Any = None
         self._failed = False
-        self._cache: OrderedDict[tuple[str, tuple[str, str] | None, bool], Any] = OrderedDict()
+        self._cache: OrderedDict[JsonConstraint, Any] = OrderedDict()
 
     @property
     def available(self) -> bool:
@@ -113,7 +125,7 @@ class Guidance:
         GBNF form, which means the same)."""
         if not self.available:
             return None
-        key = (c.schema, c.think_markers, c.think_inside)
+        key = c
         with self._lock:
             if self._tok is None:
                 try:

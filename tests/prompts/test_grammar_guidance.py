@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from corral.prompts import schema_to_gbnf
@@ -108,3 +109,87 @@ def test_special_token_markers(tiny) -> None:
         guide.accept(t)
     assert guide.done
     assert guidance.guide(json_constraint(schema, ("<t>", "<|im_end|>"), False)) is None
+
+
+_CALL = '{"name":"get_time","arguments":{}}'
+_MOVE = '{"name": "move", "arguments": {"to": 7}}'
+
+
+@pytest.mark.parametrize(("tag", "text", "ok"), [
+    ("{", _CALL, True),
+    ("{", _MOVE + "\n", True),
+    ("{", '{"name":"move","arguments":{"to":10}}', False),  # the tool's own $ref'd bounds hold
+    ("{", '{"name":"get_weather","arguments":{}}', False),  # its required argument
+    ("{", " " + _CALL, False),
+    ("<tool_call>", f"<tool_call>{_CALL}</tool_call>", True),
+    ("<tool_call>", f"<tool_call>\n{_MOVE}\n</tool_call>", True),
+    ("<tool_call>", f"<tool_call> {_CALL}  </tool_call>", False),
+    ("<tool_call>", f"<tool_call>  {_CALL}</tool_call>", False),
+    ("<tool_call>", f"<tool_call>{_CALL}", False),
+    ("<tool_call>", _CALL, False),
+    ("[TOOL_CALLS]", f"[TOOL_CALLS][{_CALL}]", True),
+    ("[TOOL_CALLS]", f"[TOOL_CALLS][{_MOVE} ]", True),
+    ("[TOOL_CALLS]", f"[TOOL_CALLS] [{_CALL}]", False),
+    ("[TOOL_CALLS]", f"[TOOL_CALLS][{_CALL},{_CALL}]", False),
+    ("<|python_tag|>", f"<|python_tag|> {_MOVE}", True),
+    ("<|python_tag|>", f"<|python_tag|>{_CALL}\n", True),
+    ("<|python_tag|>", '<|python_tag|>{"name":"nope","arguments":{}}', False),
+])
+def test_tool_calls_mean_what_their_gbnf_means(tiny, tag: str, text: str, ok: bool) -> None:
+    """tool_choice required compiles with llguidance: the call, in the template's syntax, exactly as
+    tool_call_grammar's GBNF has it (the tools of the GBNF tests, a $ref'd argument among them)."""
+    from corral.prompts.toolgrammar import tool_call_constraint, tool_call_grammar
+
+    from .test_toolgrammar import TOOLS
+
+    model, guidance = tiny
+    guide = guidance.guide(tool_call_constraint(TOOLS, tag))
+    assert guide is not None, "llguidance refused a tool call grammar"
+    assert _feed(guide, text) == ok
+    assert matches(tool_call_grammar(TOOLS, tag), text) == ok
+    forced = guidance.guide(tool_call_constraint(TOOLS, tag, only="move"))
+    assert forced is not None and _feed(forced, text) == (ok and '"move"' in text)
+
+
+def test_tool_call_after_a_think_block_and_a_special_opener(tiny) -> None:
+    """A thinking model reasons first, then calls; an opener that is one special token is that token."""
+    from corral.prompts.grammar import with_think_block
+    from corral.prompts.toolgrammar import tool_call_constraint, tool_call_grammar
+
+    from .test_toolgrammar import TOOLS
+
+    model, guidance = tiny
+    markers = ("<think>", "</think>")
+    text = f"<think>which tool? </think>\n<tool_call>{_CALL}</tool_call>"
+    guide = guidance.guide(tool_call_constraint(TOOLS, "<tool_call>", markers=markers))
+    assert guide is not None and _feed(guide, text)
+    assert matches(with_think_block(tool_call_grammar(TOOLS, "<tool_call>"), markers, inside=False), text)
+    start = model.tokenize("<|im_start|>", add_special=False, parse_special=True)
+    c = msgspec.structs.replace(tool_call_constraint(TOOLS, "<tool_call>"), opener="<|im_start|>")
+    guide = guidance.guide(c)
+    assert guide is not None
+    assert not guide.allows(b"<"[0] + 3)  # the opener is the special token, not its spelling
+    for t in [*start, *(b + 3 for b in f"{_CALL}</tool_call>".encode())]:
+        assert guide.allows(t), t
+        guide.accept(t)
+    assert guide.done
+
+
+def _feed(guide, text: str) -> bool:
+    for t in (b + 3 for b in text.encode()):
+        if not guide.allows(t):
+            return False
+        guide.accept(t)
+    return guide.done
+
+
+@pytest.mark.parametrize("text", ['{"name":"ab', '{"na', "", '{"name": "x"}'])
+def test_the_mask_holds_every_token_the_grammar_allows(tiny, text: str) -> None:
+    """Where the grammar forces text, the full mask (a refused sample's fallback) still lists every
+    token that spells a piece of it, as the GBNF sampler does, not only llguidance's own tokenization."""
+    model, guidance = tiny
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    guide = guidance.guide(json_constraint(schema))
+    assert guide is not None and _feed(guide, text) == (text == '{"name": "x"}')
+    valid = [t for t in range(guide.n_vocab) if guide.allows(t)]
+    assert len(valid) > 1 and guide.allowed().tolist() == valid

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from corral.conversation import Message
@@ -222,6 +224,29 @@ def test_tool_plan_parses_the_templates_own_format() -> None:
     jinja = chat(make_spec(), gguf=jinja_template("Qwen-Qwen2.5-7B-Instruct"), messages=[user("a")],
                  tools=[WEATHER])
     assert jinja.tool_tag == "<tool_call>"
+
+
+def test_a_required_tool_call_has_a_schema_form_too() -> None:
+    """tool_choice required: the GBNF and, for llguidance backends, the same call as a schema inside
+    the template's opener and closer (the think block first on a thinking model)."""
+    qwen = chat(make_spec(template=go_template("qwen2.5")), messages=[user("a")], tools=[WEATHER],
+                tool_choice="required")
+    c = qwen.json_schema
+    assert qwen.grammar and c is not None
+    assert (c.opener, c.bracketed, c.closer, c.think_markers) == ("<tool_call>", False, "</tool_call>", None)
+    assert json.loads(c.schema)["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
+    mistral = chat(make_spec(template=go_template("mistral")), messages=[user("a")], tools=[WEATHER],
+                   tool_choice="required", forced_tool="get_weather").json_schema
+    assert mistral is not None and (mistral.opener, mistral.bracketed) == ("[TOOL_CALLS]", True)
+    llama = chat(make_spec(template=go_template("llama3")), messages=[user("a")], tools=[WEATHER],
+                 tool_choice="required").json_schema
+    assert llama is not None and (llama.opener, llama.closer) == ("", "")
+    qwen3 = chat(make_spec(), gguf=jinja_template("Qwen-Qwen3-0.6B"), messages=[user("a")], tools=[WEATHER],
+                 tool_choice="required")
+    assert qwen3.think and qwen3.json_schema is not None
+    assert qwen3.json_schema.think_markers == ("<think>", "</think>")
+    auto = chat(make_spec(template=go_template("qwen2.5")), messages=[user("a")], tools=[WEATHER])
+    assert auto.json_schema is None
 
 
 def test_thinking_models_may_reason_before_a_constrained_answer() -> None:

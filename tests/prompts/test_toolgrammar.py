@@ -91,3 +91,21 @@ def test_llama_cpp_generates_a_parsable_call(tiny_hooks, tag: str) -> None:
     text = "".join(e.text for e in events)
     assert events[-1].finish_reason == "stop", text  # the grammar ended the answer, not the cap
     assert len(_parse(text, tag)) == 1
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_llguidance_calls_are_the_gbnf_calls(tiny_hooks, tag: str) -> None:
+    """With the call's schema form (llguidance) greedy decoding gives the GBNF sampler's tokens."""
+    from corral.prompts.toolgrammar import tool_call_constraint
+
+    hooks, handle = tiny_hooks
+    prompt = hooks.tokenize(handle, "call a tool")
+    out = []
+    for schema in (None, tool_call_constraint(TOOLS, tag, only="move")):
+        sampling = SamplingParams(temperature=0.0, grammar=tool_call_grammar(TOOLS, tag, only="move"),
+                                  json_schema=schema)
+        request = GenerationRequest(prompt=prompt, num_predict=200, sampling=sampling)
+        events = list(hooks.generate(handle, request, CancelToken()))
+        assert events[-1].finish_reason == "stop"
+        out.append([e.token for e in events if e.token >= 0])
+    assert out[0] == out[1] and out[0]
