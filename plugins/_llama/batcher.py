@@ -58,16 +58,23 @@ class Batcher(StepPlanner, Speculation):
         self._speculative = bool(options.speculative) and n_draft != 0
         self._lookup_max = n_draft if n_draft > 0 else MAX_DRAFT
         self._draft_model: DraftModel | None = None
-        if draft is not None and self._speculative:
-            self._draft_model = DraftModel(native, draft, self.n_vocab, options,
-                                           n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS)
-        longest = max(self._lookup_max, self._draft_model.n_tokens if self._draft_model else 0)
+        # llguidance's tokenizer is built while the contexts are created (C, without the GIL), and
+        # before the loop runs: the build holds the GIL, so later it would stall every stream.
+        self._guidance = Guidance(native, model)
+        prepare = threading.Thread(target=self._guidance.prepare, name="corral-guidance", daemon=True)
+        prepare.start()
         try:
+            if draft is not None and self._speculative:
+                self._draft_model = DraftModel(native, draft, self.n_vocab, options,
+                                               n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS)
+            longest = max(self._lookup_max, self._draft_model.n_tokens if self._draft_model else 0)
             self._ctx = ctx = new_context(native, model, options, 1 + longest if self._speculative else 1)
         except BaseException:
             if self._draft_model is not None:
                 self._draft_model.close()
             raise
+        finally:
+            prepare.join()  # it reads the model, which a failed load frees
         self._mem = lib.llama_get_memory(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
         self.n_ctx_seq = max(32, int(options.num_ctx))  # our own per-sequence limit (the cache is shared)
@@ -83,7 +90,6 @@ class Batcher(StepPlanner, Speculation):
         self._slots = [Slot(i) for i in range(n_par)]
         cells = Cells(lib, self._mem, self._slots)
         self._truncate, self._copy = cells.truncate, cells.copy
-        self._guidance = Guidance(native, model)
         self._pieces: list[bytes | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._waiting: deque[Job] = deque()

@@ -76,8 +76,8 @@ def lark_source(c: JsonConstraint, special: Any = lambda text: None) -> str:
 
 
 class Guidance:
-    """One model's llguidance tokenizer (built on the first constrained request, once) and its cache
-    of compiled grammars. Safe to call from any request thread; never called on an event loop."""
+    """One model's llguidance tokenizer (built once, at load: ``prepare``) and its cache of compiled
+    grammars. Safe to call from any request thread; never called on an event loop."""
 
     def __init__(self, native: Any, model: Any) -> None:
         self._ffi, self._lib = native.ffi, native.lib
@@ -120,6 +120,23 @@ class Guidance:
             return f"<[{ids[0]}]>"
         return None
 
+    def prepare(self) -> None:
+        """Build the tokenizer now. The build holds the GIL for up to a few seconds on a 262k
+        vocabulary, so the model's loader calls this before the model serves: built on the first
+        constrained request instead, it would stall every stream of the model meanwhile."""
+        with self._lock:
+            self._ensure_tokenizer()
+
+    def _ensure_tokenizer(self) -> bool:
+        """Whether the tokenizer is there (built now if not); call with the lock held."""
+        if self._tok is None and self.available:
+            try:
+                self._tok = self._tokenizer()
+            except Exception as exc:  # an odd vocabulary: keep the GBNF path for this model
+                log.warning("llguidance cannot use this model's vocabulary (%s); using GBNF", exc)
+                self._failed = True
+        return self._tok is not None
+
     def guide(self, c: JsonConstraint) -> Guide | None:
         """A fresh matcher for ``c``, or None where llguidance cannot take it (the caller then uses the
         GBNF form, which means the same)."""
@@ -127,13 +144,8 @@ class Guidance:
             return None
         key = c
         with self._lock:
-            if self._tok is None:
-                try:
-                    self._tok = self._tokenizer()
-                except Exception as exc:  # an odd vocabulary: keep the GBNF path for this model
-                    log.warning("llguidance cannot use this model's vocabulary (%s); using GBNF", exc)
-                    self._failed = True
-                    return None
+            if not self._ensure_tokenizer():
+                return None
             if c.think_markers and self._special(c.think_markers[1]):
                 return None
             proto = self._cache.get(key)

@@ -395,6 +395,32 @@ def test_schema_through_llguidance_yields_valid_documents(parts, engine, tempera
     jsonschema.validate(json.loads(text_of(ev)), PERSON_SCHEMA)
 
 
+def test_the_llguidance_tokenizer_is_built_while_the_model_loads(parts, monkeypatch):
+    """Its build holds the GIL for about a second on this vocabulary: done at load, before the loop
+    runs, so the first schema request only compiles its grammar and stalls no other stream."""
+    import jsonschema
+
+    from corral.prompts import schema_to_gbnf
+    from corral.prompts.schemanorm import json_constraint
+    from corral_plugins._llama.batcher import Batcher
+    from corral_plugins._llama.guidance import Guidance
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=256, num_parallel=1))
+    try:
+        def built_on_a_request(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("the tokenizer was built on a request")
+
+        monkeypatch.setattr(Guidance, "_tokenizer", built_on_a_request)
+        c = json_constraint(PERSON_SCHEMA)
+        assert b._guidance.guide(c) is not None
+        s = SamplingParams(temperature=0.0, grammar=schema_to_gbnf(PERSON_SCHEMA), json_schema=c)
+        ev = run(b, tok(parts, "A person as JSON:"), sampling=s, num_predict=200)
+        jsonschema.validate(json.loads(text_of(ev)), PERSON_SCHEMA)
+    finally:
+        b.close()
+
+
 EDIT_SOURCE = '''def fibonacci(n):
     """Return the first n Fibonacci numbers."""
     numbers = [0, 1]
