@@ -273,9 +273,10 @@ class BackendContract:
             for vec in result.embeddings:
                 assert len(vec) == handle.info.n_embd
                 assert math.isclose(math.sqrt(sum(v * v for v in vec)), 1.0, rel_tol=1e-3)
+            # Alone, an input gets its own vector again: up to the rounding of kernels that a packed
+            # batch may choose (llama.cpp's Q4_K on Gemma: cosine 0.9998), never a different one.
             again = backend_hooks.embed(handle, inputs[:1], normalize=True).embeddings[0]
-            assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(again, result.embeddings[0],
-                                                                          strict=True))
+            assert sum(a * b for a, b in zip(again, result.embeddings[0], strict=True)) > 0.999
         finally:
             backend_hooks.unload(handle)
 

@@ -1,4 +1,5 @@
-"""Pooled embeddings: an embeddings-only llama_context, one decode per input for stable vectors."""
+"""Pooled embeddings: an embeddings-only llama_context whose decodes pack many inputs, one sequence
+each, from every request waiting."""
 
 from __future__ import annotations
 
@@ -6,15 +7,36 @@ import threading
 
 import numpy as np
 
-from corral.errors import BackendError, ContextLengthError, InvalidRequestError
+from corral.errors import BackendError, ContextLengthError, CorralError, InvalidRequestError
 from corral.types import EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
 
-__all__ = ["Embedder"]
+__all__ = ["MAX_SEQS", "Embedder"]
+
+MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allows 256)
+
+
+class _Work:
+    """One ``embed`` call's inputs and, once a decode ran them, their vectors (or the error)."""
+
+    __slots__ = ("alone", "error", "inputs", "normalize", "vectors")
+
+    def __init__(self, inputs: list[list[int]], normalize: bool, alone: bool) -> None:
+        self.inputs = inputs
+        self.normalize = normalize
+        self.alone = alone  # each input in a decode of its own
+        self.vectors: list[list[float] | None] = [None] * len(inputs)
+        self.error: BaseException | None = None
 
 
 class Embedder:
-    """One context with ``embeddings=true``; ``embed`` is serialised (a context is single-threaded)."""
+    """One context with ``embeddings=true``. Calls queue their inputs; whichever call holds the context
+    runs everything queued, packing inputs of several calls into each decode (as llama-server fills
+    its batch across slots), so concurrent requests share decodes instead of waiting their turn.
+
+    Packing changes the kernels' rounding a little, as it does in llama-server: a text's vector
+    depends on its neighbours in the last float digits, never more (``tests/plugins``).
+    """
 
     def __init__(self, model: LlamaModel, options: LoadOptions, n_threads: int = 0) -> None:
         self.model = model
@@ -23,10 +45,11 @@ class Embedder:
         cp = lib.llama_context_default_params()
         cp.embeddings = True
         cp.n_ctx = n_ctx
-        # Each input must fit one decode (pooling is per decode), and non-causal models need the whole
-        # input in one micro-batch (llama.cpp asserts on it), so batch = micro-batch = context.
+        # Pooling is per sequence, and non-causal models need every input whole in one micro-batch
+        # (llama.cpp asserts on it), so batch = micro-batch = context, and an input fits it whole.
         cp.n_batch = cp.n_ubatch = n_ctx
-        cp.n_seq_max = 1
+        cp.n_seq_max = MAX_SEQS
+        cp.kv_unified = True  # a causal model's cache: all cells for whichever inputs share a decode
         if n_threads > 0:
             cp.n_threads = cp.n_threads_batch = n_threads
         # A model without its own pooling (a causal LM) is mean-pooled: the hidden states averaged.
@@ -38,6 +61,7 @@ class Embedder:
         self.ctx = ctx
         model.apply_adapters(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
+        self.n_seq = min(MAX_SEQS, int(lib.llama_n_seq_max(ctx)))
         self.n_embd = int(lib.llama_model_n_embd_out(model.ptr)) or model.info.n_embd
         self.pooling = int(lib.llama_pooling_type(ctx))
         if self.pooling == lib.LLAMA_POOLING_TYPE_NONE:
@@ -47,10 +71,13 @@ class Embedder:
             else self.n_embd
         raw = lib.llama_batch_init(self.n_batch, 0, 1)
         self._batch = ffi.new("llama_batch *", raw)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the call that runs the context
+        self._queued: list[_Work] = []
+        self._queue_lock = threading.Lock()
 
-    def embed(self, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
-        """One vector per token list, in order; L2-normalised when ``normalize``."""
+    def embed(self, inputs: list[list[int]], normalize: bool, alone: bool = False) -> EmbeddingResult:
+        """One vector per token list, in order; L2-normalised when ``normalize``; with ``alone`` each
+        input is decoded by itself (no neighbours' rounding: reranking matches llama-server's scores)."""
         if self.ctx == self.ffi.NULL:
             raise BackendError("the embedding context was closed (model unloaded)")
         for i, toks in enumerate(inputs):
@@ -60,21 +87,61 @@ class Embedder:
                 raise ContextLengthError(f"input {i} has {len(toks)} tokens, more than the context of "
                                          f"{self.n_batch}; truncate it or load with a larger num_ctx")
             self.model._check_tokens(toks)
-        out: list[list[float]] = []
+        work = _Work(inputs, normalize, alone)
+        with self._queue_lock:
+            self._queued.append(work)
         with self._lock:
-            # One decode per input: packing several into one batch changes the kernels' rounding, and
-            # the same text must give the same vector whatever it was sent with.
-            for toks in inputs:
-                out.append(self._run(toks, normalize))
-        return EmbeddingResult(embeddings=out, prompt_tokens=sum(len(t) for t in inputs))
+            # An earlier holder may have taken this call's inputs with its own; if not, this call
+            # runs everything queued now, its own inputs included.
+            with self._queue_lock:
+                taken, self._queued = self._queued, []
+            if taken:
+                self._run_all(taken)
+        if work.error is not None:
+            raise work.error
+        vectors = [v for v in work.vectors if v is not None]
+        if len(vectors) != len(inputs):  # pragma: no cover - _run_all fills every input or fails it
+            raise BackendError("internal error: an embedding input was not evaluated")
+        return EmbeddingResult(embeddings=vectors, prompt_tokens=sum(len(t) for t in inputs))
 
-    def _run(self, toks: list[int], normalize: bool) -> list[float]:
+    def _run_all(self, works: list[_Work]) -> None:
+        """Every input of ``works`` in as few decodes as the batch and the sequence count allow, in
+        order; a failed decode fails the calls whose inputs it held and those after them."""
+        todo = [(w, i) for w in works for i in range(len(w.inputs))]
+        k = 0
+        try:
+            while k < len(todo):
+                n_tok, end = 0, k
+                while end < len(todo) and end - k < self.n_seq:
+                    w, i = todo[end]
+                    if n_tok + len(w.inputs[i]) > self.n_batch or (end > k and (w.alone or todo[k][0].alone)):
+                        break
+                    n_tok += len(w.inputs[i])
+                    end += 1
+                group = todo[k:end]
+                vectors = self._decode([w.inputs[i] for w, i in group])
+                for (w, i), v in zip(group, vectors, strict=True):
+                    if w.normalize:
+                        norm = float(np.linalg.norm(v))
+                        if norm > 0:
+                            v = v / norm
+                    w.vectors[i] = v.tolist()
+                k = end
+        except BaseException as exc:
+            for w, _ in todo[k:]:
+                w.error = exc if isinstance(exc, CorralError) else BackendError(f"embedding failed: {exc}")
+            if not isinstance(exc, CorralError):
+                raise
+
+    def _decode(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        """One decode of ``inputs`` (sequence ``s`` = input ``s``, each from position 0): their
+        pooled vectors."""
         ffi, lib = self.ffi, self.lib
-        n = len(toks)
-        tokens = np.asarray(toks, dtype=np.int32)
-        pos = np.arange(n, dtype=np.int32)
-        seq = np.zeros(n, dtype=np.int32)
-        logits = np.ones(n, dtype=np.int8)  # pooling needs every token's output
+        tokens = np.concatenate([np.asarray(t, dtype=np.int32) for t in inputs])
+        pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in inputs])
+        seq = np.concatenate([np.full(len(t), s, dtype=np.int32) for s, t in enumerate(inputs)])
+        logits = np.ones(len(tokens), dtype=np.int8)  # pooling needs every token's output
+        n = len(tokens)
         filled = lib.corral_batch_fill(
             self._batch, self.n_batch, ffi.from_buffer("llama_token[]", tokens),
             ffi.from_buffer("llama_pos[]", pos), ffi.from_buffer("llama_seq_id[]", seq),
@@ -82,21 +149,21 @@ class Embedder:
         if filled != n:
             raise BackendError("embedding batch does not fit")
         mem = lib.llama_get_memory(self.ctx)
-        lib.llama_memory_clear(mem, True)
+        if mem != ffi.NULL:
+            lib.llama_memory_clear(mem, True)
         rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
             else lib.llama_decode(self.ctx, self._batch[0])
         if rc != 0:
             raise BackendError(f"llama.cpp failed to evaluate the embedding input (code {rc})")
-        p = lib.llama_get_embeddings_seq(self.ctx, 0)
-        if p == ffi.NULL:
-            raise BackendError("llama.cpp returned no pooled embedding")
-        v = np.frombuffer(ffi.buffer(p, self.dim * 4), dtype=np.float32).astype(np.float64)
-        lib.llama_memory_clear(mem, True)
-        if normalize:
-            norm = float(np.linalg.norm(v))
-            if norm > 0:
-                v = v / norm
-        return v.tolist()
+        out = []
+        for s in range(len(inputs)):
+            p = lib.llama_get_embeddings_seq(self.ctx, s)
+            if p == ffi.NULL:
+                raise BackendError("llama.cpp returned no pooled embedding")
+            out.append(np.frombuffer(ffi.buffer(p, self.dim * 4), dtype=np.float32).astype(np.float64))
+        if mem != ffi.NULL:
+            lib.llama_memory_clear(mem, True)
+        return out
 
     def close(self) -> None:
         """Free the batch and the context; a second call does nothing."""

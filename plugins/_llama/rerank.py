@@ -50,5 +50,7 @@ def rerank(embedder: Any, query: str, documents: list[str]) -> RerankResult:
     if embedder.pooling != embedder.lib.LLAMA_POOLING_TYPE_RANK:
         raise CapabilityError("this model is not a reranker (its pooling type is not rank)")
     inputs = [rerank_inputs(embedder.model, query, doc) for doc in documents]
-    result = embedder.embed(inputs, normalize=False)
+    # Each pair in a decode of its own, as llama-server's slot evaluates it: the same scores, not
+    # scores within a packed batch's rounding of them (close documents could change places).
+    result = embedder.embed(inputs, normalize=False, alone=True)
     return RerankResult(scores=[v[0] for v in result.embeddings], prompt_tokens=result.prompt_tokens)
