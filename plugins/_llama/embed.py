@@ -112,9 +112,10 @@ class Embedder:
         try:
             while k < len(todo):
                 n_tok, end = 0, k
-                while end < len(todo) and end - k < self.n_seq:
+                most = 1 if todo[k][0].alone else self.n_seq
+                while end < len(todo) and end - k < most:
                     w, i = todo[end]
-                    if n_tok + len(w.inputs[i]) > self.n_batch or (end > k and (w.alone or todo[k][0].alone)):
+                    if n_tok + len(w.inputs[i]) > self.n_batch or (w.alone and end > k):
                         break
                     n_tok += len(w.inputs[i])
                     end += 1

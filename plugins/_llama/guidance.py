@@ -152,8 +152,12 @@ class Guidance:
             if proto is not None:
                 self._cache.move_to_end(key)
         if proto is None:
-            source = llg.LLMatcher.grammar_from_lark(lark_source(c, self._special))
-            proto = llg.LLMatcher(self._tok, source, log_level=0)  # compiles with the GIL released
+            try:
+                source = llg.LLMatcher.grammar_from_lark(lark_source(c, self._special))
+                proto = llg.LLMatcher(self._tok, source, log_level=0)  # compiles with the GIL released
+            except (ValueError, RuntimeError) as exc:  # what it cannot express: the GBNF form can
+                log.info("llguidance cannot compile a constraint (%s); using its GBNF form", exc)
+                return None
             if proto.is_error():
                 log.info("llguidance refused a schema (%s); using its GBNF form", proto.get_error())
                 return None
