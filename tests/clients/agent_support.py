@@ -126,6 +126,7 @@ class RecordingProxy:
                 if proxy.keep_bodies is not None:
                     (proxy.keep_bodies / f"request-{len(proxy.records)}.json").write_bytes(body)
                 events: list[str] = []
+                stream = b""  # the answer as read, for the last SSE event's data
                 try:
                     with (
                         httpx.Client(timeout=600) as client,
@@ -146,12 +147,16 @@ class RecordingProxy:
                                 for line in chunk.decode("utf-8", "replace").splitlines()
                                 if line.startswith("event: ")
                             ]
+                            stream = (stream + chunk)[-_KEPT:]
                             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                             self.wfile.flush()
                         self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     record["client_hung_up"] = True  # Codex closes right after response.completed
                 record["events"] = _collapse(events)
+                last = _last_data(stream)
+                if last is not None:
+                    record["last"] = last
 
             do_GET = do_POST = do_HEAD = do_DELETE = _forward
 
@@ -166,6 +171,27 @@ class RecordingProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+_KEPT = 1 << 20  # enough for the last event of a long answer
+
+
+def _last_data(stream: bytes) -> dict[str, Any] | None:
+    """The last SSE event's type, and the status, stop details and usage of the object it carries."""
+    lines = stream.decode("utf-8", "replace").splitlines()
+    datas = [ln[5:].strip() for ln in lines if ln.startswith("data:")]
+    try:
+        data = json.loads(datas[-1]) if datas else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    inner = data.get("response") or data.get("delta") or {}
+    out: dict[str, Any] = {"type": data.get("type")}
+    for key in ("status", "incomplete_details", "stop_reason", "usage"):
+        if isinstance(inner, dict) and key in inner:
+            out[key] = inner[key]
+    return out
 
 
 def _collapse(events: list[str]) -> list[str]:

@@ -43,6 +43,12 @@ AGENT_TEMPLATE = (
 MODELFILE = (
     f'FROM gemma3:270m\nTEMPLATE """{AGENT_TEMPLATE}"""\nPARAMETER stop """\n"""\nPARAMETER temperature 0\n'
 )
+# The same model with no stop and a cap of a few tokens: every turn ends on the length cap.
+CAPPED, CAP = "gemma-agent-capped", 3
+CAPPED_MODELFILE = (
+    f'FROM gemma3:270m\nTEMPLATE """{AGENT_TEMPLATE}"""\n'
+    f"PARAMETER num_predict {CAP}\nPARAMETER temperature 0\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +96,16 @@ def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 -3000:
             ]
             time.sleep(0.2)
-        (root / "Modelfile").write_text(MODELFILE)
-        made = subprocess.run(
-            [sys.executable, "-m", "corral.cli", "create", MODEL, "-f", str(root / "Modelfile")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert made.returncode == 0, made.stderr
+        for name, text in ((MODEL, MODELFILE), (CAPPED, CAPPED_MODELFILE)):
+            (root / f"Modelfile.{name}").write_text(text)
+            made = subprocess.run(
+                [sys.executable, "-m", "corral.cli", "create", name, "-f", str(root / f"Modelfile.{name}")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert made.returncode == 0, made.stderr
         yield url
     finally:
         proc.terminate()
@@ -158,7 +165,9 @@ def _codex_args(agents: dict[str, Path]) -> list[str]:
     return [str(agents["codex"]), "exec", "--skip-git-repo-check", "--color", "never"]
 
 
-def test_codex_custom_provider_completes_a_turn(agents: dict[str, Path], corral: str, tmp_path: Path) -> None:
+def _codex_custom(
+    agents: dict[str, Path], corral: str, tmp_path: Path, model: str
+) -> tuple[subprocess.CompletedProcess[str], RecordingProxy]:
     with RecordingProxy(corral) as proxy:
         provider = (
             f'model_providers.corral={{ name = "corral", base_url = "{proxy.url}/v1", '
@@ -167,17 +176,38 @@ def test_codex_custom_provider_completes_a_turn(agents: dict[str, Path], corral:
         env = _client_env(tmp_path, CODEX_HOME=str(tmp_path / "codex"), AGENT_TEST_KEY="corral")
         (tmp_path / "codex").mkdir()
         proc = _run(
-            [*_codex_args(agents), "-c", 'model_provider="corral"', "-c", provider, "-m", MODEL, "Say hi"],
+            [*_codex_args(agents), "-c", 'model_provider="corral"', "-c", provider, "-m", model, "Say hi"],
             env,
             tmp_path,
             proxy,
         )
+    return proc, proxy
+
+
+def test_codex_custom_provider_completes_a_turn(agents: dict[str, Path], corral: str, tmp_path: Path) -> None:
+    proc, proxy = _codex_custom(agents, corral, tmp_path, MODEL)
     turns = [r for r in proxy.records if r["path"] == "/v1/responses"]
     assert proc.returncode == 0, proc.stderr
     assert turns and all(r["status"] == 200 for r in turns)
     assert turns[0]["body"]["stream"] is True and "multi_agent_v1" in turns[0]["body"]["tools"]
     assert turns[0]["events"][-1] == "response.completed"
     assert proc.stdout.strip()  # it printed the model's answer (built from response.output_item.done)
+
+
+# Codex sends no max_output_tokens: the model's own cap ends its turns. A turn cut by that cap is still a
+# finished turn (Ollama and llama-server end it with status "completed"); Codex fails one that says otherwise.
+def test_codex_turn_cut_by_the_length_cap_ends_cleanly(
+    agents: dict[str, Path], corral: str, tmp_path: Path
+) -> None:
+    proc, proxy = _codex_custom(agents, corral, tmp_path, CAPPED)
+    turns = [r for r in proxy.records if r["path"] == "/v1/responses"]
+    assert proc.returncode == 0, proc.stderr
+    assert len(turns) == 1 and turns[0]["status"] == 200  # no retries
+    last = turns[0]["last"]
+    assert last["type"] == "response.completed" and last["status"] == "completed"
+    assert last["usage"]["output_tokens"] == CAP  # the cap, not the model, ended the turn
+    assert last["incomplete_details"] == {"reason": "max_output_tokens"}  # and says so
+    assert "Incomplete response" not in proc.stderr
 
 
 # Codex looks the model up in /api/tags by its exact name (and pulls it otherwise), so it gets the tag.

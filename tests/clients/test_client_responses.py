@@ -96,11 +96,18 @@ def test_max_output_tokens_ends_completed_with_details(served: Served) -> None:
     c = _client(served)
     served.fake.enqueue("one two three four")
     r = c.responses.create(model="tiny", input="count", max_output_tokens=5)
-    assert r.output_text == "one t" and r.status == "incomplete"
+    # Ollama and llama-server call it completed; the reason for the cut is kept in incomplete_details
+    assert r.output_text == "one t" and r.status == "completed"
     assert r.incomplete_details is not None and r.incomplete_details.reason == "max_output_tokens"
     served.fake.enqueue("one two three four")
     events = list(c.responses.create(model="tiny", input="count", max_output_tokens=5, stream=True))
     assert events[-1].type == "response.completed"  # Codex fails a turn that ends in response.incomplete
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.status == "completed" and final.incomplete_details is not None
+    assert final.incomplete_details.reason == "max_output_tokens"
+    served.fake.enqueue("one two")  # a turn the model ends has no details
+    r = c.responses.create(model="tiny", input="count", max_output_tokens=50)
+    assert r.status == "completed" and r.incomplete_details is None
 
 
 def test_text_format_json_schema_and_tool_choice(served: Served) -> None:

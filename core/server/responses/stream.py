@@ -312,12 +312,13 @@ class ResponseBuilder:
             out += self._close()
             m = c.metrics
             self.usage = convert.usage(m, m.thinking_count if m else 0)
+            # compat(ollama, llama-server): a turn a length cap stopped is still "completed" and ends in
+            # response.completed (Codex fails a turn that ends in response.incomplete, and sends no
+            # max_output_tokens: the model's own num_predict ends its turns); incomplete_details keeps
+            # the reason, so the cut is never silent.
             if c.done_reason == "length":
                 self.incomplete = S.IncompleteDetails(reason="max_output_tokens")
-            self.status = "incomplete" if self.incomplete else "completed"
-            # compat(ollama, llama-server): the stream ends in response.completed even when a length cap
-            # stopped it (the object's status and incomplete_details say so): Codex fails a turn that ends
-            # in response.incomplete.
+            self.status = "completed"
             out.append(self._ev("response.completed", response=self.response()))
         return out
 
