@@ -20,9 +20,12 @@ _EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low",
 # type is refused.
 SKIPPED_TOOL_TYPES = ("namespace", "web_search", "web_search_preview")
 _FUNCTION_KEYS = {"type", "name", "description", "parameters", "strict"}
-# include values: encrypted reasoning is for stateless replay, and corral's reasoning is replayed from
-# its plain text (sent back as a reasoning item), so there is nothing to encrypt.
+# include values: encrypted reasoning is for stateless replay (store false). compat(ollama): the reasoning
+# item's encrypted_content carries the reasoning's plain text, and a reasoning item sent back with only
+# encrypted_content replays it.
 _INCLUDES = {"reasoning.encrypted_content"}
+_TIERS = (None, "auto", "default")  # corral has one service tier
+MAX_USER_CHARS = 256
 
 
 @dataclass
@@ -33,7 +36,10 @@ class Plan:
     conversation: list[Message]  # the messages sent, for the store
     tools: list[dict[str, Any]] = field(default_factory=list)  # the function tools, as given
     single_call: bool = False
+    max_calls: int | None = None  # max_tool_calls: calls past this many are left out of the answer
     summary: bool = False  # reasoning goes out as summary_text (the client asked for a summary)
+    encrypted: bool = False  # reasoning items carry encrypted_content (include asked for it)
+    obfuscate: bool = False  # delta events carry random padding (stream_options.include_obfuscation)
 
 
 def _text_of(parts: str | list[S.ContentPart] | None, where: str) -> tuple[str, list[bytes]]:
@@ -48,7 +54,11 @@ def _text_of(parts: str | list[S.ContentPart] | None, where: str) -> tuple[str, 
         elif p.type == "refusal":
             texts.append(p.refusal or p.text or "")
         elif p.type == "input_image":
-            if not p.image_url or not p.image_url.startswith("data:"):
+            if p.detail not in (None, "auto", "high"):
+                # mtmd feeds the projector the image at the resolution it was trained on: there is no "low"
+                raise InvalidRequestError(f"{where}: input_image detail {p.detail!r} is not supported: the "
+                                          "model's projector sets the resolution (use auto or high)")
+            if p.file_id or not p.image_url or not p.image_url.startswith("data:"):
                 raise InvalidRequestError(
                     f"{where}: input_image needs image_url as a base64 data URI "
                     "(file ids and remote URLs are not supported)"
@@ -126,6 +136,8 @@ def input_messages(items: str | list[S.InputItem] | None) -> list[Message]:
         elif it.type == "reasoning":  # the model's earlier reasoning, for the assistant turn that follows
             content = [] if isinstance(it.content, str) else it.content or []
             parts = [p.text for p in it.summary or []] + [p.text or "" for p in content]
+            if not any(parts) and it.encrypted_content:
+                parts = [it.encrypted_content]  # corral's own encrypted_content is the plain text
             thinking += "\n".join(p for p in parts if p)
         else:
             raise InvalidRequestError(f"{where}: input item type {it.type!r} is not supported")
@@ -161,9 +173,40 @@ def _tool_choice(choice: str | S.NamedToolChoice | None) -> tuple[str, str]:
         return str(choice), ""
     if isinstance(choice, S.NamedToolChoice) and choice.type == "function" and choice.name:
         return "required", choice.name
+    if isinstance(choice, S.NamedToolChoice) and choice.type == "allowed_tools":
+        if choice.mode not in ("auto", "required"):
+            raise InvalidRequestError("tool_choice.mode must be auto or required")
+        return choice.mode, ""
     raise InvalidRequestError(
-        f'unsupported tool_choice {choice!r}: use auto, none, required or {{"type": "function", "name": ...}}'
+        f'unsupported tool_choice {choice!r}: use auto, none, required, {{"type": "function", "name": ...}} '
+        'or {"type": "allowed_tools", "mode": ..., "tools": [...]}'
     )
+
+
+def _allowed(choice: str | S.NamedToolChoice | None, tools: list[Tool],
+             kept: list[dict[str, Any]]) -> tuple[list[Tool], list[dict[str, Any]]]:
+    """The tools an ``allowed_tools`` choice leaves the model (all of them otherwise)."""
+    if not (isinstance(choice, S.NamedToolChoice) and choice.type == "allowed_tools"):
+        return tools, kept
+    names = set()
+    for n, t in enumerate(choice.tools or []):
+        if t.get("type") != "function" or not isinstance(t.get("name"), str):
+            raise InvalidRequestError(f'tool_choice.tools[{n}] must be {{"type": "function", "name": ...}}')
+        names.add(t["name"])
+    unknown = names - {t.name for t in tools}
+    if unknown or not names:
+        raise InvalidRequestError(
+            f"tool_choice.tools must name tools of the request: {sorted(unknown) or 'none named'}")
+    return [t for t in tools if t.name in names], [t for t in kept if t.get("name") in names]
+
+
+def end_user(req: S.ResponsesRequest) -> str:
+    """``safety_identifier`` (or the older ``user``): the end user, for the access log."""
+    for name in ("safety_identifier", "user"):
+        value = getattr(req, name)
+        if value is not None and (len(value) > MAX_USER_CHARS or not value.isprintable()):
+            raise InvalidRequestError(f"{name} must be printable text of at most {MAX_USER_CHARS} characters")
+    return req.safety_identifier or req.user or ""
 
 
 def _format(text: S.TextConfig | None) -> str | dict[str, Any] | None:
@@ -189,6 +232,12 @@ def plan(req: S.ResponsesRequest, history: list[Message]) -> Plan:
             raise InvalidRequestError(f"include value {inc!r} is not supported")
     if req.max_tool_calls is not None and req.max_tool_calls < 1:
         raise InvalidRequestError("max_tool_calls must be a positive integer")
+    if req.service_tier not in _TIERS:
+        raise InvalidRequestError(f"service_tier {req.service_tier!r} is not available: corral has one tier "
+                                  "(auto or default)")
+    if req.text and req.text.verbosity not in (None, "medium"):
+        raise InvalidRequestError(f"text.verbosity {req.text.verbosity!r} is not supported: corral cannot "
+                                  "steer answer length by it (use max_output_tokens)")
     options: dict[str, Any] = {}
     if req.max_output_tokens is not None:
         if req.max_output_tokens < 1:
@@ -208,6 +257,7 @@ def plan(req: S.ResponsesRequest, history: list[Message]) -> Plan:
         raise InvalidRequestError("truncation must be auto or disabled")
     tools, kept = _tools(req.tools)
     choice, forced = _tool_choice(req.tool_choice)
+    tools, kept = _allowed(req.tool_choice, tools, kept)
     msgs = list(history)
     if req.instructions:  # instructions apply to this request only, ahead of everything else
         msgs = [Message(role="system", content=req.instructions)] + [m for m in msgs if m.role != "system"]
@@ -234,7 +284,10 @@ def plan(req: S.ResponsesRequest, history: list[Message]) -> Plan:
     conversation = [
         m for m in msgs if not (req.instructions and m.role == "system" and m.content == req.instructions)
     ]
-    return Plan(job=job, conversation=conversation, tools=kept, single_call=single, summary=summary)
+    return Plan(job=job, conversation=conversation, tools=kept, single_call=single,
+                max_calls=req.max_tool_calls, summary=summary,
+                encrypted="reasoning.encrypted_content" in (req.include or []),
+                obfuscate=bool(req.stream_options and req.stream_options.include_obfuscation))
 
 
 def usage(m: Metrics | None, reasoning_tokens: int) -> S.Usage:

@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from corral.errors import InvalidRequestError, ModelNotFoundError
+from corral.server import common
 from corral.server.errors import message_for
 from corral.server.responses import convert
 from corral.server.responses import schemas as S
@@ -61,6 +62,7 @@ def _sse(kind: str, payload: Any) -> bytes:
 async def create(request: Req, data: JSONBody[S.ResponsesRequest]) -> Response[S.Response]:
     """Create a response; the Responses event sequence (SSE) when ``stream`` is true."""
     svc, began = services(request), time.perf_counter()
+    common.note_end_user(request, convert.end_user(data))
     plan = convert.plan(data, _history(request, data))
     built = ResponseBuilder(data, plan)
     chunks = svc.metrics.observe(plan.job.model, began, svc.engine.chat(plan.job))

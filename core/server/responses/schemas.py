@@ -87,10 +87,16 @@ class TextFormat(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class TextConfig(Struct, kw_only=True, forbid_unknown_fields=True):
-    """``text``: the output format; ``verbosity`` is a hint about length."""
+    """``text``: the output format; ``verbosity`` (only ``medium``: corral cannot steer length by it)."""
 
     format: TextFormat | None = None
-    verbosity: Hint = None
+    verbosity: str | None = None
+
+
+class StreamOptions(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``stream_options``: ``include_obfuscation`` pads delta events with random characters."""
+
+    include_obfuscation: bool | None = None
 
 
 class ResponsesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -113,12 +119,12 @@ class ResponsesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     include: list[str] | None = None
     truncation: str | None = None
     metadata: dict[str, str] | None = None  # kept and returned on the response
-    prompt_cache_key: Hint = None  # corral reuses every common prompt prefix without a key
-    client_metadata: Hint = None  # Codex's client bookkeeping
-    user: Hint = None
-    safety_identifier: Hint = None
-    service_tier: Hint = None
-    stream_options: Hint = None  # include_obfuscation: padding against traffic analysis
+    prompt_cache_key: str | None = None  # echoed; corral reuses every common prompt prefix without a key
+    client_metadata: Hint = None  # Codex's client bookkeeping, never part of the prompt
+    user: str | None = None  # the end user: the access log shows it
+    safety_identifier: str | None = None  # user's newer name
+    service_tier: str | None = None  # auto or default: corral has one tier
+    stream_options: StreamOptions | None = None
     background: bool | None = None
     max_tool_calls: int | None = None
 
@@ -215,6 +221,10 @@ class Response(Struct, kw_only=True):
     truncation: str
     metadata: dict[str, str]
     usage: Usage | None
+    service_tier: str = "default"
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    user: str | None = None
 
 
 class DeletedResponse(Struct, kw_only=True):

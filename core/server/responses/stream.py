@@ -76,6 +76,7 @@ class ResponseBuilder:
                         "name": fmt.name,
                         "schema": fmt.schema,
                         "strict": fmt.strict,
+                        "description": fmt.description,
                     }.items()
                     if v is not None
                 }
@@ -85,6 +86,9 @@ class ResponseBuilder:
             truncation=r.truncation or "disabled",
             metadata=dict(r.metadata or {}),
             usage=self.usage,
+            prompt_cache_key=r.prompt_cache_key,
+            safety_identifier=r.safety_identifier,
+            user=r.user,
         )
 
     def assistant_turns(self) -> list[Message]:
@@ -98,7 +102,11 @@ class ResponseBuilder:
     # ---- events --------------------------------------------------------------------------------
     def _ev(self, kind: str, **fields: Any) -> Event:
         self.seq += 1
-        return {"type": kind, "sequence_number": self.seq - 1, **fields}
+        ev = {"type": kind, "sequence_number": self.seq - 1, **fields}
+        if self.plan.obfuscate and "delta" in fields:
+            # random padding, so an event's size does not tell the length of its delta
+            ev["obfuscation"] = secrets.token_urlsafe(12)[: 16 - min(len(str(fields["delta"])), 15)]
+        return ev
 
     def start(self) -> list[Event]:
         return [
@@ -166,6 +174,8 @@ class ResponseBuilder:
                     )
                 )
         item.status = "completed"
+        if isinstance(item, S.ReasoningItem) and self.plan.encrypted:
+            item.encrypted_content = "".join(p.text for p in (item.summary or item.content))
         out.append(self._ev("response.output_item.done", output_index=index, item=item))
         return out
 
@@ -307,6 +317,8 @@ class ResponseBuilder:
         for call in c.tool_calls:
             if self.plan.single_call and self.calls:
                 break  # parallel_tool_calls false: the first call only
+            if self.plan.max_calls is not None and len(self.calls) >= self.plan.max_calls:
+                break  # max_tool_calls: the first so many
             out += self._call(call)
         if c.done:
             out += self._close()
