@@ -79,6 +79,12 @@ def reranker(client: TestClient[Any], tmp_path: Path) -> str:
     return "rr"
 
 
+@pytest.mark.fields(
+    "llamaserver.RerankRequest.query", "llamaserver.RerankRequest.documents",
+    "llamaserver.RerankRequest.texts",
+    "llamaserver.RerankRequest.top_n", "llamaserver.RerankRequest.return_documents",
+    "llamaserver.RerankRequest.return_text", "llamaserver.DocumentObject.text",
+)
 def test_rerank_sorted_top_n_and_documents(client: TestClient[Any], reranker: str) -> None:
     show = client.post("/api/show", json={"model": reranker}).json()
     assert show["capabilities"] == ["rerank"]
@@ -100,6 +106,8 @@ def test_rerank_sorted_top_n_and_documents(client: TestClient[Any], reranker: st
     assert tei.json()[0] == {"index": 1, "score": scores[0], "text": DOCS[1]}
 
 
+@pytest.mark.fields("llamaserver.RerankRequest.model", "llamaserver.RerankRequest.query",
+                    "llamaserver.RerankRequest.documents", "llamaserver.RerankRequest.top_n")
 def test_rerank_errors(client: TestClient[Any], reranker: str) -> None:
     r = client.post("/v1/rerank", json={"model": "tiny", "query": QUERY, "documents": DOCS})
     assert r.status_code == 400 and "does not support rerank" in r.json()["error"]["message"]
@@ -110,3 +118,57 @@ def test_rerank_errors(client: TestClient[Any], reranker: str) -> None:
         assert r.status_code == 400 and word in r.json()["error"]["message"], r.text
     r = client.post("/v1/rerank", json={"model": "absent", "query": "q", "documents": ["d"]})
     assert r.status_code == 404
+
+
+@pytest.mark.fields(
+    "llamaserver.TokenizeRequest.model", "llamaserver.TokenizeRequest.content",
+    "llamaserver.TokenizeRequest.add_special", "llamaserver.TokenizeRequest.parse_special",
+    "llamaserver.TokenizeRequest.keep_alive", "llamaserver.TokenizeRequest.with_pieces",
+    "llamaserver.DetokenizeRequest.model", "llamaserver.DetokenizeRequest.tokens",
+    "llamaserver.DetokenizeRequest.keep_alive",
+)
+def test_llama_server_tokenize_fields(client: TestClient[Any]) -> None:
+    def tokens(**body: Any) -> list[int]:
+        r = client.post("/tokenize", json={"model": "tiny", "content": "a<|im_end|>", **body})
+        assert r.status_code == 200, r.text
+        return r.json()["tokens"]  # type: ignore[no-any-return]
+
+    assert tokens() == [ord("a") + BYTE_OFFSET, tokens()[1]] and tokens(add_special=True)[0] == BOS
+    assert len(tokens(parse_special=False)) == 1 + len("<|im_end|>")  # the control token's text, spelled
+    assert client.post("/tokenize", json={"model": "absent", "content": "x"}).status_code == 404
+    r = client.post("/tokenize", json={"model": "tiny"})
+    assert r.status_code == 400 and "content" in r.json()["error"]["message"]
+    r = client.post("/detokenize", json={"model": "tiny", "tokens": tokens(), "keep_alive": 0})
+    assert r.json() == {"content": "a<|im_end|>"}
+    assert client.get("/api/ps").json()["models"] == []  # keep_alive 0: unloaded once answered
+    tokens(keep_alive="5m")
+    assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["tiny:latest"]
+    for path, body in (("/tokenize", {"content": "x"}), ("/detokenize", {"tokens": [100]})):
+        r = client.post(path, json={"model": "tiny", "keep_alive": "soon", **body})
+        assert r.status_code == 400 and "keep_alive" in r.json()["error"]["message"]
+    assert client.post("/detokenize", json={"model": "absent", "tokens": [1]}).status_code == 404
+    r = client.post("/detokenize", json={"model": "tiny"})
+    assert r.status_code == 400 and "tokens" in r.json()["error"]["message"]
+    r = client.post("/tokenize", json={"model": "tiny", "content": "ab", "with_pieces": True})
+    assert r.status_code == 400 and "with_pieces" in r.json()["error"]["message"]
+
+
+@pytest.mark.fields(
+    "llamaserver.RerankRequest.texts", "llamaserver.RerankRequest.keep_alive",
+    "llamaserver.RerankRequest.options", "llamaserver.DocumentObject.text",
+)
+def test_rerank_options_keep_alive_and_document_forms(client: TestClient[Any], reranker: str,
+                                                      harness: Any) -> None:
+    r = client.post("/rerank", json={"model": reranker, "query": QUERY, "documents": DOCS, "texts": DOCS})
+    assert r.status_code == 400 and "not both" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"model": reranker, "query": QUERY, "documents": [{"txt": "x"}]})
+    assert r.status_code == 400 and "txt" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"model": reranker, "query": QUERY, "documents": DOCS,
+                                     "options": {"num_ctx": 64}, "keep_alive": 0})
+    assert r.status_code == 200, r.text
+    load = [c for c in harness.fake.history if c.op == "load"][-1]
+    assert load.options is not None and load.options.num_ctx == 64
+    assert client.get("/api/ps").json()["models"] == []  # keep_alive 0
+    r = client.post("/rerank", json={"model": reranker, "query": QUERY, "documents": DOCS,
+                                     "options": {"num_ctx": "big"}})
+    assert r.status_code == 400 and "num_ctx" in r.json()["error"]["message"]
