@@ -8,8 +8,10 @@ import secrets
 from typing import Any
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.errors import InvalidRequestError
+from corral.errors import GrammarError, InvalidRequestError
 from corral.jobs import ChatJob, Chunk, Metrics
+from corral.media import inspect_media
+from corral.prompts.grammar import schema_to_gbnf
 from corral.server import common
 from corral.server.anthropic import schemas as S
 
@@ -18,6 +20,8 @@ from corral.server.anthropic import schemas as S
 # would break prompt-prefix reuse on every turn, so it is cut (the rest of the block is kept).
 _BILLING = re.compile(r"^x-anthropic-billing-header:(?:\s*[\w.-]+=[^;\n]*;)*\s*")
 _EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+MAX_USER_CHARS = 256  # Anthropic's limit on metadata.user_id
+_MEDIA_TYPES = ("jpeg", "png", "gif", "webp")
 
 
 def new_id(prefix: str) -> str:
@@ -30,9 +34,16 @@ def system_text(system: str | list[S.TextBlock] | None) -> str:
     """The system prompt as one text, the billing stamp removed."""
     if system is None:
         return ""
-    parts = [system] if isinstance(system, str) else [b.text for b in system]
+    parts = [system] if isinstance(system, str) else [_text(b) for b in system]
     parts = [_BILLING.sub("", p, count=1) for p in parts]
     return "\n\n".join(p for p in parts if p)
+
+
+def _text(block: S.TextBlock) -> str:
+    if block.citations:
+        raise InvalidRequestError("text block citations are not supported: they point into document "
+                                  "blocks, which corral does not take")
+    return block.text
 
 
 def _image(block: S.ImageBlock) -> bytes:
@@ -41,14 +52,27 @@ def _image(block: S.ImageBlock) -> bytes:
             f"image source type {block.source.type!r} is not supported: send base64 data "
             "(corral fetches nothing from URLs)"
         )
-    return common.decode_image(block.source.data, "image.source.data")
+    data = common.decode_image(block.source.data, "image.source.data")
+    kind = block.source.media_type.removeprefix("image/")
+    if not block.source.media_type.startswith("image/") or kind not in _MEDIA_TYPES:
+        raise InvalidRequestError(f"image.source.media_type {block.source.media_type!r} is not one of "
+                                  "image/jpeg, image/png, image/gif, image/webp")
+    try:
+        found = inspect_media(data).format
+    except InvalidRequestError:
+        return data  # the engine checks the bytes against the configured limits and names the fault
+    if found != kind:
+        # compat(anthropic): "Image does not match the provided media type"
+        raise InvalidRequestError(f"image.source.media_type {block.source.media_type!r} does not match "
+                                  f"the image data ({found})")
+    return data
 
 
 def _tool_result(block: S.ToolResultBlock, names: dict[str, str]) -> Message:
     content, images = block.content, []
     if not isinstance(content, str):
         images = [_image(b) for b in content if isinstance(b, S.ImageBlock)]
-        content = "\n".join(b.text for b in content if isinstance(b, S.TextBlock))
+        content = "\n".join(_text(b) for b in content if isinstance(b, S.TextBlock))
     if block.is_error:  # the model should know the tool failed; the text alone may not say so
         content = f"Error: {content}" if content else "Error"
     return Message(
@@ -79,7 +103,7 @@ def messages(system: str | list[S.TextBlock] | None, wire: list[S.InputMessage])
         calls: list[ToolCall] = []
         for block in m.content:
             if isinstance(block, S.TextBlock):
-                texts.append(block.text)
+                texts.append(_text(block))
             elif isinstance(block, S.ImageBlock):
                 images.append(_image(block))
             elif isinstance(block, S.ThinkingBlock):
@@ -117,6 +141,43 @@ def _tools(req: S.MessagesRequest | S.CountTokensRequest) -> list[Tool]:
             )
         tools.append(Tool(name=t.name, description=t.description, parameters=dict(t.input_schema)))
     return tools
+
+
+def _check_strict(tools: list[S.ToolDef] | None, choice: str) -> None:
+    """``strict`` tools: their input must follow their schema, which corral guarantees only when a
+    grammar forces the call (tool_choice any or a named tool) and the schema converts to one."""
+    for t in tools or []:
+        if not t.strict:
+            continue
+        if choice != "required":
+            raise InvalidRequestError(
+                f"tools: {t.name!r} is strict, which corral guarantees only for a forced call: set "
+                'tool_choice to {"type": "any"} or name the tool, or leave strict out')
+        try:
+            schema_to_gbnf(dict(t.input_schema) or {"type": "object"})
+        except GrammarError as exc:
+            raise InvalidRequestError(
+                f"tools: {t.name!r} is strict but its input_schema cannot be enforced: {exc.message}"
+            ) from None
+
+
+def _context_edits(cm: S.ContextManagement | None) -> None:
+    for n, edit in enumerate(cm.edits if cm else []):
+        if not edit.type.startswith("clear_thinking_"):
+            raise InvalidRequestError(
+                f"context_management.edits[{n}]: edit type {edit.type!r} is not supported: corral renders "
+                "the conversation as sent (clear tool results on the client)")
+
+
+def end_user(req: S.MessagesRequest) -> str:
+    """``metadata.user_id``: the end user, for the access log."""
+    user = req.metadata.user_id if req.metadata else None
+    if user is None:
+        return ""
+    if len(user) > MAX_USER_CHARS or not user.isprintable():
+        raise InvalidRequestError(f"metadata.user_id must be printable text of at most {MAX_USER_CHARS} "
+                                  "characters")
+    return user
 
 
 def _tool_choice(choice: S.ToolChoice | None) -> tuple[str, str]:
@@ -165,6 +226,8 @@ def chat_job(req: S.MessagesRequest | S.CountTokensRequest) -> ChatJob:
         if req.stop_sequences:
             options["stop"] = list(req.stop_sequences)
     choice, forced = _tool_choice(req.tool_choice)
+    _check_strict(req.tools, choice)
+    _context_edits(req.context_management)
     think, relaxed = _think(req.thinking, req.output_config)
     fmt = req.output_config.format.schema if req.output_config and req.output_config.format else None
     # A prompt that does not fit is an error naming num_ctx, never a silently shortened system prompt.
@@ -209,11 +272,12 @@ def _tool_use(call: ToolCall) -> S.OutToolUse:
     return S.OutToolUse(id=new_id("toolu"), name=call.name, input=call.arguments)
 
 
-def message(model: str, c: Chunk, stop_sequences: list[str], single_call: bool) -> S.Message:
+def message(model: str, c: Chunk, stop_sequences: list[str], single_call: bool,
+            omit_thinking: bool = False) -> S.Message:
     """A non-streamed answer: thinking, text and tool_use blocks."""
     blocks: list[S.OutBlock] = []
     if c.thinking:
-        blocks.append(S.OutThinking(thinking=c.thinking))
+        blocks.append(S.OutThinking(thinking="" if omit_thinking else c.thinking))
     if c.content:
         blocks.append(S.OutText(text=c.content))
     calls = c.tool_calls[:1] if single_call else c.tool_calls
@@ -235,8 +299,10 @@ class MessageStream:
     """Turns core chunks into Anthropic's event sequence: one content block per kind, each started,
     filled with deltas and stopped; tool calls are whole blocks; then message_delta and message_stop."""
 
-    def __init__(self, model: str, stop_sequences: list[str], single_call: bool) -> None:
+    def __init__(self, model: str, stop_sequences: list[str], single_call: bool,
+                 omit_thinking: bool = False) -> None:
         self.model, self.stop_sequences, self.single_call = model, stop_sequences, single_call
+        self.omit_thinking = omit_thinking  # thinking.display omitted: the block opens and closes empty
         self.id = new_id("msg")
         self.index = -1
         self.open: str | None = None  # kind of the block being filled: "text" or "thinking"
@@ -274,6 +340,8 @@ class MessageStream:
             self.open = kind
             block: S.OutBlock = S.OutText(text="") if kind == "text" else S.OutThinking(thinking="")
             out.append(S.ContentBlockStart(index=self.index, content_block=block))
+        if kind == "thinking" and self.omit_thinking:
+            return out
         delta = S.TextDelta(text=text) if kind == "text" else S.ThinkingDelta(thinking=text)
         out.append(S.ContentBlockDelta(index=self.index, delta=delta))
         return out

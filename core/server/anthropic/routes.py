@@ -11,6 +11,7 @@ from litestar import Request, Response, post
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from corral.server import common
 from corral.server.anthropic import convert
 from corral.server.anthropic import schemas as S
 from corral.server.errors import anthropic_body, message_for, status_for
@@ -63,9 +64,11 @@ def _sse(started: Started[Any], state: convert.MessageStream) -> Response[Any]:
 async def messages(request: Req, data: JSONBody[S.MessagesRequest]) -> Response[S.Message]:
     """Create a message; Anthropic's SSE event sequence when ``stream`` is true."""
     svc, began = services(request), time.perf_counter()
+    common.note_end_user(request, convert.end_user(data))
     job = convert.chat_job(data)
     stops = list(data.stop_sequences or [])
     single = bool(data.tool_choice and data.tool_choice.disable_parallel_tool_use)
+    omit = bool(data.thinking and data.thinking.display == "omitted")
     started = await start_stream(
         svc.metrics.observe(job.model, began, svc.engine.chat(job)), FIRST_CHUNK_GRACE
     )
@@ -77,8 +80,8 @@ async def messages(request: Req, data: JSONBody[S.MessagesRequest]) -> Response[
                     yield c
 
         done = await unless_disconnected(request.receive, collect(rest()))
-        return Response(convert.message(data.model, done, stops, single))
-    return _sse(started, convert.MessageStream(data.model, stops, single))
+        return Response(convert.message(data.model, done, stops, single, omit))
+    return _sse(started, convert.MessageStream(data.model, stops, single, omit))
 
 
 @post("/v1/messages/count_tokens", status_code=200, operation_id="anthropic_count_tokens", tags=["anthropic"])

@@ -26,7 +26,7 @@ class ImageSource(Struct, kw_only=True, forbid_unknown_fields=True):
 class TextBlock(Struct, tag="text", tag_field="type", kw_only=True, forbid_unknown_fields=True):
     text: str
     cache_control: Hint = None
-    citations: Hint = None
+    citations: list[Any] | None = None  # only empty: citations point into document blocks, refused here
 
 
 class ImageBlock(Struct, tag="image", tag_field="type", kw_only=True, forbid_unknown_fields=True):
@@ -90,7 +90,9 @@ class ThinkingConfig(Struct, kw_only=True, forbid_unknown_fields=True):
 
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
-    display: Hint = None  # how Anthropic's own apps show thinking
+    # omitted: thinking blocks come back empty (the model still thinks); summarized: corral returns the
+    # whole thinking, which no summary can leave out anything of
+    display: Literal["summarized", "omitted"] | None = None
 
 
 class OutputFormat(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -105,6 +107,25 @@ class OutputConfig(Struct, kw_only=True, forbid_unknown_fields=True):
 
     effort: Literal["low", "medium", "high", "max"] | None = None
     format: OutputFormat | None = None
+
+
+class Metadata(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``metadata``: ``user_id``, the end user (the access log shows it)."""
+
+    user_id: str | None = None
+
+
+class ContextEdit(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One ``context_management`` edit (only clear_thinking_*: see MessagesRequest)."""
+
+    type: str
+    keep: Any = None
+
+
+class ContextManagement(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``context_management``: edits Anthropic applies to its stored context."""
+
+    edits: list[ContextEdit] = msgspec.field(default_factory=list)
 
 
 class MessagesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,12 +144,13 @@ class MessagesRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
-    metadata: Hint = None  # user_id for abuse tracking: no effect on the answer
-    service_tier: Hint = None  # capacity routing on Anthropic's side
+    metadata: Metadata | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None  # corral has the standard tier only
     # Context editing (clearing old thinking and tool results) is done by Anthropic on its stored
-    # context; corral renders exactly the conversation the client sends, and old thinking never
-    # reaches the prompt (templates drop it), so the one edit Claude Code asks for is already so.
-    context_management: Hint = None
+    # context; corral renders exactly the conversation the client sends, and whether earlier turns'
+    # thinking reaches the prompt is the model's template's choice, so the clear_thinking edit Claude
+    # Code sends is accepted; edits corral does not make (clearing tool results) are refused.
+    context_management: ContextManagement | None = None
 
 
 class CountTokensRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -141,7 +163,7 @@ class CountTokensRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
-    context_management: Hint = None
+    context_management: ContextManagement | None = None
 
 
 # ---- responses -----------------------------------------------------------------------------------
