@@ -172,10 +172,12 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            # recorded before the body goes out: a client that has read the answer finds it in the log
+            # (recorded after, a test could look before the server thread got there, under load)
             reg._record(Access(self.command, self.path, status, sent=len(body), complete=True,
                                authorization=self.headers.get("Authorization")))
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _authorized(self) -> bool:
             if reg.faults.auth_realm is None:
