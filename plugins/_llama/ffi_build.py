@@ -534,7 +534,13 @@ mtmd_bitmap * corral_bitmap_from_image(const unsigned char * buf, size_t len, ui
         *err = 1;
         return NULL;
     }
-    if (nx <= 0 || ny <= 0 || (uint64_t) nx * (uint64_t) ny > max_pixels) {
+    /* stb's info reports a top-down BMP's height as negative (its loader takes the absolute value) */
+    int64_t w = nx, h = ny < 0 ? -(int64_t) ny : ny;
+    if (w <= 0 || h <= 0) {
+        *err = 3;
+        return NULL;
+    }
+    if ((uint64_t) w * (uint64_t) h > max_pixels) {
         *err = 2;
         return NULL;
     }
