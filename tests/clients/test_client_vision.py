@@ -81,6 +81,69 @@ def test_openai_image_url_parts(vision_served: Served, sample_images) -> None:
                                           "input_audio": {"data": _b64(wav), "format": "wav"}}]}])
 
 
+def test_gif_and_bmp_read_as_the_same_pixels_as_png(vision_served: Served, sample_images) -> None:
+    """The same flat red picture as PNG, GIF (one palette colour: exact) and BMP, top-down and bottom-up:
+    decoded to the same pixels, so the same greedy answer."""
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(sample_images["red"])).convert("RGB")
+    encoded = {}
+    for fmt in ("GIF", "BMP"):
+        buf = io.BytesIO()
+        picture.save(buf, format=fmt)
+        encoded[fmt] = buf.getvalue()
+    bmp = encoded["BMP"]
+    # the same BMP stored top-down: a negative height, rows in reading order
+    width, height = struct.unpack("<ii", bmp[18:26])
+    offset, stride = struct.unpack("<I", bmp[10:14])[0], (width * 3 + 3) & ~3
+    rows = [bmp[offset + r * stride: offset + (r + 1) * stride] for r in range(height)]
+    encoded["BMP top-down"] = bmp[:22] + struct.pack("<i", -height) + bmp[26:offset] + b"".join(rows[::-1])
+    c = ollama.Client(host=vision_served.url)
+    want = c.generate(model="tiny-vision", prompt="what is this", images=[sample_images["red"]], options=OPTS)
+    for name, data in encoded.items():
+        got = c.generate(model="tiny-vision", prompt="what is this", images=[data], options=OPTS)
+        assert got.response == want.response, name
+
+def test_anthropic_and_responses_images_reach_the_model(vision_served: Served, sample_images,
+                                                        tiny_projector) -> None:
+    """The agent APIs' image blocks (Anthropic base64 sources, Responses input_image data URIs) reach the
+    model: answers depend on the image and the prompt counts its tokens."""
+    import anthropic
+
+    ac = anthropic.Anthropic(base_url=vision_served.url, api_key="corral", max_retries=0)
+
+    def claude(image: bytes) -> tuple[str, int]:
+        r = ac.messages.create(model="tiny-vision", max_tokens=N, messages=[  # the model says temperature 0
+            {"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": _b64(image)}},
+                {"type": "text", "text": "what is this"}]}])
+        prompt = r.usage.input_tokens + (r.usage.cache_read_input_tokens or 0)  # cached ones apart
+        return "".join(b.text for b in r.content if b.type == "text"), prompt
+
+    (red_text, red_in), (grad_text, grad_in) = claude(sample_images["red"]), claude(sample_images["gradient"])
+    assert red_text != grad_text and red_in == grad_in > tiny_projector.n_image_tokens
+    with pytest.raises(anthropic.BadRequestError, match="does not support vision"):
+        ac.messages.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": _b64(sample_images["red"])}}]}])
+
+    oc = openai.OpenAI(base_url=vision_served.url + "/v1/", api_key="corral", max_retries=0)
+
+    def respond(image: bytes) -> tuple[str, int]:
+        r = oc.responses.create(model="tiny-vision", max_output_tokens=N, temperature=0, input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "what is this"},
+                                         {"type": "input_image", "image_url": _url(image),
+                                          "detail": "auto"}]}])
+        assert r.usage is not None
+        return r.output_text, r.usage.input_tokens
+
+    (red_text, red_in), (grad_text, _) = respond(sample_images["red"]), respond(sample_images["gradient"])
+    assert red_text != grad_text
+    without = oc.responses.create(model="tiny-vision", max_output_tokens=N, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "what is this"}]}])
+    assert without.usage is not None and red_in > without.usage.input_tokens
+
 def test_remote_image_urls_are_fetched_when_the_operator_allows(tmp_path_factory, tiny_gguf, tiny_projector,
                                                                 sample_images) -> None:
     from pathlib import Path
