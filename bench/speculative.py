@@ -16,7 +16,7 @@ Bars: edit, 1 stream >= 2.0x corral without speculation and >= 1.1x llama-server
 
 Usage:
   python bench/speculative.py [--llama-server PATH] [--threads 2] [--rounds 3]
-                              [--spec-types ngram-simple,ngram-mod] [--cases chat:1,edit:1]
+                              [--spec-types ngram-simple,ngram-mod] [--cases chat:1,edit:1] [--paired]
 """
 
 from __future__ import annotations
@@ -136,6 +136,44 @@ async def measure(srv: Server, args: argparse.Namespace) -> dict[tuple[str, int]
     return out
 
 
+async def paired(args: argparse.Namespace) -> int:
+    """corral with and without speculation, both up at once, measured in alternating rounds (ABBA...), so
+    that each pair of measurements shares the machine's load: the median of the per-round ratios holds
+    on a shared machine where two sequential runs would not."""
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    models = Path(args.models) if args.models else work / "models"
+    _prepare_model(models)
+    args.slots, args.backend = 4, "cpu"
+    print(f"model {MODEL}, threads {args.threads}, paired rounds: {args.rounds}; logs in {work}")
+    on = start_corral_as(models, args, True, work / "corral.log")
+    off = start_corral_as(models, args, False, work / "corral-nospec.log")
+    failures = 0
+    try:
+        for srv in (on, off):
+            async with httpx.AsyncClient(timeout=900) as c:  # warm-up: load the model
+                await one_stream(c, srv, [{"role": "user", "content": "Hi"}], 4)
+        for workload, streams in args.cases:
+            tokens = args.edit_tokens if workload == "edit" else args.chat_tokens
+            ratios, rates_on, rates_off = [], [], []
+            for r in range(args.rounds):
+                order = (on, off) if r % 2 == 0 else (off, on)
+                got = {srv.name: await decode_rate(srv, workload, streams, tokens) for srv in order}
+                rates_on.append(got[on.name])
+                rates_off.append(got[off.name])
+                ratios.append(got[on.name] / got[off.name])
+            ratio = statistics.median(ratios)
+            bar = {("edit", 1): 2.0, ("chat", 1): 0.97}.get((workload, streams))
+            verdict = "" if bar is None else f" {_bar(ratio >= bar)} (>= {bar})"
+            failures += bar is not None and ratio < bar
+            print(f"{workload} x{streams}: corral {statistics.median(rates_on):.1f} tok/s, without "
+                  f"speculation {statistics.median(rates_off):.1f}; median ratio {ratio:.3f}x{verdict} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})", flush=True)
+    finally:
+        on.stop()
+        off.stop()
+    return 1 if failures else 0
+
+
 def _bar(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -197,13 +235,15 @@ def main() -> None:
                    help="llama-server --spec-type values to try (the best is the bar)")
     p.add_argument("--models", help="corral model store to use (default: a fresh temporary one)")
     p.add_argument("--corral-only", action="store_true", help="measure corral alone (no llama-server)")
+    p.add_argument("--paired", action="store_true",
+                   help="corral against itself without speculation, in alternating rounds (a busy machine)")
     p.add_argument("--cases", default=",".join(f"{w}:{n}" for w, n in CASES),
                    help="workload:streams pairs to measure (default: all; the llama-server bars need all)")
     args = p.parse_args()
     args.cases = [(w, int(n)) for w, n in (c.split(":") for c in args.cases.split(","))]
     if not all(c in CASES for c in args.cases):
         p.error(f"--cases: choose from {','.join(f'{w}:{n}' for w, n in CASES)}")
-    sys.exit(asyncio.run(run(args)))
+    sys.exit(asyncio.run(paired(args) if args.paired else run(args)))
 
 
 if __name__ == "__main__":
