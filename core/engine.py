@@ -349,6 +349,18 @@ class Engine:
         finally:
             lease.release()
 
+    async def tokenize_with_pieces(self, job: TokenizeJob) -> tuple[list[int], list[bytes]]:
+        """The token ids of ``job.text`` and each one's bytes (llama-server's ``with_pieces``)."""
+        spec = await self._resolve(job.model, [])
+        load, _generation = self._options(spec, job.options)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        try:
+            tokens = await lease.runner.tokenize(job.text, add_special=job.add_special,
+                                                 parse_special=job.parse_special)
+            return tokens, await lease.runner.token_pieces(tokens)
+        finally:
+            lease.release()
+
     async def detokenize(self, job: DetokenizeJob) -> str:
         """The text of ``job.tokens`` (an id outside the vocabulary is a 400)."""
         spec = await self._resolve(job.model, [])

@@ -77,6 +77,11 @@ def corral_detokenize(handle: ModelHandle, tokens: list[int], render_special: bo
 
 
 @hookspec(firstresult=True)
+def corral_token_pieces(handle: ModelHandle, tokens: list[int]) -> list[bytes]:
+    """Each token's own bytes, control tokens as their text; a piece may hold part of a UTF-8 character."""
+
+
+@hookspec(firstresult=True)
 def corral_generate(
     handle: ModelHandle, request: GenerationRequest, cancel: CancelToken
 ) -> Iterator[TokenEvent]:

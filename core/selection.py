@@ -6,7 +6,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from corral.errors import BackendError, BackendUnavailableError, CorralError, InvalidRequestError
+from corral.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CapabilityError,
+    CorralError,
+    InvalidRequestError,
+)
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
 from corral.types import BackendInfo, EmbeddingResult, ModelHandle, RerankResult, WorkerInfo
@@ -144,6 +150,16 @@ class BackendHooks:
     def detokenize(self, handle: ModelHandle, tokens: list[int], *, render_special: bool = False) -> str:
         text = self._call("corral_detokenize", handle=handle, tokens=tokens, render_special=render_special)
         return self._typed("corral_detokenize", text, str)
+
+    def token_pieces(self, handle: ModelHandle, tokens: list[int]) -> list[bytes]:
+        pieces = self._call("corral_token_pieces", optional=True, handle=handle, tokens=tokens)
+        if pieces is None:
+            raise CapabilityError(f"backend {self.backend!r} cannot give token pieces (with_pieces)")
+        pieces = self._typed("corral_token_pieces", pieces, list)
+        if len(pieces) != len(tokens) or not all(isinstance(b, bytes) for b in pieces):
+            raise BackendError(f"backend {self.backend!r} returned no bytes piece per token from "
+                               "corral_token_pieces")
+        return pieces
 
     def generate(self, handle: ModelHandle, request: GenerationRequest,
                  cancel: CancelToken) -> Iterator[TokenEvent]:

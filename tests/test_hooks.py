@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral.config import Config
-from corral.errors import BackendError, BackendUnavailableError, InvalidRequestError
+from corral.errors import BackendError, BackendUnavailableError, CapabilityError, InvalidRequestError
 from corral.hookspecs import hookimpl
 from corral.plugins import PluginHost, load_plugins
 from corral.selection import BackendHooks, probe_backends, select_backend
@@ -123,6 +123,24 @@ def test_hook_corral_detokenize(hooks: BackendHooks, handle: ModelHandle) -> Non
     tokens = hooks.tokenize(handle, "héllo 世界", add_special=True, parse_special=True)
     assert hooks.detokenize(handle, tokens) == "héllo 世界"
     assert hooks.detokenize(handle, tokens, render_special=True).startswith("<s>")
+
+
+def test_hook_corral_token_pieces(host: PluginHost, hooks: BackendHooks, handle: ModelHandle) -> None:
+    tokens = hooks.tokenize(handle, "hé", add_special=True, parse_special=True)
+    pieces = hooks.token_pieces(handle, tokens)
+    assert pieces[0] == b"<s>" and b"".join(pieces[1:]) == "hé".encode()  # é is two byte tokens
+    assert len(pieces) == len(tokens) and all(isinstance(p, bytes) for p in pieces)
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        hooks.token_pieces(handle, [10**9])
+
+    class Textless(FakeBackend):  # a backend without the hook: a clear 400, never a crash
+        corral_token_pieces = None  # type: ignore[assignment]
+
+    host.register(Textless(name="textless"), "textless")
+    textless = BackendHooks(host, "textless")
+    h = textless.load_model(handle.path, LoadOptions(num_ctx=64))
+    with pytest.raises(CapabilityError, match="cannot give token pieces"):
+        textless.token_pieces(h, [5])
 
 
 def test_hook_corral_generate(host: PluginHost, hooks: BackendHooks, handle: ModelHandle) -> None:

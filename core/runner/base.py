@@ -89,6 +89,10 @@ class Runner(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes (control tokens as their text)."""
+
+    @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Stream token events; closing the iterator early cancels the generation at once."""
 

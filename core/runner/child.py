@@ -204,6 +204,8 @@ class RunnerChild:
                                        parse_special=msg.parse_special)
         if isinstance(msg, p.Detokenize):
             return self.hooks.detokenize(self._loaded(), msg.tokens, render_special=msg.render_special)
+        if isinstance(msg, p.Pieces):
+            return self.hooks.token_pieces(self._loaded(), msg.tokens)
         if isinstance(msg, p.Embed):
             return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize)
         if isinstance(msg, p.Rerank):

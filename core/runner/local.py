@@ -96,6 +96,9 @@ class LocalRunner(Runner):
         return await asyncio.to_thread(self._hooks.detokenize, self._loaded(), tokens,
                                        render_special=render_special)
 
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return await asyncio.to_thread(self._hooks.token_pieces, self._loaded(), tokens)
+
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
         return await asyncio.to_thread(self._hooks.embed, self._loaded(), inputs, normalize=normalize)
 

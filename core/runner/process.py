@@ -251,6 +251,9 @@ class ProcessRunner(Runner):
         msg = p.Detokenize(id=next(self._ids), tokens=tokens, render_special=render_special)
         return await self._call(msg, str)
 
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return await self._call(p.Pieces(id=next(self._ids), tokens=tokens), list[bytes])
+
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
         msg = p.Embed(id=next(self._ids), inputs=inputs, normalize=normalize)
         return await self._call(msg, EmbeddingResult)

@@ -38,6 +38,11 @@ class Detokenize(Struct, tag="detokenize", kw_only=True):
     render_special: bool = False
 
 
+class Pieces(Struct, tag="pieces", kw_only=True):
+    id: int
+    tokens: list[int]
+
+
 class Generate(Struct, tag="generate", kw_only=True):
     id: int
     request: GenerationRequest
@@ -70,7 +75,8 @@ class Cancel(Struct, tag="cancel", kw_only=True):
     target: int  # the id of the generate request to stop
 
 
-Request = Load | Tokenize | Detokenize | Generate | Embed | Rerank | Unload | Quantize  # answered by id
+# answered by id
+Request = Load | Tokenize | Detokenize | Pieces | Generate | Embed | Rerank | Unload | Quantize
 ToRunner = Request | Cancel
 
 

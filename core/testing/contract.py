@@ -151,6 +151,15 @@ class BackendContract:
         with_bos = backend_hooks.tokenize(model, text, add_special=True, parse_special=False)
         assert len(with_bos) >= len(tokens)
 
+    @pytest.mark.parametrize("text", ["hello world", "héllo 世界 🙂"])
+    def test_token_pieces_are_the_tokens_bytes(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                               text: str) -> None:
+        tokens = backend_hooks.tokenize(model, text, add_special=False, parse_special=False)
+        pieces = backend_hooks.token_pieces(model, tokens)
+        assert len(pieces) == len(tokens) and all(isinstance(p, bytes) for p in pieces)
+        # whole pieces, so a SentencePiece model's first one keeps the space that detokenize drops
+        assert b"".join(pieces).decode("utf-8").removeprefix(" ") == text
+
     def test_greedy_is_deterministic(self, backend_hooks: BackendHooks, model: ModelHandle,
                                      prompt: list[int]) -> None:
         a = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=16)

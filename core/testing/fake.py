@@ -284,6 +284,11 @@ class FakeBackend:
         return data.decode("utf-8", errors="replace")
 
     @hookimpl
+    def corral_token_pieces(self, handle: ModelHandle, tokens: list[int]) -> list[bytes]:
+        model = self._model(handle)
+        return [self._piece(model, t, True) for t in tokens]
+
+    @hookimpl
     def corral_generate(self, handle: ModelHandle, request: GenerationRequest,
                         cancel: CancelToken) -> Iterator[TokenEvent]:
         model = self._model(handle)

@@ -166,6 +166,11 @@ class LlamaBackend:
         return self._entry(handle).model.detokenize(tokens, render_special)
 
     @hookimpl
+    def corral_token_pieces(self, handle: ModelHandle, tokens: list[int]) -> list[bytes]:
+        model = self._entry(handle).model
+        return [model.token_bytes(t) for t in tokens]  # common_token_to_piece, as llama-server
+
+    @hookimpl
     def corral_generate(self, handle: ModelHandle, request: GenerationRequest,
                         cancel: CancelToken) -> Iterator[TokenEvent]:
         entry = self._entry(handle)

@@ -120,6 +120,8 @@ def test_runner_client_calls_and_cancel(make_config, engine_store):
         assert handle.info.n_ctx == 128
         tokens = await runner.tokenize("héllo 世界")
         assert await runner.detokenize(tokens) == "héllo 世界"
+        pieces = await runner.token_pieces(tokens)  # bytes over the channel, one per token
+        assert len(pieces) == len(tokens) and b"".join(pieces) == "<s>héllo 世界".encode()
         # Many requests at once over one channel.
         prompts = [await runner.tokenize(f"prompt {i}") for i in range(8)]
         results = await asyncio.gather(*(_gen(runner, p) for p in prompts))

@@ -1,4 +1,5 @@
-"""corral's /v1/rerank on the cpu backend gives llama-server's scores for the same tiny reranker."""
+"""corral's /v1/rerank on the cpu backend gives llama-server's scores for the same tiny reranker, and its
+/tokenize with ``with_pieces`` llama-server's pieces for the same model and text."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def llama_server(cpu_lib: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return stage_tool(find_tool("llama-server"), tmp_path_factory.mktemp("llama-server"))
 
 
-def _reference(exe: Path, model: Path, body: dict[str, Any]) -> dict[str, Any]:
+def _reference(exe: Path, model: Path, body: dict[str, Any], path: str = "/v1/rerank",
+               flags: tuple[str, ...] = ("--reranking",)) -> dict[str, Any]:
     port = free_port()
-    proc = subprocess.Popen([str(exe), "-m", str(model), "--reranking", "--host", "127.0.0.1", "--port",
+    proc = subprocess.Popen([str(exe), "-m", str(model), *flags, "--host", "127.0.0.1", "--port",
                              str(port), "-c", "1024", "-np", "1", "--no-webui"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -54,7 +56,7 @@ def _reference(exe: Path, model: Path, body: dict[str, Any]) -> dict[str, Any]:
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not start"
             time.sleep(0.1)
-        return httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=body, timeout=60).json()
+        return httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=60).json()  # type: ignore[no-any-return]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -101,3 +103,16 @@ def test_scores_match_llama_server(template: bool, llama_server: Path, corral_cl
     assert mine["usage"]["prompt_tokens"] == ref["usage"]["prompt_tokens"]  # the same pair tokens
     top = corral_client.post("/v1/rerank", json={"model": name, **body, "top_n": 3}).json()["results"]
     assert [r["index"] for r in top] == [r["index"] for r in ref["results"][:3]]
+
+
+@pytest.mark.fields("llamaserver.TokenizeRequest.with_pieces")
+def test_tokenize_with_pieces_matches_llama_server(llama_server: Path, corral_client: TestClient[Any],
+                                                   tiny_gguf: Path) -> None:
+    _create(corral_client, "tiny-pieces", tiny_gguf)
+    # multi-byte characters (pieces that are not whole UTF-8 come back as byte values), spaces, a newline
+    body = {"content": "héllo 世界 🙂\n  the end", "with_pieces": True, "add_special": True}
+    ref = _reference(llama_server, tiny_gguf, body, path="/tokenize", flags=())
+    got = corral_client.post("/tokenize", json={"model": "tiny-pieces", **body})
+    assert got.status_code == 200, got.text
+    print(f"llama-server: {ref['tokens'][:8]}...")
+    assert got.json() == ref and any(isinstance(t["piece"], list) for t in ref["tokens"])

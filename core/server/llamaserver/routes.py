@@ -17,15 +17,27 @@ Req = Request[Any, Any, Any]
 
 
 @post("/tokenize", status_code=200, operation_id="llamaserver_tokenize", tags=["llama-server"])
-async def tokenize(request: Req, data: JSONBody[S.TokenizeRequest]) -> S.TokenizeResponse:
+async def tokenize(request: Req,
+                   data: JSONBody[S.TokenizeRequest]) -> S.TokenizeResponse | S.TokenPiecesResponse:
     """Token ids of ``content`` (llama-server's defaults: ``add_special`` false, ``parse_special`` true)."""
-    if data.with_pieces:
-        raise InvalidRequestError("with_pieces is not supported; detokenize the ids to see their text")
     if data.content is None:
         raise InvalidRequestError('"content" must be provided')
     job = TokenizeJob(model=common.require_model(data.model), text=data.content, add_special=data.add_special,
                       parse_special=data.parse_special, keep_alive=common.keep_alive(data.keep_alive))
-    return S.TokenizeResponse(tokens=await services(request).engine.tokenize(job))
+    engine = services(request).engine
+    if not data.with_pieces:
+        return S.TokenizeResponse(tokens=await engine.tokenize(job))
+    tokens, pieces = await engine.tokenize_with_pieces(job)
+    out = [S.TokenPiece(id=t, piece=_piece(b)) for t, b in zip(tokens, pieces, strict=True)]
+    return S.TokenPiecesResponse(tokens=out)
+
+
+def _piece(data: bytes) -> str | list[int]:
+    # compat(llama-server): the text when the bytes are valid UTF-8, else the list of byte values
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(data)
 
 
 @post("/detokenize", status_code=200, operation_id="llamaserver_detokenize", tags=["llama-server"])

@@ -20,10 +20,23 @@ class TokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     keep_alive: WireKeepAlive = None
 
 
+class TokenPiece(Struct, kw_only=True):
+    """``with_pieces``: a token and its text, or its byte values when they are not whole UTF-8."""
+
+    id: int
+    piece: str | list[int]
+
+
 class TokenizeResponse(Struct, kw_only=True):
     """``{"tokens": [...]}``."""
 
     tokens: list[int]
+
+
+class TokenPiecesResponse(Struct, kw_only=True):
+    """``{"tokens": [{"id", "piece"}, ...]}``: the answer with ``with_pieces``."""
+
+    tokens: list[TokenPiece]
 
 
 class DetokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
