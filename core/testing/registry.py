@@ -167,15 +167,16 @@ def _handler(reg: TestRegistry) -> type[BaseHTTPRequestHandler]:
 
         # ---- plumbing ----------------------------------------------------------------------------
         def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            # recorded before anything goes out: a client that has read the answer finds it in the log
+            # (recorded after, a test could look before the server thread got there, under load); the
+            # headers and body then go out back to back, as a client may hang up once it has them
+            reg._record(Access(self.command, self.path, status, sent=len(body), complete=True,
+                               authorization=self.headers.get("Authorization")))
             self.send_response(status)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            # recorded before the body goes out: a client that has read the answer finds it in the log
-            # (recorded after, a test could look before the server thread got there, under load)
-            reg._record(Access(self.command, self.path, status, sent=len(body), complete=True,
-                               authorization=self.headers.get("Authorization")))
             if self.command != "HEAD":
                 self.wfile.write(body)
 
