@@ -34,8 +34,9 @@ class Embedder:
     runs everything queued, packing inputs of several calls into each decode (as llama-server fills
     its batch across slots), so concurrent requests share decodes instead of waiting their turn.
 
-    Packing changes the kernels' rounding a little, as it does in llama-server: a text's vector
-    depends on its neighbours in the last float digits, never more (``tests/plugins``).
+    Packing changes the kernels' rounding, as it does in llama-server: a text's vector depends on its
+    neighbours in the last float digits (f32), which a quantized model's layers amplify (Gemma 3 270M
+    Q4_K, 64 inputs a decode: cosine >= 0.999 to the input decoded alone; ``tests/plugins``).
     """
 
     def __init__(self, model: LlamaModel, options: LoadOptions, n_threads: int = 0) -> None:
