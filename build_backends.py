@@ -64,10 +64,11 @@ FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
 CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
 CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"  # CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models
 RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
-LAYOUT_VERSION = 3  # bump when the way a backend folder is assembled changes (re-copies only)
+LAYOUT_VERSION = 4  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
-LIBRARY_TARGETS = ("llama", "mtmd")
-SHIPPED_STEMS = ("libllama", "libmtmd", "libggml", "libggml-base")  # plus every libggml-<backend> module
+LIBRARY_TARGETS = ("llama", "llama-common", "mtmd")  # llama-common: llama.cpp's fit (memfit.cpp)
+# plus every libggml-<backend> module; libllama-common holds llama.cpp's fit, which the cffi module links
+SHIPPED_STEMS = ("libllama", "libllama-common", "libmtmd", "libggml", "libggml-base")
 TOOL_TARGETS = ("llama-bench", "llama-server")
 
 
@@ -513,8 +514,8 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
     out = []
     for path in sorted(bin_dir.iterdir()):
         name = path.name
-        # the runtime's libraries only: a --tools build leaves llama-common and the tools' own
-        # libraries in the same folder, which no plugin loads
+        # the runtime's libraries only: a --tools build leaves the tools' own libraries in the same
+        # folder, which no plugin loads
         if name.split(".")[0] not in SHIPPED_STEMS and not name.startswith("libggml-"):
             continue
         if sys.platform == "darwin":
@@ -575,7 +576,8 @@ def python_key() -> str:
     rpc_worker.c) and the cffi that generated it."""
     ffi_hash = "none"
     if FFI_BUILD.exists():
-        sources = [FFI_BUILD, *sorted(FFI_BUILD.parent.glob("*.c"))]
+        compiled = (p for ext in ("c", "cpp", "h") for p in FFI_BUILD.parent.glob(f"*.{ext}"))
+        sources = [FFI_BUILD, *sorted(compiled)]
         ffi_hash = hashlib.sha256("".join(sha256_file(p) for p in sources).encode()).hexdigest()[:12]
     try:
         cffi_version = importlib.metadata.version("cffi")

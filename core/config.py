@@ -30,7 +30,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CORRAL_NUM_PARALLEL", "4", "Sequences each loaded model decodes together"),
     Setting("CORRAL_MAX_LOADED_MODELS", "3", "Models loaded at once; least recently used goes"),
     Setting("CORRAL_MAX_QUEUE", "512", "Requests waiting for a slot before the server answers 503"),
-    Setting("CORRAL_CONTEXT_LENGTH", "4096", "Default context length per sequence (num_ctx)"),
+    Setting("CORRAL_CONTEXT_LENGTH", "", "Default context length per sequence (num_ctx); unset: by memory, "
+            "as Ollama: 4096, 32768 or 262144 (see docs/memory.md)"),
+    Setting("CORRAL_MEMORY_LIMIT", "", "Most memory loaded models may take on each device, RAM included "
+            "(e.g. 8GiB); unset: what each device has free"),
+    Setting("CORRAL_GPU_OVERHEAD", "0", "Bytes of each GPU's memory kept free for other programs"),
+    Setting("CORRAL_LOAD_TIMEOUT", "5m", "A model load making no progress this long fails (<=0: never)"),
     Setting("CORRAL_FLASH_ATTENTION", "", "1 or 0 to force flash attention on or off (auto)"),
     Setting("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0"),
     Setting("CORRAL_SPECULATIVE", "1", "0 turns off n-gram (prompt-lookup) speculative decoding"),
@@ -200,7 +205,10 @@ class Config(msgspec.Struct, kw_only=True):
     num_parallel: int = 4
     max_loaded_models: int = 3
     max_queue: int = 512
-    context_length: int = 4096
+    context_length: int | None = None  # CORRAL_CONTEXT_LENGTH; None: chosen by memory (corral.memory)
+    memory_limit: int = 0  # CORRAL_MEMORY_LIMIT: bytes per device loaded models may take; 0 = no limit
+    gpu_overhead: int = 0  # CORRAL_GPU_OVERHEAD: bytes of each GPU kept free
+    load_timeout: float = 300.0  # CORRAL_LOAD_TIMEOUT: seconds without load progress; inf = never
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
     speculative: bool = True
@@ -229,10 +237,11 @@ class Config(msgspec.Struct, kw_only=True):
         if self.kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"CORRAL_KV_CACHE_TYPE must be one of {', '.join(KV_CACHE_TYPES)}, "
                              f"not {self.kv_cache_type!r}")
+        ctx = 1 if self.context_length is None else self.context_length  # None: chosen by memory
         for env, value in (("CORRAL_NUM_PARALLEL", self.num_parallel),
                            ("CORRAL_MAX_LOADED_MODELS", self.max_loaded_models),
                            ("CORRAL_MAX_QUEUE", self.max_queue),
-                           ("CORRAL_CONTEXT_LENGTH", self.context_length)):
+                           ("CORRAL_CONTEXT_LENGTH", ctx)):
             if value < 1:
                 raise ValueError(f"{env} must be at least 1, not {value}")
 
@@ -259,7 +268,10 @@ class Config(msgspec.Struct, kw_only=True):
             "CORRAL_NUM_PARALLEL": str(self.num_parallel),
             "CORRAL_MAX_LOADED_MODELS": str(self.max_loaded_models),
             "CORRAL_MAX_QUEUE": str(self.max_queue),
-            "CORRAL_CONTEXT_LENGTH": str(self.context_length),
+            "CORRAL_CONTEXT_LENGTH": "" if self.context_length is None else str(self.context_length),
+            "CORRAL_MEMORY_LIMIT": str(self.memory_limit) if self.memory_limit else "",
+            "CORRAL_GPU_OVERHEAD": str(self.gpu_overhead),
+            "CORRAL_LOAD_TIMEOUT": "-1" if self.load_timeout == float("inf") else f"{self.load_timeout!r}s",
             "CORRAL_FLASH_ATTENTION": "" if self.flash_attention is None else str(int(self.flash_attention)),
             "CORRAL_KV_CACHE_TYPE": self.kv_cache_type,
             "CORRAL_SPECULATIVE": "1" if self.speculative else "0",
@@ -312,7 +324,10 @@ class Config(msgspec.Struct, kw_only=True):
                 num_parallel=int(get("CORRAL_NUM_PARALLEL")),
                 max_loaded_models=int(get("CORRAL_MAX_LOADED_MODELS")),
                 max_queue=int(get("CORRAL_MAX_QUEUE")),
-                context_length=int(get("CORRAL_CONTEXT_LENGTH")),
+                context_length=int(get("CORRAL_CONTEXT_LENGTH")) if get("CORRAL_CONTEXT_LENGTH") else None,
+                memory_limit=_size_env("CORRAL_MEMORY_LIMIT", get("CORRAL_MEMORY_LIMIT")),
+                gpu_overhead=_size_env("CORRAL_GPU_OVERHEAD", get("CORRAL_GPU_OVERHEAD")),
+                load_timeout=_load_timeout_env(get("CORRAL_LOAD_TIMEOUT")),
                 flash_attention=None if fa == "" else parse_bool(fa),
                 kv_cache_type=get("CORRAL_KV_CACHE_TYPE") or "f16",
                 speculative=parse_bool(get("CORRAL_SPECULATIVE") or "1"),
@@ -345,3 +360,18 @@ def _keep_alive_env(text: str) -> float:
     if re.fullmatch(r"-?\d+", text):
         return parse_duration(int(text))
     return parse_duration(text)
+
+
+def _size_env(name: str, text: str) -> int:
+    if not text:
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a size such as 8GiB or 512MiB, not {text!r}") from None
+
+
+def _load_timeout_env(text: str) -> float:
+    # compat(ollama): OLLAMA_LOAD_TIMEOUT takes a duration or integer seconds; <= 0 means no timeout.
+    seconds = _keep_alive_env(text or "5m")
+    return float("inf") if seconds <= 0 or seconds == float("inf") else seconds

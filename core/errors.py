@@ -70,6 +70,11 @@ class ModelLoadError(BackendError):
     """The backend could not load the model."""
 
 
+class InsufficientMemoryError(ModelLoadError):
+    """The model cannot fit the memory it may use on some device, even with every idle model unloaded
+    (or a memory estimate said so before anything was loaded)."""
+
+
 class RunnerStoppedError(BackendError):
     """The runner process that hosted the model died while serving the request."""
 

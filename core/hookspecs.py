@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         EmbeddingResult,
         GenerationRequest,
         LoadOptions,
+        MemoryEstimate,
         ModelHandle,
         RerankResult,
         TokenEvent,
@@ -52,14 +53,30 @@ def corral_select_backend(candidates: list[BackendInfo], requested: str | None) 
 
 # ---- per-model operations: called only on the selected backend -----------------------------------
 @hookspec(firstresult=True)
+def corral_estimate_memory(path: str, options: LoadOptions) -> MemoryEstimate | None:
+    """What loading the GGUF at ``path`` with ``options`` would take on each device, without loading it.
+
+    One ``DeviceMemory`` per device the model would use (the host, ``types.HOST``, first): weights,
+    context (KV cache for ``num_ctx x num_parallel`` at ``kv_cache_type``), compute buffers and any
+    projector, with the device's free and total memory now. ``options.num_gpu`` -1 estimates the
+    full offload. The scheduler evicts idle models and refuses loads with these numbers. Costs about
+    a model's metadata read; None if the backend cannot tell (the scheduler then counts models only).
+    """
+
+
+@hookspec(firstresult=True)
 def corral_load_model(
-    path: str, options: LoadOptions, progress: Callable[[float], bool] | None
+    path: str, options: LoadOptions, progress: Callable[[float], bool] | None,
+    memory_limits: dict[str, int] | None,
 ) -> ModelHandle:
     """Load the GGUF file at ``path`` (and ``options.projector``, a multimodal projector GGUF, beside
-    it) and return a pure-data handle.
+    it) and return a pure-data handle whose ``memory`` says what it holds on each device.
 
-    ``progress`` (if given) is called with 0.0..1.0; returning False cancels the load. A file that
-    is not a usable GGUF raises ``InvalidModelFileError``; any other failure ``ModelLoadError``.
+    ``progress`` (if given) is called with 0.0..1.0; returning False cancels the load.
+    ``memory_limits`` (device name to bytes; None or a missing device: no limit) is what this model may
+    take on each device: with ``options.num_gpu`` -1 the backend offloads as many layers as fit those
+    limits (and the rest stays on the host), never all of them regardless. A file that is not a usable
+    GGUF raises ``InvalidModelFileError``; any other failure, not fitting included, ``ModelLoadError``.
     """
 
 

@@ -281,20 +281,28 @@ def _bounded(opts: Mapping[str, Any], name: str, lo: float, hi: float) -> Any:
     return value
 
 
+def cap_context(num_ctx: int, n_ctx_train: int | None) -> int:
+    """``num_ctx`` capped at the model's trained context when known, and at least ``MIN_NUM_CTX``."""
+    if n_ctx_train and n_ctx_train > 0:
+        num_ctx = min(num_ctx, n_ctx_train)
+    return max(MIN_NUM_CTX, num_ctx)
+
+
 def to_load_options(opts: Mapping[str, Any], config: Config, *, n_ctx_train: int | None = None,
                     embedding: bool = False, adapters: Sequence[str] = ()) -> LoadOptions:
     """The options that decide how a model is loaded; anything out of range is a 400.
 
     ``num_ctx`` defaults to ``config.context_length`` and is capped at the model's trained context
-    when ``n_ctx_train`` is known (compat(ollama)); values below ``MIN_NUM_CTX`` become it. The
-    config's own values (KV cache type, parallel sequences) were checked when it was built.
+    when ``n_ctx_train`` is known (compat(ollama)); values below ``MIN_NUM_CTX`` become it. With
+    neither set it stays 0: the scheduler picks it from the memory the model can have
+    (``corral.memory.default_context``). The config's own values (KV cache type, parallel sequences)
+    were checked when it was built.
     """
     num_ctx = _bounded(opts, "num_ctx", 0, _MAX_CTX)
     if num_ctx is None or num_ctx == 0:
-        num_ctx = config.context_length
-    if n_ctx_train and n_ctx_train > 0:
-        num_ctx = min(num_ctx, n_ctx_train)
-    num_ctx = max(MIN_NUM_CTX, num_ctx)
+        num_ctx = config.context_length or 0
+    if num_ctx:
+        num_ctx = cap_context(num_ctx, n_ctx_train)
     num_batch = _bounded(opts, "num_batch", 1, _MAX_CTX)
     return LoadOptions(
         num_ctx=num_ctx,

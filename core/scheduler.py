@@ -1,10 +1,12 @@
-"""Which models are loaded: load on demand, keep-alive expiry, LRU eviction, reloads, queue limit."""
+"""Which models are loaded: load on demand within each device's memory, keep-alive expiry, LRU
+eviction, reloads, queue limit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -12,10 +14,12 @@ from typing import Any
 import msgspec
 
 from corral.config import Config
-from corral.errors import InvalidRequestError, ServerBusyError
+from corral.errors import InsufficientMemoryError, InvalidRequestError, ServerBusyError
+from corral.memory import MIN_DEFAULT_CONTEXT, Held, default_context, fmt, plan, scaled
+from corral.options import cap_context
 from corral.runner import Runner, RunnerFactory
 from corral.spec import ModelDetails, ModelSpec
-from corral.types import LoadOptions, ModelHandle
+from corral.types import HOST, LoadOptions, MemoryEstimate, ModelHandle
 
 log = logging.getLogger("corral.scheduler")
 
@@ -41,12 +45,12 @@ class RunningModel(msgspec.Struct, kw_only=True):
 
 
 class _LoadedModel:
-    """A model in a runner, with its reference count, slots and expiry timer."""
+    """A model in a runner, with its reference count, slots, expiry timer and the memory it holds."""
 
     def __init__(self, spec: ModelSpec, options: LoadOptions, runner: Runner, handle: ModelHandle,
                  keep_alive: float, load_ns: int) -> None:
         self.spec = spec  # as the request that loaded it resolved it (its digest is the key)
-        self.options = options
+        self.options = options  # as requested (num_ctx 0: chosen by memory); handle.options as loaded
         self.runner = runner
         self.handle = handle
         self.keep_alive = keep_alive
@@ -71,6 +75,14 @@ class _LoadedModel:
     @property
     def usable(self) -> bool:
         return not self.gone and self.runner.alive
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Bytes this model holds on each device, as its backend measured them after loading."""
+        memory = self.handle.memory
+        if memory.devices:
+            return {d.device: d.used for d in memory.devices}
+        return {HOST: max(0, memory.total - memory.vram)} if memory.total else {}
 
     def stop_timer(self) -> None:
         if self.timer is not None:
@@ -115,6 +127,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         # digest -> the load-progress watchers of the requests waiting for that model
         self._watchers: dict[str, set[Callable[[float], None]]] = {}
+        # Memory estimates by (digest, options as loaded); a loaded model's measured use replaces its own.
+        self._estimates: OrderedDict[tuple[str, LoadOptions], MemoryEstimate] = OrderedDict()
 
     # ---- acquiring ------------------------------------------------------------------------------
     async def acquire(self, spec: ModelSpec, load_options: LoadOptions, keep_alive: float | None = None,
@@ -180,19 +194,105 @@ class Scheduler:
             except Exception:  # one request's broken watcher must not fail the load for all
                 log.exception("load progress watcher failed")
 
-    async def _load(self, spec: ModelSpec, options: LoadOptions, keep: float) -> None:
+    async def _load(self, spec: ModelSpec, requested: LoadOptions, keep: float) -> None:
         t0 = time.monotonic_ns()
         runner = self.runner_factory()
         try:
             await runner.start()
-            handle = await runner.load(spec, options, progress=lambda f: self._report(spec.digest, f))
+            options, limits = await self._place(runner, spec, requested)
+            handle = await runner.load(spec, options, limits, progress=lambda f: self._report(spec.digest, f))
         except BaseException:
             await _quietly(runner.close())
             raise
-        m = _LoadedModel(spec, options, runner, handle, keep, time.monotonic_ns() - t0)
+        m = _LoadedModel(spec, requested, runner, handle, keep, time.monotonic_ns() - t0)
         runner.add_stopped_callback(lambda r: self._on_stopped(m))
         self._models[m.key] = m
-        log.info("loaded %s on %s (pid %s) in %.2f s", m.name, runner.backend, runner.pid, m.load_ns / 1e9)
+        # What it really took is the best estimate of any later load of the same model and options.
+        if handle.memory.devices:
+            self._remember(spec, options, MemoryEstimate(devices=handle.memory.devices))
+        held = ", ".join(f"{d} {fmt(n)}" for d, n in m.usage.items()) or "memory not reported"
+        log.info("loaded %s on %s (pid %s) in %.2f s: %s", m.name, runner.backend, runner.pid,
+                 m.load_ns / 1e9, held)
+
+    # ---- memory ---------------------------------------------------------------------------------
+    async def _estimate(self, runner: Runner, spec: ModelSpec, options: LoadOptions) -> MemoryEstimate | None:
+        key = (spec.digest, options)
+        known = self._estimates.get(key)
+        if known is not None:
+            self._estimates.move_to_end(key)
+            return known
+        estimate = await runner.estimate(spec, options)
+        if estimate is not None:
+            self._remember(spec, options, estimate)
+        return estimate
+
+    def _remember(self, spec: ModelSpec, options: LoadOptions, estimate: MemoryEstimate) -> None:
+        self._estimates[(spec.digest, options)] = estimate
+        while len(self._estimates) > 64:
+            self._estimates.popitem(last=False)
+
+    def _held(self) -> list[Held]:
+        return [Held(m.name, m.usage, m.refs == 0, m.last_used) for m in self._models.values() if not m.gone]
+
+    async def _place(self, runner: Runner, spec: ModelSpec,
+                     requested: LoadOptions) -> tuple[LoadOptions, dict[str, int] | None]:
+        """The options to load with (a default num_ctx chosen) and what the model may take on each
+        device, once idle models have been unloaded to make room; waits for busy ones that must go.
+        Raises ``InsufficientMemoryError`` for a model that cannot fit even alone."""
+        options, auto = requested, requested.num_ctx == 0
+        n_train = spec.gguf.context_length
+        if auto:
+            ctx = cap_context(default_context(runner.devices, self.config), n_train)
+            options = msgspec.structs.replace(requested, num_ctx=ctx)
+        estimate = await self._estimate(runner, spec, options)
+        if estimate is None:  # the backend cannot tell: the count of loaded models is the only rule
+            return options, None
+        if auto:
+            # Ollama's tier is a ceiling: step down (halving, not below 4096) until the model fits in
+            # what is free beside the loaded models, so a default never evicts anything by itself.
+            floor, ctx = cap_context(MIN_DEFAULT_CONTEXT, n_train), options.num_ctx
+            held = self._held()
+            while ctx > floor and not plan(scaled(estimate, options.num_ctx, ctx), held, options,
+                                           self.config).fits:
+                ctx = max(floor, ctx // 2)
+            if ctx != options.num_ctx:
+                log.info("default context for %s lowered to %d to fit memory", spec.display, ctx)
+                options = msgspec.structs.replace(options, num_ctx=ctx)
+                estimate = await self._estimate(runner, spec, options) or estimate
+        freed: dict[str, int] = {}
+        while True:
+            fit = plan(estimate, self._held(), options, self.config, freed)
+            if fit.never:
+                raise InsufficientMemoryError(f"{spec.display} cannot be loaded: {fit.never}")
+            if fit.fits:
+                return options, fit.limits
+            holders = [m for m in self._models.values()
+                       if not m.gone and any(m.usage.get(d, 0) > 0 for d in fit.short)]
+            idle = [m for m in holders if m.refs == 0]
+            if idle:
+                victim = min(idle, key=lambda m: m.last_used)
+                log.info("unloading %s to make room for %s (%s)", victim.name, spec.display,
+                         ", ".join(f"{fmt(n)} short on {d}" for d, n in fit.short.items()))
+                for d, n in victim.usage.items():
+                    freed[d] = freed.get(d, 0) + n
+                await self._unload(victim)
+                continue
+            if holders:  # every model in the way is busy: wait for one to finish (as Ollama does)
+                log.info("%s waits for %s to finish to make room", spec.display,
+                         ", ".join(m.name for m in holders))
+                waits = [asyncio.ensure_future(m.idle.wait()) for m in holders]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                continue
+            # What is missing is held by other programs: layers may still stay on the host.
+            if HOST not in fit.short and options.num_gpu == -1 and not options.tensor_split:
+                return options, fit.limits
+            where = ", ".join(f"{fmt(n)} more on {d}" for d, n in fit.short.items())
+            raise InsufficientMemoryError(f"{spec.display} cannot be loaded now: it needs {where} than is "
+                                          "free (other programs hold that memory)")
 
     async def _make_room(self) -> None:
         while len(self._models) >= self.config.max_loaded_models:

@@ -15,7 +15,7 @@ from corral.errors import (
 )
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
-from corral.types import BackendInfo, EmbeddingResult, ModelHandle, RerankResult, WorkerInfo
+from corral.types import BackendInfo, EmbeddingResult, MemoryEstimate, ModelHandle, RerankResult, WorkerInfo
 
 if TYPE_CHECKING:
     from pluggy import HookCaller
@@ -136,9 +136,15 @@ class BackendHooks:
                                f"not {kind.__name__}")
         return value
 
-    def load_model(self, path: str, options: LoadOptions,
-                   progress: Callable[[float], bool] | None = None) -> ModelHandle:
-        handle = self._call("corral_load_model", path=path, options=options, progress=progress)
+    def estimate_memory(self, path: str, options: LoadOptions) -> MemoryEstimate | None:
+        """The backend's estimate of what loading ``path`` takes per device, or None if it cannot tell."""
+        value = self._call("corral_estimate_memory", optional=True, path=path, options=options)
+        return None if value is None else self._typed("corral_estimate_memory", value, MemoryEstimate)
+
+    def load_model(self, path: str, options: LoadOptions, progress: Callable[[float], bool] | None = None,
+                   memory_limits: dict[str, int] | None = None) -> ModelHandle:
+        handle = self._call("corral_load_model", path=path, options=options, progress=progress,
+                            memory_limits=memory_limits)
         return self._typed("corral_load_model", handle, ModelHandle)
 
     def tokenize(self, handle: ModelHandle, text: str, *, add_special: bool = True,

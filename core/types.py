@@ -46,7 +46,7 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
 class LoadOptions(Struct, frozen=True, kw_only=True):
     """Everything that changes how a model is loaded; a change means a reload."""
 
-    num_ctx: int = 4096  # context length of each parallel sequence
+    num_ctx: int = 4096  # context length of each parallel sequence (0 in a request: the scheduler picks)
     num_parallel: int = 4  # sequences decoded together in one batch
     num_batch: int = 512  # logical batch size for prompt evaluation
     num_gpu: int = -1  # layers to offload; -1 = as many as fit / all
@@ -94,11 +94,47 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     audio: bool = False  # a projector is loaded and takes audio
 
 
+HOST = "CPU"  # the DeviceMemory.device of system RAM (ggml's name for the CPU device)
+
+
+class DeviceMemory(Struct, frozen=True, kw_only=True):
+    """Bytes one model takes (or would take) on one device, and that device's memory when measured."""
+
+    device: str  # ggml's device name: HOST for system RAM, "CUDA0", "Metal", "RPC0[10.0.0.5:50052]"...
+    type: str = "cpu"  # cpu | gpu | igpu | accel | rpc (a device of an RPC worker)
+    weights: int = 0
+    kv_cache: int = 0  # the context's memory: KV cache (or recurrent state) of every sequence
+    compute: int = 0  # compute buffers, projector (mmproj) included
+    free: int = 0  # the device's free memory when measured (0: unknown)
+    total: int = 0  # the device's total memory (0: unknown)
+
+    @property
+    def used(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+
+class MemoryEstimate(Struct, frozen=True, kw_only=True):
+    """What loading a model with some LoadOptions would take on each device, measured before loading.
+
+    ``devices`` lists the host first, then every device the model would use, in llama.cpp's order.
+    """
+
+    devices: tuple[DeviceMemory, ...] = ()
+    n_layer: int = 0  # the model's repeating layers (num_gpu counts these, plus the output layer)
+
+    @property
+    def total(self) -> int:
+        return sum(d.used for d in self.devices)
+
+
 class MemoryUsage(Struct, frozen=True, kw_only=True):
-    """Bytes a loaded model holds: total, and how much of it sits in GPU memory."""
+    """Bytes a loaded model holds: total, how much of it is off the host (GPUs, RPC workers), and
+    the split per device as the backend measured it after loading."""
 
     total: int = 0
     vram: int = 0
+    devices: tuple[DeviceMemory, ...] = ()
+    layers: int = -1  # layers offloaded to the devices (-1: not reported)
 
 
 class ModelHandle(Struct, frozen=True, kw_only=True):

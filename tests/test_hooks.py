@@ -15,7 +15,15 @@ from corral.plugins import PluginHost, load_plugins
 from corral.selection import BackendHooks, probe_backends, select_backend
 from corral.testing.fake import FakeBackend
 from corral.testing.tinymodel import write_tiny_gguf
-from corral.types import BackendInfo, CancelToken, GenerationRequest, LoadOptions, ModelHandle, TokenEvent
+from corral.types import (
+    HOST,
+    BackendInfo,
+    CancelToken,
+    GenerationRequest,
+    LoadOptions,
+    ModelHandle,
+    TokenEvent,
+)
 
 
 @pytest.fixture
@@ -80,6 +88,28 @@ def test_hook_corral_select_backend(host: PluginHost) -> None:
 
     host.register(SitePolicy(), "policy")  # answers before the core's trylast default
     assert select_backend(host, Config())[0] == "fake"
+
+
+def test_hook_corral_estimate_memory(host: PluginHost, hooks: BackendHooks, gguf: str) -> None:
+    estimate = hooks.estimate_memory(gguf, LoadOptions(num_ctx=64, num_parallel=2))
+    assert estimate is not None and [d.device for d in estimate.devices] == [HOST]
+    [host_share] = estimate.devices
+    assert host_share.kv_cache == 64 * 2 * 1024 and host_share.weights > 0  # the fake's memory model
+    assert fake_of(host, "bystander").history == []
+    # what the load then reports per device is what the estimate said, and the limits reach the backend
+    handle = hooks.load_model(gguf, LoadOptions(num_ctx=64, num_parallel=2), memory_limits={HOST: 1 << 40})
+    [held] = handle.memory.devices
+    assert held.used == host_share.used == handle.memory.total
+    with pytest.raises(BackendError, match="it may take 10"):
+        hooks.load_model(gguf, LoadOptions(num_ctx=64, num_parallel=2), memory_limits={HOST: 10})
+
+    class Silent:  # a backend without the hook: the scheduler then counts models only
+        @hookimpl
+        def corral_probe_backend(self, config: Config) -> BackendInfo:
+            return BackendInfo(name="silent", priority=1, usable=True)
+
+    host.register(Silent(), "silent")
+    assert BackendHooks(host, "silent").estimate_memory(gguf, LoadOptions()) is None
 
 
 def test_hook_corral_load_model(host: PluginHost, hooks: BackendHooks, gguf: str) -> None:

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("types/errors/config", ("corral.types", "corral.errors", "corral.config", "corral.spec", "corral.jobs",
                              "corral.conversation", "corral.options", "corral.names", "corral.gguf",
                              "corral.textstream", "corral.hookspecs", "corral.media", "corral.rpcgate",
-                             "corral.gbnf", "corral")),
+                             "corral.gbnf", "corral.memory", "corral")),
 ]
 
 

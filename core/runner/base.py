@@ -9,9 +9,11 @@ from collections.abc import AsyncGenerator, Callable
 from corral.errors import BackendError
 from corral.spec import ModelSpec
 from corral.types import (
+    DeviceInfo,
     EmbeddingResult,
     GenerationRequest,
     LoadOptions,
+    MemoryEstimate,
     ModelHandle,
     RerankResult,
     TokenEvent,
@@ -44,6 +46,7 @@ class Runner(abc.ABC):
     def __init__(self) -> None:
         self.handle: ModelHandle | None = None
         self.backend: str = ""
+        self.devices: list[DeviceInfo] = []  # the selected backend's devices, as its probe saw them
         self._stopped_callbacks: list[Callable[[Runner], None]] = []
 
     @property
@@ -73,9 +76,14 @@ class Runner(abc.ABC):
         """Get a backend ready (build the plugin manager and select the backend)."""
 
     @abc.abstractmethod
-    async def load(self, spec: ModelSpec, options: LoadOptions,
+    async def estimate(self, spec: ModelSpec, options: LoadOptions) -> MemoryEstimate | None:
+        """What loading ``spec``'s model with ``options`` would take per device (None: cannot tell)."""
+
+    @abc.abstractmethod
+    async def load(self, spec: ModelSpec, options: LoadOptions, memory_limits: dict[str, int] | None = None,
                    progress: Callable[[float], None] | None = None) -> ModelHandle:
-        """Load ``spec``'s model file with ``options``; the handle is kept in ``self.handle``.
+        """Load ``spec``'s model file with ``options`` within ``memory_limits`` (bytes per device); the
+        handle is kept in ``self.handle``.
 
         ``progress``, if given, is called on the event loop with the fraction of the weights loaded
         (0.0 to 1.0, rising), as often as the backend reports it."""

@@ -97,13 +97,14 @@ class RunnerChild:
         try:
             host = load_plugins(self.config)
             # the server chose the backend (and passed it here): only that one is probed
-            name = select_backend(host, self.config, self.requested, probe_all=False)[0]
+            name, infos = select_backend(host, self.config, self.requested, probe_all=False)
+            devices = next((list(i.devices) for i in infos if i.name == name), [])
             self._hooks = BackendHooks(host, name)
         except Exception as exc:
             kind = type(exc).__name__ if isinstance(exc, CorralError) else "BackendError"
             self.writer.send(p.Ready(pid=os.getpid(), error=str(exc), error_kind=kind))
             return False
-        self.writer.send(p.Ready(pid=os.getpid(), backend=name))
+        self.writer.send(p.Ready(pid=os.getpid(), backend=name, devices=devices))
         return True
 
     # ---- main loop ------------------------------------------------------------------------------
@@ -197,8 +198,11 @@ class RunnerChild:
             if self.handle is not None:
                 raise BackendError("this runner already has a model loaded")
             self.handle = self.hooks.load_model(model_file(msg.model), msg.options,
-                                                progress=self._progress_sender(msg.id))
+                                                progress=self._progress_sender(msg.id),
+                                                memory_limits=msg.memory_limits)
             return self.handle
+        if isinstance(msg, p.Estimate):
+            return self.hooks.estimate_memory(model_file(msg.model), msg.options)
         if isinstance(msg, p.Tokenize):
             return self.hooks.tokenize(self._loaded(), msg.text, add_special=msg.add_special,
                                        parse_special=msg.parse_special)

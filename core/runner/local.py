@@ -17,6 +17,7 @@ from corral.types import (
     EmbeddingResult,
     GenerationRequest,
     LoadOptions,
+    MemoryEstimate,
     ModelHandle,
     RerankResult,
     TokenEvent,
@@ -55,7 +56,8 @@ class LocalRunner(Runner):
     async def start(self) -> None:
         def setup() -> BackendHooks:
             host = self._host or load_plugins(self.config)
-            name = select_backend(host, self.config, self.requested_backend, probe_all=False)[0]
+            name, infos = select_backend(host, self.config, self.requested_backend, probe_all=False)
+            self.devices = next((list(i.devices) for i in infos if i.name == name), [])
             return BackendHooks(host, name)
 
         self._backend_hooks = await asyncio.to_thread(setup)
@@ -69,7 +71,10 @@ class LocalRunner(Runner):
             raise BackendError("no model is loaded in this runner")
         return self.handle
 
-    async def load(self, spec: ModelSpec, options: LoadOptions,
+    async def estimate(self, spec: ModelSpec, options: LoadOptions) -> MemoryEstimate | None:
+        return await asyncio.to_thread(self._hooks.estimate_memory, model_file(spec), options)
+
+    async def load(self, spec: ModelSpec, options: LoadOptions, memory_limits: dict[str, int] | None = None,
                    progress: Callable[[float], None] | None = None) -> ModelHandle:
         if self.handle is not None:
             raise BackendError("this runner already has a model loaded")
@@ -85,7 +90,8 @@ class LocalRunner(Runner):
                 return True
 
             report = to_loop
-        self.handle = await asyncio.to_thread(self._hooks.load_model, model_file(spec), options, report)
+        self.handle = await asyncio.to_thread(self._hooks.load_model, model_file(spec), options, report,
+                                              memory_limits=memory_limits)
         return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

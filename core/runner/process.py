@@ -8,13 +8,14 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
 from corral.config import Config
-from corral.errors import BackendError, CorralError, RunnerStoppedError
+from corral.errors import BackendError, CorralError, ModelLoadError, RunnerStoppedError
 from corral.runner import protocol as p
 from corral.runner.base import RUNNER_STOPPED, Runner, runner_stopped
 from corral.spec import ModelSpec
@@ -22,6 +23,7 @@ from corral.types import (
     EmbeddingResult,
     GenerationRequest,
     LoadOptions,
+    MemoryEstimate,
     ModelHandle,
     RerankResult,
     TokenEvent,
@@ -65,6 +67,7 @@ class ProcessRunner(Runner):
         self._progress: dict[int, Callable[[float], None]] = {}  # load request id -> its watcher
         self._streams: dict[int, asyncio.Queue[list[TokenEvent] | BaseException]] = {}
         self._ids = itertools.count(1)
+        self._progress_at: dict[int, float] = {}  # load request id -> when it last made progress
         self._alive = False
         self._closing = False
         self.returncode: int | None = None
@@ -109,6 +112,7 @@ class ProcessRunner(Runner):
             await self.close()
             raise p.error_from(ready.error_kind, ready.error)
         self.backend = ready.backend
+        self.devices = list(ready.devices)
         log.info("runner pid %s started with backend %s", self.pid, self.backend)
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -197,6 +201,8 @@ class ProcessRunner(Runner):
             if fut is not None and not fut.done():
                 fut.set_result(msg.value)
         elif isinstance(msg, p.LoadProgress):
+            if msg.id in self._progress_at:
+                self._progress_at[msg.id] = time.monotonic()  # the stall timer (CORRAL_LOAD_TIMEOUT) restarts
             watcher = self._progress.get(msg.id)
             if watcher is not None:
                 try:
@@ -232,16 +238,39 @@ class ProcessRunner(Runner):
         value = await fut
         return msgspec.convert(value, result_type)
 
-    async def load(self, spec: ModelSpec, options: LoadOptions,
+    async def estimate(self, spec: ModelSpec, options: LoadOptions) -> MemoryEstimate | None:
+        msg = p.Estimate(id=next(self._ids), model=spec, options=options)
+        value = await self._call(msg, object)  # None or the estimate's fields
+        return None if value is None else msgspec.convert(value, MemoryEstimate)
+
+    async def load(self, spec: ModelSpec, options: LoadOptions, memory_limits: dict[str, int] | None = None,
                    progress: Callable[[float], None] | None = None) -> ModelHandle:
-        msg = p.Load(id=next(self._ids), model=spec, options=options)
+        """Load, failing (and stopping the runner) if the load makes no progress for
+        ``config.load_timeout`` seconds (CORRAL_LOAD_TIMEOUT, as Ollama's OLLAMA_LOAD_TIMEOUT)."""
+        msg = p.Load(id=next(self._ids), model=spec, options=options, memory_limits=memory_limits)
+        stall = self.config.load_timeout
+        self._progress_at[msg.id] = time.monotonic()
         if progress is not None:
             self._progress[msg.id] = progress
+        call = asyncio.ensure_future(self._call(msg, ModelHandle))
         try:
-            self.handle = await self._call(msg, ModelHandle)
+            while True:
+                left = self._progress_at[msg.id] + stall - time.monotonic()
+                if left <= 0:
+                    raise ModelLoadError(f"timed out loading the model: no progress for {stall:.0f} s "
+                                         "(CORRAL_LOAD_TIMEOUT)")
+                done, _ = await asyncio.wait({call}, timeout=None if stall == float("inf") else left)
+                if done:
+                    self.handle = call.result()
+                    return self.handle
+        except BaseException:
+            if not call.done():
+                call.cancel()
+                await self.close(timeout=1.0)  # a stalled native load cannot be interrupted: stop it
+            raise
         finally:
+            self._progress_at.pop(msg.id, None)
             self._progress.pop(msg.id, None)
-        return self.handle
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         msg = p.Tokenize(id=next(self._ids), text=text, add_special=add_special, parse_special=parse_special)

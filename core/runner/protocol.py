@@ -10,7 +10,7 @@ from msgspec import Struct
 
 from corral import errors
 from corral.spec import ModelSpec
-from corral.types import GenerationRequest, LoadOptions, TokenEvent
+from corral.types import DeviceInfo, GenerationRequest, LoadOptions, TokenEvent
 
 # A frame is a 4-byte big-endian length then that many bytes of msgpack. The cap keeps a corrupt or
 # hostile length from making either side allocate gigabytes.
@@ -20,6 +20,13 @@ MAX_FRAME = 256 * 1024 * 1024
 
 # ---- parent -> runner ----------------------------------------------------------------------------
 class Load(Struct, tag="load", kw_only=True):
+    id: int
+    model: ModelSpec
+    options: LoadOptions
+    memory_limits: dict[str, int] | None = None
+
+
+class Estimate(Struct, tag="estimate", kw_only=True):
     id: int
     model: ModelSpec
     options: LoadOptions
@@ -76,7 +83,7 @@ class Cancel(Struct, tag="cancel", kw_only=True):
 
 
 # answered by id
-Request = Load | Tokenize | Detokenize | Pieces | Generate | Embed | Rerank | Unload | Quantize
+Request = Load | Estimate | Tokenize | Detokenize | Pieces | Generate | Embed | Rerank | Unload | Quantize
 ToRunner = Request | Cancel
 
 
@@ -86,6 +93,7 @@ class Ready(Struct, tag="ready", kw_only=True):
 
     pid: int
     backend: str = ""
+    devices: list[DeviceInfo] = msgspec.field(default_factory=list)  # the backend's, as probed
     error: str = ""
     error_kind: str = ""
 

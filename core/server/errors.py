@@ -22,6 +22,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (E.ModelNotFoundError, 404),
     (E.ServerBusyError, 503),
     (E.InsufficientStorageError, 507),
+    (E.InsufficientMemoryError, 507),  # the machine cannot hold what was asked: not a server fault
     (E.RegistryError, 502),
     (E.GenerationCancelledError, 499),
     (E.BackendUnavailableError, 500),

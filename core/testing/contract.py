@@ -33,12 +33,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from corral.errors import CapabilityError, CorralError, InvalidModelFileError, InvalidRequestError
 from corral.selection import BackendHooks
 from corral.testing.tinyvision import png_bytes
 from corral.types import (
+    HOST,
     CancelToken,
     GenerationRequest,
     LoadOptions,
@@ -142,6 +144,33 @@ class BackendContract:
         assert info.architecture and info.n_vocab > 0 and info.n_embd > 0 and info.n_ctx_train > 0
         assert 0 < info.n_ctx <= max(load_options.num_ctx, info.n_ctx_train) * 2
         assert model.backend and model.id
+
+    def test_memory_is_reported_per_device(self, model: ModelHandle) -> None:
+        """The handle says what the model holds on each device, and the totals agree with the split."""
+        memory = model.memory
+        if not memory.devices:
+            pytest.skip("this backend reports no per-device memory (the scheduler then counts models only)")
+        assert memory.total == sum(d.used for d in memory.devices) > 0
+        assert memory.vram == sum(d.used for d in memory.devices if d.device != HOST)
+        assert len({d.device for d in memory.devices}) == len(memory.devices)
+
+    def test_memory_estimate_matches_what_the_load_took(self, backend_hooks: BackendHooks, model_path: str,
+                                                        model: ModelHandle,
+                                                        load_options: LoadOptions) -> None:
+        """corral_estimate_memory, made before loading, is within 15 % of what the load then held on
+        each device, and grows with the context (the KV cache is num_ctx x num_parallel cells)."""
+        estimate = backend_hooks.estimate_memory(str(model_path), load_options)
+        if estimate is None:
+            pytest.skip("this backend gives no memory estimate")
+        real = {d.device: d.used for d in model.memory.devices}
+        for d in estimate.devices:
+            assert d.used >= 0 and d.total >= 0
+            if d.device in real and real[d.device] > 0:
+                assert abs(d.used - real[d.device]) <= 0.15 * real[d.device], (d, real[d.device])
+        bigger = msgspec.structs.replace(load_options, num_ctx=load_options.num_ctx * 4)
+        more = backend_hooks.estimate_memory(str(model_path), bigger)
+        assert more is not None
+        assert sum(d.kv_cache for d in more.devices) > sum(d.kv_cache for d in estimate.devices)
 
     @pytest.mark.parametrize("text", ["hello world", "héllo 世界 🙂", "a\nb\tc  d"])
     def test_tokenize_round_trip(self, backend_hooks: BackendHooks, model: ModelHandle, text: str) -> None:

@@ -33,17 +33,21 @@ from corral.errors import (
 )
 from corral.gguf import file_type_name, read_gguf_info
 from corral.hookspecs import hookimpl
+from corral.memory import host_memory
 from corral.testing.fakemedia import FakeProjector, expand, load_projector
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import (
+    HOST,
     MAX_TOP_LOGPROBS,
     BackendInfo,
     CancelToken,
     DeviceInfo,
+    DeviceMemory,
     EmbeddingResult,
     GenerationRequest,
     GenerationStats,
     LoadOptions,
+    MemoryEstimate,
     MemoryUsage,
     ModelHandle,
     ModelInfo,
@@ -58,6 +62,10 @@ UNK, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3  # token id of byte b is b + 3
 FIRST_SPECIAL = BYTE_OFFSET + 256
 DEFAULT_EMBED_DIM = 64
+# The fake's memory model, on the host (HOST): the file's tensor data as weights, this much KV cache
+# per context cell (num_ctx x num_parallel cells) and a fixed compute buffer.
+FAKE_KV_BYTES_PER_CELL = 1024
+FAKE_COMPUTE_BYTES = 1 << 20
 QUANT_TYPES = {"q4_k_m": 15, "q4_k_s": 14, "q8_0": 7}  # accepted targets -> general.file_type
 QUANT_SOURCES = {0, 1, 32}  # F32, F16, BF16
 
@@ -77,12 +85,14 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     error: str | None = None  # raise BackendError(error) (before the first token, or at error_after)
     crash: bool = False  # os._exit the process (simulates a runner dying)
     error_after: int | None = None  # tokens emitted before the error or crash
+    # seconds a load spends at 0 % progress when ``match`` occurs in the model's path (script rules only)
+    stall_load: float = 0.0
 
 
 class FakeCall(msgspec.Struct, kw_only=True):
     """One call the fake backend saw, in ``FakeBackend.history``."""
 
-    op: str  # load | tokenize | detokenize | generate | embed | rerank | unload | quantize
+    op: str  # estimate | load | tokenize | detokenize | generate | embed | rerank | unload | quantize
     handle: str = ""
     path: str = ""
     text: str = ""  # prompt text for generate, input text for tokenize
@@ -194,16 +204,36 @@ class FakeBackend:
             name=self.name, priority=self.priority, usable=self.usable,
             reason="test backend: deterministic fake replies, no inference" if self.usable
             else "disabled for this test",
-            devices=[DeviceInfo(name="fake0", description="fake device", type="cpu")],
+            devices=[DeviceInfo(name=HOST, description="fake device (the host's RAM)", type="cpu",
+                                memory_total=host_memory()[1], memory_free=host_memory()[0])],
             plugin=self.plugin,
         )
 
+    @staticmethod
+    def _memory(path: str, options: LoadOptions) -> DeviceMemory:
+        info = read_gguf_info(path)
+        free, total = host_memory()
+        return DeviceMemory(device=HOST, type="cpu", weights=max(0, info.file_size - info.tensor_data_offset),
+                            kv_cache=options.num_ctx * max(1, options.num_parallel) * FAKE_KV_BYTES_PER_CELL,
+                            compute=FAKE_COMPUTE_BYTES, free=free, total=total)
+
     @hookimpl
-    def corral_load_model(self, path: str, options: LoadOptions,
-                          progress: Callable[[float], bool] | None) -> ModelHandle:
+    def corral_estimate_memory(self, path: str, options: LoadOptions) -> MemoryEstimate:
+        self._record(FakeCall(op="estimate", path=path, options=options))
+        return MemoryEstimate(devices=(self._memory(path, options),), n_layer=1)
+
+    @hookimpl
+    def corral_load_model(self, path: str, options: LoadOptions, progress: Callable[[float], bool] | None,
+                          memory_limits: dict[str, int] | None) -> ModelHandle:
         self._record(FakeCall(op="load", path=path, options=options))
+        if options.num_ctx <= 0:
+            raise ModelLoadError(f"num_ctx {options.num_ctx} reached the backend (the scheduler picks it)")
         if progress is not None and progress(0.0) is False:
             raise ModelLoadError("model load cancelled")
+        script = fake_script()
+        for rule in load_rules(script) if script else []:
+            if rule.stall_load > 0 and rule.match in path:
+                time.sleep(rule.stall_load)
         info = read_gguf_info(path)  # raises InvalidModelFileError for non-GGUF and truncated files
         projector = load_projector(options.projector) if options.projector and not options.embedding else None
         # half way, as a real backend reports the weights it has read (the header is all the fake reads)
@@ -242,8 +272,8 @@ class FakeBackend:
             vision=bool(projector and projector.vision), audio=bool(projector and projector.audio),
         )
         handle = ModelHandle(id=f"{self.name}-{next(self._ids)}", backend=self.name, path=path,
-                             options=options, info=minfo, memory=MemoryUsage(total=size, vram=0),
-                             devices=("fake0",))
+                             options=options, info=minfo, memory=self._usage(path, options, memory_limits),
+                             devices=(HOST,))
         with self._lock:
             self._models[handle.id] = _Model(handle, specials, bos_text, eos_text)
             self._models[handle.id].projector = projector
@@ -251,6 +281,12 @@ class FakeBackend:
             self.corral_unload(handle)
             raise ModelLoadError("model load cancelled")
         return handle
+
+    def _usage(self, path: str, options: LoadOptions, limits: dict[str, int] | None) -> MemoryUsage:
+        d = self._memory(path, options)
+        if limits and HOST in limits and d.used > limits[HOST]:
+            raise ModelLoadError(f"the fake model needs {d.used} bytes; it may take {limits[HOST]}")
+        return MemoryUsage(total=d.used, vram=0, devices=(d,), layers=0)
 
     @hookimpl
     def corral_tokenize(self, handle: ModelHandle, text: str, add_special: bool,

@@ -22,7 +22,7 @@ from corral.types import (
     EmbeddingResult,
     GenerationRequest,
     LoadOptions,
-    MemoryUsage,
+    MemoryEstimate,
     ModelHandle,
     RerankResult,
     TokenEvent,
@@ -104,12 +104,22 @@ class LlamaBackend:
 
     # ---- models --------------------------------------------------------------------------------
     @hookimpl
-    def corral_load_model(self, path: str, options: LoadOptions,
-                          progress: Callable[[float], bool] | None) -> ModelHandle:
-        from corral_plugins._llama.model import LlamaModel
+    def corral_estimate_memory(self, path: str, options: LoadOptions) -> MemoryEstimate:
+        from corral_plugins._llama.memory import estimate
+
+        return estimate(self.native(), path, options)
+
+    @hookimpl
+    def corral_load_model(self, path: str, options: LoadOptions, progress: Callable[[float], bool] | None,
+                          memory_limits: dict[str, int] | None) -> ModelHandle:
+        from corral_plugins._llama.memory import fit_layers, usage
+        from corral_plugins._llama.model import LlamaModel, ModelParams
 
         native = self.native()
-        model = LlamaModel(native, path, options, progress)
+        params = ModelParams(native, options)
+        if memory_limits:
+            fit_layers(native, path, options, params, memory_limits)
+        model = LlamaModel(native, path, options, progress, params=params)
         entry = _NativeModel(model=model)
         try:
             info = model.info
@@ -133,12 +143,17 @@ class LlamaBackend:
             else:
                 entry.embedder = self._embedder(model, options)
                 info = msgspec.structs.replace(info, n_ctx=int(entry.embedder.n_batch))
+            contexts = entry.batcher.contexts if entry.batcher is not None else [entry.embedder.ctx]
+            layers = 0
+            if any(d.type != "cpu" for d in native.devices()):  # -1: every layer and the output
+                n = int(params.ptr.n_gpu_layers)
+                layers = n if n >= 0 else int(native.lib.llama_model_n_layer(model.ptr)) + 1
+            memory = usage(native, contexts, options, layers)
         except BaseException:
             self._close(entry)
             raise
         handle = ModelHandle(id=uuid.uuid4().hex, backend=self.name, path=str(path), options=options,
-                             info=info, memory=_memory(model, entry.draft),
-                             devices=tuple(d.name for d in native.devices()))
+                             info=info, memory=memory, devices=tuple(d.name for d in native.devices()))
         with self._lock:
             self._models[handle.id] = entry
         return handle
@@ -238,15 +253,6 @@ class LlamaBackend:
 
         return start_server(self.native(), endpoint, cache_dir=cache_dir, threads=threads,
                             memory_limit=memory_limit)
-
-
-def _memory(model: Any, draft: Any) -> MemoryUsage:
-    """The weights' memory, the draft model's included."""
-    mem = model.memory()
-    if draft is None:
-        return mem
-    extra = draft.memory()
-    return MemoryUsage(total=mem.total + extra.total, vram=mem.vram + extra.vram)
 
 
 def build_version(lib_dir: Path) -> str:

@@ -106,6 +106,11 @@ class Batcher(StepPlanner, Speculation):
         self._thread.start()
 
     # ---- public ----------------------------------------------------------------------------------
+    @property
+    def contexts(self) -> list[Any]:
+        """The ``llama_context*`` this loop decodes in, and its draft model's (for their memory)."""
+        return [self._ctx] + ([self._draft_model.context] if self._draft_model is not None else [])
+
     def submit(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenEvent]:
         """Queue ``request``; the returned iterator yields its events as the loop produces them.
 

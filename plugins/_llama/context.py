@@ -9,17 +9,17 @@ from corral.types import LoadOptions
 
 from .slots import default_threads
 
-__all__ = ["KV_TYPES", "new_context"]
+__all__ = ["KV_TYPES", "context_params", "new_context"]
 
 # the names corral.config.KV_CACHE_TYPES allows (checked when the config is built)
 KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
 
 
-def new_context(native: Any, model: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
-    """A ``llama_context*`` for ``options.num_parallel`` sequences of ``options.num_ctx`` each, with the
-    model's LoRA adapters applied, returning at most ``outputs_per_seq`` rows of logits per sequence and
-    step; the caller frees it with ``llama_free``."""
-    ffi, lib = native.ffi, native.lib
+def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
+    """The ``llama_context_params`` of the batching loop's context (``new_context`` and the memory
+    estimate use the very same), returning at most ``outputs_per_seq`` rows of logits per sequence
+    and step."""
+    lib = native.lib
     n_par = max(1, int(options.num_parallel))
     cp = lib.llama_context_default_params()
     # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
@@ -39,7 +39,15 @@ def new_context(native: Any, model: Any, options: LoadOptions, outputs_per_seq: 
         fa = "ENABLED" if options.flash_attention else "DISABLED"
         cp.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
     cp.type_k = cp.type_v = getattr(lib, KV_TYPES[options.kv_cache_type])
-    ctx = lib.llama_init_from_model(model.ptr, cp)
+    return cp
+
+
+def new_context(native: Any, model: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
+    """A ``llama_context*`` for ``options.num_parallel`` sequences of ``options.num_ctx`` each, with the
+    model's LoRA adapters applied, returning at most ``outputs_per_seq`` rows of logits per sequence and
+    step; the caller frees it with ``llama_free``."""
+    ffi, lib = native.ffi, native.lib
+    ctx = lib.llama_init_from_model(model.ptr, context_params(native, options, outputs_per_seq))
     if ctx == ffi.NULL:
         raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
     try:  # LoRA adapters are set per context, not per model

@@ -55,6 +55,11 @@ class DraftModel:
         self._logit = ffi.new("int8_t[]", self.n_batch)
 
     # ---- KV ------------------------------------------------------------------------------------
+    @property
+    def context(self) -> Any:
+        """The draft's ``llama_context*`` (for its memory breakdown)."""
+        return self._ctx
+
     def _keep(self, seq: int, k: int) -> None:
         if len(self._cached[seq]) > k:
             self._lib.llama_memory_seq_rm(self._mem, seq, k, -1)

@@ -4,6 +4,7 @@ each, from every request waiting."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from corral.errors import BackendError, ContextLengthError, CorralError, Invalid
 from corral.types import EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
 
-__all__ = ["MAX_SEQS", "Embedder"]
+__all__ = ["MAX_SEQS", "Embedder", "embed_params"]
 
 MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allows 256)
 
@@ -29,6 +30,25 @@ class _Work:
         self.error: BaseException | None = None
 
 
+def embed_params(lib: Any, options: LoadOptions, n_ctx_train: int, pooling: str, n_threads: int = 0) -> Any:
+    """The ``llama_context_params`` of an embedding context (the memory estimate uses the same)."""
+    n_ctx = max(64, min(int(options.num_ctx), n_ctx_train or int(options.num_ctx)))
+    cp = lib.llama_context_default_params()
+    cp.embeddings = True
+    cp.n_ctx = n_ctx
+    # Pooling is per sequence, and non-causal models need every input whole in one micro-batch
+    # (llama.cpp asserts on it), so batch = micro-batch = context, and an input fits it whole.
+    cp.n_batch = cp.n_ubatch = n_ctx
+    cp.n_seq_max = MAX_SEQS
+    cp.kv_unified = True  # a causal model's cache: all cells for whichever inputs share a decode
+    if n_threads > 0:
+        cp.n_threads = cp.n_threads_batch = n_threads
+    # A model without its own pooling (a causal LM) is mean-pooled: the hidden states averaged.
+    if pooling == "none":
+        cp.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+    return cp
+
+
 class Embedder:
     """One context with ``embeddings=true``. Calls queue their inputs; whichever call holds the context
     runs everything queued, packing inputs of several calls into each decode (as llama-server fills
@@ -42,20 +62,7 @@ class Embedder:
     def __init__(self, model: LlamaModel, options: LoadOptions, n_threads: int = 0) -> None:
         self.model = model
         self.ffi, self.lib = ffi, lib = model.ffi, model.lib
-        n_ctx = max(64, min(int(options.num_ctx), model.info.n_ctx_train or int(options.num_ctx)))
-        cp = lib.llama_context_default_params()
-        cp.embeddings = True
-        cp.n_ctx = n_ctx
-        # Pooling is per sequence, and non-causal models need every input whole in one micro-batch
-        # (llama.cpp asserts on it), so batch = micro-batch = context, and an input fits it whole.
-        cp.n_batch = cp.n_ubatch = n_ctx
-        cp.n_seq_max = MAX_SEQS
-        cp.kv_unified = True  # a causal model's cache: all cells for whichever inputs share a decode
-        if n_threads > 0:
-            cp.n_threads = cp.n_threads_batch = n_threads
-        # A model without its own pooling (a causal LM) is mean-pooled: the hidden states averaged.
-        if model.info.pooling == "none":
-            cp.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+        cp = embed_params(lib, options, model.info.n_ctx_train, model.info.pooling, n_threads)
         ctx = lib.llama_init_from_model(model.ptr, cp)
         if ctx == ffi.NULL:
             raise BackendError("llama.cpp could not create an embedding context (out of memory?)")

@@ -125,8 +125,11 @@ typedef struct llama_batch {
     int8_t       *  logits;
 } llama_batch;
 
+struct llama_model_tensor_buft_override { const char * pattern; ...; };
+
 struct llama_model_params {
     ggml_backend_dev_t * devices;
+    const struct llama_model_tensor_buft_override * tensor_buft_overrides;
     int32_t n_gpu_layers;
     enum llama_split_mode split_mode;
     enum llama_load_mode load_mode;
@@ -443,6 +446,28 @@ llama_token corral_sample_subset(struct llama_sampler * chain, struct llama_cont
 bool corral_grammar_allows(struct llama_sampler * grammar, llama_token token);
 int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_t cap, int32_t * lens);
 
+/* ---- memory per device and llama.cpp's fit (memfit.cpp) ------------------------------------- */
+struct corral_device_memory {
+    char name[128];
+    int32_t type;
+    uint64_t model;
+    uint64_t context;
+    uint64_t compute;
+    uint64_t free;
+    uint64_t total;
+};
+size_t llama_max_tensor_buft_overrides(void);
+int32_t corral_context_memory(const struct llama_context * ctx, struct corral_device_memory * out,
+                              int32_t cap);
+int32_t corral_measure(const char * path, const struct llama_model_params * mparams,
+                       const struct llama_context_params * cparams, struct corral_device_memory * out,
+                       int32_t cap, int32_t * n_layer);
+int32_t corral_fit(const char * path, struct llama_model_params * mparams,
+                   struct llama_context_params * cparams, float * tensor_split,
+                   struct llama_model_tensor_buft_override * overrides, size_t * margins);
+int32_t corral_projector_memory(const char * path, const struct mtmd_context_params * params,
+                                struct corral_device_memory * out, int32_t cap);
+
 /* ---- the RPC worker's device (rpc_worker.c) ------------------------------------------------- */
 ggml_backend_dev_t corral_worker_device(ggml_backend_dev_t inner, size_t limit);
 void corral_worker_device_usage(ggml_backend_dev_t dev, size_t * used, size_t * limit,
@@ -454,6 +479,7 @@ void corral_worker_device_usage(ggml_backend_dev_t dev, size_t * used, size_t * 
 C_SOURCE = r"""
 #include <math.h>
 #include "llama.h"
+#include "memfit.h"
 #include "ggml-backend.h"
 #include "mtmd.h"
 #include "mtmd-helper.h"
@@ -650,6 +676,9 @@ int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_
 
 # The RPC worker's device wrapper, C kept in its own file (it is compiled into the same module).
 WORKER_C = Path(__file__).with_name("rpc_worker.c")
+# llama.cpp's memory breakdown and fit are C++ (common/fit.h, src/llama-ext.h): a C++ file with a C
+# interface (memfit.h), compiled and linked into the module with libllama-common.
+MEMFIT_CPP = Path(__file__).with_name("memfit.cpp")
 
 
 def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cffi.FFI:
@@ -660,11 +689,15 @@ def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cff
     dirs = [Path(d).resolve() for d in include_dirs]
     # rpc_worker.c needs ggml's internal device interfaces (ggml/src next to ggml/include).
     dirs += [d.parent / "src" for d in dirs if (d.parent / "src" / "ggml-backend-impl.h").is_file()]
+    # memfit.cpp needs common/fit.h and src/llama-ext.h beside include/llama.h, and memfit.h here.
+    dirs += [d.parent / sub for d in dirs if (d / "llama.h").is_file() for sub in ("common", "src")]
+    dirs.append(MEMFIT_CPP.parent)
     ffibuilder.set_source(
         module_name,
         C_SOURCE + "\n" + WORKER_C.read_text(),
+        sources=[str(MEMFIT_CPP)],
         include_dirs=[str(d) for d in dirs],
-        libraries=["mtmd", "llama", "ggml", "ggml-base"],
+        libraries=["mtmd", "llama-common", "llama", "ggml", "ggml-base"],
         library_dirs=[str(Path(lib_dir).resolve())],
         extra_link_args=extra_link_args,
         # Python's stable ABI: one module (``_llama_cpu.abi3.so``) serves every CPython >= 3.10, so a

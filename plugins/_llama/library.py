@@ -49,6 +49,16 @@ class Native:
             memory_free=int(free[0]),
         )
 
+    def rpc_devices(self) -> list[DeviceInfo]:
+        """The devices of RPC workers registered in this process (their ggml type says GPU)."""
+        ffi, lib = self.ffi, self.lib
+        out = []
+        for i in range(lib.ggml_backend_dev_count()):
+            dev = lib.ggml_backend_dev_get(i)
+            if _text(ffi, lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))) == "RPC":
+                out.append(self.device_info(dev))
+        return out
+
     def split_devices(self) -> list[DeviceInfo]:
         """The devices llama.cpp splits a model's layers over, in its order (``tensor_split``'s order):
         RPC workers first, then GPUs, then integrated GPUs if there is no GPU (src/llama.cpp)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from corral.errors import BackendError, InvalidRequestError, ModelLoadError
 from corral.gguf import GGUFInfo, file_type_name, read_gguf_info
-from corral.types import LoadOptions, MemoryUsage, ModelInfo
+from corral.types import LoadOptions, ModelInfo
 from corral_plugins._llama import library
 from corral_plugins._llama.library import Native
 
@@ -83,11 +83,46 @@ def check_gguf(path: str | Path) -> GGUFInfo:
 _checked: dict[tuple[str, int, int, int, int], GGUFInfo] = {}
 
 
+class ModelParams:
+    """The ``llama_model_params`` of a load with some LoadOptions, with the arrays they point to kept
+    alive (``tensor_split``, and the tensor overrides llama.cpp's fit may write)."""
+
+    def __init__(self, native: Native, options: LoadOptions, *, vocab_only: bool = False) -> None:
+        ffi, lib = native.ffi, native.lib
+        self.ptr = p = ffi.new("struct llama_model_params *", lib.llama_model_default_params())
+        p.n_gpu_layers = int(options.num_gpu)
+        p.main_gpu = int(options.main_gpu)
+        p.vocab_only = vocab_only
+        p.use_extra_bufts = bool(options.repack)
+        if options.use_mmap is not None:
+            p.load_mode = lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+        # writable: llama.cpp's fit may fill them (a split over several devices, layer overrides)
+        self.split = ffi.new("float[]", int(lib.llama_max_devices()))
+        self.overrides = ffi.new("struct llama_model_tensor_buft_override[]",
+                                 int(lib.llama_max_tensor_buft_overrides()))
+        if options.tensor_split and not vocab_only:
+            shares = options.tensor_split
+            devices = native.split_devices()
+            if not devices:
+                raise InvalidRequestError("tensor_split needs GPUs or RPC workers to split the model over; "
+                                          "this backend has only the CPU")
+            if len(shares) > len(devices):
+                names = ", ".join(f"{d.name} ({d.description})" for d in devices)
+                raise InvalidRequestError(f"tensor_split has {len(shares)} shares but the model is split "
+                                          f"over {len(devices)} device(s): {names}")
+            if len(shares) > len(self.split):
+                self.split = ffi.new("float[]", len(shares))
+            for i, share in enumerate(shares):
+                self.split[i] = float(share)
+            p.tensor_split = self.split
+
+
 class LlamaModel:
     """Owns one ``llama_model*``. Use from any thread for tokenization; free exactly once."""
 
     def __init__(self, native: Native, path: str | Path, options: LoadOptions = LoadOptions(),
-                 progress: Callable[[float], bool] | None = None, *, vocab_only: bool = False) -> None:
+                 progress: Callable[[float], bool] | None = None, *, vocab_only: bool = False,
+                 params: ModelParams | None = None) -> None:
         self.native = native
         self.ffi, self.lib = ffi, lib = native.ffi, native.lib
         self.path = str(path)
@@ -95,26 +130,19 @@ class LlamaModel:
         check_gguf(self.path)
         for adapter in options.adapters:
             check_gguf(adapter)
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = int(options.num_gpu)
-        params.main_gpu = int(options.main_gpu)
-        params.vocab_only = vocab_only
-        params.use_extra_bufts = bool(options.repack)
-        if options.use_mmap is not None:
-            params.load_mode = lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
-        split = self._tensor_split(options.tensor_split) if options.tensor_split and not vocab_only else None
-        if split is not None:
-            params.tensor_split = split
+        # the caller's parameters (fitted to memory limits), else the options' own
+        self._params = params or ModelParams(native, options, vocab_only=vocab_only)
+        params_ = self._params.ptr
         state = None
         handle = None
         if progress is not None:
             _install_progress(ffi)
             state = _Progress(progress)
             handle = ffi.new_handle(state)
-            params.progress_callback = lib.corral_progress_cb
-            params.progress_callback_user_data = handle
+            params_.progress_callback = lib.corral_progress_cb
+            params_.progress_callback_user_data = handle
         library.clear_error()
-        ptr = lib.llama_model_load_from_file(self.path.encode(), params)
+        ptr = lib.llama_model_load_from_file(self.path.encode(), params_[0])
         if ptr == ffi.NULL:
             reason = library.last_error()
             if state is not None and state.error is not None:
@@ -140,22 +168,6 @@ class LlamaModel:
         except BaseException:
             self.free()
             raise
-
-    def _tensor_split(self, shares: tuple[float, ...]) -> Any:
-        """llama.cpp's ``tensor_split`` array for ``shares``, checked against the devices it splits over."""
-        devices = self.native.split_devices()
-        if not devices:
-            raise InvalidRequestError("tensor_split needs GPUs or RPC workers to split the model over; "
-                                      "this backend has only the CPU")
-        if len(shares) > len(devices):
-            names = ", ".join(f"{d.name} ({d.description})" for d in devices)
-            raise InvalidRequestError(f"tensor_split has {len(shares)} shares but the model is split over "
-                                      f"{len(devices)} device(s): {names}")
-        split = self.ffi.new("float[]", max(int(self.lib.llama_max_devices()), len(shares)))
-        for i, share in enumerate(shares):
-            split[i] = float(share)
-        self._split = split  # llama.cpp reads it during the load only; kept with the model for clarity
-        return split
 
     # ---- metadata ------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -207,12 +219,6 @@ class LlamaModel:
             pooling=pooling,
             has_encoder=bool(lib.llama_model_has_encoder(ptr)),
         )
-
-    def memory(self) -> MemoryUsage:
-        """Bytes of weights (KV cache excluded); GPU share when layers are offloaded."""
-        size = int(self.lib.llama_model_size(self.ptr))
-        on_gpu = any(d.type in ("gpu", "igpu") for d in self.native.devices()) and self.options.num_gpu != 0
-        return MemoryUsage(total=size, vram=size if on_gpu else 0)
 
     # ---- tokens --------------------------------------------------------------------------------
     def _check_tokens(self, tokens: list[int]) -> None:

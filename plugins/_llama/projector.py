@@ -17,7 +17,7 @@ from corral.types import GenerationRequest, LoadOptions, MediaInput
 from .model import LlamaModel, check_gguf
 from .slots import default_threads
 
-__all__ = ["MediaSpan", "Projector", "media_key"]
+__all__ = ["MediaSpan", "Projector", "media_key", "projector_params"]
 
 # Image token keys: a prompt position that holds media embeddings carries a negative key derived from
 # the media bytes' SHA-256, the chunk's index inside that media and the row inside the chunk. Equal
@@ -55,6 +55,18 @@ class MediaSpan:
         return self.start + self.n
 
 
+def projector_params(lib: Any, options: LoadOptions) -> Any:
+    """The ``mtmd_context_params`` of a projector loaded with ``options`` (the memory estimate's too)."""
+    params = lib.mtmd_context_params_default()
+    params.use_gpu = options.num_gpu != 0
+    params.print_timings = False
+    params.n_threads = int(options.num_thread) or default_threads()
+    if options.flash_attention is not None:
+        fa = "ENABLED" if options.flash_attention else "DISABLED"
+        params.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
+    return params
+
+
 class Projector:
     """Owns one ``mtmd_context``. Media preparation runs on any thread; encoding on one at a time."""
 
@@ -63,13 +75,7 @@ class Projector:
         self.ffi, self.lib = ffi, lib = model.ffi, model.lib
         self.path = str(path)
         check_gguf(self.path)  # the bounded reader first: clip.cpp trusts what it reads
-        params = lib.mtmd_context_params_default()
-        params.use_gpu = options.num_gpu != 0
-        params.print_timings = False
-        params.n_threads = int(options.num_thread) or default_threads()
-        if options.flash_attention is not None:
-            fa = "ENABLED" if options.flash_attention else "DISABLED"
-            params.flash_attn_type = getattr(lib, f"LLAMA_FLASH_ATTN_TYPE_{fa}")
+        params = projector_params(lib, options)
         self._marker = lib.mtmd_default_marker()  # a C string that lives as long as the library
         ctx = lib.mtmd_init_from_file(self.path.encode(), model.ptr, params)
         if ctx == ffi.NULL:

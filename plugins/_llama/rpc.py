@@ -53,6 +53,12 @@ def _entry(native: Native, name: str, ctype: str) -> Any:
 
 
 # ---- client: a runner that splits a model over workers --------------------------------------------
+def registered(endpoints: list[str] | tuple[str, ...]) -> bool:
+    """Whether every one of ``endpoints`` is registered in this process already."""
+    with _lock:
+        return all(e in _registered for e in endpoints)
+
+
 def add_workers(native: Native, endpoints: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
     """Register each worker's devices in this process, as ``llama-server --rpc`` does (add_server, then
     ggml_backend_register), once per endpoint; llama.cpp then splits models over them.

@@ -12,10 +12,11 @@ import msgspec
 from corral.config import Config
 from corral.errors import BackendUnavailableError, ModelLoadError
 from corral.hookspecs import hookimpl
-from corral.types import BackendInfo, LoadOptions, ModelHandle, WorkerInfo
+from corral.types import BackendInfo, LoadOptions, MemoryEstimate, ModelHandle, WorkerInfo
 from corral_plugins._llama.backend import LlamaBackend, Probe, build_version
 from corral_plugins._llama.model import check_gguf
 from corral_plugins._llama.rpc import add_workers, rpc_module
+from corral_plugins._llama.rpc import registered as all_registered
 from corral_plugins.rpc.placement import device_need, mib
 from corral_plugins.rpc.probe import WorkerStatus, probe_workers
 
@@ -86,24 +87,40 @@ class RpcBackend(LlamaBackend):
                            devices=devices, version=version, max_models=1)
 
     # ---- models --------------------------------------------------------------------------------
-    @hookimpl
-    def corral_load_model(self, path: str, options: LoadOptions,
-                          progress: Callable[[float], bool] | None) -> ModelHandle:
+    def _connect(self, path: str, options: LoadOptions, check_room: bool) -> dict[str, list[str]]:
+        """Every worker checked (llama.cpp's client aborts the process on one it cannot reach), the
+        model's rough need checked against what they offer when no fit will move layers to the host
+        (``check_room``), then the workers added as devices."""
         workers = self.config().workers
         if not workers:
             raise BackendUnavailableError(f"backend 'rpc' cannot load models: {NO_WORKERS}")
-        # llama.cpp's client aborts the process on a worker it cannot reach: check them all first.
+        if all_registered(workers):  # this runner's estimate connected them: a probe now would wait in
+            return add_workers(self.native(), workers)  # their queue behind our own connection
         statuses = probe_workers(workers)
         bad = [s for s in statuses if not s.ok]
         if bad:
             raise ModelLoadError("cannot split the model over the RPC workers: "
                                  + "; ".join(s.describe() for s in bad))
-        self._check_room(path, options, statuses)
+        if check_room:
+            self._check_room(path, options, statuses)
         # A worker lost from here on aborts the runner; ggml's gdb backtrace would only delay the error.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-        native = self.native()
-        registered = add_workers(native, workers)
-        handle = super().corral_load_model(path, options, progress)
+        return add_workers(self.native(), workers)
+
+    @hookimpl
+    def corral_estimate_memory(self, path: str, options: LoadOptions) -> MemoryEstimate:
+        """llama.cpp's measurement with the workers' devices in place: their share and free memory
+        come from the workers themselves (as the memory cap of ``corral worker --memory`` reports it)."""
+        # With num_gpu unset the scheduler and llama.cpp's fit may keep layers on the host: no refusal here.
+        self._connect(path, options, check_room=options.num_gpu != -1 or bool(options.tensor_split))
+        return super().corral_estimate_memory(path, options)
+
+    @hookimpl
+    def corral_load_model(self, path: str, options: LoadOptions, progress: Callable[[float], bool] | None,
+                          memory_limits: dict[str, int] | None) -> ModelHandle:
+        fitted = bool(memory_limits) and options.num_gpu == -1 and not options.tensor_split
+        registered = self._connect(path, options, check_room=not fitted)
+        handle = super().corral_load_model(path, options, progress, memory_limits)
         # The handle names each worker's devices with its endpoint: corral_explain_stop runs in the
         # server, from the handle alone, and must know which workers this model was spread over.
         remote = {name for names in registered.values() for name in names}

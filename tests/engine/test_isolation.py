@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
 from corral.engine import Engine
-from corral.errors import BackendError, RunnerStoppedError
+from corral.errors import BackendError, ModelLoadError, RunnerStoppedError
 from corral.jobs import GenerateJob
 from corral.runner import RUNNER_STOPPED, ProcessRunner, subprocess_runners
 from corral.types import GenerationRequest, LoadOptions
@@ -167,5 +168,21 @@ def test_runner_start_failure_is_a_clear_error(make_config):
             await runner.start()
         assert "nonexistent" in str(err.value)
         assert runner.returncode is not None  # exited and reaped
+
+    asyncio.run(main())
+
+
+def test_a_load_without_progress_for_the_load_timeout_fails_and_stops_its_runner(make_config, engine_store):
+    async def main():
+        # the fake's script holds every load at 0 % for 30 s; CORRAL_LOAD_TIMEOUT is 1 s
+        config = make_config(rules=[{"stall_load": 30.0}], load_timeout=1.0)
+        engine = engine_for(config, engine_store)
+        t0 = time.monotonic()
+        with pytest.raises(ModelLoadError, match=r"no progress for 1 s \(CORRAL_LOAD_TIMEOUT\)"):
+            async for _ in engine.generate(GenerateJob(model="alpha", prompt="hi")):
+                pass
+        assert time.monotonic() - t0 < 15  # not the 30 s the load would have taken
+        assert engine.running() == []
+        await engine.shutdown()
 
     asyncio.run(main())

@@ -21,7 +21,8 @@ def test_every_setting_survives_the_trip_to_a_runner(monkeypatch):
                fetch_images=True, noprune=True, debug=True, load_plugins=("cpu",),
                disable_plugins=("cuda",), extra_plugins=("corral.testing.fake",), trace_plugins=True,
                nohistory=True, cpu_variant="zen4", workers=("10.0.0.5:50052", "box:1"), norepack=True,
-               registry_mirror="http://10.0.0.2:5000/ollama"),
+               registry_mirror="http://10.0.0.2:5000/ollama", memory_limit=3 << 30, gpu_overhead=1 << 29,
+               load_timeout=90.5),
         Config(keep_alive=0.25, flash_attention=True, load_plugins=()),
     ]
     # The second config sets every field, so a new setting missing from Config.to_env fails here.

@@ -77,7 +77,7 @@ def test_unusable_backend_never_loads_natives(tmp_path, native):
 
     b = LlamaBackend("cuda", tmp_path / "_lib", 200, probe_cuda)
     with pytest.raises(BackendUnavailableError, match="cannot run here"):
-        b.corral_load_model(str(tmp_path / "x.gguf"), LoadOptions(), None)
+        b.corral_load_model(str(tmp_path / "x.gguf"), LoadOptions(), None, None)
     with pytest.raises(BackendUnavailableError, match="cannot run here"):  # only ever asked when selected
         b.corral_quantize("a", "b", "q8_0", None)
 

@@ -46,7 +46,7 @@ def test_each_worker_alone_refuses_the_model_with_the_numbers(capped, gemma_mode
         backend = RpcBackend()  # the plugin as a runner holds it; the refusal comes before any native code
         assert backend.corral_probe_backend(Config(workers=(worker.endpoint,))).usable
         with pytest.raises(ModelLoadError) as err:
-            backend.corral_load_model(path, LoadOptions(num_ctx=512, num_parallel=1), None)
+            backend.corral_load_model(path, LoadOptions(num_ctx=512, num_parallel=1), None, None)
         message = str(err.value)
         assert "does not fit the RPC workers" in message and worker.endpoint in message, message
         assert "MiB of weights" in message and "corral worker --memory" in message, message
@@ -75,3 +75,30 @@ def test_tensor_split_from_the_model_parameters_places_the_layers(capped) -> Non
                                                  "options": server.options(tensor_split=[1, 1, 1])})
     assert r.status_code == 400, r.text
     assert "3 shares" in r.json()["error"] and small.endpoint in r.json()["error"], r.text
+
+
+def test_num_gpu_unset_offloads_the_layers_that_fit_and_keeps_the_rest_here(tmp_path: Path,
+                                                                            gemma_models: Path) -> None:
+    # One worker offering 210 MiB: not the whole model (241 MiB of weights), so llama.cpp's fit puts
+    # as many layers on it as fit there (the output layer, a 170 MiB copy of the token embedding, goes
+    # first) and the rest on this host, instead of refusing.
+    worker = Worker(tmp_path, "w", "--memory", "210MiB")
+    server = Server(tmp_path, "rpc", gemma_models, "--workers", worker.endpoint,
+                    CORRAL_CONTEXT_LENGTH="512", CORRAL_NUM_PARALLEL="1")
+    try:
+        worker.start().wait_ready()
+        server.start().wait_ready()
+        assert server.generate("Why is the sky blue?")["response"].strip()
+        held = worker.wait_layers(bool)
+        assert held and held != ALL, held  # some layers there, not all
+        [row] = server.http.get("/api/ps").json()["models"]
+        assert 0 < row["size_vram"] < row["size"], row  # the real split: part on the worker, part here
+        assert row["size_vram"] <= 210 * 2**20
+        # the user's num_gpu is never changed: all 19 places on a 210 MiB worker is refused, with numbers
+        r = server.http.post("/api/generate", json={"model": "gemma3:270m", "prompt": "hi", "stream": False,
+                                                     "options": server.options(num_gpu=99)})
+        assert r.status_code in (500, 507), r.text
+        assert "does not fit" in r.json()["error"] or "cannot be loaded" in r.json()["error"], r.text
+    finally:
+        server.stop()
+        worker.stop()
