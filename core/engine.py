@@ -56,6 +56,7 @@ PROMPT_TOO_LONG = (
     "adjust the context length in settings, or use a model with a longer context length"
 )
 INPUT_TOO_LONG = "the input length exceeds the context length"
+EMBED_BATCH = 32  # inputs per runner call of an embed job: cancellable between calls, small messages
 
 
 class Engine:
@@ -392,22 +393,30 @@ class Engine:
         spec = await self._resolve(job.model, [])
         load, _generation = self._options(spec, job.options)  # sampling options are checked, then unused
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        n_ctx = lease.handle.info.n_ctx
+        normalize = job.normalize and not job.dimensions  # with dimensions: cut first, then normalise
+        vectors: list[list[float]] = []
         try:
-            if not job.inputs:
-                return EmbedOutput(embeddings=[], total_duration=time.monotonic_ns() - start,
-                                   load_duration=lease.load_duration_ns)
-            n_ctx = lease.handle.info.n_ctx
-            token_lists = await asyncio.gather(*(lease.runner.tokenize(text) for text in job.inputs))
+            # A batch at a time: a client that leaves (the route cancels this coroutine) stops the work
+            # between batches, and the runner's own check between inputs stops the batch in flight.
+            # Every input is tokenized and checked first, so a too-long one is a 400 before any work.
+            token_lists: list[list[int]] = []
+            for first in range(0, len(job.inputs), EMBED_BATCH):
+                texts = job.inputs[first : first + EMBED_BATCH]
+                token_lists += await asyncio.gather(*(lease.runner.tokenize(text) for text in texts))
             for i, tokens in enumerate(token_lists):
                 if len(tokens) > n_ctx:
                     if not job.truncate:
                         raise ContextLengthError(INPUT_TOO_LONG)
                     token_lists[i] = tokens[:n_ctx]
-            normalize = job.normalize and not job.dimensions  # with dimensions: cut first, then normalise
-            result = await lease.runner.embed(list(token_lists), normalize=normalize)
+            for first in range(0, len(token_lists), EMBED_BATCH):
+                batch = token_lists[first : first + EMBED_BATCH]
+                result = await lease.runner.embed(batch, normalize=normalize)
+                if len(result.embeddings) != len(batch):
+                    raise BackendError("the backend returned a wrong number of embeddings")
+                vectors += [_finish_vector(v, job.dimensions, job.normalize) for v in result.embeddings]
         finally:
             lease.release()
-        vectors = [_finish_vector(v, job.dimensions, job.normalize) for v in result.embeddings]
         return EmbedOutput(embeddings=vectors, prompt_eval_count=sum(len(t) for t in token_lists),
                            total_duration=time.monotonic_ns() - start, load_duration=lease.load_duration_ns)
 

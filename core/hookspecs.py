@@ -118,10 +118,12 @@ def corral_generate(
 
 @hookspec(firstresult=True)
 def corral_embed(
-    handle: ModelHandle, inputs: list[list[int]], normalize: bool
+    handle: ModelHandle, inputs: list[list[int]], normalize: bool, cancel: CancelToken
 ) -> EmbeddingResult:
     """Return one pooled embedding per token list (L2-normalised when ``normalize``).
-    A model that cannot embed raises ``CapabilityError``."""
+
+    ``cancel`` is checked between inputs: once it is set (the client left), stop and raise
+    ``GenerationCancelledError``. A model that cannot embed raises ``CapabilityError``."""
 
 
 @hookspec(firstresult=True)

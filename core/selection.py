@@ -15,13 +15,13 @@ from corral.errors import (
 )
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
-from corral.types import BackendInfo, EmbeddingResult, MemoryEstimate, ModelHandle, RerankResult, WorkerInfo
+from corral.types import BackendInfo, CancelToken, EmbeddingResult, MemoryEstimate, ModelHandle, RerankResult, WorkerInfo
 
 if TYPE_CHECKING:
     from pluggy import HookCaller
 
     from corral.config import Config
-    from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
+    from corral.types import GenerationRequest, LoadOptions, TokenEvent
 
 log = logging.getLogger("corral.selection")
 T = TypeVar("T")
@@ -178,10 +178,10 @@ class BackendHooks:
             log.exception("backend %s raised while generating", self.backend)
             raise BackendError(f"backend {self.backend!r} failed while generating: {exc}") from exc
 
-    def embed(
-        self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True
-    ) -> EmbeddingResult:
-        result = self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize)
+    def embed(self, handle: ModelHandle, inputs: list[list[int]], *, normalize: bool = True,
+              cancel: CancelToken | None = None) -> EmbeddingResult:
+        result = self._call("corral_embed", handle=handle, inputs=inputs, normalize=normalize,
+                            cancel=cancel or CancelToken())
         return self._typed("corral_embed", result, EmbeddingResult)
 
     def rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:

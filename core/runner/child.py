@@ -211,7 +211,11 @@ class RunnerChild:
         if isinstance(msg, p.Pieces):
             return self.hooks.token_pieces(self._loaded(), msg.tokens)
         if isinstance(msg, p.Embed):
-            return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize)
+            token = self.cancels[msg.id] = CancelToken()
+            try:
+                return self.hooks.embed(self._loaded(), msg.inputs, normalize=msg.normalize, cancel=token)
+            finally:
+                self.cancels.pop(msg.id, None)
         if isinstance(msg, p.Rerank):
             return self.hooks.rerank(self._loaded(), msg.query, msg.documents)
         if isinstance(msg, p.Quantize):

@@ -106,7 +106,16 @@ class LocalRunner(Runner):
         return await asyncio.to_thread(self._hooks.token_pieces, self._loaded(), tokens)
 
     async def embed(self, inputs: list[list[int]], *, normalize: bool = True) -> EmbeddingResult:
-        return await asyncio.to_thread(self._hooks.embed, self._loaded(), inputs, normalize=normalize)
+        cancel = CancelToken()
+        self._cancels.add(cancel)
+        try:
+            return await asyncio.shield(asyncio.to_thread(self._hooks.embed, self._loaded(), inputs,
+                                                          normalize=normalize, cancel=cancel))
+        except asyncio.CancelledError:
+            cancel.cancel()  # the thread cannot be interrupted: the backend stops at the next input
+            raise
+        finally:
+            self._cancels.discard(cancel)
 
     async def rerank(self, query: str, documents: list[str]) -> RerankResult:
         return await asyncio.to_thread(self._hooks.rerank, self._loaded(), query, documents)

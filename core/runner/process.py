@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -235,7 +236,15 @@ class ProcessRunner(Runner):
         except CorralError:
             self._calls.pop(msg.id, None)
             raise
-        value = await fut
+        try:
+            value = await fut
+        except asyncio.CancelledError:
+            # The caller gave up (its client left): a request that checks for cancels stops at once.
+            self._calls.pop(msg.id, None)  # type: ignore[attr-defined]
+            if self._alive:
+                with contextlib.suppress(CorralError):
+                    self._send(p.Cancel(target=msg.id))  # type: ignore[attr-defined]
+            raise
         return msgspec.convert(value, result_type)
 
     async def estimate(self, spec: ModelSpec, options: LoadOptions) -> MemoryEstimate | None:

@@ -79,7 +79,7 @@ class Quantize(Struct, tag="quantize", kw_only=True):
 
 
 class Cancel(Struct, tag="cancel", kw_only=True):
-    target: int  # the id of the generate request to stop
+    target: int  # the id of the generate or embed request to stop
 
 
 # answered by id

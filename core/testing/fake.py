@@ -28,6 +28,7 @@ from corral.errors import (
     BackendError,
     CapabilityError,
     ContextLengthError,
+    GenerationCancelledError,
     InvalidRequestError,
     ModelLoadError,
 )
@@ -413,12 +414,15 @@ class FakeBackend:
                          stop_string=stops.matched or "")
 
     @hookimpl
-    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
+    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool,
+                     cancel: CancelToken) -> EmbeddingResult:
         model = self._model(handle)
         self._record(FakeCall(op="embed", handle=handle.id))
         dim = handle.info.n_embd
         out: list[list[float]] = []
         for tokens in inputs:
+            if cancel.cancelled:
+                raise GenerationCancelledError("embedding cancelled: the client disconnected")
             if not tokens:
                 raise InvalidRequestError("cannot embed an empty input")
             # bag of per-token random vectors: inputs sharing tokens point in similar directions

@@ -204,8 +204,9 @@ class LlamaBackend:
         return entry.embedder
 
     @hookimpl
-    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool) -> EmbeddingResult:
-        return self._embedder_of(handle).embed(inputs, normalize)
+    def corral_embed(self, handle: ModelHandle, inputs: list[list[int]], normalize: bool,
+                     cancel: CancelToken) -> EmbeddingResult:
+        return self._embedder_of(handle).embed(inputs, normalize, cancel=cancel)
 
     @hookimpl
     def corral_rerank(self, handle: ModelHandle, query: str, documents: list[str]) -> RerankResult:

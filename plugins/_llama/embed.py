@@ -8,8 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from corral.errors import BackendError, ContextLengthError, CorralError, InvalidRequestError
-from corral.types import EmbeddingResult, LoadOptions
+from corral.errors import (
+    BackendError,
+    ContextLengthError,
+    CorralError,
+    GenerationCancelledError,
+    InvalidRequestError,
+)
+from corral.types import CancelToken, EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
 
 __all__ = ["MAX_SEQS", "Embedder", "embed_params"]
@@ -20,10 +26,12 @@ MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allow
 class _Work:
     """One ``embed`` call's inputs and, once a decode ran them, their vectors (or the error)."""
 
-    __slots__ = ("alone", "error", "inputs", "normalize", "vectors")
+    __slots__ = ("alone", "cancel", "error", "inputs", "normalize", "vectors")
 
-    def __init__(self, inputs: list[list[int]], normalize: bool, alone: bool) -> None:
+    def __init__(self, inputs: list[list[int]], normalize: bool, alone: bool,
+                 cancel: CancelToken | None = None) -> None:
         self.inputs = inputs
+        self.cancel = cancel
         self.normalize = normalize
         self.alone = alone  # each input in a decode of its own
         self.vectors: list[list[float] | None] = [None] * len(inputs)
@@ -83,9 +91,12 @@ class Embedder:
         self._queued: list[_Work] = []
         self._queue_lock = threading.Lock()
 
-    def embed(self, inputs: list[list[int]], normalize: bool, alone: bool = False) -> EmbeddingResult:
+    def embed(self, inputs: list[list[int]], normalize: bool, alone: bool = False,
+              cancel: CancelToken | None = None) -> EmbeddingResult:
         """One vector per token list, in order; L2-normalised when ``normalize``; with ``alone`` each
-        input is decoded by itself (no neighbours' rounding: reranking matches llama-server's scores)."""
+        input is decoded by itself (no neighbours' rounding: reranking matches llama-server's scores).
+        ``cancel`` is checked between decodes: once it is set, the rest of this call's inputs are
+        dropped and it raises ``GenerationCancelledError``."""
         if self.ctx == self.ffi.NULL:
             raise BackendError("the embedding context was closed (model unloaded)")
         for i, toks in enumerate(inputs):
@@ -95,7 +106,7 @@ class Embedder:
                 raise ContextLengthError(f"input {i} has {len(toks)} tokens, more than the context of "
                                          f"{self.n_batch}; truncate it or load with a larger num_ctx")
             self.model._check_tokens(toks)
-        work = _Work(inputs, normalize, alone)
+        work = _Work(inputs, normalize, alone, cancel)
         with self._queue_lock:
             self._queued.append(work)
         with self._lock:
@@ -119,6 +130,15 @@ class Embedder:
         k = 0
         try:
             while k < len(todo):
+                first = todo[k][0]
+                if first.cancel is not None and first.cancel.cancelled:  # its client left: skip the rest
+                    if first.error is None:
+                        done = sum(v is not None for v in first.vectors)
+                        first.error = GenerationCancelledError(
+                            f"embedding cancelled after {done} of {len(first.inputs)} inputs: the client "
+                            "disconnected")
+                    k += 1
+                    continue
                 n_tok, end = 0, k
                 most = 1 if todo[k][0].alone else self.n_seq
                 while end < len(todo) and end - k < most:

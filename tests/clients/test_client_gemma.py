@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import jsonschema
 import ollama
@@ -49,3 +50,40 @@ def test_tiny_generated_model_on_the_cpu_backend(gemma_served: Served) -> None:
     assert r.done and r.eval_count is not None and 0 < r.eval_count <= 6 and r.prompt_eval_count
     e = c.embed(model="tiny", input=["hello", "world"])
     assert len(e.embeddings) == 2 and abs(sum(x * x for x in e.embeddings[0]) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("client", ["ollama", "openai"])
+def test_an_embedding_whose_client_leaves_stops_between_batches(gemma_served: Served, client: str) -> None:
+    """2,048 inputs (the cap) would hold Gemma's embedding context for a minute or more; the client gives
+    up after 2 s, and a one-input request sent right after gets its answer in about one batch's time."""
+    from corral.engine import EMBED_BATCH
+
+    text = "The river runs under the old stone bridge and the morning light is quiet. " * 16
+    inputs = [f"{i}. {text}" for i in range(2048)]
+    if client == "ollama":
+        patient = ollama.Client(host=gemma_served.url, timeout=600)
+        hasty = ollama.Client(host=gemma_served.url, timeout=2.0)
+
+        def embed(c: ollama.Client, batch: list[str]) -> int:
+            return len(c.embed(model=MODEL, input=batch).embeddings)
+    else:
+        url = gemma_served.url + "/v1/"
+        patient = openai.OpenAI(base_url=url, api_key="corral", max_retries=0, timeout=600)
+        hasty = openai.OpenAI(base_url=url, api_key="corral", max_retries=0, timeout=2.0)
+
+        def embed(c: openai.OpenAI, batch: list[str]) -> int:
+            return len(c.embeddings.create(model=MODEL, input=batch).data)
+
+    assert embed(patient, ["warm up"]) == 1  # the model and its embedding context are loaded
+    t0 = time.monotonic()
+    assert embed(patient, inputs[:EMBED_BATCH]) == EMBED_BATCH
+    batch_s = time.monotonic() - t0
+    whole_s = batch_s * len(inputs) / EMBED_BATCH
+    with pytest.raises(Exception) as err:  # the client's read timeout: it closes the connection
+        embed(hasty, inputs)
+    assert "timed out" in str(err.value).lower() or "timeout" in type(err.value).__name__.lower()
+    t0 = time.monotonic()
+    assert embed(patient, ["one more"]) == 1
+    waited = time.monotonic() - t0
+    # without the cancel this request would queue behind the rest of the 2,048 (whole_s - 2 s)
+    assert waited < max(3 * batch_s + 2.0, 0.25 * whole_s), (waited, batch_s, whole_s)

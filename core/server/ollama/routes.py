@@ -81,7 +81,7 @@ async def chat(request: Req, data: JSONBody[W.ChatRequest]) -> Response[W.ChatRe
 async def embed(request: Req, data: JSONBody[W.EmbedRequest]) -> W.EmbedResponse:
     """Embeddings for one input or a list (L2-normalized)."""
     svc = services(request)
-    out = await svc.engine.embed(convert.embed_job(data))
+    out = await unless_disconnected(request.receive, svc.engine.embed(convert.embed_job(data)))
     svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
     return W.EmbedResponse(model=data.model, embeddings=out.embeddings, total_duration=out.total_duration,
                            load_duration=out.load_duration, prompt_eval_count=out.prompt_eval_count)
@@ -91,7 +91,7 @@ async def embed(request: Req, data: JSONBody[W.EmbedRequest]) -> W.EmbedResponse
 async def embeddings(request: Req, data: JSONBody[W.EmbeddingsRequest]) -> W.EmbeddingsResponse:
     """The legacy single embedding (not normalized)."""
     svc = services(request)
-    out = await svc.engine.embed(convert.embeddings_job(data))
+    out = await unless_disconnected(request.receive, svc.engine.embed(convert.embeddings_job(data)))
     svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
     return W.EmbeddingsResponse(embedding=out.embeddings[0] if out.embeddings else [])
 

@@ -81,7 +81,7 @@ async def embeddings(request: Req, data: JSONBody[S.EmbeddingRequest]) -> S.Embe
     svc = services(request)
     common.note_end_user(request, convert.end_user(data.user))
     job, b64 = convert.embed_job(data)
-    out = await svc.engine.embed(job)
+    out = await unless_disconnected(request.receive, svc.engine.embed(job))
     svc.metrics.tokens_in.inc(data.model, amount=out.prompt_eval_count)
     return answers.embeddings(data.model, out, b64)
 
