@@ -14,7 +14,7 @@ from corral.conversation import Message, Tool
 from corral.errors import CorralError, InvalidRequestError
 from corral.gbnf import prefix_rules
 from corral.jobs import ChatJob, Format, GenerateJob, Think
-from corral.prompts import formats, gotemplate, jinja, renderers
+from corral.prompts import formats, gotemplate, jinja, renderers, renderpool
 from corral.prompts.capabilities import _has_suffix, missing_capability, output_format
 from corral.prompts.formats import OutputFormat, StreamParser
 from corral.prompts.grammar import JSON_GBNF, schema_to_gbnf, with_think_block
@@ -95,7 +95,8 @@ def _schema_for(fmt: Format, grammar: str | None, markers: tuple[str, str] | Non
     return json_constraint(fmt, markers, inside)
 
 
-def _think_vars(think: Think, enabled: bool) -> dict[str, Any]:
+def think_vars(think: Think, enabled: bool) -> dict[str, Any]:
+    """The thinking variables of an Ollama Go template."""
     level = think if isinstance(think, str) else ""
     return {"Think": enabled, "ThinkLevel": level, "IsThinkSet": think is not None}
 
@@ -132,15 +133,21 @@ def _model_names(msgs: list[Message], tools: list[Tool],
 
 
 class _Renderer:
-    """Renders a message list with what wins for this model and request: its RENDERER, else a template."""
+    """Renders a message list with what wins for this model and request: its RENDERER, else a template.
+
+    Templates are untrusted: ``render`` has a worker process render them (``renderpool``), so a slow
+    or hostile one never holds this process's GIL; the worker calls ``render_here``. Built-in
+    renderers are corral's own code, linear in their input, and run here.
+    """
 
     def __init__(self, go: str | None, jinja_src: str | None, bos: str, eos: str, think: Think,
                  think_on: bool, thinks: bool = False, builtin: str = "") -> None:
         self.builtin = _known_renderer(builtin)
-        self.go = gotemplate.load(go) if go is not None else None
+        if go is None and jinja_src is None:
+            go = gotemplate.DEFAULT_TEMPLATE
+        self.go_src = go
+        self.go = gotemplate.load(go) if go is not None else None  # parse errors here, with the line
         self.jinja = jinja_src if go is None else None
-        if self.go is None and self.jinja is None:
-            self.go = gotemplate.load(gotemplate.DEFAULT_TEMPLATE)
         self.bos, self.eos = bos, eos
         self.think, self.think_on = think, think_on
         self.thinks = thinks  # the model can reason: its template gets enable_thinking either way
@@ -149,8 +156,18 @@ class _Renderer:
         if self.builtin:
             text = renderers.render(self.builtin, messages, tools, think=self.think_on, bos=self.bos)
             return _cut_prefill(text, messages)
+        # Image bytes stay here: a template only sees that a message has images (and how many).
+        light = [msgspec.structs.replace(m, images=[b""] * len(m.images)) if m.images else m
+                 for m in messages]
+        job = renderpool.RenderJob(kind="chat", go=self.go_src, jinja=self.jinja, bos=self.bos, eos=self.eos,
+                                   think=self.think, think_on=self.think_on, thinks=self.thinks,
+                                   messages=light, tools=tools)
+        return renderpool.render(job)
+
+    def render_here(self, messages: list[Message], tools: list[Tool]) -> str:
+        """Render with the template in this process (the render worker's side)."""
         if self.go is not None:
-            return self.go.render(messages, tools, _think_vars(self.think, self.think_on))
+            return self.go.render(messages, tools, think_vars(self.think, self.think_on))
         return self._render_jinja(messages, tools)
 
     def _render_jinja(self, messages: list[Message], tools: list[Tool]) -> str:
@@ -171,6 +188,12 @@ class _Renderer:
                 variables["reasoning_effort"] = self.think
         text = jinja.render_chat(self.jinja, variables.pop("messages"), variables)
         return _cut_prefill(text, messages)
+
+
+def template_renderer(go: str | None, jinja_src: str | None, bos: str, eos: str, think: Think,
+                      think_on: bool, thinks: bool) -> _Renderer:
+    """A renderer for a Go or Jinja template (what a render worker builds from a ``RenderJob``)."""
+    return _Renderer(go, jinja_src, bos, eos, think, think_on, thinks)
 
 
 def _cut_prefill(text: str, messages: list[Message]) -> str:
@@ -380,8 +403,10 @@ def plan_generate(spec: ModelSpec, job: GenerateJob, *, gguf_template: str | Non
     if job.suffix:
         if not _has_suffix(go_src):
             raise missing_capability(spec, "insert")
-        tmpl = gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)
-        text = tmpl.render_fim(job.prompt, job.suffix, _think_vars(job.think, think_on))
+        gotemplate.load(go_src or gotemplate.DEFAULT_TEMPLATE)  # parse errors here, with the line
+        text = renderpool.render(renderpool.RenderJob(kind="fim", go=go_src or gotemplate.DEFAULT_TEMPLATE,
+                                                      prompt=job.prompt, suffix=job.suffix, think=job.think,
+                                                      think_on=think_on))
         common["json_schema"] = _schema_for(job.format, grammar, None, False)
         return _finish(text, bos_token, stop=_stops(go_src or "", fmt), **common)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(job.think, fmt), think_on,

@@ -13,7 +13,7 @@ import msgspec
 from corral import gguf
 from corral.errors import InvalidModelFileError, InvalidRequestError, ModelfileError, TemplateError
 from corral.names import parse_name
-from corral.prompts import gotemplate
+from corral.prompts import gotemplate, renderpool
 from corral.store import blobs as _blobs
 from corral.store import manifest as mf
 from corral.store.draft import vocab_problem
@@ -233,7 +233,8 @@ def _text_layers(store: StoreLayout, spec: CreateSpec, base: dict[str, Any],
     if template:
         if spec.template is not None:  # a new TEMPLATE: refused here if it cannot render
             try:
-                gotemplate.validate(template)
+                gotemplate.load(template)  # a syntax error here, at once, with its line
+                renderpool.validate_go(template)  # its test renders: untrusted work, in a worker
             except TemplateError as exc:
                 raise TemplateError(f"invalid TEMPLATE: {exc.message}") from None
         blobs.append((mf.TEMPLATE, template.encode()))
