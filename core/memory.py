@@ -111,10 +111,13 @@ def plan(estimate: MemoryEstimate, loaded: Iterable[Held], options: LoadOptions,
         flexible = d.device != HOST and options.num_gpu == -1 and not options.tensor_split
         if d.used > alone:
             if not flexible:
-                fit.never = (f"the model needs {fmt(d.used)} on {d.device} ({fmt(d.weights)} weights, "
+                # compat(ollama): its wording ("model requires more system memory (X) than is
+                # available (Y)"), which clients and people search for, then what makes up X.
+                where = "system memory" if d.device == HOST else f"memory on {d.device}"
+                fit.never = (f"model requires more {where} ({fmt(d.used)}: {fmt(d.weights)} weights, "
                              f"{fmt(d.kv_cache)} KV cache for num_ctx {options.num_ctx} x "
-                             f"{options.num_parallel} sequences, {fmt(d.compute)} compute) but may use at "
-                             f"most {fmt(alone)} there" + _why(d, config))
+                             f"{options.num_parallel} sequences, {fmt(d.compute)} compute) than is "
+                             f"available ({fmt(alone)}" + _why(d, config))
                 return fit
             spill += d.used - alone
         elif d.used > now:
@@ -125,18 +128,19 @@ def plan(estimate: MemoryEstimate, loaded: Iterable[Held], options: LoadOptions,
             held = sum(m.devices.get(HOST, 0) for m in loaded)
             _now, alone = _room(host, config, held, 0, host_free)
             if host.used + spill > alone:
-                fit.never = (f"the model needs about {fmt(estimate.total)} and its layers do not fit the "
-                             f"devices' memory, nor {fmt(alone)} of the host beside them"
+                fit.never = (f"model requires more system memory ({fmt(host.used + spill)}: the layers "
+                             f"its devices cannot hold stay on the host) than is available ({fmt(alone)}"
                              + _why(host, config))
     return fit
 
 
 def _why(d: DeviceMemory, config: Config) -> str:
+    """The end of a refusal: what bounds the available memory (closing its parenthesis), and a remedy."""
     if config.memory_limit:
-        return f" (CORRAL_MEMORY_LIMIT {fmt(config.memory_limit)}); lower num_ctx or raise the limit"
+        return f" with CORRAL_MEMORY_LIMIT={fmt(config.memory_limit)}); lower num_ctx or raise the limit"
     if d.device == HOST:
-        return f" ({fmt(d.total)} of RAM); lower num_ctx or use a smaller quantization"
-    return (f" ({fmt(d.total)} total, CORRAL_GPU_OVERHEAD {fmt(config.gpu_overhead)}); lower num_ctx or "
+        return f" of {fmt(d.total)} RAM); lower num_ctx or use a smaller quantization"
+    return (f" of {fmt(d.total)}, CORRAL_GPU_OVERHEAD {fmt(config.gpu_overhead)}); lower num_ctx or "
             "let layers stay on the host (num_gpu unset)")
 
 

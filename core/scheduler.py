@@ -263,7 +263,7 @@ class Scheduler:
         while True:
             fit = plan(estimate, self._held(), options, self.config, freed)
             if fit.never:
-                raise InsufficientMemoryError(f"{spec.display} cannot be loaded: {fit.never}")
+                raise InsufficientMemoryError(f"cannot load {spec.display}: {fit.never}")
             if fit.fits:
                 return options, fit.limits
             holders = [m for m in self._models.values()
@@ -291,8 +291,8 @@ class Scheduler:
             if HOST not in fit.short and options.num_gpu == -1 and not options.tensor_split:
                 return options, fit.limits
             where = ", ".join(f"{fmt(n)} more on {d}" for d, n in fit.short.items())
-            raise InsufficientMemoryError(f"{spec.display} cannot be loaded now: it needs {where} than is "
-                                          "free (other programs hold that memory)")
+            raise InsufficientMemoryError(f"cannot load {spec.display} now: model requires {where} than is "
+                                          "available (other programs hold that memory)")
 
     async def _make_room(self) -> None:
         while len(self._models) >= self.config.max_loaded_models:

@@ -15,7 +15,15 @@ from corral.errors import (
 )
 from corral.hookspecs import ON_EVERY_PLUGIN
 from corral.plugins import PluginHost
-from corral.types import BackendInfo, CancelToken, EmbeddingResult, MemoryEstimate, ModelHandle, RerankResult, WorkerInfo
+from corral.types import (
+    BackendInfo,
+    CancelToken,
+    EmbeddingResult,
+    MemoryEstimate,
+    ModelHandle,
+    RerankResult,
+    WorkerInfo,
+)
 
 if TYPE_CHECKING:
     from pluggy import HookCaller

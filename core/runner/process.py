@@ -240,10 +240,10 @@ class ProcessRunner(Runner):
             value = await fut
         except asyncio.CancelledError:
             # The caller gave up (its client left): a request that checks for cancels stops at once.
-            self._calls.pop(msg.id, None)  # type: ignore[attr-defined]
+            self._calls.pop(msg.id, None)
             if self._alive:
                 with contextlib.suppress(CorralError):
-                    self._send(p.Cancel(target=msg.id))  # type: ignore[attr-defined]
+                    self._send(p.Cancel(target=msg.id))
             raise
         return msgspec.convert(value, result_type)
 

@@ -75,7 +75,8 @@ def test_a_model_larger_than_the_limit_is_refused_with_one_line(make_config, eng
             await run(engine, "alpha", num_ctx=2048)  # 4 MiB of KV cache alone
         message = str(err.value)
         assert "\n" not in message
-        assert message.startswith("alpha:latest cannot be loaded: the model needs ")
+        assert message.startswith("cannot load alpha:latest: model requires more system memory (")
+        assert ") than is available (" in message
         assert "KV cache for num_ctx 2048 x 2 sequences" in message and "CORRAL_MEMORY_LIMIT" in message
         # refused before anything was unloaded: the loaded model stays
         assert [r.name for r in engine.running()] == ["beta:latest"]
@@ -166,7 +167,7 @@ def test_a_short_gpu_is_not_final_when_layers_may_stay_on_the_host():
     fit = plan(estimate, [], LoadOptions(num_gpu=-1), config)
     assert not fit.never  # 3 GiB of layers move to the host
     refused = plan(estimate, [], LoadOptions(num_gpu=99), config).never  # the user's num_gpu is kept
-    assert refused.startswith("the model needs 7.0 GiB on CUDA0")
+    assert refused.startswith("model requires more memory on CUDA0 (7.0 GiB: 6.0 GiB weights")
     # another model of ours on the GPU: it is short there now, and the planner names the device
     fit = plan(MemoryEstimate(devices=(host, DeviceMemory(device="CUDA0", type="gpu", weights=GiB,
                                                            free=2 * GiB, total=4 * GiB))),

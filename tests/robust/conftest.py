@@ -126,7 +126,7 @@ def probed(served: Served, action: Callable[[], T], limit: float = 0.1) -> T:
     for _ in range(2):
         with version_probe(served, limit=None) as probe:
             result = action()
-        worst.append(max(probe.latencies)); print(f"\nPROBE max {worst[-1]*1000:.1f} ms p50 {sorted(probe.latencies)[len(probe.latencies)//2]*1000:.1f} ms n={len(probe.latencies)}")
+        worst.append(max(probe.latencies))
         if worst[-1] < limit:
             return result
     raise AssertionError(f"/api/version took {worst[0] * 1000:.0f} ms, then {worst[1] * 1000:.0f} ms "
