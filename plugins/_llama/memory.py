@@ -14,9 +14,9 @@ from corral.types import HOST, DeviceMemory, LoadOptions, MemoryEstimate, Memory
 
 from .context import context_params
 from .draftmodel import DEFAULT_DRAFT_TOKENS
-from .ngram import MAX_DRAFT
 from .embed import embed_params
 from .model import ModelParams, check_gguf
+from .ngram import MAX_DRAFT
 from .projector import projector_params
 
 __all__ = ["estimate", "fit_layers", "measured", "usage"]

@@ -52,13 +52,15 @@ def test_tiny_generated_model_on_the_cpu_backend(gemma_served: Served) -> None:
     assert len(e.embeddings) == 2 and abs(sum(x * x for x in e.embeddings[0]) - 1) < 1e-3
 
 
-@pytest.mark.parametrize("client", ["ollama", "openai"])
+# One client per suite run (the OpenAI route wraps the engine's embed in the same unless_disconnected):
+# the test costs about half a minute on a busy 2-core machine.
+@pytest.mark.parametrize("client", ["ollama"])
 def test_an_embedding_whose_client_leaves_stops_between_batches(gemma_served: Served, client: str) -> None:
-    """2,048 inputs (the cap) would hold Gemma's embedding context for a minute or more; the client gives
+    """2,048 inputs (the cap) would hold Gemma's embedding context for 32 batches' time; the client gives
     up after 2 s, and a one-input request sent right after gets its answer in about one batch's time."""
     from corral.engine import EMBED_BATCH
 
-    text = "The river runs under the old stone bridge and the morning light is quiet. " * 16
+    text = "The river runs under the old stone bridge and the morning light is quiet. " * 2
     inputs = [f"{i}. {text}" for i in range(2048)]
     if client == "ollama":
         patient = ollama.Client(host=gemma_served.url, timeout=600)
