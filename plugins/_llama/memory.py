@@ -147,7 +147,8 @@ def fit_layers(native: Any, path: str, options: LoadOptions, params: ModelParams
     for i, d in enumerate(order):
         limit = limits.get(d.name)
         margins[i] = max(0, d.memory_free - limit) if limit is not None else 1 << 30
-    cp = ffi.new("struct llama_context_params *", context_params(native, options))
+    rows = outputs_per_seq(options, bool(options.draft))  # the real context's logit rows, drafts included
+    cp = ffi.new("struct llama_context_params *", context_params(native, options, rows))
     with _fit_lock:
         status = lib.corral_fit(path.encode(), params.ptr, cp, params.split, params.overrides, margins)
     if status == 1:
