@@ -143,6 +143,9 @@ class ChatJob(Struct, kw_only=True):
     # when set) or "none" (the tools are left out of the prompt and the parser).
     tool_choice: str = "auto"
     forced_tool: str = ""
+    # OpenAI ``strict`` tools: with tool_choice auto, a call the model opens must follow the tools'
+    # schemas (a lazy constraint: the text around calls stays free)
+    strict_tools: bool = False
     think_if_supported: bool = False  # ``think`` applies only when the model can think (else: None)
     grammar: str | None = None  # raw GBNF (llama.cpp's grammar sampler), instead of ``format``
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> bias, -100..100

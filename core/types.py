@@ -164,6 +164,11 @@ class JsonConstraint(Struct, frozen=True, kw_only=True):
     opener: str = ""
     bracketed: bool = False
     closer: str = ""
+    # A lazy constraint (tools with tool_choice auto, OpenAI ``strict``): the text is free until the
+    # opener appears (outside a reasoning block; with no opener, a "{" that starts the answer), then
+    # the call must match up to its end (the closer, or the JSON's end), then it is free again.
+    # ``SamplingParams.grammar`` then holds the language after the opener only (corral.lazycall).
+    lazy: bool = False
 
 
 class SamplingParams(Struct, frozen=True, kw_only=True):

@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("prompts", ("corral.prompts",)),
     ("types/errors/config", ("corral.types", "corral.errors", "corral.config", "corral.spec", "corral.jobs",
                              "corral.conversation", "corral.options", "corral.names", "corral.gguf",
-                             "corral.textstream", "corral.hookspecs", "corral.media", "corral.rpcgate",
-                             "corral.gbnf", "corral.memory", "corral")),
+                             "corral.textstream", "corral.lazycall", "corral.hookspecs", "corral.media",
+                             "corral.rpcgate", "corral.gbnf", "corral.memory", "corral")),
 ]
 
 

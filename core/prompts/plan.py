@@ -320,6 +320,14 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
         if fmt.name == "harmony":
             raise InvalidRequestError("tool_choice required is not supported for harmony-format models")
         grammar = tool_call_grammar(active, fmt.tool_tag, job.forced_tool)
+    # Strict tools the model may call (tool_choice auto): its calls follow their schemas, the text
+    # around them stays free. With a format or grammar the answer is that document, never a call.
+    lazy = job.strict_tools and job.tool_choice == "auto" and bool(active) and not grammar
+    if lazy:
+        if fmt.name == "harmony":
+            raise InvalidRequestError("strict tools are not supported for harmony-format models: leave "
+                                      "strict out (the calls are still parsed)")
+        grammar = tool_call_grammar(active, fmt.tool_tag, lazy=True)
     renderer = _Renderer(go_src, jinja_src, bos_token, eos_token, _think_level(think, fmt), think_on,
                          fmt.thinks, builtin=spec.renderer)
 
@@ -370,10 +378,10 @@ def plan_chat(spec: ModelSpec, job: ChatJob, *, gguf_template: str | None, bos_t
     src = go_src or jinja_src or ""
     inside = _starts_thinking(text, markers)
     schema = _schema_for(job.format, grammar, markers if think_on else None, inside)
-    if job.tool_choice == "required":
+    if job.tool_choice == "required" or lazy:
         schema = tool_call_constraint(active, fmt.tool_tag, job.forced_tool, markers if think_on else None,
-                                      inside)
-    if grammar and think_on and markers is not None:
+                                      inside, lazy=lazy)
+    if grammar and think_on and markers is not None and not lazy:
         grammar = _with_think(grammar, job.grammar is not None, markers, inside)
     return _finish(
         text, bos_token, grammar=grammar, json_schema=schema, stop=_stops(src, fmt),

@@ -1,4 +1,5 @@
-"""A grammar that makes the model call a tool (``tool_choice`` required / a named tool), in its own syntax."""
+"""A grammar that makes the model call a tool (``tool_choice`` required / a named tool), in its own syntax, or
+that makes its calls follow their schemas once it opens one (strict tools with ``tool_choice`` auto)."""
 
 from __future__ import annotations
 
@@ -66,30 +67,34 @@ def _call_schema(tools: list[Tool], only: str) -> dict[str, Any]:
     return {"anyOf": alternatives, "$defs": defs}
 
 
-def tool_call_grammar(tools: list[Tool], tag: str, only: str = "") -> str:
+def tool_call_grammar(tools: list[Tool], tag: str, only: str = "", lazy: bool = False) -> str:
     """GBNF whose every match is one call of one of ``tools`` (or of ``only``), written after the
-    template's call opener ``tag`` ("{" = a bare JSON object) the way the output parser reads it.
+    template's call opener ``tag`` ("{" = a bare JSON object) the way the output parser reads it;
+    ``lazy``: the same without the opener (what follows it, for a lazy constraint).
 
     Raises:
         InvalidRequestError: no tools, or ``only`` names none of them.
     """
     call = schema_to_gbnf(_call_schema(tools, only))
     call = re.sub(r"^root ::=", "call ::=", call, count=1, flags=re.M)
+    opener = "" if lazy else gbnf_literal(tag)
     if tag == "{":
         head, tail = "", ""
     elif tag == _BRACKETED:
-        return f'root ::= {gbnf_literal(tag)} "[" call "]"\n' + call
+        return f'root ::= {opener} "[" call "]"\n' + call
     else:
-        head, tail = gbnf_literal(tag) + " space ", _CLOSERS.get(tag, "")
+        head, tail = f"{opener} space ".lstrip(), _CLOSERS.get(tag, "")
     closing = f" {gbnf_literal(tail)}" if tail else ""
     return f"root ::= {head}call{closing}\n" + call
 
 
 def tool_call_constraint(tools: list[Tool], tag: str, only: str = "",
-                         markers: tuple[str, str] | None = None, inside: bool = False) -> JsonConstraint:
+                         markers: tuple[str, str] | None = None, inside: bool = False,
+                         lazy: bool = False) -> JsonConstraint:
     """The language of ``tool_call_grammar`` as a schema and the call's syntax around it, for backends
-    that compile schemas themselves (call it once ``tool_call_grammar`` accepted the tools)."""
+    that compile schemas themselves (call it once ``tool_call_grammar`` accepted the tools); ``lazy``:
+    free text until the opener (see ``JsonConstraint.lazy``)."""
     text = json.dumps(normalize_schema(_call_schema(tools, only)), separators=(",", ":"), ensure_ascii=False)
     opener = "" if tag == "{" else tag
     return JsonConstraint(schema=text, think_markers=markers, think_inside=inside, opener=opener,
-                          bracketed=tag == _BRACKETED, closer=_CLOSERS.get(tag, ""))
+                          bracketed=tag == _BRACKETED, closer=_CLOSERS.get(tag, ""), lazy=lazy)

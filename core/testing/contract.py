@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -264,6 +265,37 @@ class BackendContract:
         value = json.loads(text)
         assert set(value) == {"name", "n"} and isinstance(value["n"], int)
         assert last.finish_reason == "stop"
+
+    def test_lazy_tool_call_constraint(self, backend_hooks: BackendHooks, model: ModelHandle,
+                                       prompt: list[int]) -> None:
+        """A lazy constraint (strict tools, tool_choice auto) leaves free text alone and makes what
+        follows the call's opener a call that fits the tools' schemas (here the opener is a word the
+        model writes anyway, so that a random-weight model opens a call too)."""
+        from corral.conversation import Tool
+        from corral.prompts.toolgrammar import tool_call_constraint, tool_call_grammar
+
+        free, tokens, _ = self.generate(backend_hooks, model, prompt, sampling=GREEDY, num_predict=48)
+        # the opener: three letters the model writes, ending where one of its tokens ends
+        heads = (backend_hooks.detokenize(model, tokens[:i]) for i in range(2, len(tokens) + 1))
+        opener = next((m.group(0) for h in heads if (m := re.search(r"[A-Za-z]{3}$", h))), "")
+        if not opener:
+            pytest.skip(f"the model's free text has no word to use as an opener: {free!r}")
+        params = {"type": "object", "required": ["n"], "additionalProperties": False,
+                  "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}}}
+        tools = [Tool(name="set", parameters=params)]
+        s = SamplingParams(temperature=0.0, seed=0, grammar=tool_call_grammar(tools, opener, lazy=True),
+                           json_schema=tool_call_constraint(tools, opener, lazy=True))
+        text, _, _ = self.generate(backend_hooks, model, prompt, sampling=s, num_predict=96)
+        head = free[: free.index(opener) + len(opener)]
+        assert text.startswith(head), (free, text)  # free text is untouched up to the opener
+        body = text[len(head):].lstrip()
+        try:
+            call, _ = json.JSONDecoder().raw_decode(body)
+        except ValueError:
+            pytest.fail(f"no call after the opener {opener!r}: {text!r} (free: {free!r})")
+        assert call["name"] == "set" and set(call) == {"name", "arguments"}, call
+        assert set(call["arguments"]) == {"n"} and type(call["arguments"]["n"]) is int, call
+        assert 0 <= call["arguments"]["n"] <= 99, call
 
     def test_logit_bias_bans_and_forces_tokens(self, backend_hooks: BackendHooks, model: ModelHandle,
                                                prompt: list[int]) -> None:

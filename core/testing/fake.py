@@ -348,6 +348,14 @@ class FakeBackend:
         return self._stream(model, request, prompt, cancel, prompt_text, rule, truncated)
 
     def _reply_text(self, request: GenerationRequest, prompt_text: str, rule: Rule | None) -> str:
+        lazy = request.sampling.json_schema
+        if lazy is not None and lazy.lazy and request.sampling.grammar:  # free text, constrained calls
+            from corral.testing.gbnf import constrain_calls
+
+            free = msgspec.structs.replace(request.sampling, grammar=None, json_schema=None)
+            text = self._reply_text(msgspec.structs.replace(request, sampling=free), prompt_text, rule)
+            return constrain_calls(text, lazy.opener, lazy.closer, request.sampling.grammar,
+                                   seed=hash_text(f"{prompt_text}\x00{free.seed}"))
         if rule is not None and rule.reply is not None:
             return rule.reply
         if request.media:  # an answer that depends on each image from its first bytes, as a model's would

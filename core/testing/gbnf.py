@@ -3,6 +3,7 @@ and tell whether a text is in its language."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 
 from corral.errors import GrammarError
 
-__all__ = ["matches", "parse_gbnf", "sample_grammar"]
+__all__ = ["constrain_calls", "matches", "parse_gbnf", "sample_grammar"]
 
 # Grammar tree nodes, as tuples to stay small: ("lit", str) ("cls", ranges, negated) ("any",)
 # ("ref", name) ("seq", [nodes]) ("alt", [nodes]) ("rep", node, lo, hi_or_None)
@@ -346,3 +347,45 @@ def matches(grammar: str | Rules, text: str, *, start: str = "root") -> bool:
         return len(text) in ends(rules[start], 0)
     finally:
         sys.setrecursionlimit(limit)
+
+
+def constrain_calls(text: str, opener: str, closer: str, grammar: str, *, seed: int = 0) -> str:
+    """``text`` under a lazy tool-call constraint (``JsonConstraint.lazy``), as the fake backend
+    honours it: free text stays; after each ``opener`` (outside none: the fake model does not reason),
+    the call up to its ``closer`` or its JSON's end is kept when ``grammar`` accepts it and replaced by
+    a sample of ``grammar`` when not. No opener: a "{" that starts the text opens the only call."""
+    rules = parse_gbnf(grammar)
+    out, pos, n = [], 0, 0
+    while True:
+        if opener:
+            at = text.find(opener, pos)
+            if at < 0:
+                break
+            start = at + len(opener)
+        else:
+            start = len(text) - len(text.lstrip())
+            if pos or not text[start:].startswith("{"):
+                break
+        end = _call_end(text, start, closer)
+        call = text[start:end]
+        if not matches(rules, call):
+            call = sample_grammar(grammar, seed=seed + n)
+        out.append(text[pos:start] + call)
+        pos, n = end, n + 1
+        if not opener:
+            break
+    return "".join(out) + text[pos:]
+
+
+def _call_end(text: str, start: int, closer: str) -> int:
+    """Where a call that starts at ``start`` ends: after its closer, else after its JSON value (the
+    text's end where neither is found)."""
+    if closer:
+        at = text.find(closer, start)
+        return len(text) if at < 0 else at + len(closer)
+    body = text[start:].lstrip()
+    try:
+        _, used = json.JSONDecoder().raw_decode(body)
+    except ValueError:
+        return len(text)
+    return len(text) - len(body) + used

@@ -18,6 +18,7 @@ from corral.errors import (
     GenerationCancelledError,
     InvalidRequestError,
 )
+from corral.lazycall import CallWatch
 from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
 from .context import new_context
@@ -25,7 +26,7 @@ from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
 from .mediasteps import MediaSteps, span_at
 from .ngram import MAX_DRAFT, NgramDrafter
-from .sampling import SamplerChain, logprobs_from_logits
+from .sampling import LazyCall, SamplerChain, logprobs_from_logits
 from .slots import (
     CONTEXT_LENGTH_MESSAGE,
     Cells,
@@ -140,8 +141,14 @@ class Batcher(StepPlanner, Speculation):
             # loop, never the batching loop); where it cannot, its GBNF form runs on llama.cpp's sampler.
             json_schema = request.sampling.json_schema
             guide = self._guidance.guide(json_schema) if json_schema is not None else None
+            lazy = None
+            if json_schema is not None and json_schema.lazy:
+                lazy = LazyCall(watch=CallWatch(json_schema), piece=self._piece,
+                                tokenize=lambda text: self._model.tokenize(text, add_special=False),
+                                guide=guide, eog=self._end_token())
+                guide = None
             sampler = SamplerChain(self._native, self._vocab, self.n_vocab, self.n_ctx_seq, request.sampling,
-                                   guide=guide)
+                                   guide=guide, lazy=lazy)
             sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
             drafter = NgramDrafter(prompt, self._lookup_max) if self._speculative else None
@@ -395,6 +402,13 @@ class Batcher(StepPlanner, Speculation):
         if p is None:
             p = self._pieces[t] = bytes(self._model.token_bytes(t))
         return p
+
+    def _end_token(self) -> int:
+        """An end-of-generation token (a complete lazy call is where llama.cpp's grammar allows it)."""
+        eos = int(self._native.lib.llama_vocab_eos(self._vocab))
+        if eos >= 0:
+            return eos
+        return next((t for t in range(self.n_vocab) if self._is_eog(t)), 0)
 
     def _is_eog(self, t: int) -> bool:
         v = self._eog.get(t)

@@ -43,6 +43,8 @@ def lark_source(c: JsonConstraint, special: Any = lambda text: None) -> str:
     call's opener and closer when it has them; for a thinking model the reasoning block first (as
     ``with_think_block`` writes it in GBNF).
 
+    ``c.lazy``: only what follows the opener (the sampler watches the free text for it).
+
     ``special(text)`` names an open marker or opener that is one special token as ``<[id]>`` (None:
     plain text). A close marker must be text: llguidance (1.9) refuses a special token after free
     text, so ``Guidance.guide`` leaves such models on the GBNF path.
@@ -52,6 +54,13 @@ def lark_source(c: JsonConstraint, special: Any = lambda text: None) -> str:
         schema = {**schema, "x-guidance": _OPTIONS}
     lines = [f"answer: %json {json.dumps(schema, ensure_ascii=False)}", f"TAIL: /{_WS}/"]
     body = "answer TAIL?"
+    if c.lazy:  # the language after the opener: the sampler arms it when the opener appears
+        if c.bracketed:
+            body = f'"[" {body} "]"'
+        elif c.opener:
+            body = f"TAIL? {body}" + (" " + json.dumps(c.closer, ensure_ascii=False) if c.closer else "")
+        lines.insert(0, '%llguidance {"no_forcing": true}')
+        return "\n".join([f"start: {body}", *lines]) + "\n"
     if c.opener:
         opener = special(c.opener) or json.dumps(c.opener, ensure_ascii=False)
         # as tool_call_grammar: `opener "[" call "]"`, or `opener space call closer`
@@ -146,7 +155,7 @@ class Guidance:
         with self._lock:
             if not self._ensure_tokenizer():
                 return None
-            if c.think_markers and self._special(c.think_markers[1]):
+            if c.think_markers and not c.lazy and self._special(c.think_markers[1]):
                 return None
             proto = self._cache.get(key)
             if proto is not None:
@@ -177,6 +186,10 @@ class Guide:
         self._m = matcher
         self.n_vocab = n_vocab
         self._mask: np.ndarray | None = None
+
+    def copy(self) -> Guide:
+        """A matcher in this one's state, fed separately."""
+        return Guide(self._m.deep_copy(), self.n_vocab)
 
     def allows(self, token: int) -> bool:
         return bool(self._m.validate_tokens([token]) == 1)

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from corral.errors import GrammarError, InvalidRequestError
+from corral.lazycall import CallWatch
 from corral.types import MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob
 
 from .guidance import Guide
 
-__all__ = ["SamplerChain", "logprobs_from_logits"]
+__all__ = ["LazyCall", "SamplerChain", "logprobs_from_logits"]
+log = logging.getLogger("corral.llama")
 # llama.h: LLAMA_DEFAULT_SEED; dist() draws a random seed when given it.
 _RANDOM_SEED = 0xFFFFFFFF
+_MAX_REDRAWS = 64  # free-text tokens refused at a call's opener before the request fails
 _CAND_MAX = 2048  # most candidates handed to the chain by the top-k pre-selection
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
+@dataclass
+class LazyCall:
+    """A lazy tool-call constraint (``JsonConstraint.lazy``): what the sampler needs to arm it."""
+
+    watch: CallWatch  # finds the opener in the sampled text
+    piece: Callable[[int], bytes]  # a token's text (special tokens as their text)
+    tokenize: Callable[[str], list[int]]  # for the text after the opener inside the opening token
+    guide: Guide | None  # llguidance's matcher of the call, never fed (each call gets a copy); None:
+    # the GBNF of ``SamplingParams.grammar`` (what follows the opener) on llama.cpp's grammar sampler
+    eog: int  # an end-of-generation token: the GBNF sampler allows it once the call is complete
 
 
 class SamplerChain:
@@ -26,21 +44,26 @@ class SamplerChain:
     temperature, dist(seed) — or greedy when temperature <= 0. A constraint (llguidance ``Guide`` for
     schemas, llama.cpp's grammar sampler for raw GBNF) is not in the chain: as llama.cpp's common
     sampler does, a token is drawn first (fast paths kept), only that token is checked, and only
-    when it is refused is the whole vocabulary masked and the draw repeated.
+    when it is refused is the whole vocabulary masked and the draw repeated. A ``LazyCall``
+    constraint starts unarmed: it takes hold when the watch sees a call's opener and lets go when
+    the call is complete (then it waits for the next opener).
     """
 
     __slots__ = ("_lib", "_ffi", "ptr", "_penalties", "grammar", "_fast", "_bias", "_n_vocab",
                  "_top_k", "_delta", "_cand", "_arr", "_bias_ids", "_gbnf", "_guide", "_scratch",
-                 "_ids", "rejected")
+                 "_ids", "rejected", "_lazy", "_lazy_gbnf")
 
     def __init__(self, native: Any, vocab: Any, n_vocab: int, n_ctx: int, params: SamplingParams,
-                 guide: Guide | None = None) -> None:
+                 guide: Guide | None = None, lazy: LazyCall | None = None) -> None:
         self._ffi = ffi = native.ffi
         self._lib = lib = native.lib
         self._penalties: Any = None
         self._guide = guide
+        self._lazy = lazy
+        self._lazy_gbnf: Any = None  # a lazy call's grammar sampler, never fed (each call gets a clone)
         self._gbnf: Any = None  # llama.cpp grammar sampler (raw GBNF, or a schema without llguidance)
-        self.grammar = guide is not None or bool(params.grammar and params.grammar.strip())
+        # whether a constraint holds now (a lazy one: only inside a call)
+        self.grammar = lazy is None and (guide is not None or bool(params.grammar and params.grammar.strip()))
         self._n_vocab = n_vocab
         self._bias: list[tuple[int, float]] = []
         self._fast = False
@@ -96,8 +119,10 @@ class SamplerChain:
                     float(p.presence_penalty)
                 )
             )
-        if self.grammar and self._guide is None:
-            assert p.grammar is not None
+        lazy_gbnf = self._lazy is not None and self._lazy.guide is None
+        if (self.grammar and self._guide is None) or lazy_gbnf:
+            if not p.grammar:
+                raise GrammarError("a lazy tool-call constraint needs its GBNF form")
             # llama.cpp prints the parse error to stderr (not the log callback) and returns NULL.
             g = lib.llama_sampler_init_grammar(vocab, p.grammar.encode("utf-8"), b"root")
             if g == ffi.NULL:
@@ -105,7 +130,10 @@ class SamplerChain:
                     "invalid GBNF grammar: llama.cpp could not parse it (check the syntax, that every "
                     "referenced rule is defined, and that the start rule is named 'root')"
                 )
-            self._gbnf = g
+            if lazy_gbnf:
+                self._lazy_gbnf = g
+            else:
+                self._gbnf = g
         if p.temperature <= 0:
             self._add(lib.llama_sampler_init_greedy())
             # Plain greedy (bias allowed) is an argmax: numpy on the logits row skips llama.cpp's
@@ -143,6 +171,90 @@ class SamplerChain:
     def sample(self, ctx: Any, idx: int) -> int:
         """Sample from output row ``idx`` of the last decode and accept the token into the chain
         (and the constraint, if any)."""
+        if self._lazy is None:
+            return self._sample(ctx, idx)
+        if self.grammar:  # inside a lazy call
+            t = self._sample(ctx, idx)
+            if self._call_done():
+                self._disarm()
+            return t
+        return self._sample_free(ctx, idx)
+
+    def _sample_free(self, ctx: Any, idx: int) -> int:
+        """A token of the free text around lazy calls. One that opens a call with text the call's
+        constraint refuses after the opener (a piece running past it) is drawn again without it."""
+        lib = self._lib
+        t = self._draw_greedy(ctx, idx) if self._fast else self._draw_top_k(ctx, idx) if self._top_k else -1
+        if t < 0:
+            t = int(lib.corral_sample_masked(self.ptr, self._ffi.NULL, ctx, idx, self._buffer(),
+                                             self._n_vocab))
+        banned: list[int] = []
+        while not self._opens_well(t):
+            banned.append(t)
+            self.rejected += 1
+            if len(banned) > _MAX_REDRAWS:
+                raise GrammarError("a tool call's opener cannot be followed by a call that fits its schema")
+            ids = np.setdiff1d(np.arange(self._n_vocab, dtype=np.int32), np.array(banned, dtype=np.int32))
+            if self._ids is None:
+                self._ids = self._ffi.new("llama_token[]", self._n_vocab)
+            self._ffi.memmove(self._ids, ids.astype(np.int32).tobytes(), ids.size * 4)
+            t = int(lib.corral_sample_subset(self.ptr, ctx, idx, self._ids, int(ids.size), self._buffer()))
+            if t < 0:
+                raise GrammarError("no token can follow the text before a tool call")
+        lib.llama_sampler_accept(self.ptr, t)
+        return t
+
+    def _opens_well(self, t: int) -> bool:
+        """Whether free-text token ``t`` may come: it opens no call, or it opens one whose constraint
+        takes the text after the opener (then the constraint holds from here)."""
+        lazy = self._lazy
+        assert lazy is not None
+        piece = lazy.piece(t)
+        rest = lazy.watch.probe(piece)
+        if rest is None:
+            lazy.watch.feed(piece)
+            return True
+        if lazy.guide is not None:
+            self._guide = lazy.guide.copy()
+        else:
+            self._gbnf = self._lib.llama_sampler_clone(self._lazy_gbnf)
+        for tok in lazy.tokenize(rest) if rest else []:
+            if not self._allows(tok):
+                self._release()
+                return False
+            self._accept_constraint(tok)
+        lazy.watch.feed(piece)
+        self.grammar = True
+        if rest and self._call_done():
+            self._disarm()
+        return True
+
+    def _call_done(self) -> bool:
+        if self._guide is not None:
+            return self._guide.done
+        assert self._lazy is not None
+        return bool(self._lib.corral_grammar_allows(self._gbnf, self._lazy.eog))
+
+    def _release(self) -> None:
+        self.grammar = False
+        self._guide = None
+        if self._gbnf is not None:
+            self._lib.llama_sampler_free(self._gbnf)
+            self._gbnf = None
+
+    def _disarm(self) -> None:
+        """The lazy call is complete: free text again, watching for the next opener."""
+        self._release()
+        assert self._lazy is not None
+        self._lazy.watch.rearm()
+
+    def _accept_constraint(self, t: int) -> None:
+        if self._guide is not None:
+            self._guide.accept(t)
+        else:
+            self._lib.llama_sampler_accept(self._gbnf, t)
+
+    def _sample(self, ctx: Any, idx: int) -> int:
         if self._fast:
             t = self._draw_greedy(ctx, idx)
         elif self._top_k:
@@ -160,10 +272,7 @@ class SamplerChain:
         if t < 0 or not self._allows(t):
             self.rejected += 1
             t = self._draw_constrained(ctx, idx)
-        if self._guide is not None:
-            self._guide.accept(t)
-        else:
-            lib.llama_sampler_accept(self._gbnf, t)
+        self._accept_constraint(t)
         lib.llama_sampler_accept(self.ptr, t)
         return t
 
@@ -253,9 +362,10 @@ class SamplerChain:
             self._lib.llama_sampler_free(self.ptr)
             self.ptr = None
             self._penalties = None
-        if self._gbnf is not None:
-            self._lib.llama_sampler_free(self._gbnf)
-            self._gbnf = None
+        for g in (self._gbnf, self._lazy_gbnf):
+            if g is not None:
+                self._lib.llama_sampler_free(g)
+        self._gbnf = self._lazy_gbnf = None
         self._guide = None
 
 

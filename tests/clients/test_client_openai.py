@@ -103,3 +103,23 @@ def test_tool_calls_reasoning_and_logprobs(served: Served) -> None:
     content = r.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == 3
     assert all(len(t.top_logprobs) == 2 and t.bytes for t in content)
+
+
+def test_strict_tools_with_tool_choice_auto(served: Served) -> None:
+    """OpenAI ``strict`` with tool_choice auto (the Agents SDK's default): free text is left alone and a
+    call the model opens is held to the tool's schema (the fake backend honours the lazy constraint:
+    its scripted call with a wrong argument comes out fitted to the schema)."""
+    c = _client(served)
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    served.fake.enqueue("No lookup needed.")
+    r = c.chat.completions.create(model="tiny-tools", messages=USER, tools=strict)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == "No lookup needed." and not r.choices[0].message.tool_calls
+    served.fake.enqueue('<tool_call>{"name": "lookup", "arguments": {"term": 7}}</tool_call>')
+    r = c.chat.completions.create(model="tiny-tools", messages=USER, tools=strict,  # type: ignore[arg-type]
+                                  tool_choice="auto")
+    (call,) = r.choices[0].message.tool_calls or []
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "lookup" and isinstance(args.get("word"), str), args
+    sampling = [h for h in served.fake.history if h.op == "generate"][-1].request.sampling
+    assert sampling.json_schema is not None and sampling.json_schema.lazy
+    assert sampling.json_schema.opener == "<tool_call>"

@@ -239,3 +239,47 @@ def test_agents_sdk_runs_an_agent_with_a_tool(served: Served) -> None:
     result = asyncio.run(agents.Runner.run(agent, "Weather in Paris?"))
     assert calls == ["Paris"] and result.final_output == "It is 18 C and sunny in Paris."
     assert "18 C and sunny in Paris" in _prompt(served)  # the tool's output went back to the model
+
+
+def test_strict_tools_with_tool_choice_auto(served: Served) -> None:
+    """``tools[].strict`` with tool_choice auto: a call the model opens is held to the tool's schema (the
+    fake backend honours the lazy constraint: a scripted call with a wrong argument comes out fitted)."""
+    c = _client(served)
+    strict = {**TOOL, "strict": True}
+    served.fake.enqueue('<tool_call>{"name": "get_weather", "arguments": {"town": 3}}</tool_call>')
+    r = c.responses.create(model="tiny-tools", input="Weather in Paris?", tools=[strict])  # type: ignore[list-item]
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    args = json.loads(call.arguments)
+    assert call.name == "get_weather" and isinstance(args.get("city"), str), args
+    sampling = [h for h in served.fake.history if h.op == "generate"][-1].request.sampling
+    assert sampling.json_schema is not None and sampling.json_schema.lazy
+    loose = [h for h in served.fake.history if h.op == "generate"]
+    served.fake.enqueue("Sunny.")
+    r = c.responses.create(model="tiny-tools", input="Weather in Paris?", tools=[TOOL])  # type: ignore[list-item]
+    assert r.output_text == "Sunny."
+    assert len([h for h in served.fake.history if h.op == "generate"]) == len(loose) + 1
+    assert [h for h in served.fake.history if h.op == "generate"][-1].request.sampling.json_schema is None
+
+
+def test_agents_sdk_chat_completions_with_a_strict_tool(served: Served) -> None:
+    """The Agents SDK over Chat Completions sends every function_tool as strict with tool_choice auto."""
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @agents.function_tool  # strict_mode=True by default
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        calls.append(city)
+        return f"18 C and sunny in {city}"
+
+    client = openai.AsyncOpenAI(base_url=served.url + "/v1/", api_key="corral", max_retries=0)
+    model = agents.OpenAIChatCompletionsModel(model="tiny-tools", openai_client=client)
+    agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather],
+                         model=model)
+    served.fake.enqueue(CALL)
+    served.fake.enqueue("It is 18 C and sunny in Paris.")
+    result = asyncio.run(agents.Runner.run(agent, "Weather in Paris?"))
+    assert calls == ["Paris"] and result.final_output == "It is 18 C and sunny in Paris."
+    sampling = [h for h in served.fake.history if h.op == "generate"][-1].request.sampling
+    assert sampling.json_schema is not None and sampling.json_schema.lazy  # strict had its effect

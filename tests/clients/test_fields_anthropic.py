@@ -182,7 +182,13 @@ def test_tools_tool_choice_and_strict(served: Served) -> None:
     r = c.messages.create(model="tiny-tools", max_tokens=200, messages=USER, tools=[strict],  # type: ignore
                           tool_choice={"type": "any"})
     assert set(r.content[-1].input) == {"city"}  # type: ignore[union-attr]  # held to the schema by a grammar
-    _refused(_post(served, model="tiny-tools", tools=[strict]), "strict")
+    served.fake.enqueue('<tool_call>{"name": "get_weather", "arguments": {"town": 3}}</tool_call>')
+    r = c.messages.create(model="tiny-tools", max_tokens=200, messages=USER, tools=[strict])  # type: ignore
+    assert set(r.content[-1].input) >= {"city"}  # type: ignore[union-attr]  # auto: held once a call opens
+    assert _last(served).request.sampling.json_schema.lazy  # type: ignore[union-attr]
+    pattern = {**WEATHER, "strict": True, "input_schema": {"type": "object", "properties": {
+        "city": {"type": "string", "pattern": "^(a|b)+$"}}}}
+    _refused(_post(served, model="tiny-tools", tools=[pattern]), "cannot be enforced")
     _refused(_post(served, model="tiny-tools", tools=[{**WEATHER, "type": "bash_20250124"}]), "bash_20250124")
     _refused(_post(served, model="tiny-tools", tools=[WEATHER], tool_choice={"type": "tool"}), "name")
     _refused(_post(served, model="tiny-tools", tools=[WEATHER], tool_choice={"type": "some"}), "tool_choice")

@@ -323,8 +323,12 @@ def test_strict_tools_are_guaranteed_or_refused(client: TestClient[Any], harness
     r = chat(client, model="tiny-tools", tools=[strict], tool_choice="required")
     (call,) = r.json()["choices"][0]["message"]["tool_calls"]
     assert set(json.loads(call["function"]["arguments"])) == {"city"}  # held to the schema by a grammar
-    r = chat(client, model="tiny-tools", tools=[strict])
-    assert r.status_code == 400 and "strict" in r.json()["error"]["message"]
+    r = chat(client, model="tiny-tools", tools=[strict])  # tool_choice auto: held once a call opens
+    sampling = last_generate(harness).request.sampling
+    assert r.status_code == 200 and sampling.json_schema is not None and sampling.json_schema.lazy
+    assert sampling.grammar and sampling.json_schema.opener == "<tool_call>"
+    r = chat(client, model="tiny-tools", tools=[WEATHER])  # not strict: free
+    assert r.status_code == 200 and last_generate(harness).request.sampling.json_schema is None
     unexpressible = {
         "type": "function",
         "function": {
@@ -333,8 +337,9 @@ def test_strict_tools_are_guaranteed_or_refused(client: TestClient[Any], harness
             "parameters": {"type": "object", "properties": {"x": {"type": "string", "pattern": "^(a|b)+$"}}},
         },
     }
-    r = chat(client, model="tiny-tools", tools=[unexpressible], tool_choice="required")
-    assert r.status_code == 400 and "cannot be enforced" in r.json()["error"]["message"], r.text
+    for choice in ("required", "auto"):
+        r = chat(client, model="tiny-tools", tools=[unexpressible], tool_choice=choice)
+        assert r.status_code == 400 and "cannot be enforced" in r.json()["error"]["message"], r.text
 
 
 # ---- messages ----------------------------------------------------------------------------------------

@@ -143,22 +143,22 @@ def _tools(req: S.MessagesRequest | S.CountTokensRequest) -> list[Tool]:
     return tools
 
 
-def _check_strict(tools: list[S.ToolDef] | None, choice: str) -> None:
-    """``strict`` tools: their input must follow their schema, which corral guarantees only when a
-    grammar forces the call (tool_choice any or a named tool) and the schema converts to one."""
+def _check_strict(tools: list[S.ToolDef] | None, choice: str) -> bool:
+    """Whether a tool the model may call is ``strict`` (its input then follows the tools' schemas: a
+    grammar forces the call for tool_choice any or a named tool, a lazy one holds from the call's
+    opener for auto); a strict tool whose schema cannot be enforced is refused."""
+    strict = False
     for t in tools or []:
-        if not t.strict:
+        if not t.strict or choice == "none":
             continue
-        if choice != "required":
-            raise InvalidRequestError(
-                f"tools: {t.name!r} is strict, which corral guarantees only for a forced call: set "
-                'tool_choice to {"type": "any"} or name the tool, or leave strict out')
         try:
             schema_to_gbnf(dict(t.input_schema) or {"type": "object"})
         except GrammarError as exc:
             raise InvalidRequestError(
                 f"tools: {t.name!r} is strict but its input_schema cannot be enforced: {exc.message}"
             ) from None
+        strict = True
+    return strict
 
 
 def _context_edits(cm: S.ContextManagement | None) -> None:
@@ -226,7 +226,7 @@ def chat_job(req: S.MessagesRequest | S.CountTokensRequest) -> ChatJob:
         if req.stop_sequences:
             options["stop"] = list(req.stop_sequences)
     choice, forced = _tool_choice(req.tool_choice)
-    _check_strict(req.tools, choice)
+    strict = _check_strict(req.tools, choice)
     _context_edits(req.context_management)
     think, relaxed = _think(req.thinking, req.output_config)
     fmt = req.output_config.format.schema if req.output_config and req.output_config.format else None
@@ -243,6 +243,7 @@ def chat_job(req: S.MessagesRequest | S.CountTokensRequest) -> ChatJob:
         shift=False,
         tool_choice=choice,
         forced_tool=forced,
+        strict_tools=strict,
     )
 
 

@@ -259,21 +259,22 @@ def _tool_choice(req: S.ChatCompletionRequest, tools: list[Tool]) -> tuple[str, 
     raise InvalidRequestError(f"invalid tool_choice type {choice.type!r}: use function or allowed_tools")
 
 
-def _check_strict(req: S.ChatCompletionRequest, choice: str, tools: list[Tool]) -> None:
-    """``strict`` tools: their arguments must follow their schema, which corral guarantees only when a
-    grammar forces the call (tool_choice required or a named function) and the schema converts to one."""
+def _check_strict(req: S.ChatCompletionRequest, tools: list[Tool]) -> bool:
+    """Whether a tool the model may call is ``strict`` (its calls then follow the tools' schemas: a
+    grammar forces the call for tool_choice required, a lazy one holds from the call's opener for
+    auto); a strict tool whose schema cannot be enforced is refused."""
+    names = {t.name for t in tools}
+    strict = False
     for t in req.tools or []:
-        if not t.function.strict:
+        if not t.function.strict or t.function.name not in names:
             continue
-        if choice != "required":
-            raise InvalidRequestError(
-                f"tool {t.function.name!r} is strict, which corral guarantees only for a forced call: set "
-                'tool_choice to "required" or name the function, or leave strict out')
         try:
             schema_to_gbnf(t.function.parameters or {"type": "object"})
         except GrammarError as exc:
             raise InvalidRequestError(f"tool {t.function.name!r} is strict but its parameters cannot be "
                                       f"enforced: {exc.message}") from None
+        strict = True
+    return strict
 
 
 def chat_job(req: S.ChatCompletionRequest, fetched: dict[str, bytes] | None = None) -> ChatJob:
@@ -283,12 +284,12 @@ def chat_job(req: S.ChatCompletionRequest, fetched: dict[str, bytes] | None = No
         raise InvalidRequestError("[] is too short - 'messages'")
     top = req.top_logprobs or 0
     choice, forced, tools = _tool_choice(req, _tools(req))
-    _check_strict(req, choice, tools)
+    strict = _check_strict(req, tools)
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     return ChatJob(model=model, messages=_messages(req.messages, fetched or {}), tools=tools,
                    format=_format(req.response_format), options=_sampling(req, max_tokens),
                    think=_think(req), logprobs=bool(req.logprobs) or top > 0, top_logprobs=top,
-                   tool_choice=choice, forced_tool=forced, grammar=req.grammar,
+                   tool_choice=choice, forced_tool=forced, grammar=req.grammar, strict_tools=strict,
                    logit_bias=logit_bias(req.logit_bias))
 
 

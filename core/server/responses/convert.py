@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.conversation import Message, Tool, ToolCall
-from corral.errors import InvalidRequestError
+from corral.errors import GrammarError, InvalidRequestError
 from corral.jobs import ChatJob, Metrics
+from corral.prompts.grammar import schema_to_gbnf
 from corral.server import common
 from corral.server.responses import schemas as S
 
@@ -166,6 +167,23 @@ def _tools(wire: list[dict[str, Any]] | None) -> tuple[list[Tool], list[dict[str
     return tools, kept
 
 
+def _strict(tools: list[Tool], kept: list[dict[str, Any]]) -> bool:
+    """Whether a tool the model may call is ``strict`` (its calls then follow the tools' schemas: forced
+    for tool_choice required, from the call's opener for auto); one whose schema cannot be enforced
+    is refused."""
+    strict = False
+    for t, wire in zip(tools, kept, strict=True):
+        if wire.get("strict") is not True:
+            continue
+        try:
+            schema_to_gbnf(t.parameters or {"type": "object"})
+        except GrammarError as exc:
+            raise InvalidRequestError(f"tool {t.name!r} is strict but its parameters cannot be enforced: "
+                                      f"{exc.message}") from None
+        strict = True
+    return strict
+
+
 def _tool_choice(choice: str | S.NamedToolChoice | None) -> tuple[str, str]:
     if choice is None or choice == "auto":
         return "auto", ""
@@ -258,6 +276,7 @@ def plan(req: S.ResponsesRequest, history: list[Message]) -> Plan:
     tools, kept = _tools(req.tools)
     choice, forced = _tool_choice(req.tool_choice)
     tools, kept = _allowed(req.tool_choice, tools, kept)
+    strict = _strict(tools, kept)
     msgs = list(history)
     if req.instructions:  # instructions apply to this request only, ahead of everything else
         msgs = [Message(role="system", content=req.instructions)] + [m for m in msgs if m.role != "system"]
@@ -280,6 +299,7 @@ def plan(req: S.ResponsesRequest, history: list[Message]) -> Plan:
         shift=False,
         tool_choice=choice,
         forced_tool=forced,
+        strict_tools=strict,
     )
     conversation = [
         m for m in msgs if not (req.instructions and m.role == "system" and m.content == req.instructions)
