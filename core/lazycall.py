@@ -26,11 +26,10 @@ class CallWatch:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buf = ""
         self._armed = True
-        self._at_start = True  # bare JSON: nothing but whitespace (and reasoning) came yet
 
     def rearm(self) -> None:
         """Watch for another call (the previous one is complete)."""
-        self._buf, self._armed, self._at_start = "", True, True
+        self._buf, self._armed = "", True
 
     def probe(self, data: bytes) -> str | None:
         """What ``feed(data)`` would return, leaving the watch as it is."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from corral.types import MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob
 from .guidance import Guide
 
 __all__ = ["LazyCall", "SamplerChain", "logprobs_from_logits"]
-log = logging.getLogger("corral.llama")
 # llama.h: LLAMA_DEFAULT_SEED; dist() draws a random seed when given it.
 _RANDOM_SEED = 0xFFFFFFFF
 _MAX_REDRAWS = 64  # free-text tokens refused at a call's opener before the request fails
