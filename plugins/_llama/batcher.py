@@ -29,6 +29,8 @@ from .ngram import MAX_DRAFT, NgramDrafter
 from .sampling import LazyCall, SamplerChain, logprobs_from_logits
 from .slots import (
     CONTEXT_LENGTH_MESSAGE,
+    GRAMMAR_FREE_S,
+    GRAMMAR_YIELD,
     Cells,
     Job,
     Slot,
@@ -101,6 +103,7 @@ class Batcher(StepPlanner, Speculation):
         self._clock = StepClock(self.n_batch)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
+        self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
         # Prompts with images or audio: the projector's encoder thread and an embedding batch.
         self._media = None if projector is None else MediaSteps(native, projector, self.n_batch, self._wake)
         self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
@@ -223,6 +226,7 @@ class Batcher(StepPlanner, Speculation):
         active, warming = self._active(), [s for s in self._slots if s.job is None and s.warm]
         if not active and not warming:
             return
+        t0 = time.perf_counter()
         plan, media = self._plan(active, warming)
         if not plan and not media:
             # Nothing runnable this step (a retry after llama_decode found no room, images still on the
@@ -235,6 +239,10 @@ class Batcher(StepPlanner, Speculation):
             self._decode(plan)
         for s, start, n in media:
             self._decode_media(s, start, n)
+        if self._owing:  # the sequences that sat this step out have paid back what it took
+            dt = time.perf_counter() - t0
+            for s in self._owing:
+                s.debt = max(0.0, s.debt - dt)
 
     # ---- decoding --------------------------------------------------------------------------------
     def _decode_media(self, s: Slot, start: int, n: int) -> None:
@@ -360,7 +368,12 @@ class Batcher(StepPlanner, Speculation):
             self._finish(s, "stop")
             return None
         try:
-            return int(job.sampler.sample(self._ctx, row))
+            if not job.sampler.grammar:
+                return int(job.sampler.sample(self._ctx, row))
+            t0 = time.perf_counter()
+            t = int(job.sampler.sample(self._ctx, row))
+            s.debt += max(0.0, time.perf_counter() - t0 - GRAMMAR_FREE_S) * GRAMMAR_YIELD
+            return t
         except CorralError as exc:
             self._fail(s, exc, keep)
             return None

@@ -127,7 +127,7 @@ class Slot:
     """
 
     __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm",
-                 "draft", "draft_by_model")
+                 "draft", "draft_by_model", "debt")
 
     def __init__(self, seq_id: int) -> None:
         self.id = seq_id
@@ -143,6 +143,7 @@ class Slot:
         self.warm: list[int] = []
         self.draft: list[int] = []  # tokens guessed to follow last_token, in this step's batch
         self.draft_by_model = False  # the draft came from the draft model, not from prompt lookup
+        self.debt = 0.0  # seconds of steps to sit out: what its constraint's sampling cost the others
 
     @property
     def reusable(self) -> list[int]:
@@ -258,6 +259,15 @@ def default_threads() -> int:
 # the margin absorbs the jitter of a busy 2-core machine).
 MIXED_STEP_TARGET_S = 0.15
 MIN_CHUNK = 16
+
+
+# A constrained sequence's next token is drawn on the loop thread, between two decodes, so what its
+# grammar costs (a mask over the whole vocabulary when the drawn token is refused) delays every other
+# sequence's next token too. Past GRAMMAR_FREE_S per token, the excess is paid back GRAMMAR_YIELD times
+# over by sitting out steps while other sequences go on: a heavy grammar slows its own request, and
+# takes at most 1 / (1 + GRAMMAR_YIELD) of the loop's time from its neighbours.
+GRAMMAR_FREE_S = 0.01
+GRAMMAR_YIELD = 2.0
 
 
 class StepClock:

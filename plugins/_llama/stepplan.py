@@ -45,6 +45,7 @@ class StepPlanner:
     _copy: Any
     _drafts: Any
     _draft_model: Any
+    _owing: list[Slot]
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
@@ -73,7 +74,7 @@ class StepPlanner:
             self._truncate(best, keep)
             job.cached_tokens = keep
             job.t_admit = time.perf_counter_ns()
-            best.job, best.state, best.warm = job, "prefill", []
+            best.job, best.state, best.warm, best.debt = job, "prefill", [], 0.0
             best.touch()
             if job.limit == 0:
                 job.t_first = job.t_last = job.t_admit
@@ -87,6 +88,15 @@ class StepPlanner:
         media: list[Piece] = []
         gen = [s for s in active
                if s.state == "gen" and (len(s.cached) < self.n_ctx_seq or self._make_room(s))]
+        # A sequence whose constraint cost the others more than its share sits this step out while a
+        # sequence that owes nothing has work; when every active one owes, the debts are forgiven.
+        self._owing = [s for s in gen if s.debt > 0]
+        if self._owing and len(self._owing) == len(active):
+            for s in self._owing:
+                s.debt = 0.0
+            self._owing = []
+        if self._owing:
+            gen = [s for s in gen if s.debt <= 0]
         if self._draft_ok:
             self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
         self._draft_ok = True
