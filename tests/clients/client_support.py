@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from corral.config import Config
 from corral.engine import Engine
@@ -83,3 +86,14 @@ def gemma_server(root: Path, gguf: Path) -> Served:
     served = Served(config, store, engine)
     served.start()
     return served
+
+
+def access_logged(caplog: pytest.LogCaptureFixture, fragment: str) -> bool:
+    """Whether an access log line holds ``fragment`` (the line is written just after the answer is sent,
+    on the server's thread: it is waited for)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(fragment in r.getMessage() for r in caplog.records if r.name == "corral.server.access"):
+            return True
+        time.sleep(0.02)
+    return False

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-from client_support import Served
+from client_support import Served, access_logged
 
 from corral.testing.fake import FakeCall
 
@@ -42,17 +41,6 @@ def _last(served: Served) -> FakeCall:
 def _post(served: Served, path: str = "/v1/messages", **body: Any) -> httpx.Response:
     base = {"model": "tiny", "messages": USER} | ({"max_tokens": 16} if path == "/v1/messages" else {})
     return httpx.post(served.url + path, json={**base, **body}, timeout=30)
-
-
-def _logged(caplog: pytest.LogCaptureFixture, fragment: str) -> bool:
-    """Whether an access log line holds ``fragment`` (the line is written just after the answer is sent,
-    on the server's thread: it is waited for)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(fragment in r.getMessage() for r in caplog.records if r.name == "corral.server.access"):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _refused(r: httpx.Response, *fragments: str) -> None:
@@ -305,7 +293,7 @@ def test_metadata_service_tier_and_context_management(
         r = _post(served, metadata={"user_id": "user-42"}, service_tier="standard_only",
                   context_management=clear)
         assert r.status_code == 200, r.text
-        assert _logged(caplog, "user='user-42'")
+        assert access_logged(caplog, "user='user-42'")
     assert _post(served, service_tier="auto").status_code == 200
     _refused(_post(served, service_tier="priority"), "service_tier")
     _refused(_post(served, metadata={"user_id": "x" * 300}), "metadata.user_id")

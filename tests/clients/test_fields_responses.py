@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from client_support import Served
+from client_support import Served, access_logged
 
 from corral.testing.fake import FakeCall
 
@@ -43,17 +42,6 @@ def _last(served: Served) -> FakeCall:
 
 def _post(served: Served, **body: Any) -> httpx.Response:
     return httpx.post(served.url + "/v1/responses", json={"model": "tiny", **body}, timeout=30)
-
-
-def _logged(caplog: pytest.LogCaptureFixture, fragment: str) -> bool:
-    """Whether an access log line holds ``fragment`` (the line is written just after the answer is sent,
-    on the server's thread: it is waited for)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(fragment in r.getMessage() for r in caplog.records if r.name == "corral.server.access"):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _refused(r: httpx.Response, *fragments: str) -> None:
@@ -315,7 +303,7 @@ def test_bookkeeping_fields_are_echoed_or_logged(served: Served, caplog: pytest.
         assert r.service_tier == "default" and r.safety_identifier == "hash-77"
         assert "codex" not in _last(served).text  # client bookkeeping never reaches the prompt
         c.responses.create(model="tiny", input="x", user="user-5")
-        assert _logged(caplog, "user='hash-77'") and _logged(caplog, "user='user-5'")
+        assert access_logged(caplog, "user='hash-77'") and access_logged(caplog, "user='user-5'")
     _refused(_post(served, input="x", service_tier="priority"), "service_tier 'priority'")
     _refused(_post(served, input="x", user="x" * 300), "user must be")
     _refused(_post(served, input="x", safety_identifier="a\nb"), "safety_identifier must be")
