@@ -22,6 +22,7 @@ from corral.lazycall import CallWatch
 from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
 from .context import new_context
+from .draftcost import RowCosts
 from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
 from .mediasteps import MediaSteps, span_at
@@ -101,6 +102,7 @@ class Batcher(StepPlanner, Speculation):
         self._closed = False
         self._freed = False
         self._clock = StepClock(self.n_batch)
+        self._row_costs = RowCosts(lambda: self._clock.t_prompt_tok)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
@@ -321,7 +323,10 @@ class Batcher(StepPlanner, Speculation):
         if n_prompt and self._draft_model is not None:
             self._mirror([s for s, start, _ in plan if start >= 0])
         # The step's cost as the clock sees it includes the draft model's share of the prompt chunks.
-        self._clock.learn(time.perf_counter() - t0, n_prompt, sum(1 for _, st, _ in plan if st == -1))
+        dt = time.perf_counter() - t0
+        self._clock.learn(dt, n_prompt, sum(1 for _, st, _ in plan if st == -1))
+        if not n_prompt:
+            self._row_costs.learn(dt, i)
         now = time.perf_counter_ns()
         for s, row, n in outputs:
             if n == 1:

@@ -1,6 +1,9 @@
-"""Prompt-lookup (n-gram) drafting for speculative decoding: one adaptive drafter per sequence."""
+"""Prompt-lookup (n-gram) drafting for speculative decoding: one drafter per sequence, which keeps a
+record of how far its guesses would have been right."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 __all__ = ["NgramDrafter"]
 
@@ -8,23 +11,30 @@ __all__ = ["NgramDrafter"]
 # the places where an answer starts copying its input.
 NGRAM_SIZES = (4, 3)
 MAX_DRAFT = 16  # tokens per draft by default (each costs a row of logits when it is verified)
-FIRST_DRAFT = 4
-COOLDOWN_START = 8  # tokens without drafting after drafts keep failing; doubles while they do
-COOLDOWN_MAX = 512
+# Each finished guess counts 1 and the record decays by this factor per guess, so it follows the
+# text: an answer that starts copying its input is noticed within a few guesses.
+RECORD_DECAY = 0.85
+# Before any guess has been checked the record holds one imaginary guess that was wrong from its
+# first token: no drafting until the sequence's own guesses have shown that they pay.
+PRIOR_WEIGHT = 1.0
+
+# Given E[k] = the expected number of accepted tokens if a draft of k tokens is verified (E[0] = 0),
+# the number of tokens worth drafting.
+Pick = Callable[[Sequence[float]], int]
 
 
 class NgramDrafter:
     """Guesses a sequence's next tokens by finding the tokens that followed the last time its most
     recent n-gram appeared (in the prompt or the answer so far).
 
-    Adaptive: the draft length doubles while whole drafts are accepted and drops to what was
-    accepted when one is cut short; a sequence whose drafts are refused twice running stops drafting
-    for a while, longer each time, so text that never repeats its context (plain chat) almost never
-    pays for a verification.
+    Every guess is checked against the tokens that really follow, whether or not it was drafted (a
+    guess that is not drafted costs nothing to check), so the drafter knows how many tokens of a guess
+    the model would accept before it pays for a verification: text that never repeats its context
+    (plain chat) is never drafted, and copying text is drafted as far as it tends to hold. How far is
+    worth its cost is the caller's choice (``pick``): it knows what a row of logits costs.
     """
 
-    __slots__ = ("history", "_index", "_indexed", "k", "max_k", "_misses", "_cooldown", "_resume",
-                 "drafted", "accepted")
+    __slots__ = ("history", "_index", "_indexed", "max_k", "_weights", "_gains", "_open", "_matched")
 
     def __init__(self, prompt: list[int], max_draft: int = MAX_DRAFT) -> None:
         self.history = list(prompt)
@@ -33,12 +43,12 @@ class NgramDrafter:
         self._index: dict[tuple[int, ...], int] = {}
         self._indexed = 0
         self.max_k = max(1, max_draft)  # draft_num_predict, when the request's model sets it
-        self.k = min(FIRST_DRAFT, self.max_k)
-        self._misses = 0
-        self._cooldown = COOLDOWN_START
-        self._resume = 0  # len(history) from which drafting may start again
-        self.drafted = 0
-        self.accepted = 0
+        # _weights[a]: decayed count of guesses whose first ``a`` tokens came true (and no more)
+        self._weights = [0.0] * (self.max_k + 1)
+        self._weights[0] = PRIOR_WEIGHT
+        self._gains = [0.0] * (self.max_k + 1)
+        self._open: list[int] = []  # the guess being checked against the tokens that follow
+        self._matched = 0  # how many of its tokens came true so far
         self._catch_up()
 
     def _catch_up(self) -> None:
@@ -52,43 +62,63 @@ class NgramDrafter:
         self._indexed = max(self._indexed, end)
 
     def extend(self, tokens: list[int]) -> None:
-        """Tokens that joined the sequence (sampled, accepted)."""
+        """Tokens that joined the sequence (sampled, accepted): they settle the open guess."""
         self.history.extend(tokens)
+        for t in tokens:
+            if not self._open:
+                return
+            if t == self._open[self._matched]:
+                self._matched += 1
+                if self._matched == len(self._open):
+                    self._settle()
+            else:
+                self._settle()
 
-    def propose(self, limit: int) -> list[int]:
-        """Up to ``min(k, limit)`` guessed next tokens (after the last one), or [] when there is no
-        match or drafting is cooling down."""
+    def _settle(self) -> None:
+        w = self._weights
+        for a in range(len(w)):
+            w[a] *= RECORD_DECAY
+        w[self._matched] += 1.0
+        total = sum(w)
+        # gains[k] = sum over j <= k of P(at least j tokens come true)
+        at_least, gain = total, 0.0
+        for k in range(1, len(w)):
+            at_least -= w[k - 1]
+            gain += at_least / total
+            self._gains[k] = gain
+        self._open, self._matched = [], 0
+
+    def guess(self) -> list[int]:
+        """Up to ``max_k`` tokens guessed to follow the last one, or [] when no n-gram matches."""
         h = self.history
-        if limit <= 0 or len(h) < self._resume:
-            return []
         self._catch_up()
-        want = min(self.k, limit)
         for n in NGRAM_SIZES:
             if len(h) < n:
                 continue
             start = self._index.get(tuple(h[len(h) - n :]))
             if start is not None:
-                draft = h[start : start + want]
+                draft = h[start : start + self.max_k]
                 # Negative ids stand for image or audio rows in a prompt: never a token to guess.
                 if draft and min(draft) < 0:
                     draft = draft[: next(i for i, t in enumerate(draft) if t < 0)]
                 return draft
         return []
 
-    def verified(self, drafted: int, accepted: int) -> None:
-        """The outcome of verifying a draft of ``drafted`` tokens."""
-        self.drafted += drafted
-        self.accepted += accepted
-        if accepted == drafted:
-            self.k = min(self.max_k, self.k * 2)
-        else:
-            self.k = min(self.max_k, max(2, accepted + 1))
-        if accepted:
-            self._misses = 0
-            self._cooldown = COOLDOWN_START
-            return
-        self._misses += 1
-        if self._misses >= 2:
-            self._misses = 0
-            self._resume = len(self.history) + self._cooldown
-            self._cooldown = min(COOLDOWN_MAX, self._cooldown * 2)
+    def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
+        """The tokens to draft now: the first ``k`` of the current guess, where ``pick`` chooses ``k``
+        from the expected accepted tokens per draft length (without ``pick``: the whole guess), and
+        never more than ``limit``. The guess is checked against what follows either way."""
+        if limit <= 0:
+            return []
+        g = self.guess()
+        if g and not self._open:
+            self._open = g
+        if not g:
+            return []
+        n = min(limit, len(g))
+        k = n if pick is None else max(0, min(n, pick(self._gains[: n + 1])))
+        return g[:k]
+
+    def expected(self, k: int) -> float:
+        """Expected accepted tokens of a k-token draft, from the record so far."""
+        return self._gains[max(0, min(k, self.max_k))]

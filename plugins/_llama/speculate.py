@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .draftcost import DraftBudget, RowCosts
 from .draftmodel import DraftModel
 from .slots import Slot
 
@@ -21,6 +22,7 @@ class Speculation:
     n_batch: int
     n_ctx_seq: int
     _draft_model: DraftModel | None
+    _row_costs: RowCosts
     _draw: Any
     _emit: Any
     _truncate: Any
@@ -31,6 +33,7 @@ class Speculation:
         room = self.n_batch - len(gen)
         wants: list[tuple[int, list[int], int, int]] = []
         by_id: dict[int, Slot] = {}
+        budget = DraftBudget(self._row_costs, len(gen))
         for s in gen:
             s.draft, s.draft_by_model = [], False
             limit = self._draft_limit(s, room)
@@ -38,13 +41,15 @@ class Speculation:
                 continue
             job = s.job
             assert job is not None and job.drafter is not None
-            s.draft = job.drafter.propose(limit)
+            # Prompt lookup drafts as far as its record says the step can afford (often nothing).
+            s.draft = job.drafter.propose(limit, budget.pick)
             if not s.draft and self._uses_draft_model(s):
                 assert self._draft_model is not None
                 n = min(limit, self._draft_model.n_tokens)
                 wants.append((s.id, s.cached, s.last_token, n))
                 by_id[s.id] = s
                 room -= n
+                budget.rows += n
             room -= len(s.draft)
         if wants:
             assert self._draft_model is not None
@@ -97,8 +102,6 @@ class Speculation:
             break
         job.drafted += len(draft)
         job.accepted += accepted
-        if not s.draft_by_model:
-            job.drafter.verified(len(draft), accepted)  # prompt lookup adapts to its own record
         job.drafter.extend(emitted)
         keep = base + accepted
         if len(s.cached) > keep:  # the refused guesses leave the cache

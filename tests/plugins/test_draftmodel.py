@@ -64,7 +64,7 @@ def model_only(monkeypatch):
     """Prompt lookup finds nothing, so every draft is the draft model's (the counts are its own)."""
     from corral_plugins._llama.ngram import NgramDrafter
 
-    monkeypatch.setattr(NgramDrafter, "propose", lambda self, limit: [])
+    monkeypatch.setattr(NgramDrafter, "propose", lambda self, limit, pick=None: [])
 
 
 @pytest.mark.parametrize("which", ["itself", "another model"])

@@ -1,8 +1,12 @@
-"""The prompt-lookup drafter: what it guesses, how its draft length adapts, when it stops trying."""
+"""The prompt-lookup drafter: what it guesses, the record it keeps of its guesses, and how the step
+budget turns that record and the learned cost of a row into a draft length."""
 
 from __future__ import annotations
 
-from corral_plugins._llama.ngram import COOLDOWN_START, FIRST_DRAFT, MAX_DRAFT, NgramDrafter
+import pytest
+
+from corral_plugins._llama.draftcost import MIN_GAIN, DraftBudget, RowCosts
+from corral_plugins._llama.ngram import MAX_DRAFT, NgramDrafter
 
 
 def test_guesses_what_followed_the_latest_occurrence_of_the_last_ngram() -> None:
@@ -17,39 +21,105 @@ def test_history_grows_with_the_answer() -> None:
     d = NgramDrafter([10, 11, 12, 13, 14, 15])
     assert d.propose(4) == []
     d.extend([20, 11, 12, 13])
-    assert d.propose(4) == [14, 15, 20, 11][:FIRST_DRAFT]
-
-
-def test_draft_length_follows_acceptance() -> None:
-    d = NgramDrafter(list(range(100)) * 2)
-    assert d.k == FIRST_DRAFT
-    d.verified(4, 4)
-    assert d.k == 2 * FIRST_DRAFT
-    for _ in range(10):
-        d.verified(d.k, d.k)
-    assert d.k == MAX_DRAFT
-    d.verified(MAX_DRAFT, 5)
-    assert d.k == 6  # what was accepted, plus one
-    assert (d.drafted, d.accepted) > (0, 0)
-
-
-def test_failing_drafts_stop_drafting_for_longer_each_time() -> None:
-    d = NgramDrafter([1, 2, 3, 1, 2, 3, 1, 2, 3])
-    assert d.propose(4)
-    d.verified(4, 0)
-    assert d.propose(4)  # one refusal is not yet a pattern
-    d.verified(2, 0)
-    assert d.propose(4) == []  # two in a row: cooling down
-    d.extend([1, 2, 3] * (COOLDOWN_START // 3 + 1))
-    assert d.propose(4)
-    d.verified(4, 0)
-    d.verified(2, 0)
-    d.extend([1, 2, 3] * (COOLDOWN_START // 3 + 1))
-    assert d.propose(4) == []  # the second pause is twice as long
-    d.extend([1, 2, 3] * (COOLDOWN_START // 3 + 1))
-    assert d.propose(4)
+    assert d.propose(4) == [14, 15, 20, 11]
 
 
 def test_media_rows_are_never_guessed() -> None:
     d = NgramDrafter([5, 6, 7, 8, -1, -2, 9, 5, 6, 7])
     assert d.propose(4) == [8]  # cut before the media keys
+
+
+def copying(n: int) -> NgramDrafter:
+    """A drafter whose sequence copies its prompt (0..n-1) after repeating its first four tokens."""
+    return NgramDrafter(list(range(n)) + [0, 1, 2, 3])
+
+
+def test_nothing_is_drafted_before_a_guess_has_come_true() -> None:
+    d = copying(100)
+    seen: list[list[float]] = []
+    assert d.propose(8, lambda gains: seen.append(list(gains)) or 8) == list(range(4, 12))
+    assert seen == [[0.0] * 9]  # the record starts from one guess that failed at once
+    assert d.expected(8) == 0.0
+
+
+def test_guesses_are_checked_whether_or_not_they_were_drafted() -> None:
+    d = copying(100)
+    assert d.propose(16, lambda gains: 0) == []  # not drafted: the guess is still followed
+    d.extend(list(range(4, 20)))  # the model wrote exactly what the guess said
+    e16 = d.expected(16)
+    assert 8 < e16 < 16  # one full success against the decayed prior failure
+    assert d.expected(1) == pytest.approx(e16 / 16)
+    d.propose(16, lambda gains: 0)
+    d.extend([20, 21, 99])  # this time only two tokens came true
+    assert d.expected(2) > d.expected(16) - d.expected(2) * 7  # later tokens are now less likely
+    assert d.expected(16) < e16
+
+
+def test_the_record_follows_the_text() -> None:
+    d = copying(400)
+    for start in range(4, 4 + 16 * 10, 16):
+        d.propose(16, lambda gains: 0)
+        d.extend(list(range(start, start + 16)))
+    assert d.expected(16) > 15  # ten perfect guesses in a row
+    for i in range(10):
+        assert d.propose(16, lambda gains: 0) == []
+        d.extend([1000 + i, 0, 1, 2, 3])  # the text stops copying: each guess fails at its first token
+    assert d.expected(16) < 4
+
+
+def costs(*points: tuple[int, float], slope: float = 0.0) -> RowCosts:
+    c = RowCosts(lambda: slope)
+    for rows, t in points:
+        c.learn(t, rows)
+    return c
+
+
+def test_row_costs_interpolate_and_extrapolate() -> None:
+    c = costs((1, 0.010), (5, 0.050), slope=0.002)
+    assert c.step_time(1) == 0.010
+    assert c.step_time(3) == pytest.approx(0.030)  # between two measured sizes
+    assert c.step_time(7) == pytest.approx(0.054)  # past them: the prior slope
+    assert c.step_time(0) is None
+    assert costs((1, 0.010)).step_time(3) == pytest.approx(0.020)  # no prior: half a step per row
+    c.learn(0.020, 1)
+    assert c.step_time(1) == pytest.approx(0.013)  # a moving average
+
+
+def test_a_draft_is_as_long_as_pays_for_the_step() -> None:
+    cheap = costs((1, 0.010), (17, 0.012))  # a GPU: rows are almost free
+    gains = [0.5 * k for k in range(17)]  # half of every guessed token comes true
+    assert DraftBudget(cheap, 1).pick(gains) == 16
+    dear = costs((1, 0.010), (17, 0.170))  # two CPU cores: a row costs as much as a step
+    assert DraftBudget(dear, 1).pick(gains) == 0
+    perfect = [float(k) for k in range(17)]
+    assert DraftBudget(dear, 1).pick(perfect) == 0  # 17 tokens for 17 steps' time: no gain
+    assert DraftBudget(costs((1, 0.010), (17, 0.100)), 1).pick(perfect) == 16
+
+
+def test_a_draft_must_pay_for_everyone_in_the_step() -> None:
+    c = costs((1, 0.010), (2, 0.0125), (4, 0.030), (5, 0.040))
+    gains = [0.0, 0.9]
+    alone = DraftBudget(c, 1)
+    assert alone.pick(gains) == 1  # 1.9 tokens in 12.5 ms beat 1 token in 10 ms
+    assert (alone.rows, alone.tokens) == (2, 1.9)
+    busy = DraftBudget(c, 4)
+    assert busy.pick(gains) == 0  # 4.9 tokens in 40 ms lose to 4 in 30: the others wait too
+    assert (4 + 0.9) / 0.040 < MIN_GAIN * 4 / 0.030
+    cheap = DraftBudget(costs((1, 0.010), (2, 0.0105), (3, 0.011)), 1)
+    assert cheap.pick(gains) == 1
+    assert cheap.pick([0.0, 0.1]) == 0  # the next sequence is weighed against the step as it now is
+
+
+def test_unmeasured_step_sizes_are_tried_then_known() -> None:
+    c = RowCosts(lambda: 0.001)  # a prompt token is cheap, so a row is guessed cheap
+    assert DraftBudget(c, 1).pick([0.0, 1.0]) == 0  # nothing measured yet
+    c.learn(0.010, 1)
+    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 2  # tried on the prior's word
+    c.learn(0.030, 3)  # and found dear
+    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 0
+
+
+def test_max_draft_bounds_the_guess() -> None:
+    d = NgramDrafter(list(range(50)) + [0, 1, 2, 3], max_draft=5)
+    assert d.propose(100) == [4, 5, 6, 7, 8]
+    assert NgramDrafter(list(range(50)) + [0, 1, 2, 3]).propose(100) == list(range(4, 4 + MAX_DRAFT))
