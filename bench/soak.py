@@ -75,6 +75,8 @@ HOSTILE: list[tuple[str, str, Any]] = [
 @dataclass
 class Stats:
     canary: list[tuple[float, float]] = field(default_factory=list)  # (time, latency)
+    # where each canary's time went: (time, before admission, prompt eval, generation), seconds
+    phases: list[tuple[float, float, float, float]] = field(default_factory=list)
     requests: int = 0
     errors_5xx: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # transport errors (not our own cancellations)
@@ -172,7 +174,8 @@ async def hostile_client(http: httpx.AsyncClient, stats: Stats, stop: asyncio.Ev
             await asyncio.wait_for(stop.wait(), every)
 
 
-async def canary_once(http: httpx.AsyncClient, stats: Stats | None) -> float | None:
+async def canary_once(http: httpx.AsyncClient, stats: Stats | None,
+                      at: float = 0.0) -> float | None:
     t0 = time.perf_counter()
     try:
         r = await http.post("/api/chat", json={"model": MODEL, "stream": False,
@@ -185,7 +188,27 @@ async def canary_once(http: httpx.AsyncClient, stats: Stats | None) -> float | N
     took = time.perf_counter() - t0
     if stats is not None:
         stats.answer("canary", r.status_code)
+        if r.status_code == 200:
+            stats.phases.append((at, *_phases(r.json(), took)))
     return took if r.status_code == 200 else None
+
+
+def _phases(body: dict[str, Any], took: float) -> tuple[float, float, float]:
+    """The canary's time before its prompt's evaluation began (HTTP, template render, tokenizing,
+    waiting for a slot), its prompt evaluation (admission to first token) and its generation."""
+    prompt = body.get("prompt_eval_duration", 0) / 1e9
+    gen = body.get("eval_duration", 0) / 1e9
+    return max(0.0, took - prompt - gen), prompt, gen
+
+
+def _phase_line(rows: list[tuple[float, float, float, float]]) -> str:
+    if not rows:
+        return "no samples"
+    parts = []
+    for name, k in (("before admission", 1), ("prompt eval", 2), ("generation", 3)):
+        vals = [r[k] for r in rows]
+        parts.append(f"{name} p50 {_pct(vals, 50) * 1000:.0f} / p99 {_pct(vals, 99) * 1000:.0f} ms")
+    return ", ".join(parts)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -214,10 +237,12 @@ async def run(args: argparse.Namespace) -> int:
                                                      "parameters": {"num_thread": args.threads}})
             r.raise_for_status()
             await canary_once(http, None)  # load the model
-            idle = [x for x in [await canary_once(http, None) for _ in range(args.idle_samples)] if x]
+            quiet = Stats()
+            idle = [x for x in [await canary_once(http, quiet) for _ in range(args.idle_samples)] if x]
             idle_p99 = _pct(idle, 99)
             print(f"idle canary: p50 {_pct(idle, 50) * 1000:.0f} ms, p99 {idle_p99 * 1000:.0f} ms "
                   f"({len(idle)} samples); load average {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"             {_phase_line(quiet.phases)}", flush=True)
             stats = Stats()
             stop = asyncio.Event()
             workers = [asyncio.create_task(c(http, stats, stop)) for c in
@@ -232,7 +257,7 @@ async def run(args: argparse.Namespace) -> int:
             while time.monotonic() < end:
                 await asyncio.sleep(max(0.0, next_canary - time.monotonic()))
                 next_canary += args.canary_every
-                took = await canary_once(http, stats)
+                took = await canary_once(http, stats, time.monotonic() - start)
                 if took is not None:
                     stats.canary.append((time.monotonic() - start, took))
                 if time.monotonic() - start >= (minute + 1) * 60:
@@ -248,6 +273,8 @@ async def run(args: argparse.Namespace) -> int:
                           f"runners {runners / 1024:6.1f} MiB  requests {stats.requests - seen:4d}  "
                           f"5xx {len(stats.errors_5xx)}  dropped {len(stats.dropped)}  "
                           f"load {os.getloadavg()[0]:.2f}", flush=True)
+                    rows = [r for r in stats.phases if (minute - 1) * 60 <= r[0] < minute * 60]
+                    print(f"         canary {_phase_line(rows)}", flush=True)
                     seen = stats.requests
             stop.set()
             for w in workers:
@@ -274,6 +301,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"\ncanary over the run: p50 {_pct(lat, 50) * 1000:.0f} ms, p99 {run_p99 * 1000:.0f} ms, idle p99 "
           f"{idle_p99 * 1000:.0f} ms, ratio {run_p99 / idle_p99:.2f} (bar <= 2.00): "
           f"{'PASS' if ok_lat else 'FAIL'}")
+    print(f"canary time by phase over the run: {_phase_line(stats.phases)}")
     print(f"RSS (server + runners) after {args.warmup} min warm-up: {growth:+.1f} % (bar <= 5 %): "
           f"{'PASS' if ok_rss else 'FAIL'}")
     print(f"requests {stats.requests}, 5xx {len(stats.errors_5xx)}, "

@@ -238,7 +238,8 @@ class Engine:
                 async for chunk in loading:
                     yield chunk
             return
-        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        short = generation.short and not (job.images or job.format or job.grammar)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive, short=short)
         try:
             info = lease.handle.info
             plan, tokens, media = await self._generate_prompt(lease, spec, job)
@@ -265,7 +266,9 @@ class Engine:
                 async for chunk in loading:
                     yield chunk
             return
-        lease = await self.scheduler.acquire(spec, load, job.keep_alive)
+        images = any(m.images for m in job.messages)
+        short = generation.short and not (images or job.format or job.grammar or job.strict_tools)
+        lease = await self.scheduler.acquire(spec, load, job.keep_alive, short=short)
         try:
             info = lease.handle.info
             plan, tokens, media = await self._chat_prompt(lease, spec, job)

@@ -18,6 +18,7 @@ from corral.errors import InsufficientMemoryError, InvalidRequestError, ServerBu
 from corral.memory import MIN_DEFAULT_CONTEXT, Held, default_context, fmt, plan, scaled
 from corral.options import cap_context
 from corral.runner import Runner, RunnerFactory
+from corral.slotpool import SlotPool
 from corral.spec import ModelDetails, ModelSpec
 from corral.types import HOST, LoadOptions, MemoryEstimate, ModelHandle
 
@@ -56,7 +57,7 @@ class _LoadedModel:
         self.keep_alive = keep_alive
         self.load_ns = load_ns
         self.refs = 0
-        self.slots = asyncio.Semaphore(max(1, handle.info.n_parallel or options.num_parallel))
+        self.slots = SlotPool(handle.info.n_parallel or options.num_parallel)
         self.idle = asyncio.Event()
         self.idle.set()
         self.timer: asyncio.TimerHandle | None = None
@@ -94,8 +95,10 @@ class _LoadedModel:
 class Lease:
     """A request's hold on a loaded model and one of its parallel slots. Release exactly once."""
 
-    def __init__(self, scheduler: Scheduler, loaded: _LoadedModel, load_duration_ns: int) -> None:
+    def __init__(self, scheduler: Scheduler, loaded: _LoadedModel, load_duration_ns: int,
+                 spare: bool = False) -> None:
         self._scheduler = scheduler
+        self._spare = spare  # holds the model's spare slot for short requests
         self._loaded = loaded
         self.runner: Runner = loaded.runner
         self.handle: ModelHandle = loaded.handle
@@ -107,7 +110,7 @@ class Lease:
         if self._released:
             return
         self._released = True
-        self._scheduler._release(self._loaded)
+        self._scheduler._release(self._loaded, spare=self._spare)
 
 
 class Scheduler:
@@ -132,11 +135,12 @@ class Scheduler:
 
     # ---- acquiring ------------------------------------------------------------------------------
     async def acquire(self, spec: ModelSpec, load_options: LoadOptions, keep_alive: float | None = None,
-                      progress: Callable[[float], None] | None = None) -> Lease:
+                      progress: Callable[[float], None] | None = None, short: bool = False) -> Lease:
         """A lease on ``spec``'s model loaded with ``load_options``; loads or reloads it if needed.
 
         ``progress`` is called with the fraction loaded while that model loads, whichever request
-        started the load."""
+        started the load. A ``short`` request (``GenerationRequest.short``) may take the model's spare
+        slot when the others are busy."""
         start = time.monotonic_ns()
         key = spec.digest
         if spec.files.model is None:
@@ -158,15 +162,15 @@ class Scheduler:
                     m.stop_timer()
                     m.idle.clear()
                     try:
-                        await m.slots.acquire()
+                        spare = await m.slots.acquire(short)
                     except BaseException:
                         self._release(m, slot=False)
                         raise
                     if not m.usable:  # crashed while we waited for a slot
-                        self._release(m)
+                        self._release(m, spare=spare)
                         continue
                     m.last_used = time.monotonic()
-                    return Lease(self, m, time.monotonic_ns() - start)
+                    return Lease(self, m, time.monotonic_ns() - start, spare)
                 async with self._load_lock:
                     if self._closing:
                         raise ServerBusyError(CLOSING)
@@ -308,9 +312,9 @@ class Scheduler:
         await self._unload(m)
 
     # ---- releasing and expiry -------------------------------------------------------------------
-    def _release(self, m: _LoadedModel, *, slot: bool = True) -> None:
+    def _release(self, m: _LoadedModel, *, slot: bool = True, spare: bool = False) -> None:
         if slot:
-            m.slots.release()
+            m.slots.release(spare)
         m.refs -= 1
         m.last_used = time.monotonic()
         if m.refs > 0:

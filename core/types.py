@@ -205,6 +205,12 @@ class MediaInput(Struct, frozen=True, kw_only=True):
     kind: str = "image"  # image | audio
 
 
+# A reply capped at this many tokens (a title, a label, a yes or no: the side calls agents and editors make
+# beside long generations) makes a short request, unless it carries media or a grammar: each loaded model
+# keeps one sequence beyond num_parallel for short requests, and the batching loop favours their steps.
+SHORT_REPLY_TOKENS = 32
+
+
 class GenerationRequest(Struct, frozen=True, kw_only=True):
     """One sequence to generate: prompt tokens (and media between them), sampling and stopping rules."""
 
@@ -223,6 +229,12 @@ class GenerationRequest(Struct, frozen=True, kw_only=True):
     # turn's header). A backend may evaluate them into the cache once the answer ends naturally, so the
     # follow-up turn reuses them; one that does not simply ignores this.
     turn_suffix: list[int] = msgspec.field(default_factory=list)
+
+    @property
+    def short(self) -> bool:
+        """A short request (``SHORT_REPLY_TOKENS``): interactive work that bulk work must not hold up."""
+        return (0 <= self.num_predict <= SHORT_REPLY_TOKENS and not self.media
+                and self.sampling.grammar is None)
 
 
 class TokenLogprob(Struct, frozen=True, kw_only=True):

@@ -159,10 +159,11 @@ class LlamaBackend:
         return handle
 
     @staticmethod
-    def _embedder(model: Any, options: LoadOptions) -> Any:
+    def _embedder(model: Any, options: LoadOptions, batcher: Any = None) -> Any:
         from corral_plugins._llama.embed import Embedder
 
-        return Embedder(model, options, n_threads=int(options.num_thread))
+        turns = batcher.turns if batcher is not None else None  # decodes in turn with its steps
+        return Embedder(model, options, n_threads=int(options.num_thread), turns=turns)
 
     def _entry(self, handle: ModelHandle) -> _NativeModel:
         with self._lock:
@@ -198,7 +199,7 @@ class LlamaBackend:
         with entry.lock:  # one embedding context per model, made on first use
             if entry.embedder is None:
                 try:
-                    entry.embedder = self._embedder(entry.model, handle.options)
+                    entry.embedder = self._embedder(entry.model, handle.options, entry.batcher)
                 except BackendError as exc:
                     raise CapabilityError(f"model {handle.path} does not support embeddings: {exc}") from exc
         return entry.embedder

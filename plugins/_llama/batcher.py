@@ -21,7 +21,7 @@ from corral.errors import (
 from corral.lazycall import CallWatch
 from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 
-from .context import new_context
+from .context import new_context, sequences
 from .draftcost import RowCosts
 from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
@@ -41,6 +41,7 @@ from .slots import (
 )
 from .speculate import Speculation
 from .stepplan import Piece, StepPlanner
+from .turns import ComputeTurns
 
 __all__ = ["Batcher"]
 
@@ -91,7 +92,9 @@ class Batcher(StepPlanner, Speculation):
         self._pos = ffi.new("llama_pos[]", self.n_batch)
         self._seq = ffi.new("llama_seq_id[]", self.n_batch)
         self._logit = ffi.new("int8_t[]", self.n_batch)
-        self._slots = [Slot(i) for i in range(n_par)]
+        # num_parallel sequences for any request, and one more only short requests take (see _admit)
+        self._slots = [Slot(i) for i in range(sequences(options))]
+        self._n_par = n_par
         cells = Cells(lib, self._mem, self._slots)
         self._truncate, self._copy = cells.truncate, cells.copy
         self._pieces: list[bytes | None] = [None] * self.n_vocab
@@ -103,6 +106,8 @@ class Batcher(StepPlanner, Speculation):
         self._freed = False
         self._clock = StepClock(self.n_batch)
         self._row_costs = RowCosts(lambda: self._clock.t_prompt_tok)
+        # the model's embedding decodes take turns with this loop's steps (see ComputeTurns)
+        self.turns = ComputeTurns(self._clock.mixed_budget)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
@@ -226,6 +231,7 @@ class Batcher(StepPlanner, Speculation):
             if s.job.cancel.cancelled:
                 self._finish(s, "stop")
         active, warming = self._active(), [s for s in self._slots if s.job is None and s.warm]
+        self._mark_short()
         if not active and not warming:
             return
         t0 = time.perf_counter()
@@ -237,14 +243,19 @@ class Batcher(StepPlanner, Speculation):
                 self._cond.wait(0.005)
             return
         # A batch holds token ids or embedding rows, never both: media pieces get their own decodes.
-        if plan:
-            self._decode(plan)
-        for s, start, n in media:
-            self._decode_media(s, start, n)
+        with self.turns.step():
+            if plan:
+                self._decode(plan)
+            for s, start, n in media:
+                self._decode_media(s, start, n)
+        self._mark_short()  # a short request that just ended no longer holds embedding decodes back
         if self._owing:  # the sequences that sat this step out have paid back what it took
             dt = time.perf_counter() - t0
             for s in self._owing:
                 s.debt = max(0.0, s.debt - dt)
+
+    def _mark_short(self) -> None:
+        self.turns.serving_short(any(s.job is not None and s.job.request.short for s in self._slots))
 
     # ---- decoding --------------------------------------------------------------------------------
     def _decode_media(self, s: Slot, start: int, n: int) -> None:

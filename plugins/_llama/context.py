@@ -9,10 +9,17 @@ from corral.types import LoadOptions
 
 from .slots import default_threads
 
-__all__ = ["KV_TYPES", "context_params", "new_context"]
+__all__ = ["KV_TYPES", "context_params", "new_context", "sequences"]
 
 # the names corral.config.KV_CACHE_TYPES allows (checked when the config is built)
 KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+
+
+def sequences(options: LoadOptions) -> int:
+    """Sequences a batching context holds: ``num_parallel``, and one more that only short requests
+    (``GenerationRequest.short``) take when the others are busy (as the core's ``SlotPool`` leases them).
+    Its cells come out of the same unified cache, so it costs no memory of its own."""
+    return max(1, int(options.num_parallel)) + 1
 
 
 def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
@@ -20,13 +27,13 @@ def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) 
     estimate use the very same), returning at most ``outputs_per_seq`` rows of logits per sequence
     and step."""
     lib = native.lib
-    n_par = max(1, int(options.num_parallel))
+    n_par = sequences(options)
     cp = lib.llama_context_default_params()
     # One unified KV buffer: seq_cp then shares cells instead of copying them, which is what
     # makes a common system prompt cost one evaluation for all concurrent users.
     cp.kv_unified = True
     cp.n_seq_max = n_par
-    cp.n_ctx = max(256, int(options.num_ctx) * n_par)
+    cp.n_ctx = max(256, int(options.num_ctx) * max(1, int(options.num_parallel)))
     cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
     # One row of logits per sequence per step (a vocabulary can be 262k wide), plus one per draft token
     # while speculating.

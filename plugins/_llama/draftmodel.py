@@ -11,7 +11,7 @@ import numpy as np
 from corral.errors import BackendError
 from corral.types import LoadOptions
 
-from .context import new_context
+from .context import new_context, sequences
 from .slots import common_prefix
 
 __all__ = ["DEFAULT_DRAFT_TOKENS", "DraftModel"]
@@ -46,7 +46,7 @@ class DraftModel:
         self._ctx = new_context(native, model, opts)
         self._mem = lib.llama_get_memory(self._ctx)
         self.n_batch = int(lib.llama_n_batch(self._ctx))
-        self.n_seq = max(1, int(options.num_parallel))
+        self.n_seq = sequences(options)
         self._cached: list[list[int]] = [[] for _ in range(self.n_seq)]
         self._batch = ffi.new("llama_batch *", lib.llama_batch_init(self.n_batch, 0, 1))
         self._tok = ffi.new("llama_token[]", self.n_batch)

@@ -4,6 +4,7 @@ each, from every request waiting."""
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from corral.errors import (
 )
 from corral.types import CancelToken, EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
+from corral_plugins._llama.turns import ComputeTurns
 
 __all__ = ["MAX_SEQS", "Embedder", "embed_params"]
 
@@ -67,8 +69,12 @@ class Embedder:
     Q4_K, 64 inputs a decode: cosine >= 0.999 to the input decoded alone; ``tests/plugins``).
     """
 
-    def __init__(self, model: LlamaModel, options: LoadOptions, n_threads: int = 0) -> None:
+    def __init__(self, model: LlamaModel, options: LoadOptions, n_threads: int = 0,
+                 turns: ComputeTurns | None = None) -> None:
         self.model = model
+        # the model's batching loop, when it has one: decodes take turns with its steps and pack at
+        # most what a step with a prompt chunk evaluates (one longer input is a decode of its own)
+        self._turns = turns
         self.ffi, self.lib = ffi, lib = model.ffi, model.lib
         cp = embed_params(lib, options, model.info.n_ctx_train, model.info.pooling, n_threads)
         ctx = lib.llama_init_from_model(model.ptr, cp)
@@ -141,9 +147,10 @@ class Embedder:
                     continue
                 n_tok, end = 0, k
                 most = 1 if todo[k][0].alone else self.n_seq
+                limit = self.n_batch if self._turns is None else min(self.n_batch, self._turns.budget())
                 while end < len(todo) and end - k < most:
                     w, i = todo[end]
-                    if n_tok + len(w.inputs[i]) > self.n_batch or (w.alone and end > k):
+                    if end > k and (n_tok + len(w.inputs[i]) > limit or w.alone):
                         break
                     n_tok += len(w.inputs[i])
                     end += 1
@@ -180,8 +187,9 @@ class Embedder:
         mem = lib.llama_get_memory(self.ctx)
         if mem != ffi.NULL:
             lib.llama_memory_clear(mem, True)
-        rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
-            else lib.llama_decode(self.ctx, self._batch[0])
+        with self._turns.embedding() if self._turns is not None else nullcontext():
+            rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
+                else lib.llama_decode(self.ctx, self._batch[0])
         if rc != 0:
             raise BackendError(f"llama.cpp failed to evaluate the embedding input (code {rc})")
         out = []

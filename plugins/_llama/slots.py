@@ -127,7 +127,7 @@ class Slot:
     """
 
     __slots__ = ("id", "cached", "reuse_limit", "job", "state", "last_token", "last_used", "shares", "warm",
-                 "draft", "draft_by_model", "debt")
+                 "draft", "draft_by_model", "debt", "rest")
 
     def __init__(self, seq_id: int) -> None:
         self.id = seq_id
@@ -144,6 +144,7 @@ class Slot:
         self.draft: list[int] = []  # tokens guessed to follow last_token, in this step's batch
         self.draft_by_model = False  # the draft came from the draft model, not from prompt lookup
         self.debt = 0.0  # seconds of steps to sit out: what its constraint's sampling cost the others
+        self.rest = 0  # steps sat out in a row while short requests were served (stepplan.BULK_EVERY)
 
     @property
     def reusable(self) -> list[int]:

@@ -11,12 +11,17 @@ from typing import Any
 from corral.errors import CorralError
 
 from .mediasteps import media_floor, media_piece, span_at
-from .slots import Job, Slot, StepClock, common_prefix
+from .slots import MIN_CHUNK, Job, Slot, StepClock, common_prefix
 
-__all__ = ["MIN_SHARE", "Piece", "StepPlanner"]
+__all__ = ["BULK_EVERY", "MIN_SHARE", "Piece", "StepPlanner"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 MIN_SHARE = 16
+# While a short request (GenerationRequest.short) is served, each other sequence decodes in one step out of
+# BULK_EVERY (in turns, the longest-waiting first) and prompt chunks of other requests take at most
+# MIN_CHUNK tokens a step: on a CPU a step costs about its rows, so the short answer's steps stay light,
+# and bulk work still advances every BULK_EVERY steps, so nothing starves.
+BULK_EVERY = 2
 # One entry of a step's plan: (slot, first prompt index or -1/-2, count).
 Piece = tuple[Slot, int, int]
 
@@ -28,6 +33,7 @@ class StepPlanner:
 
     n_batch: int
     n_ctx_seq: int
+    _n_par: int
     can_shift: bool
     _bos: int | None
     _lib: Any
@@ -48,19 +54,17 @@ class StepPlanner:
     _owing: list[Slot]
 
     def _admit(self) -> None:
-        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot."""
+        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; past
+        ``num_parallel`` busy sequences only a short request is admitted (to the spare sequence)."""
         while True:
             with self._cond:
-                if not self._waiting:
+                free = [s for s in self._slots if s.job is None]
+                room = len(self._slots) - len(free) < self._n_par
+                job = next((j for j in self._waiting
+                            if j.cancel.cancelled or (free and (room or j.request.short))), None)
+                if job is None:
                     return
-                job = self._waiting[0]
-                if job.cancel.cancelled:
-                    self._waiting.popleft()
-                else:
-                    free = [s for s in self._slots if s.job is None]
-                    if not free:
-                        return
-                    self._waiting.popleft()
+                self._waiting.remove(job)
             if job.cancel.cancelled:
                 job.t_admit = job.t_first = job.t_last = time.perf_counter_ns()
                 self._emit_final(job, "stop")
@@ -74,7 +78,7 @@ class StepPlanner:
             self._truncate(best, keep)
             job.cached_tokens = keep
             job.t_admit = time.perf_counter_ns()
-            best.job, best.state, best.warm, best.debt = job, "prefill", [], 0.0
+            best.job, best.state, best.warm, best.debt, best.rest = job, "prefill", [], 0.0, 0
             best.touch()
             if job.limit == 0:
                 job.t_first = job.t_last = job.t_admit
@@ -97,6 +101,9 @@ class StepPlanner:
             self._owing = []
         if self._owing:
             gen = [s for s in gen if s.debt <= 0]
+        short = any(s.job.request.short for s in active)  # type: ignore[union-attr]
+        if short:
+            gen = self._bulk_turns(gen)
         if self._draft_ok:
             self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
         self._draft_ok = True
@@ -105,7 +112,9 @@ class StepPlanner:
         n_gen = sum(n for _, _, n in plan)
         room = min(self.n_batch - n_gen, self._prompt_cap)
         budget = min(room, self._clock.mixed_budget()) if n_gen else room
-        prefilling = sorted((s for s in active if s.state == "prefill"), key=lambda s: s.job.order)  # type: ignore[union-attr]
+        # short requests' prompts first; the others' chunks stay small while short work is served
+        prefilling = sorted((s for s in active if s.state == "prefill"),
+                            key=lambda s: (not s.job.request.short, s.job.order))  # type: ignore[union-attr]
         for s in prefilling:
             if budget <= 0:
                 break
@@ -114,6 +123,8 @@ class StepPlanner:
             job = s.job
             assert job is not None
             start = len(s.cached)
+            if short and not job.request.short:
+                budget = min(budget, MIN_CHUNK)
             n = min(len(job.prompt) - start, budget)
             if job.spans:
                 try:
@@ -125,12 +136,25 @@ class StepPlanner:
                     continue  # its next image is still on the encoder thread: the others go on meanwhile
             (media if job.spans and span_at(job.spans, start) else plan).append((s, start, n))
             budget -= n
-        for s in warming:
+        for s in [] if short else warming:  # idle-time work waits while short work is served
             n = min(len(s.warm), budget)
             if n > 0:
                 plan.append((s, -2, n))
                 budget -= n
         return plan, media
+
+    def _bulk_turns(self, gen: list[Slot]) -> list[Slot]:
+        """``gen`` less the other sequences sitting this step out while short work is served: of those,
+        one in ``BULK_EVERY`` decodes, the longest-waiting first (``Slot.rest``: steps sat out)."""
+        bulk = sorted((s for s in gen if not s.job.request.short),  # type: ignore[union-attr]
+                      key=lambda s: (-s.rest, s.id))
+        turn = -(-len(bulk) // BULK_EVERY)
+        for s in bulk[turn:]:
+            s.rest += 1
+        for s in bulk[:turn]:
+            s.rest = 0
+        resting = set(bulk[turn:])
+        return [s for s in gen if s not in resting]
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""

@@ -172,3 +172,61 @@ def test_shutdown_drains_in_flight_requests(make_config, engine_store):
             await collect(engine, GenerateJob(model="alpha", prompt="late"))
 
     asyncio.run(main())
+
+
+def test_a_short_request_takes_the_spare_slot_while_long_ones_wait(make_config, engine_store):
+    """num_parallel=1 and its slot streaming a long answer: a short request (num_predict <=
+    SHORT_REPLY_TOKENS) is served at once on the model's spare slot; a long one waits for the slot."""
+    rules = [{"match": "slow", "reply": "x" * 200, "delay": 0.05}]  # 10 s if run to the end
+
+    async def main():
+        engine = engine_for(make_config(rules, num_parallel=1), engine_store)
+        stream = engine.generate(GenerateJob(model="alpha", prompt="slow"))
+        await stream.__anext__()  # loaded and streaming: the only regular slot is taken
+        waiting = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="quick")))
+        short = await asyncio.wait_for(
+            collect(engine, GenerateJob(model="alpha", prompt="quick", options={"num_predict": 8})), 5)
+        assert short[-1].done
+        assert not waiting.done() and engine.scheduler.pending == 1
+        await stream.aclose()  # the slot frees: the long request runs
+        assert (await asyncio.wait_for(waiting, 5))[-1].done
+        await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_slot_pool_order_spare_and_cancellation():
+    """Waiters are served in arrival order; a short one passes a long one only to take the spare; a
+    wait cancelled after its slot was handed over gives the slot back."""
+    from corral.slotpool import SlotPool
+
+    async def main():
+        pool = SlotPool(1)
+        assert await pool.acquire() is False  # the regular slot
+        assert await pool.acquire(short=True) is True  # the spare
+        first = asyncio.create_task(pool.acquire())
+        short = asyncio.create_task(pool.acquire(short=True))
+        await asyncio.sleep(0)
+        pool.release(True)  # the spare frees: the short waiter takes it, the long one cannot
+        assert await short is True and not first.done()
+        pool.release(False)
+        assert await first is False
+        # a waiter cancelled once the slot is already its own hands it back
+        late = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0)
+        pool.release(False)
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        assert pool.free == 1
+        assert await pool.acquire() is False
+        gone = asyncio.create_task(pool.acquire(short=True))  # every slot busy: it waits
+        await asyncio.sleep(0)
+        assert not gone.done()
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        pool.release(True)
+        assert (pool.free, pool.spare) == (0, 1)
+
+    asyncio.run(main())

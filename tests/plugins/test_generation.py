@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -531,3 +532,117 @@ def test_a_costly_grammar_sits_out_steps_instead_of_slowing_its_neighbours(parts
     assert len(tokens_of(plain)) == 40
     beside = sum(1 for t in heavy if t0 <= t <= t1)
     assert beside <= 3, (beside, t1 - t0)
+
+
+def test_a_short_request_is_not_held_up_by_bulk_generations(parts):
+    """Two long generations fill num_parallel=2: a third long request waits for a slot, but a short one
+    (num_predict <= SHORT_REPLY_TOKENS) is admitted at once to the spare sequence and gets its answer
+    while the long ones sit out every other step (stepplan.BULK_EVERY); once a slot frees, the waiting
+    long request runs."""
+    from corral_plugins._llama.batcher import Batcher
+    from corral_plugins._llama.stepplan import BULK_EVERY
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=512, num_parallel=2, speculative=False))
+    cancels = [CancelToken(), CancelToken()]
+    got: list[list[int]] = [[], [], []]  # each long request's tokens, in order
+
+    def long_one(i: int, cancel: CancelToken) -> None:
+        req = GenerationRequest(prompt=tok(parts, f"Count from {i} to 5000, separated by commas."),
+                                num_predict=400, sampling=GREEDY)
+        for e in b.submit(req, cancel):
+            if e.token >= 0:
+                got[i].append(e.token)
+
+    threads = [threading.Thread(target=long_one, args=(i, cancels[i])) for i in (0, 1)]
+    third_cancel = CancelToken()
+    try:
+        for t in threads:
+            t.start()
+        while not (got[0] and got[1]):  # both generating: the two regular sequences are busy
+            time.sleep(0.01)
+        third = threading.Thread(target=long_one, args=(2, third_cancel))
+        third.start()
+        before = [len(got[0]), len(got[1])]
+        short = run(b, tok(parts, "Say hello."), num_predict=8)
+        during = [len(got[0]) - before[0], len(got[1]) - before[1]]
+        assert short[-1].finish_reason in ("stop", "length") and tokens_of(short)
+        assert not got[2]  # the third long request still waits for a regular sequence
+        assert all(t.is_alive() for t in threads)  # the long ones are still generating
+        # the short request's prompt step and its (at most 8) decode steps: each long one decoded in
+        # about one of every BULK_EVERY of them (in lockstep it would have decoded in every one)
+        steps = 1 + len(tokens_of(short))
+        assert BULK_EVERY >= 2 and max(during) <= steps // 2 + 2, (during, steps)
+        cancels[0].cancel()  # a regular sequence frees: the waiting long request is admitted
+        threads[0].join()
+        while not got[2]:
+            time.sleep(0.01)
+    finally:
+        for c in (*cancels, third_cancel):
+            c.cancel()
+        for t in threads:
+            t.join()
+        b.close()
+
+
+def test_embedding_decodes_take_turns_with_steps_after_short_requests(parts, monkeypatch):
+    """An embedding decode of the same model never runs during a step of the loop (two thread pools on
+    the same cores), waits while a short request is served, and is not held back by bulk work: it runs
+    between two steps of a long generation, which goes on after it."""
+    from corral_plugins._llama import turns as turns_module
+    from corral_plugins._llama.batcher import Batcher
+    from corral_plugins._llama.embed import Embedder
+
+    monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)  # the order, not the deadline, is tested
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=512, num_parallel=2, speculative=False))
+    emb = Embedder(model, LoadOptions(num_ctx=256), turns=b.turns)
+    granted: list[bool] = []  # per embedding decode: whether a short request was being served
+    embedding = b.turns.embedding
+
+    @contextlib.contextmanager
+    def watched():  # type: ignore[no-untyped-def]
+        with embedding():
+            granted.append(any(s.job is not None and s.job.request.short for s in b._slots))
+            yield
+
+    monkeypatch.setattr(b.turns, "embedding", watched)
+    inputs = [tok(parts, t) for t in ("rivers", "bread", "the moon", "owls")]
+    try:
+        # beside a short request: the decode waits until the short request is served
+        events = b.submit(GenerationRequest(prompt=tok(parts, "Name three rivers."), num_predict=16,
+                                            sampling=GREEDY), CancelToken())
+        first = next(events)
+        assert first.token >= 0
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(emb.embed(inputs, normalize=True)))
+        worker.start()
+        rest = list(events)
+        worker.join()
+        assert rest[-1].finish_reason is not None and len(done[0].embeddings) == 4  # type: ignore[attr-defined]
+        assert granted == [False]
+        # beside a long generation: the decode runs between its steps, the generation goes on
+        cancel = CancelToken()
+        got: list[int] = []
+
+        def long_one() -> None:
+            req = GenerationRequest(prompt=tok(parts, "Count from 1 to 5000, separated by commas."),
+                                    num_predict=400, sampling=GREEDY)
+            for e in b.submit(req, cancel):
+                if e.token >= 0:
+                    got.append(e.token)
+
+        gen = threading.Thread(target=long_one)
+        gen.start()
+        while len(got) < 3:
+            time.sleep(0.01)
+        assert len(emb.embed(inputs, normalize=True).embeddings) == 4
+        at = len(got)
+        while len(got) < at + 3:  # still generating after the embedding
+            time.sleep(0.01)
+        assert gen.is_alive() and len(granted) == 2
+        cancel.cancel()
+        gen.join()
+    finally:
+        emb.close()
+        b.close()
