@@ -75,8 +75,8 @@ HOSTILE: list[tuple[str, str, Any]] = [
 @dataclass
 class Stats:
     canary: list[tuple[float, float]] = field(default_factory=list)  # (time, latency)
-    # where each canary's time went: (time, before admission, prompt eval, generation), seconds
-    phases: list[tuple[float, float, float, float]] = field(default_factory=list)
+    # where each canary's time went: (time, slot wait, render+admit, prompt eval, generation), seconds
+    phases: list[tuple[float, float, float, float, float]] = field(default_factory=list)
     requests: int = 0
     errors_5xx: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # transport errors (not our own cancellations)
@@ -193,22 +193,24 @@ async def canary_once(http: httpx.AsyncClient, stats: Stats | None,
     return took if r.status_code == 200 else None
 
 
-def _phases(body: dict[str, Any], took: float) -> tuple[float, float, float]:
-    """The canary's time before its prompt's evaluation began (HTTP, template render, tokenizing,
-    waiting for a slot), its prompt evaluation (admission to first token) and its generation."""
+def _phases(body: dict[str, Any], took: float) -> tuple[float, float, float, float]:
+    """The canary's wait for one of the model's slots (Ollama's load_duration: request start until a slot
+    was its own), the rest of its time before its prompt's evaluation began (HTTP, template render,
+    tokenizing, the loop's admission), its prompt evaluation (admission to first token), its generation."""
+    slot = body.get("load_duration", 0) / 1e9
     prompt = body.get("prompt_eval_duration", 0) / 1e9
     gen = body.get("eval_duration", 0) / 1e9
-    return max(0.0, took - prompt - gen), prompt, gen
+    return slot, max(0.0, took - slot - prompt - gen), prompt, gen
 
 
-def _phase_line(rows: list[tuple[float, float, float, float]]) -> str:
+def _phase_line(rows: list[tuple[float, ...]]) -> str:
     if not rows:
         return "no samples"
     parts = []
-    for name, k in (("before admission", 1), ("prompt eval", 2), ("generation", 3)):
+    for k, name in enumerate(("slot wait", "render+admit", "prompt eval", "generation"), start=1):
         vals = [r[k] for r in rows]
-        parts.append(f"{name} p50 {_pct(vals, 50) * 1000:.0f} / p99 {_pct(vals, 99) * 1000:.0f} ms")
-    return ", ".join(parts)
+        parts.append(f"{name} {_pct(vals, 50) * 1000:.0f}/{_pct(vals, 99) * 1000:.0f}")
+    return "p50/p99 ms: " + ", ".join(parts)
 
 
 def _pct(values: list[float], p: float) -> float:

@@ -17,10 +17,10 @@ __all__ = ["BULK_EVERY", "MIN_SHARE", "Piece", "StepPlanner"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 MIN_SHARE = 16
-# While a short request (GenerationRequest.short) is served, each other sequence decodes in one step out of
-# BULK_EVERY (in turns, the longest-waiting first) and prompt chunks of other requests take at most
-# MIN_CHUNK tokens a step: on a CPU a step costs about its rows, so the short answer's steps stay light,
-# and bulk work still advances every BULK_EVERY steps, so nothing starves.
+# While a short request (GenerationRequest.short) generates its answer, each other sequence decodes in one
+# step out of BULK_EVERY (in turns, the longest-waiting first) and prompt chunks of other requests take at
+# most MIN_CHUNK tokens a step: on a CPU a step costs about its rows, so the short answer's steps stay
+# light, and bulk work still advances every BULK_EVERY steps, so nothing starves.
 BULK_EVERY = 2
 # One entry of a step's plan: (slot, first prompt index or -1/-2, count).
 Piece = tuple[Slot, int, int]
@@ -101,7 +101,9 @@ class StepPlanner:
             self._owing = []
         if self._owing:
             gen = [s for s in gen if s.debt <= 0]
-        short = any(s.job.request.short for s in active)  # type: ignore[union-attr]
+        # a short request's own prompt is not favoured over streams already decoding (a long prompt with
+        # a short answer must not stall them): only its answer's steps are kept light
+        short = any(s.state == "gen" and s.job.request.short for s in active)  # type: ignore[union-attr]
         if short:
             gen = self._bulk_turns(gen)
         if self._draft_ok:
