@@ -21,7 +21,8 @@ class SlotPool:
 
     async def acquire(self, short: bool = False) -> bool:
         """Wait for a slot; True when the spare was taken (give it back with ``release(True)``)."""
-        if not self._waiters:
+        # nobody waits, or only for slots this request would not take from them (the spare)
+        if not self._waiters or (short and not self.free):
             got = self._take(short)
             if got is not None:
                 return got

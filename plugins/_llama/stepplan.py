@@ -101,13 +101,13 @@ class StepPlanner:
             self._owing = []
         if self._owing:
             gen = [s for s in gen if s.debt <= 0]
-        # a short request's own prompt is not favoured over streams already decoding (a long prompt with
-        # a short answer must not stall them): only its answer's steps are kept light
-        short = any(s.state == "gen" and s.job.request.short for s in active)  # type: ignore[union-attr]
+        short = any(self._serving_short(s) for s in active)
         if short:
             gen = self._bulk_turns(gen)
         if self._draft_ok:
-            self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
+            # each sequence's guessed continuation, verified with its decode token: while a short answer
+            # is generated, only short requests draft (a draft's rows weigh on every sequence's step)
+            self._drafts([s for s in gen if s.job.request.short] if short else gen)  # type: ignore[union-attr]
         self._draft_ok = True
         for s in gen:
             plan.append((s, -1, 1 + len(s.draft)))
@@ -144,6 +144,16 @@ class StepPlanner:
                 plan.append((s, -2, n))
                 budget -= n
         return plan, media
+
+    @staticmethod
+    def _serving_short(s: Slot) -> bool:
+        """Whether ``s`` is a short request whose steps are kept light: generating its answer, or with
+        at most MIN_CHUNK prompt tokens left to evaluate. A long prompt with a short answer is not
+        favoured over the streams already decoding (they must not stall while it is evaluated)."""
+        job = s.job
+        if job is None or not job.request.short:
+            return False
+        return s.state == "gen" or len(job.prompt) - len(s.cached) <= MIN_CHUNK
 
     def _bulk_turns(self, gen: list[Slot]) -> list[Slot]:
         """``gen`` less the other sequences sitting this step out while short work is served: of those,

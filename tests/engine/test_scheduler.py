@@ -184,6 +184,8 @@ def test_a_short_request_takes_the_spare_slot_while_long_ones_wait(make_config, 
         stream = engine.generate(GenerateJob(model="alpha", prompt="slow"))
         await stream.__anext__()  # loaded and streaming: the only regular slot is taken
         waiting = asyncio.create_task(collect(engine, GenerateJob(model="alpha", prompt="quick")))
+        while engine.scheduler.pending < 1:  # the long request waits for the slot
+            await asyncio.sleep(0.01)
         short = await asyncio.wait_for(
             collect(engine, GenerateJob(model="alpha", prompt="quick", options={"num_predict": 8})), 5)
         assert short[-1].done
