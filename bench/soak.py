@@ -232,6 +232,10 @@ async def run(args: argparse.Namespace) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "corral.cli", "serve"], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    print(f"soak: {MODEL}, {args.minutes:g} min of load after the idle canary, {args.threads} threads, "
+          f"{args.slots} slots, backend {args.backend}, canary every {args.canary_every:g} s, hostile every "
+          f"{args.hostile_every:g} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start",
+          flush=True)
     try:
         _wait_ready(url, "/api/version", proc)
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
@@ -304,6 +308,8 @@ async def run(args: argparse.Namespace) -> int:
           f"{idle_p99 * 1000:.0f} ms, ratio {run_p99 / idle_p99:.2f} (bar <= 2.00): "
           f"{'PASS' if ok_lat else 'FAIL'}")
     print(f"canary time by phase over the run: {_phase_line(stats.phases)}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f} (the idle canary and the load share the same "
+          "cores with anything else running)")
     print(f"RSS (server + runners) after {args.warmup} min warm-up: {growth:+.1f} % (bar <= 5 %): "
           f"{'PASS' if ok_rss else 'FAIL'}")
     print(f"requests {stats.requests}, 5xx {len(stats.errors_5xx)}, "
