@@ -13,15 +13,17 @@ from corral.errors import CorralError
 from .mediasteps import media_floor, media_piece, span_at
 from .slots import MIN_CHUNK, Job, Slot, StepClock, common_prefix
 
-__all__ = ["BULK_EVERY", "MIN_SHARE", "Piece", "StepPlanner"]
+__all__ = ["BULK_EVERY", "BULK_PROMPT", "MIN_SHARE", "Piece", "StepPlanner"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 MIN_SHARE = 16
-# While a short request (GenerationRequest.short) generates its answer, each other sequence decodes in one
-# step out of BULK_EVERY (in turns, the longest-waiting first) and prompt chunks of other requests take at
-# most MIN_CHUNK tokens a step: on a CPU a step costs about its rows, so the short answer's steps stay
-# light, and bulk work still advances every BULK_EVERY steps, so nothing starves.
-BULK_EVERY = 2
+# While a short request (GenerationRequest.short) is served, a step carries one in BULK_EVERY of the other
+# sequences' decodes (at least one; in turns, the longest-waiting first) and at most BULK_PROMPT tokens of
+# other prompts: on a CPU every row of a step costs a few milliseconds (a 262k-wide output row for a decode),
+# so the short answer's steps stay light, and every sequence still decodes at least once in BULK_EVERY
+# steps and every prompt advances each step, so nothing starves.
+BULK_EVERY = 4
+BULK_PROMPT = 8
 # One entry of a step's plan: (slot, first prompt index or -1/-2, count).
 Piece = tuple[Slot, int, int]
 
@@ -126,7 +128,7 @@ class StepPlanner:
             assert job is not None
             start = len(s.cached)
             if short and not job.request.short:
-                budget = min(budget, MIN_CHUNK)
+                budget = min(budget, BULK_PROMPT)
             n = min(len(job.prompt) - start, budget)
             if job.spans:
                 try:

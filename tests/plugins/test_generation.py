@@ -537,7 +537,7 @@ def test_a_costly_grammar_sits_out_steps_instead_of_slowing_its_neighbours(parts
 def test_a_short_request_is_not_held_up_by_bulk_generations(parts):
     """Two long generations fill num_parallel=2: a third long request waits for a slot, but a short one
     (num_predict <= SHORT_REPLY_TOKENS) is admitted at once to the spare sequence and gets its answer
-    while the long ones sit out every other step (stepplan.BULK_EVERY); once a slot frees, the waiting
+    while the long ones take turns at its steps (stepplan.BULK_EVERY); once a slot frees, the waiting
     long request runs."""
     from corral_plugins._llama.batcher import Batcher
     from corral_plugins._llama.stepplan import BULK_EVERY
@@ -570,7 +570,8 @@ def test_a_short_request_is_not_held_up_by_bulk_generations(parts):
         assert not got[2]  # the third long request still waits for a regular sequence
         assert all(t.is_alive() for t in threads)  # the long ones are still generating
         # the short request's prompt step and its (at most 8) decode steps: each long one decoded in
-        # about one of every BULK_EVERY of them (in lockstep it would have decoded in every one)
+        # at most about one of every two of them (one in BULK_EVERY, at least one long one a step; in
+        # lockstep each would have decoded in every one)
         steps = 1 + len(tokens_of(short))
         assert BULK_EVERY >= 2 and max(during) <= steps // 2 + 2, (during, steps)
         cancels[0].cancel()  # a regular sequence frees: the waiting long request is admitted
