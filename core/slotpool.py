@@ -11,8 +11,9 @@ __all__ = ["SlotPool"]
 
 class SlotPool:
     """``n`` slots for any request plus one spare for short ones (``GenerationRequest.short``: the
-    backend keeps a sequence for it beyond ``num_parallel``). Waiters are served in arrival order; a
-    short waiter may pass a longer one only to take the spare, which the longer one could not use."""
+    backend keeps a sequence for it beyond ``num_parallel``). A short request takes the spare first, so
+    long ones never wait behind it. Waiters are served in arrival order; a short waiter may pass a longer
+    one only to take the spare, which the longer one could not use."""
 
     def __init__(self, n: int) -> None:
         self.free = max(1, n)
@@ -21,8 +22,8 @@ class SlotPool:
 
     async def acquire(self, short: bool = False) -> bool:
         """Wait for a slot; True when the spare was taken (give it back with ``release(True)``)."""
-        # nobody waits, or only for slots this request would not take from them (the spare)
-        if not self._waiters or (short and not self.free):
+        # nobody waits, or only for slots this request does not take from them (a short one takes the spare)
+        if not self._waiters or (short and self.spare):
             got = self._take(short)
             if got is not None:
                 return got
@@ -55,10 +56,11 @@ class SlotPool:
                 fut.set_result(got)
 
     def _take(self, short: bool) -> bool | None:
-        if self.free:
-            self.free -= 1
-            return False
+        """The spare for a short request while it is free (so long ones keep the others), else a slot."""
         if short and self.spare:
             self.spare -= 1
             return True
+        if self.free:
+            self.free -= 1
+            return False
         return None

@@ -56,12 +56,12 @@ class StepPlanner:
     _owing: list[Slot]
 
     def _admit(self) -> None:
-        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; past
-        ``num_parallel`` busy sequences only a short request is admitted (to the spare sequence)."""
+        """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; at most
+        ``num_parallel`` of them are not short (the one sequence more is for short requests)."""
         while True:
             with self._cond:
                 free = [s for s in self._slots if s.job is None]
-                room = len(self._slots) - len(free) < self._n_par
+                room = sum(s.job is not None and not s.job.request.short for s in self._slots) < self._n_par
                 job = next((j for j in self._waiting
                             if j.cancel.cancelled or (free and (room or j.request.short))), None)
                 if job is None:
