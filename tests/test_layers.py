@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("corral.cli",)),
     ("server", ("corral.server",)),
     ("engine", ("corral.engine",)),
-    ("scheduler", ("corral.scheduler",)),
+    ("scheduler", ("corral.scheduler", "corral.slotpool")),
     ("runner", ("corral.runner",)),
     ("selection", ("corral.selection",)),
     ("store/plugins", ("corral.store", "corral.plugins", "corral.defaults")),

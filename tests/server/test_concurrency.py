@@ -107,8 +107,9 @@ def test_full_queue_answers_503(make_harness: Callable[..., Harness]) -> None:
                 # Keep the line iterator referenced: dropping it would close the response early.
                 holder = r.aiter_lines()
                 assert json.loads(await holder.__anext__())["done"] is False  # it owns the only slot now
+                # not a short request (num_predict <= 32 would take the model's spare slot at once)
                 waiter = asyncio.create_task(c.post("/api/generate", json={
-                    "model": "tiny", "prompt": "waiter", "stream": False, "options": {"num_predict": 2}}))
+                    "model": "tiny", "prompt": "waiter", "stream": False, "options": {"num_predict": 40}}))
                 for _ in range(200):
                     if h.engine.scheduler.pending == 1:
                         break
