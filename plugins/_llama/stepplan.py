@@ -17,12 +17,12 @@ __all__ = ["BULK_EVERY", "BULK_PROMPT", "MIN_SHARE", "Piece", "StepPlanner"]
 
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 MIN_SHARE = 16
-# While a short request (GenerationRequest.short) is served, a step carries one in BULK_EVERY of the other
-# sequences' decodes (at least one; in turns, the longest-waiting first) and at most BULK_PROMPT tokens of
-# other prompts: on a CPU every row of a step costs a few milliseconds (a 262k-wide output row for a decode),
-# so the short answer's steps stay light, and every sequence still decodes at least once in BULK_EVERY
-# steps and every prompt advances each step, so nothing starves.
-BULK_EVERY = 4
+# While a short request (GenerationRequest.short) is served, every other sequence decodes in one step out
+# of BULK_EVERY and other prompts advance by at most BULK_PROMPT tokens a step: on a CPU an extra row costs
+# nearly as much as a whole step (2 cores, Gemma 3 270M: ~0.9 of a one-row step, draftcost.RowCosts), so
+# the short answer's steps stay light; a short answer is at most SHORT_REPLY_TOKENS steps, and even then
+# every sequence still decodes once in BULK_EVERY steps and every prompt advances, so nothing starves.
+BULK_EVERY = 8
 BULK_PROMPT = 8
 # One entry of a step's plan: (slot, first prompt index or -1/-2, count).
 Piece = tuple[Slot, int, int]
@@ -107,9 +107,7 @@ class StepPlanner:
         if short:
             gen = self._bulk_turns(gen)
         if self._draft_ok:
-            # each sequence's guessed continuation, verified with its decode token: while a short answer
-            # is generated, only short requests draft (a draft's rows weigh on every sequence's step)
-            self._drafts([s for s in gen if s.job.request.short] if short else gen)  # type: ignore[union-attr]
+            self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
         self._draft_ok = True
         for s in gen:
             plan.append((s, -1, 1 + len(s.draft)))
@@ -158,17 +156,16 @@ class StepPlanner:
         return s.state == "gen" or len(job.prompt) - len(s.cached) <= MIN_CHUNK
 
     def _bulk_turns(self, gen: list[Slot]) -> list[Slot]:
-        """``gen`` less the other sequences sitting this step out while short work is served: of those,
-        one in ``BULK_EVERY`` decodes, the longest-waiting first (``Slot.rest``: steps sat out)."""
-        bulk = sorted((s for s in gen if not s.job.request.short),  # type: ignore[union-attr]
-                      key=lambda s: (-s.rest, s.id))
-        turn = -(-len(bulk) // BULK_EVERY)
-        for s in bulk[turn:]:
-            s.rest += 1
-        for s in bulk[:turn]:
-            s.rest = 0
-        resting = set(bulk[turn:])
-        return [s for s in gen if s not in resting]
+        """``gen`` less the other sequences sitting this step out while short work is served: each
+        decodes once every ``BULK_EVERY`` steps (``Slot.rest``: steps sat out in a row)."""
+        kept = []
+        for s in gen:
+            if s.job.request.short or s.rest >= BULK_EVERY - 1:  # type: ignore[union-attr]
+                s.rest = 0
+                kept.append(s)
+            else:
+                s.rest += 1
+        return kept
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
