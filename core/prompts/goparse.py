@@ -1,14 +1,13 @@
-"""Lexer and parser for the Go text/template subset that Ollama's Modelfile TEMPLATEs use."""
+"""Parser for the Go text/template subset that Ollama's Modelfile TEMPLATEs use: the AST and the
+parser over golex's actions."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import TemplateError
-
-Token = tuple[str, Any, int]  # (kind, value, line) from the action lexer
+from corral.prompts.golex import Item, Token, split_actions
 
 MAX_TEMPLATE_CHARS = 1 << 20  # a Modelfile TEMPLATE is a few KiB; 1 MiB bounds parse time
 MAX_NESTING = 100  # nested if/range/with/define and parentheses; real templates nest under 10
@@ -97,197 +96,12 @@ class Include:
     line: int
 
 
-# ---- lexer ----------------------------------------------------------------------------------------
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+)
-  | (?P<decl>:=)
-  | (?P<assign>=)
-  | (?P<pipe>\|)
-  | (?P<lparen>\()
-  | (?P<rparen>\))
-  | (?P<comma>,)
-  | (?P<str>"(?:[^"\\\n]|\\.)*")
-  | (?P<raw>`[^`]*`)
-  | (?P<char>'(?:[^'\\\n]|\\.[^']*)')
-  | (?P<num>[+-]?(?:0[xX][0-9a-fA-F_]+|(?:\d[\d_]*)?\.?\d[\d_]*(?:[eE][+-]?\d+)?))
-  | (?P<var>\$[A-Za-z0-9_]*)
-  | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
-  | (?P<dot>\.)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-    """,
-    re.VERBOSE,
-)
-_GO_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "a": "\a", "b": "\b",
-               "f": "\f", "v": "\v", "0": "\0"}
-
-
-def _unquote(s: str, line: int) -> str:
-    out: list[str] = []
-    i = 0
-    body = s[1:-1]
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        e = body[i + 1]
-        if e in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[e]
-            hexpart = body[i + 2 : i + 2 + width]
-            if len(hexpart) != width or not re.fullmatch(r"[0-9a-fA-F]+", hexpart):
-                raise TemplateError(f"template: :{line}: invalid syntax in string {s}")
-            out.append(chr(int(hexpart, 16)))
-            i += 2 + width
-        elif e in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[e])
-            i += 2
-        else:
-            raise TemplateError(f"template: :{line}: invalid syntax in string {s}")
-    return "".join(out)
-
-
-def _lex_action(src: str, line: int) -> list[Token]:
-    """Tokens of one action's inside; a token keeps the line it starts on."""
-    toks: list[Token] = []
-    pos = 0
-    prev = ""  # kind of the token just before, "ws" after whitespace
-    while pos < len(src):
-        m = _TOKEN.match(src, pos)
-        if m is None:
-            raise TemplateError(f"template: :{line}: unexpected {src[pos]!r} in command")
-        kind = m.lastgroup or ""
-        text = m.group()
-        if kind == "field" and prev in ("var", "rparen"):
-            # Go: a field glued to a variable or `)` chains on that operand (`$m.Role`); after a
-            # space it is a separate argument on dot (`and $x .Content`)
-            kind = "chain"
-        prev = kind
-        if kind == "ws":
-            line += text.count("\n")
-        elif kind == "str":
-            toks.append(("lit", _unquote(text, line), line))
-        elif kind == "raw":
-            toks.append(("lit", text[1:-1], line))
-            line += text.count("\n")
-        elif kind == "char":
-            toks.append(("lit", ord(_unquote('"' + text[1:-1] + '"', line)), line))
-        elif kind == "num":
-            toks.append(("lit", _parse_number(text, line), line))
-        elif kind == "ident" and text in ("true", "false"):
-            toks.append(("lit", text == "true", line))
-        elif kind == "ident" and text == "nil":
-            toks.append(("nil", None, line))
-        else:
-            toks.append((kind, text, line))
-        pos = m.end()
-    return toks
-
-
-def _parse_number(text: str, line: int) -> int | float:
-    t = text.replace("_", "")
-    try:
-        if re.fullmatch(r"[+-]?0[xX][0-9a-fA-F]+", t):
-            return int(t, 16)
-        if re.fullmatch(r"[+-]?\d+", t):
-            return int(t)
-        return float(t)
-    except ValueError:
-        raise TemplateError(f"template: :{line}: bad number syntax: {text!r}") from None
-
-
-@dataclass
-class _Item:
-    kind: str  # text | action
-    value: Any  # str for text, token list for action
-    line: int
-    raw: str = ""
-
-
-def _split(src: str) -> list[_Item]:
-    """Text and `{{ }}` actions, with trim markers applied and comments dropped."""
-    items: list[_Item] = []
-    pos = 0
-    line = 1
-    trim_next = False
-    while True:
-        start = src.find("{{", pos)
-        text = src[pos:] if start < 0 else src[pos:start]
-        if trim_next:
-            text = text.lstrip(" \t\r\n")
-        # `{{- ` trims the whitespace before the action; the dash needs a space after it
-        trim_left = start >= 0 and src[start + 2 : start + 3] == "-" and src[start + 3 : start + 4] in (
-            " ", "\t", "\r", "\n")
-        if trim_left:
-            text = text.rstrip(" \t\r\n")
-        if text:
-            items.append(_Item("text", text, line))
-        if start < 0:
-            break
-        line += src.count("\n", pos, start)
-        body_start = start + (4 if trim_left else 2)
-        if src.startswith("/*", body_start):
-            cend = src.find("*/", body_start + 2)
-            if cend < 0:
-                raise TemplateError(f"template: :{line}: unclosed comment")
-            after = cend + 2
-            trim_next = False
-            if src.startswith(" -}}", after):
-                trim_next = True
-                after += 4
-            elif src.startswith("}}", after):
-                after += 2
-            else:
-                raise TemplateError(f"template: :{line}: comment ends before closing delimiter")
-            line += src.count("\n", start, after)
-            pos = after
-            continue
-        end = _find_close(src, body_start, line)
-        inner = src[body_start:end]
-        trim_next = inner.endswith((" -", "\t-", "\n-", "\r-"))
-        if trim_next:
-            inner = inner[:-1]
-        items.append(_Item("action", _lex_action(inner, line), line, inner.strip()))
-        close_len = 2
-        line += src.count("\n", start, end + close_len)
-        pos = end + close_len
-    return items
-
-
-def _find_close(src: str, pos: int, line: int) -> int:
-    """Index of the `}}` closing the action at `pos`, skipping quoted strings."""
-    i = pos
-    while i < len(src):
-        c = src[i]
-        if c == '"' or c == "'":
-            j = i + 1
-            while j < len(src) and src[j] != c:
-                if src[j] == "\\":
-                    j += 1
-                elif src[j] == "\n":
-                    raise TemplateError(f"template: :{line}: unterminated quoted string")
-                j += 1
-            i = j + 1
-            continue
-        if c == "`":
-            j = src.find("`", i + 1)
-            if j < 0:
-                raise TemplateError(f"template: :{line}: unterminated raw quoted string")
-            i = j + 1
-            continue
-        if src.startswith("}}", i):
-            return i
-        i += 1
-    raise TemplateError(f"template: :{line}: unclosed action")
-
-
 # ---- parser ---------------------------------------------------------------------------------------
 _KEYWORDS = {"if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"}
 
 
 class _Parser:
-    def __init__(self, items: list[_Item]) -> None:
+    def __init__(self, items: list[Item]) -> None:
         self.items = items
         self.i = 0
         self.defines: dict[str, list[Any]] = {}
@@ -302,7 +116,7 @@ class _Parser:
         if self.nesting > MAX_NESTING:
             raise TemplateError(f"template: :{line}: nesting deeper than {MAX_NESTING} levels")
 
-    def parse_list(self, stop: tuple[str, ...]) -> tuple[list[Any], _Item | None]:
+    def parse_list(self, stop: tuple[str, ...]) -> tuple[list[Any], Item | None]:
         """Nodes until an action whose first keyword is in `stop` (returned, unconsumed)."""
         nodes: list[Any] = []
         while self.i < len(self.items):
@@ -500,7 +314,7 @@ def parse(src: str) -> GoTemplate:
     if len(src) > MAX_TEMPLATE_CHARS:
         raise TemplateError(
             f"template is too long ({len(src)} characters; the limit is {MAX_TEMPLATE_CHARS})")
-    p = _Parser(_split(src))
+    p = _Parser(split_actions(src))
     nodes, stray = p.parse_list(())
     if stray is not None:  # parse_list(()) never stops early; kept for the type checker
         raise TemplateError(f"template: :{stray.line}: unexpected {stray.raw}")

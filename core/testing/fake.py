@@ -19,7 +19,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import msgspec
 
@@ -36,6 +35,7 @@ from corral.gguf import file_type_name, read_gguf_info
 from corral.hookspecs import hookimpl
 from corral.memory import host_memory
 from corral.testing.fakemedia import FakeProjector, expand, load_projector
+from corral.testing.fakescript import FakeCall, Rule, biased, default_reply, load_rules
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import (
     HOST,
@@ -69,73 +69,6 @@ FAKE_KV_BYTES_PER_CELL = 1024
 FAKE_COMPUTE_BYTES = 1 << 20
 QUANT_TYPES = {"q4_k_m": 15, "q4_k_s": 14, "q8_0": 7}  # accepted targets -> general.file_type
 QUANT_SOURCES = {0, 1, 32}  # F32, F16, BF16
-
-_WORDS = (
-    "the", "a", "river", "light", "model", "answer", "quiet", "bright", "small", "garden", "stone",
-    "paper", "cloud", "signal", "story", "window", "morning", "engine", "field", "simple", "green",
-    "tiny", "corral", "echo", "token", "reply", "is", "and", "of", "with", "under", "over", "near",
-)
-
-
-class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One scripted behaviour; the first rule whose ``match`` occurs in the prompt text wins."""
-
-    match: str = ""  # substring of the prompt text ("" matches every prompt)
-    reply: str | None = None  # None: the default deterministic reply
-    delay: float = 0.0  # seconds to wait before each token
-    error: str | None = None  # raise BackendError(error) (before the first token, or at error_after)
-    crash: bool = False  # os._exit the process (simulates a runner dying)
-    error_after: int | None = None  # tokens emitted before the error or crash
-    # seconds a load spends at 0 % progress when ``match`` occurs in the model's path (script rules only)
-    stall_load: float = 0.0
-
-
-class FakeCall(msgspec.Struct, kw_only=True):
-    """One call the fake backend saw, in ``FakeBackend.history``."""
-
-    op: str  # estimate | load | tokenize | detokenize | generate | embed | rerank | unload | quantize
-    handle: str = ""
-    path: str = ""
-    text: str = ""  # prompt text for generate, input text for tokenize
-    request: GenerationRequest | None = None
-    options: LoadOptions | None = None
-
-
-def load_rules(path: str | os.PathLike[str]) -> list[Rule]:
-    """Read a CORRAL_FAKE_SCRIPT file; a malformed one raises BackendError naming the file."""
-    try:
-        return msgspec.json.decode(Path(path).read_bytes(), type=list[Rule])
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise BackendError(f"fake backend: cannot read script {path}: {exc}") from None
-
-
-def _biased(ids: list[int], bias: dict[int, float]) -> list[int]:
-    """A reply under ``logit_bias`` as a real sampler would pick it: a token biased by +100 wins every
-    step, one biased by -100 never appears."""
-    if not bias:
-        return ids
-    top = max(bias, key=lambda t: bias[t])
-    if bias[top] >= 100:
-        return [top] * len(ids)
-    return [t for t in ids if bias.get(t, 0.0) > -100]
-
-
-def default_reply(prompt_text: str, seed: int = 0, temperature: float = 0.0) -> str:
-    """The fake's unscripted reply: seeded filler words, then an echo of the prompt's last words.
-
-    Temperature 0 ignores the seed (greedy is deterministic); otherwise the seed picks the words,
-    and seed -1 means a fresh random choice each time, like a real sampler.
-    """
-    if temperature > 0 and seed == -1:
-        seed = random.randrange(1 << 31)
-    key = f"{prompt_text}\x00{seed if temperature > 0 else 0}".encode()
-    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-    visible = re.sub(r"<[^<>\s]{1,40}>", " ", prompt_text)  # drop template control tokens
-    echo = " ".join(visible.split()[-6:])
-    words = [rng.choice(_WORDS) for _ in range(rng.randrange(8, 16))]
-    tail = f" You said: {echo}." if echo else ""
-    return " ".join(words).capitalize() + "." + tail
-
 
 class _Model:
     """Per-handle state: the special-token table, the last sequence (for cached_tokens)."""
@@ -380,7 +313,7 @@ class FakeBackend:
         cached = min(cached, max(0, len(prompt) - 1))  # the last prompt token is always evaluated
         t1 = time.perf_counter_ns()
         reply = self._reply_text(request, prompt_text, rule)
-        ids = _biased([b + BYTE_OFFSET for b in reply.encode()], request.sampling.logit_bias)
+        ids = biased([b + BYTE_OFFSET for b in reply.encode()], request.sampling.logit_bias)
         limit = request.num_predict if request.num_predict >= 0 else 10 * model.handle.info.n_ctx
         if not request.shift or request.media:
             limit = min(limit, max(0, model.handle.info.n_ctx - len(prompt)))
