@@ -25,6 +25,7 @@ from .context import new_context, sequences
 from .draftcost import RowCosts
 from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
+from .guideddraft import GuidedDrafter
 from .mediasteps import MediaSteps, span_at
 from .ngram import MAX_DRAFT, NgramDrafter
 from .sampling import LazyCall, SamplerChain, logprobs_from_logits
@@ -161,7 +162,12 @@ class Batcher(StepPlanner, Speculation):
                                    guide=guide, lazy=lazy)
             sampler.accept_history([t for t in prompt[-self.n_ctx_seq :] if t >= 0])
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
-            drafter = NgramDrafter(prompt, self._lookup_max) if self._speculative else None
+            drafter: NgramDrafter | GuidedDrafter | None = None
+            if self._speculative:
+                drafter = NgramDrafter(prompt, self._lookup_max)
+                if guide is not None or (lazy is not None and lazy.guide is not None):
+                    # under an llguidance constraint the grammar trims and adds drafts
+                    drafter = GuidedDrafter(drafter, sampler, prompt, self._tokenize_bytes)
             with self._cond:
                 if self._closed:
                     raise GenerationCancelledError("the model is being unloaded; retry the request")
@@ -431,6 +437,9 @@ class Batcher(StepPlanner, Speculation):
         if p is None:
             p = self._pieces[t] = bytes(self._model.token_bytes(t))
         return p
+
+    def _tokenize_bytes(self, text: bytes) -> list[int]:
+        return self._model.tokenize(text, add_special=False)
 
     def _end_token(self) -> int:
         """An end-of-generation token (a complete lazy call is where llama.cpp's grammar allows it)."""

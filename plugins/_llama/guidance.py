@@ -197,6 +197,14 @@ class Guide:
     def accept(self, token: int) -> None:
         self._m.consume_token(token)
 
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of ``tokens``, from the first, the grammar allows in a row (nothing is consumed)."""
+        return int(self._m.validate_tokens(tokens)) if tokens else 0
+
+    def forced_bytes(self) -> bytes:
+        """The text every allowed continuation starts with (b"" where the next byte is free)."""
+        return bytes(self._m.compute_ff_bytes())
+
     def allowed(self) -> np.ndarray:
         """Ids of every token the grammar allows next (the mask is computed without the GIL)."""
         if self._mask is None:

@@ -228,7 +228,7 @@ class LlamaModel:
             if not isinstance(t, int) or t < 0 or t >= n:
                 raise InvalidRequestError(f"token id {t!r} is outside the vocabulary (0..{n - 1})")
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+    def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS/EOS as the model wants,
         ``parse_special`` turns control-token text (``<start_of_turn>``) into those tokens."""
         data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)

@@ -160,6 +160,12 @@ class SamplerChain:
         seed = _RANDOM_SEED if p.seed < 0 else int(p.seed) & 0xFFFFFFFF
         self._add(lib.llama_sampler_init_dist(seed))
 
+    @property
+    def guide(self) -> Guide | None:
+        """The llguidance matcher that holds now (None: no constraint, GBNF, or a lazy one unarmed);
+        it has taken every token sampled so far."""
+        return self._guide if self.grammar else None
+
     def accept_history(self, tokens: list[int]) -> None:
         """Feed prompt tokens to the penalty sampler only (the grammar must not see the prompt)."""
         if self._penalties is not None:

@@ -11,6 +11,7 @@ from corral.errors import ContextLengthError
 from corral.textstream import StopMatcher, Utf8Decoder
 from corral.types import CancelToken, GenerationRequest, GenerationStats, TokenEvent
 
+from .guideddraft import GuidedDrafter
 from .ngram import NgramDrafter
 from .sampling import SamplerChain
 
@@ -74,7 +75,7 @@ class Job:
 
     def __init__(self, request: GenerationRequest, cancel: CancelToken, sampler: SamplerChain,
                  prompt: list[int], truncated: bool, order: int, limit: int,
-                 spans: list[Any] | None = None, drafter: NgramDrafter | None = None) -> None:
+                 spans: list[Any] | None = None, drafter: NgramDrafter | GuidedDrafter | None = None) -> None:
         self.request = request
         self.cancel = cancel
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -501,6 +501,24 @@ def test_speculation_with_a_grammar_and_sampling(parts, engine):
 
 
 
+def test_speculation_under_a_schema_keeps_greedy_output(parts, engine, plain):
+    """Under an llguidance schema the grammar cuts drafts and guesses forced keys itself (drafted as
+    far as the step's cost model finds them worth it); the answer is the one decoding without
+    speculation gives."""
+    from corral.prompts import schema_to_gbnf
+    from corral.prompts.schemanorm import json_constraint
+
+    s = SamplingParams(temperature=0.0, grammar=schema_to_gbnf(PERSON_SCHEMA),
+                       json_schema=json_constraint(PERSON_SCHEMA))
+    p = tok(parts, "A person as JSON:")
+    ref = [e for e in run(plain, p, sampling=s, num_predict=80, top_logprobs=2) if e.token >= 0]
+    events = run(engine, p, sampling=s, num_predict=80, top_logprobs=2)
+    stats = events[-1].stats
+    assert stats is not None and stats.draft_tokens >= stats.draft_accepted
+    assert_same_up_to_float_noise(ref, [e for e in events if e.token >= 0])
+    assert stats.eval_count == len(ref)
+
+
 def test_a_costly_grammar_sits_out_steps_instead_of_slowing_its_neighbours(parts, engine):
     """A grammar whose every token costs about a second of masking over Gemma's 262k vocabulary (an
     enum of 1,024 near-identical strings) pays that back by sitting out steps: a plain request beside
