@@ -26,8 +26,10 @@ CPU variants (x86-64), CORRAL_CPU_VARIANTS:
   them as ggml does), the best one without AMX when that one uses AMX, and the portable baseline `x64`;
 - "all": every variant ggml knows (GGML_CPU_ALL_VARIANTS), for a wheel that runs on any x86-64 CPU;
 - a comma list of names (`haswell,x64`).
-The first variant is compiled in the backend's own build tree; each other one is a `ggml-cpu` target
-of its own small tree (shared by every backend). Other architectures build ggml's variant list.
+Every backend tree is configured with all of ggml's variants (GGML_CPU_ALL_VARIANTS), and builds only
+the `ggml-cpu-<variant>` targets asked for (cmake/corral-hooks.cmake keeps libggml from depending on all
+of them): ggml-base and the rest are compiled once, and an "all" build after a default one compiles only
+the missing variants. Other architectures build ggml's variant list.
 
 Outputs per backend: the SONAME-named libraries, the backend modules, the cffi extension module
 `_llama_<backend>` compiled against the pinned llama.h by plugins/_llama/ffi_build.py, and build-info.json.
@@ -64,11 +66,13 @@ FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
 CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
 CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"  # CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models
 RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
-LAYOUT_VERSION = 4  # bump when the way a backend folder is assembled changes (re-copies only)
+LAYOUT_VERSION = 5  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
-LIBRARY_TARGETS = ("llama", "llama-common", "mtmd")  # llama-common: llama.cpp's fit (memfit.cpp)
-# plus every libggml-<backend> module; libllama-common holds llama.cpp's fit, which the cffi module links
-SHIPPED_STEMS = ("libllama", "libllama-common", "libmtmd", "libggml", "libggml-base")
+# llama-common-fit (cmake/corral-hooks.cmake): llama.cpp's fit from libllama-common, which memfit.cpp calls,
+# without the rest of that library (chat, argument parsing, downloads, cpp-httplib): only the tools need it
+LIBRARY_TARGETS = ("llama", "llama-common-fit", "mtmd")
+# plus every libggml-<backend> module
+SHIPPED_STEMS = ("libllama", "libllama-common-fit", "libmtmd", "libggml", "libggml-base")
 TOOL_TARGETS = ("llama-bench", "llama-server")
 
 
@@ -316,7 +320,7 @@ def cpu_features() -> ModuleType:
 
 
 def cpu_variants() -> list[str] | None:
-    """The x86 CPU variants to build, first one in the backend's tree; None means ggml's whole list."""
+    """The x86 CPU variants to build, best first; None means ggml's whole list."""
     feats = cpu_features()
     choice = os.environ.get("CORRAL_CPU_VARIANTS", "native").strip().lower()
     if not feats.is_x86() or sys.platform == "darwin" or choice == "all":
@@ -331,15 +335,14 @@ def cpu_variants() -> list[str] | None:
     return names
 
 
-def variant_args(variant: str) -> list[str]:
-    """CMake switches that make a single-variant build compile exactly ``variant``'s instructions."""
-    feats = cpu_features()
-    on = set(feats.X86_VARIANTS[variant])
-    every = sorted({f for fs in feats.X86_VARIANTS.values() for f in fs} | {"AMX_BF16"})
-    return ["-DGGML_CPU_ALL_VARIANTS=OFF", *(f"-DGGML_{f}={'ON' if f in on else 'OFF'}" for f in every)]
+def cpu_targets(variants: list[str] | None) -> tuple[str, ...]:
+    """The CMake targets that build ``variants``' CPU modules (None: every variant ggml configures)."""
+    if variants is None:
+        return ("corral-cpu-variants",)  # cmake/corral-hooks.cmake: depends on every ggml-cpu-* module
+    return tuple(f"ggml-cpu-{v}" for v in variants)
 
 
-def cmake_args(backend: str, cuda_arch: str | None, variants: list[str] | None) -> list[str]:
+def cmake_args(backend: str, cuda_arch: str | None) -> list[str]:
     rpath = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
     args = [
         "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=OFF",
@@ -349,10 +352,9 @@ def cmake_args(backend: str, cuda_arch: str | None, variants: list[str] | None) 
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF",
     ]
-    if variants:
-        args += variant_args(variants[0])
-    elif platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64") and not is_apple_silicon():
-        args.append("-DGGML_CPU_ALL_VARIANTS=ON")
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64") and not is_apple_silicon():
+        # every variant configured, only the asked-for ones built (cpu_targets, corral-hooks.cmake)
+        args += ["-DGGML_CPU_ALL_VARIANTS=ON", "-DCORRAL_CPU_VARIANTS_ON_DEMAND=ON"]
     if backend == "cuda":
         args += ["-DGGML_CUDA=ON", "-DGGML_CUDA_NCCL=OFF", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
         nvcc = nvcc_path()
@@ -390,12 +392,12 @@ def default_cuda_arch() -> str:
     return "75-virtual;80;86;89;90"
 
 
-def build_key(backend: str, args: list[str], variants: list[str] | None = None) -> str:
+def build_key(backend: str, args: list[str]) -> str:
     cmake_version = run([require_tool("cmake", "install it with `pip install cmake` or `apt install cmake`"),
                          "--version"], quiet=True).splitlines()[0]
     facts = {"pin": PIN, "backend": backend, "args": args, "compilers": compiler_ids(),
              "cmake": cmake_version, "machine": platform.machine(), "system": platform.system(),
-             "recipe": RECIPE_VERSION, "cpu_variants": variants or "all",
+             "recipe": RECIPE_VERSION,
              "hooks": sha256_file(CMAKE_HOOKS)}
     if backend == "cuda":
         facts["nvcc"] = run([nvcc_path() or "nvcc", "--version"], quiet=True).strip().splitlines()[-1]
@@ -458,11 +460,7 @@ def run_side_by_side(cmds: list[list[str]]) -> list[str]:
 
 
 def build_trees(trees: list[Tree], jobs: int, force: bool) -> None:
-    """Configure and build every tree that lacks its targets; the trees build side by side.
-
-    Each tree's last steps (its longest files, then the links one after another) leave cores idle; a
-    second tree's compile fills them, so a baseline variant costs its CPU time, not a serial tail.
-    """
+    """Configure and build every tree that lacks its targets; the trees build side by side."""
     todo = [t for t in trees if force or not set(t.targets) <= t.built()]
     if not todo:
         return
@@ -495,29 +493,22 @@ def build_trees(trees: list[Tree], jobs: int, force: bool) -> None:
         log(f"built {', '.join(t.name for t in todo)} in {time.monotonic() - started:.0f}s")
 
 
-def variant_trees(variants: list[str] | None) -> dict[str, Tree]:
-    """{variant: its tree} for every variant after the first: a small tree of its own that builds only
-    the `ggml-cpu` module (the trees are shared by every backend)."""
-    trees = {}
-    for variant in (variants or [])[1:]:
-        args = cmake_args("cpu", None, [variant])
-        trees[variant] = Tree("cpu", args, build_key("cpu-variant", args, [variant]), ("ggml-cpu",),
-                              name=f"cpu-variant-{variant}")
-    return trees
-
-
-def shipped_libraries(bin_dir: Path) -> list[Path]:
-    """Files a backend folder needs: SONAME-named shared libraries and the backend modules.
+def shipped_libraries(bin_dir: Path, variants: list[str] | None = None) -> list[Path]:
+    """Files a backend folder needs: SONAME-named shared libraries and the backend modules, of the CPU
+    modules only ``variants``' (None: every one built).
 
     Wheels cannot hold symlinks, so each library is shipped once, under the name the loader asks for.
     """
     out = []
     for path in sorted(bin_dir.iterdir()):
         name = path.name
+        stem = name.split(".")[0]
         # the runtime's libraries only: a --tools build leaves the tools' own libraries in the same
-        # folder, which no plugin loads
-        if name.split(".")[0] not in SHIPPED_STEMS and not name.startswith("libggml-"):
+        # folder, which no plugin loads; the tree may hold CPU variants an earlier build asked for
+        if stem not in SHIPPED_STEMS and not name.startswith("libggml-"):
             continue
+        if variants is not None and stem.startswith("libggml-cpu-") and stem[12:] not in variants:
+            continue  # libggml-cpu-<variant>
         if sys.platform == "darwin":
             keep = name.endswith(".dylib") and (name.count(".") == 2 or not path.is_symlink())
         else:
@@ -531,14 +522,11 @@ def shipped_libraries(bin_dir: Path) -> list[Path]:
 
 
 def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key: str,
-                    variants: list[str] | None = None, extra: dict[str, Path] | None = None) -> None:
-    """Copy the libraries and compile the cffi module into out_dir, unless it already matches.
-
-    In a per-variant build the backend tree's `libggml-cpu` is the first variant: it and the other
-    variants' modules are shipped as `libggml-cpu-<variant>`, the names ggml's own loader scans for.
-    """
+                    variants: list[str] | None = None) -> None:
+    """Copy the libraries (of the CPU modules, ``variants``') and compile the cffi module into out_dir,
+    unless it already matches."""
     info_path = out_dir / "build-info.json"
-    want = {"key": key, "python": py_key, "layout": LAYOUT_VERSION}
+    want = {"key": key, "python": py_key, "layout": LAYOUT_VERSION, "variants": variants or "all"}
     if info_path.exists():
         have = json.loads(info_path.read_text())
         if {k: have.get(k) for k in want} == want:
@@ -546,18 +534,10 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    libs = shipped_libraries(bin_dir)
     names = []
-    for lib in libs:
-        name = lib.name
-        if variants and lib.name.split(".")[0] == "libggml-cpu":
-            name = lib.name.replace("libggml-cpu", f"libggml-cpu-{variants[0]}", 1)
-        shutil.copy2(lib, staging / name, follow_symlinks=True)
-        names.append(name)
-    for variant, module in (extra or {}).items():
-        name = module.name.replace("libggml-cpu", f"libggml-cpu-{variant}", 1)
-        shutil.copy2(module, staging / name)
-        names.append(name)
+    for lib in shipped_libraries(bin_dir, variants):
+        shutil.copy2(lib, staging / lib.name, follow_symlinks=True)
+        names.append(lib.name)
     include_dirs = [str(VENDOR / "include"), str(VENDOR / "ggml" / "include"), str(VENDOR / "tools" / "mtmd"),
                     str(VENDOR / "vendor")]
     module = compile_ffi(backend, include_dirs, bin_dir, staging, py_key)
@@ -642,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = cpu_variants()
 
     def tree(name: str) -> tuple[list[str], str]:
-        args = cmake_args(name, cuda_arch if name == "cuda" else None, variants)
-        return args, build_key(name, args, variants)
+        args = cmake_args(name, cuda_arch if name == "cuda" else None)
+        return args, build_key(name, args)
 
     if opts.print_tools_dir:
         print(cache_root() / f"cpu-{tree('cpu')[1]}" / "bin")
@@ -662,20 +642,15 @@ def main(argv: list[str] | None = None) -> int:
 
     py_key = python_key()
     started = time.monotonic()
-    extra = variant_trees(variants)
-    first = True
     for name, ok, _why in plan:
         if not ok:
             continue
         args, key = tree(name)
-        targets = LIBRARY_TARGETS + (TOOL_TARGETS if (opts.tools and name == "cpu") else ())
+        targets = (LIBRARY_TARGETS + cpu_targets(variants)
+                   + (TOOL_TARGETS if (opts.tools and name == "cpu") else ()))
         main_tree = Tree(name, args, key, targets)
-        # the variant trees are shared by every backend: built (side by side) with the first one
-        build_trees([main_tree, *(extra.values() if first else ())], opts.jobs, opts.force)
-        first = False
-        modules = {v: t.bin_dir / "libggml-cpu.so" for v, t in extra.items()}
-        install_backend(name, main_tree.bin_dir, key, ROOT / "plugins" / name / "_lib", py_key, variants,
-                        modules)
+        build_trees([main_tree], opts.jobs, opts.force)
+        install_backend(name, main_tree.bin_dir, key, ROOT / "plugins" / name / "_lib", py_key, variants)
         if opts.tools and name == "cpu":
             log(f"tools: {main_tree.bin_dir / 'llama-bench'}, {main_tree.bin_dir / 'llama-server'}")
     log(f"done in {time.monotonic() - started:.0f}s")

@@ -45,8 +45,9 @@ def test_wheel_is_tagged_for_the_stable_abi_and_carries_the_libraries(wheel: Pat
     names = zipfile.ZipFile(wheel).namelist()
     lib = "corral_plugins/cpu/_lib/"
     assert f"{lib}_llama_cpu.abi3.so" in names and f"{lib}build-info.json" in names
-    assert {f"{lib}libllama.so.0", f"{lib}libllama-common.so.0", f"{lib}libmtmd.so.0", f"{lib}libggml.so.0",
-            f"{lib}libggml-base.so.0", f"{lib}libggml-rpc.so"} <= set(names)  # llama-common: the fit
+    assert {f"{lib}libllama.so.0", f"{lib}libllama-common-fit.so.0", f"{lib}libmtmd.so.0",
+            f"{lib}libggml.so.0", f"{lib}libggml-base.so.0", f"{lib}libggml-rpc.so"} <= set(names)
+    assert f"{lib}libllama-common.so.0" not in names  # the tools' library: the module links only the fit
     variants = [n for n in names if n.startswith(f"{lib}libggml-cpu-")]
     assert f"{lib}libggml-cpu-x64.so" in variants
     assert not [n for n in names if "server" in n.rsplit("/", 1)[-1] or "bench" in n.rsplit("/", 1)[-1]]

@@ -677,7 +677,8 @@ int64_t corral_vocab_pieces(const struct llama_vocab * vocab, char * buf, int64_
 # The RPC worker's device wrapper, C kept in its own file (it is compiled into the same module).
 WORKER_C = Path(__file__).with_name("rpc_worker.c")
 # llama.cpp's memory breakdown and fit are C++ (common/fit.h, src/llama-ext.h): a C++ file with a C
-# interface (memfit.h), compiled and linked into the module with libllama-common.
+# interface (memfit.h), compiled and linked into the module with libllama-common-fit (fit.cpp and what it
+# calls of libllama-common: cmake/corral-hooks.cmake).
 MEMFIT_CPP = Path(__file__).with_name("memfit.cpp")
 
 
@@ -697,7 +698,7 @@ def make_builder(module_name: str, include_dirs: list[str], lib_dir: str) -> cff
         C_SOURCE + "\n" + WORKER_C.read_text(),
         sources=[str(MEMFIT_CPP)],
         include_dirs=[str(d) for d in dirs],
-        libraries=["mtmd", "llama-common", "llama", "ggml", "ggml-base"],
+        libraries=["mtmd", "llama-common-fit", "llama", "ggml", "ggml-base"],
         library_dirs=[str(Path(lib_dir).resolve())],
         extra_link_args=extra_link_args,
         # Python's stable ABI: one module (``_llama_cpu.abi3.so``) serves every CPython >= 3.10, so a
