@@ -64,7 +64,8 @@ VENDOR = ROOT / "vendor" / "llama.cpp"
 PIN = json.loads((VENDOR / "corral-pin.json").read_text())
 FFI_BUILD = ROOT / "plugins" / "_llama" / "ffi_build.py"
 CPU_FEATURES = ROOT / "plugins" / "_llama" / "cpufeatures.py"
-CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"  # CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models
+# CMAKE_PROJECT_INCLUDE: unity batches for mtmd's models, libllama-common-fit, CPU variants on demand
+CMAKE_HOOKS = ROOT / "cmake" / "corral-hooks.cmake"
 RECIPE_VERSION = 2  # bump when the way the libraries are compiled changes (rebuilds everything)
 LAYOUT_VERSION = 5  # bump when the way a backend folder is assembled changes (re-copies only)
 KNOWN_BACKENDS = ("cpu", "cuda", "metal", "vulkan")
@@ -398,7 +399,7 @@ def build_key(backend: str, args: list[str]) -> str:
     facts = {"pin": PIN, "backend": backend, "args": args, "compilers": compiler_ids(),
              "cmake": cmake_version, "machine": platform.machine(), "system": platform.system(),
              "recipe": RECIPE_VERSION,
-             "hooks": sha256_file(CMAKE_HOOKS)}
+             "hooks": {p.name: sha256_file(p) for p in sorted(CMAKE_HOOKS.parent.iterdir())}}
     if backend == "cuda":
         facts["nvcc"] = run([nvcc_path() or "nvcc", "--version"], quiet=True).strip().splitlines()[-1]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]

@@ -1,6 +1,7 @@
 # corral's additions to llama.cpp's own CMake files, injected with CMAKE_PROJECT_INCLUDE (never by
 # editing the pinned tree). Included at every project() call; the guard makes it act once.
 include_guard(GLOBAL)
+set(CORRAL_HOOKS_DIR "${CMAKE_CURRENT_LIST_DIR}")  # this folder, for the source files below
 
 # libmtmd compiles each of its ~45 vision/audio graph builders (tools/mtmd/models/*.cpp) as its own
 # translation unit, so each one parses the same heavy headers again: ~45 CPU-seconds of a first install
@@ -29,14 +30,16 @@ cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL corral_mtmd_unity)
 # llama-server's --fit; plugins/_llama/memfit.cpp). The whole library (chat templates and parsers, argument
 # parsing, downloads, and the cpp-httplib it links) was about a third of a first install's compile on 2
 # cores. libllama-common-fit is fit.cpp and the two files it calls into, common's log (log.cpp) and its JSON
-# value (json.cpp), compiled as llama-common compiles them; llama-server and llama-bench (`--tools`) still
-# link the whole libllama-common.
+# value (json.cpp), compiled as llama-common compiles them, and the one function the log calls from
+# common.cpp (corral-common-tty.cpp); llama-server and llama-bench (`--tools`) still link the whole
+# libllama-common.
 function(corral_fit_library)
     if (NOT TARGET llama-common OR TARGET llama-common-fit)
         return()
     endif()
     get_target_property(dir llama-common SOURCE_DIR)
-    add_library(llama-common-fit SHARED "${dir}/fit.cpp" "${dir}/log.cpp" "${dir}/json.cpp")
+    add_library(llama-common-fit SHARED "${dir}/fit.cpp" "${dir}/log.cpp" "${dir}/json.cpp"
+                "${CORRAL_HOOKS_DIR}/corral-common-tty.cpp")
     get_target_property(options llama-common COMPILE_OPTIONS)
     if (options)
         target_compile_options(llama-common-fit PRIVATE ${options})
@@ -49,6 +52,10 @@ function(corral_fit_library)
     target_include_directories(llama-common-fit PUBLIC "${dir}")
     target_compile_features(llama-common-fit PUBLIC cxx_std_17)
     target_link_libraries(llama-common-fit PUBLIC llama Threads::Threads PRIVATE vendor::nlohmann)
+    if (CMAKE_SYSTEM_NAME STREQUAL "Linux")
+        # a symbol these files need from the rest of libllama-common fails the build, not the first load
+        target_link_options(llama-common-fit PRIVATE "LINKER:--no-undefined")
+    endif()
 endfunction()
 
 cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL corral_fit_library)
