@@ -450,6 +450,23 @@ def plain(parts):
     b.close()
 
 
+class _FixedRowCosts:
+    """Rows priced as on a machine where they are cheap, and never re-learned: whether a sequence
+    drafts then depends on its guesses alone, not on how busy the machine running the test is."""
+
+    def learn(self, dt: float, rows: int) -> None:
+        pass
+
+    def step_time(self, rows: int) -> float:
+        return 0.010 + 0.0005 * rows
+
+
+@pytest.fixture
+def drafting(engine, monkeypatch):
+    monkeypatch.setattr(engine, "_row_costs", _FixedRowCosts())
+    return engine
+
+
 def edit_prompt(parts) -> list[int]:
     return parts[1].tokenize("<start_of_turn>user\nRepeat this code exactly, renaming fibonacci to fib:\n\n"
                              + EDIT_SOURCE + "<end_of_turn>\n<start_of_turn>model\n", True, True)
@@ -466,7 +483,7 @@ def assert_same_up_to_float_noise(plain_events: list[TokenEvent], spec_events: l
     assert len(plain_events) == len(spec_events)
 
 
-def test_speculation_keeps_greedy_output_and_accepts_drafts(parts, engine, plain):
+def test_speculation_keeps_greedy_output_and_accepts_drafts(parts, engine, drafting, plain):
     p = edit_prompt(parts)
     ref = [e for e in run(plain, p, num_predict=60, top_logprobs=2) if e.token >= 0]
     events = run(engine, p, num_predict=60, top_logprobs=2)
@@ -477,7 +494,7 @@ def test_speculation_keeps_greedy_output_and_accepts_drafts(parts, engine, plain
     assert all(e.top_logprobs is not None and len(e.top_logprobs) == 2 for e in events if e.token >= 0)
 
 
-def test_speculation_stops_exactly_where_decoding_would(parts, engine):
+def test_speculation_stops_exactly_where_decoding_would(parts, engine, drafting):
     """A stop string or num_predict inside an accepted draft ends the answer right there."""
     p = edit_prompt(parts)
     full = text_of(run(engine, p, num_predict=120))
@@ -490,7 +507,7 @@ def test_speculation_stops_exactly_where_decoding_would(parts, engine):
     assert full.startswith(text_of(short))
 
 
-def test_speculation_with_a_grammar_and_sampling(parts, engine):
+def test_speculation_with_a_grammar_and_sampling(parts, engine, drafting):
     grammar = 'root ::= "def fib(n):" [^\\x00]{0,200}'
     s = SamplingParams(temperature=0.7, seed=11, grammar=grammar)
     ev = run(engine, edit_prompt(parts), sampling=s, num_predict=50)
@@ -501,7 +518,7 @@ def test_speculation_with_a_grammar_and_sampling(parts, engine):
 
 
 
-def test_speculation_under_a_schema_keeps_greedy_output(parts, engine, plain):
+def test_speculation_under_a_schema_keeps_greedy_output(parts, engine, drafting, plain):
     """Under an llguidance schema the grammar cuts drafts and guesses forced keys itself (drafted as
     far as the step's cost model finds them worth it); the answer is the one decoding without
     speculation gives."""
