@@ -3,19 +3,17 @@ and where it finds nothing, the text the grammar forces or a short-context looku
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from .guesses import ContextIndex, GuessRecord
 from .guidance import Guide
+from .ngram import Pick
 
 __all__ = ["GuidedDrafter"]
 
 SHORT_SIZES = (2, 1)  # context lengths of the fallback lookup: JSON's structure repeats after them
 MAX_GUESS = 8  # tokens per guess of the grammar's own
-RECORD_DECAY = 0.85  # as prompt lookup keeps its record (ngram.py): each settled guess counts 1
-PRIOR_WEIGHT = 1.0  # one imaginary guess wrong from its first token: no drafts until guesses pay
-
-Pick = Callable[[Sequence[float]], int]
 
 
 class _Lookup(Protocol):
@@ -26,48 +24,6 @@ class _Lookup(Protocol):
 class _Constrained(Protocol):
     @property
     def guide(self) -> Guide | None: ...
-
-
-class _Record:
-    """How far one kind of guess tends to come true, checked against the tokens that follow whether
-    or not it was drafted: ``gains[k]`` is the expected accepted tokens of a k-token draft."""
-
-    __slots__ = ("_weights", "gains", "_open", "_matched")
-
-    def __init__(self) -> None:
-        self._weights = [0.0] * (MAX_GUESS + 1)
-        self._weights[0] = PRIOR_WEIGHT
-        self.gains = [0.0] * (MAX_GUESS + 1)
-        self._open: list[int] = []
-        self._matched = 0
-
-    def open(self, guess: list[int]) -> None:
-        if not self._open:
-            self._open, self._matched = guess[:MAX_GUESS], 0
-
-    def extend(self, tokens: list[int]) -> None:
-        for t in tokens:
-            if not self._open:
-                return
-            if t == self._open[self._matched]:
-                self._matched += 1
-                if self._matched == len(self._open):
-                    self._settle()
-            else:
-                self._settle()
-
-    def _settle(self) -> None:
-        w = self._weights
-        for a in range(len(w)):
-            w[a] *= RECORD_DECAY
-        w[self._matched] += 1.0
-        total = sum(w)
-        at_least, gain = total, 0.0
-        for k in range(1, len(w)):
-            at_least -= w[k - 1]
-            gain += at_least / total
-            self.gains[k] = gain
-        self._open, self._matched = [], 0
 
 
 class GuidedDrafter:
@@ -90,10 +46,9 @@ class GuidedDrafter:
         self._sampler = sampler
         self._tokenize = tokenize
         self._history = list(prompt)
-        self._index: dict[tuple[int, ...], int] = {}
-        self._indexed = 0
-        self._forced_record = _Record()
-        self._short_record = _Record()
+        self._contexts = ContextIndex(self._history, SHORT_SIZES)
+        self._forced_record = GuessRecord(MAX_GUESS)
+        self._short_record = GuessRecord(MAX_GUESS)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -130,20 +85,7 @@ class GuidedDrafter:
         return ids[: guide.valid_prefix(ids)]
 
     def _lookup(self, guide: Guide) -> list[int]:
-        h, idx = self._history, self._index
-        end = len(h) - 1
-        for i in range(self._indexed, end):  # every short context that ends before the last token
-            for n in SHORT_SIZES:
-                if i + 1 >= n:
-                    idx[tuple(h[i + 1 - n : i + 1])] = i + 1
-        self._indexed = max(self._indexed, end)
-        for n in SHORT_SIZES:
-            start = idx.get(tuple(h[len(h) - n :])) if len(h) >= n else None
-            if start is None:
-                continue
-            guess = h[start : start + MAX_GUESS]
-            if guess and min(guess) < 0:  # image or audio rows are never guessed
-                guess = guess[: next(i for i, t in enumerate(guess) if t < 0)]
+        for guess in self._contexts.continuations(MAX_GUESS):
             guess = guess[: guide.valid_prefix(guess)]
             if guess:
                 return guess

@@ -1,0 +1,100 @@
+"""What speculative drafters share: an index of a sequence's short contexts (what followed each one
+last), and a record of how far a kind of guess tends to come true."""
+
+from __future__ import annotations
+
+__all__ = ["ContextIndex", "GuessRecord"]
+
+# Each settled guess counts 1 and the record decays by this factor per guess, so it follows the text:
+# an answer that starts copying its input is noticed within a few guesses.
+RECORD_DECAY = 0.85
+# Before any guess has been checked the record holds one imaginary guess that was wrong from its first
+# token: no drafting until a sequence's own guesses have shown that they pay.
+PRIOR_WEIGHT = 1.0
+
+
+class ContextIndex:
+    """For each context of ``sizes`` tokens (longest first) in ``history``, where the token that
+    followed its latest occurrence is; the history only grows (the owner appends to it)."""
+
+    __slots__ = ("history", "sizes", "_index", "_indexed")
+
+    def __init__(self, history: list[int], sizes: tuple[int, ...]) -> None:
+        self.history = history
+        self.sizes = sizes
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed = 0
+
+    def _catch_up(self) -> None:
+        """Index every context that ends before the last token (the last one is being looked up)."""
+        h, idx = self.history, self._index
+        end = len(h) - 1
+        for i in range(self._indexed, end):
+            for n in self.sizes:
+                if i + 1 >= n:
+                    idx[tuple(h[i + 1 - n : i + 1])] = i + 1
+        self._indexed = max(self._indexed, end)
+
+    def continuations(self, max_len: int) -> list[list[int]]:
+        """Up to ``max_len`` tokens that followed the latest earlier occurrence of the history's last
+        context, one list per context size that matches (longest first)."""
+        self._catch_up()
+        h = self.history
+        found: list[list[int]] = []
+        for n in self.sizes:
+            start = self._index.get(tuple(h[len(h) - n :])) if len(h) >= n else None
+            if start is None:
+                continue
+            guess = h[start : start + max_len]
+            # Negative ids stand for image or audio rows in a prompt: never a token to guess.
+            if guess and min(guess) < 0:
+                guess = guess[: next(i for i, t in enumerate(guess) if t < 0)]
+            if guess:
+                found.append(guess)
+        return found
+
+
+class GuessRecord:
+    """How far one kind of guess comes true, checked against the tokens that really follow whether or
+    not it was drafted (a guess that is not drafted costs nothing to check): ``gains[k]`` is the
+    expected number of accepted tokens of a k-token draft (``gains[0]`` is 0)."""
+
+    __slots__ = ("_weights", "gains", "_open", "_matched")
+
+    def __init__(self, max_len: int) -> None:
+        # _weights[a]: decayed count of guesses whose first ``a`` tokens came true (and no more)
+        self._weights = [0.0] * (max_len + 1)
+        self._weights[0] = PRIOR_WEIGHT
+        self.gains = [0.0] * (max_len + 1)
+        self._open: list[int] = []  # the guess being checked against the tokens that follow
+        self._matched = 0  # how many of its tokens came true so far
+
+    def open(self, guess: list[int]) -> None:
+        """Follow ``guess`` unless one is still being followed."""
+        if not self._open and guess:
+            self._open, self._matched = guess[: len(self._weights) - 1], 0
+
+    def extend(self, tokens: list[int]) -> None:
+        """Tokens that joined the sequence: they settle the open guess."""
+        for t in tokens:
+            if not self._open:
+                return
+            if t == self._open[self._matched]:
+                self._matched += 1
+                if self._matched == len(self._open):
+                    self._settle()
+            else:
+                self._settle()
+
+    def _settle(self) -> None:
+        w = self._weights
+        for a in range(len(w)):
+            w[a] *= RECORD_DECAY
+        w[self._matched] += 1.0
+        total = sum(w)
+        at_least, gain = total, 0.0  # gains[k] = sum over j <= k of P(at least j tokens come true)
+        for k in range(1, len(w)):
+            at_least -= w[k - 1]
+            gain += at_least / total
+            self.gains[k] = gain
+        self._open, self._matched = [], 0
