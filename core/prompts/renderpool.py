@@ -2,10 +2,10 @@
 
 A render is CPU-bound Python: on a thread of the server it holds the GIL the event loop needs, so a
 hostile template (or only a huge prompt) slows every other request. Here a small pool of worker
-processes (``python -m corral.prompts.renderworker``), started on first use, does the rendering; each
-worker runs at a lower CPU priority with its address space capped, and every render is bounded twice:
-by the worker's own time and size limits (``jinja_bounds``, ``goexec.Limits``) and by this side, which
-kills a worker that has not answered in time. A cut-off render costs at most its limits.
+processes (``python -m corral.prompts.renderworker``), all started at the first render, does the
+rendering; each worker runs at a lower CPU priority with its address space capped, and every render is
+bounded twice: by the worker's own time and size limits (``jinja_bounds``, ``goexec.Limits``) and by
+this side, which kills a worker that has not answered in time. A cut-off render costs at most its limits.
 
 ``render`` blocks: call it from a worker thread (the engine plans prompts on one), never the loop.
 """
@@ -135,12 +135,31 @@ class RenderPool:
                 self._count += 1
         if start:
             try:
-                return _Worker()
+                worker = _Worker()
             except OSError as exc:
                 with self._lock:
                     self._count -= 1
                 raise TemplateError(f"cannot start a template render worker: {exc}") from None
+            # The rest start now, in the background: a worker takes a few hundred milliseconds to start
+            # and import, which the first burst of concurrent requests would otherwise wait for.
+            threading.Thread(target=self._start_rest, daemon=True, name="render-pool-start").start()
+            return worker
         return self._idle.get()  # every worker is busy: wait for one (renders are time-bounded)
+
+    def _start_rest(self) -> None:
+        while True:
+            with self._lock:
+                if self._count >= self.size:
+                    return
+                self._count += 1
+            try:
+                worker = _Worker()
+            except OSError as exc:
+                with self._lock:
+                    self._count -= 1
+                log.warning("cannot start a template render worker: %s", exc)
+                return
+            self._idle.put(worker)
 
     def _drop(self, worker: _Worker) -> None:
         worker.kill()
@@ -168,6 +187,10 @@ class RenderPool:
         if reply.error:
             raise TemplateError(reply.error)
         return reply.text
+
+    def idle(self) -> int:
+        """How many workers are started and waiting for a render."""
+        return self._idle.qsize()
 
     def close(self) -> None:
         """Stop the idle workers (busy ones stop when their caller drops them)."""
