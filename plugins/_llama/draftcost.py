@@ -22,8 +22,10 @@ class RowCosts:
 
     On a GPU an extra row is nearly free; on two CPU cores with a 262k vocabulary one costs almost as
     much as a whole step, so the same draft can double a stream's speed on one machine and slow it on
-    another. Step sizes never seen are estimated from their neighbours, or from ``prior_slope`` (the
-    learned cost of one prompt token) beyond them; trying them measures them."""
+    another. Step sizes never seen are estimated from their neighbours; past the largest measured one,
+    from the cost per row between the two largest, or before two sizes are measured from
+    ``prior_slope`` (the learned cost of one prompt token). So one draft tried on the prior's word
+    measures the machine, and no size is tried just because it was never seen."""
 
     __slots__ = ("_t", "_seen", "_keys", "_step", "prior_slope")
 
@@ -62,7 +64,11 @@ class RowCosts:
         if i < len(self._keys):  # between two measured sizes: the line through them
             hi = self._keys[i]
             return t_lo + (self._t[hi] - t_lo) * (rows - lo) / (hi - lo)
-        slope = self.prior_slope() or 0.5 * t_lo / lo
+        if i >= 2:  # past the largest measured size: the cost per row between the two largest
+            below = self._keys[i - 2]
+            slope = max(0.0, (t_lo - self._t[below]) / (lo - below))
+        else:  # one size measured: the prior, until a draft measures a larger one
+            slope = self.prior_slope() or 0.5 * t_lo / lo
         return t_lo + slope * (rows - lo)
 
 

@@ -78,8 +78,10 @@ def test_row_costs_interpolate_and_extrapolate() -> None:
     c = costs((1, 0.010), (5, 0.050), slope=0.002)
     assert c.step_time(1) == 0.010
     assert c.step_time(3) == pytest.approx(0.030)  # between two measured sizes
-    assert c.step_time(7) == pytest.approx(0.054)  # past them: the prior slope
+    assert c.step_time(7) == pytest.approx(0.070)  # past them: the measured cost per row
     assert c.step_time(0) is None
+    one = costs((1, 0.010), slope=0.002)
+    assert one.step_time(3) == pytest.approx(0.014)  # one size measured: the prior slope
     assert costs((1, 0.010)).step_time(3) == pytest.approx(0.020)  # no prior: half a step per row
     c.learn(0.020, 1)
     assert c.step_time(1) == pytest.approx(0.013)  # a moving average
@@ -117,6 +119,7 @@ def test_unmeasured_step_sizes_are_tried_then_known() -> None:
     assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 2  # tried on the prior's word
     c.learn(0.030, 3)  # and found dear
     assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 0
+    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6, 2.4, 3.2, 4.0]) == 0  # larger ones priced alike
 
 
 def test_max_draft_bounds_the_guess() -> None:
