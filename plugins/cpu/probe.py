@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from pathlib import Path
 
 from corral.config import Config
+from corral.memory import host_memory
 from corral.types import DeviceInfo
 from corral_plugins._llama.backend import Probe
 from corral_plugins._llama.cpuvariant import choose_variant
@@ -39,26 +39,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def system_memory() -> tuple[int, int]:
-    """(total, available) bytes of RAM."""
-    try:
-        fields = {}
-        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                fields[key] = int(rest.split()[0]) * 1024
-        return fields.get("MemTotal", 0), fields.get("MemAvailable", fields.get("MemFree", 0))
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return total, total
-    except (ValueError, OSError, AttributeError):
-        return 0, 0
-
-
 def cpu_device() -> DeviceInfo:
-    total, free = system_memory()
+    free, total = host_memory()
     return DeviceInfo(name="CPU", description=cpu_name(), type="cpu", memory_total=total, memory_free=free)
 
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from corral.config import Config
 from corral.conversation import Tool
 from corral.lazycall import CallWatch
-from corral.plugins import load_plugins
 from corral.prompts.toolgrammar import tool_call_constraint, tool_call_grammar
-from corral.selection import BackendHooks
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
 from corral.testing.gbnf import constrain_calls, matches
-from corral.types import CancelToken, GenerationRequest, JsonConstraint, LoadOptions, SamplingParams
+from corral.types import CancelToken, GenerationRequest, JsonConstraint, SamplingParams
 
 __all__ = ["tiny_gguf", "tiny_gguf_spec"]
-CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
 _CLOSED = {"type": "object", "additionalProperties": False}
 TOOLS = [
     Tool(name="get_weather", parameters={**_CLOSED, "required": ["city"],
@@ -70,16 +65,6 @@ def test_the_fake_backend_keeps_free_text_and_fixes_calls() -> None:
     calls = re.findall(r"<tool_call>(.*?)(?=</tool_call>| b |$)", out, flags=re.S)
     assert out.startswith("a <tool_call>") and " b <tool_call>" in out and len(calls) == 2
     assert all(matches(grammar, c + "</tool_call>") for c in calls), out
-
-
-@pytest.fixture(scope="module")
-def tiny_hooks(tiny_gguf: Path):
-    if not (any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))):
-        pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
-    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
-    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=512, num_parallel=1))
-    yield hooks, handle
-    hooks.unload(handle)
 
 
 def _valid(call: dict) -> bool:

@@ -3,23 +3,17 @@ that the output parser reads back as that call; llama.cpp's GBNF parser accepts 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from corral.config import Config
 from corral.conversation import Tool
 from corral.errors import InvalidRequestError
-from corral.plugins import load_plugins
 from corral.prompts.outparse import OutputParser
 from corral.prompts.toolgrammar import tool_call_grammar
-from corral.selection import BackendHooks
 from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
 from corral.testing.gbnf import sample_grammar
-from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams
+from corral.types import CancelToken, GenerationRequest, SamplingParams
 
 __all__ = ["tiny_gguf", "tiny_gguf_spec"]
-CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
 TOOLS = [
     Tool(
         name="get_weather",
@@ -67,16 +61,6 @@ def test_clear_errors() -> None:
         tool_call_grammar([], "{")
     with pytest.raises(InvalidRequestError, match="not among"):
         tool_call_grammar(TOOLS, "{", only="absent")
-
-
-@pytest.fixture(scope="module")
-def tiny_hooks(tiny_gguf: Path):
-    if not (any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))):
-        pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
-    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
-    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=512, num_parallel=1))
-    yield hooks, handle
-    hooks.unload(handle)
 
 
 @pytest.mark.parametrize("tag", TAGS)
