@@ -80,6 +80,20 @@ def collect(events: Iterator[TokenEvent]) -> tuple[str, list[int], TokenEvent]:
     return "".join(text), tokens, last
 
 
+
+# A batch of another size runs other kernels, so two candidates whose log-probabilities are this close
+# may swap between a sequence decoded alone and the same sequence batched with others.
+FLOAT_NOISE_LOGPROB = 0.3
+
+
+def same_up_to_float_noise(ref: list[TokenEvent], got: list[TokenEvent]) -> bool:
+    """Greedy tokens that match until, at most, a near-tie in ``ref`` where they may part."""
+    for x, y in zip(ref, got, strict=False):
+        if x.token != y.token:
+            top = x.top_logprobs
+            return top is not None and len(top) > 1 and top[0].logprob - top[1].logprob < FLOAT_NOISE_LOGPROB
+    return len(ref) == len(got)
+
 class BackendContract:
     """Tests every backend must pass. Subclasses provide ``backend_hooks`` and ``model_path``."""
 
@@ -315,19 +329,24 @@ class BackendContract:
     def test_parallel_greedy_matches_sequential(self, backend_hooks: BackendHooks, model: ModelHandle,
                                                 prompt: list[int]) -> None:
         other = backend_hooks.tokenize(model, "Once upon a time", add_special=True, parse_special=False)
-        want = [self.generate(backend_hooks, model, p, sampling=GREEDY, num_predict=8)[1]
-                for p in (prompt, other)]
-        got: dict[int, list[int]] = {}
+
+        def greedy(p: list[int]) -> list[TokenEvent]:
+            req = GenerationRequest(prompt=p, sampling=GREEDY, num_predict=8, top_logprobs=2)
+            return [e for e in backend_hooks.generate(model, req, CancelToken()) if e.token >= 0]
+
+        want = [greedy(p) for p in (prompt, other)]
+        got: dict[int, list[TokenEvent]] = {}
 
         def worker(i: int, p: list[int]) -> None:
-            got[i] = self.generate(backend_hooks, model, p, sampling=GREEDY, num_predict=8)[1]
+            got[i] = greedy(p)
 
         threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate((prompt, other))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
-        assert [got.get(0), got.get(1)] == want
+        for i in (0, 1):
+            assert i in got and same_up_to_float_noise(want[i], got[i]), (want[i], got.get(i))
 
     def test_embeddings_have_shape_and_unit_norm(self, backend_hooks: BackendHooks, model_path: str,
                                                  load_options: LoadOptions) -> None:
