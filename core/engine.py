@@ -396,7 +396,7 @@ class Engine:
         spec = await self._resolve(job.model, [])
         load, _generation = self._options(spec, job.options)  # sampling options are checked, then unused
         lease = await self.scheduler.acquire(spec, load, job.keep_alive)
-        n_ctx = lease.handle.info.n_ctx
+        n_ctx = lease.handle.info.n_ctx_embed or lease.handle.info.n_ctx
         normalize = job.normalize and not job.dimensions  # with dimensions: cut first, then normalise
         vectors: list[list[float]] = []
         try:

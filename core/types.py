@@ -79,6 +79,7 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     size: int  # bytes of weights
     n_ctx_train: int
     n_ctx: int  # effective context per sequence after the backend's rounding
+    n_ctx_embed: int = 0  # the most tokens one embedding input may have (0: n_ctx)
     n_parallel: int
     n_embd: int
     n_vocab: int

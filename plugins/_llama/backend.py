@@ -125,6 +125,7 @@ class LlamaBackend:
             info = model.info
             if not options.embedding:
                 from corral_plugins._llama.batcher import Batcher
+                from corral_plugins._llama.embed import embed_context
 
                 if options.projector:
                     from corral_plugins._llama.projector import Projector
@@ -138,11 +139,13 @@ class LlamaBackend:
                         options, adapters=(), tensor_split=(), projector="", draft=""))
                 # The batcher applies LoRA to its context and runs the projector's encoder thread.
                 entry.batcher = Batcher(native, model, options, entry.projector, entry.draft)
-                info = msgspec.structs.replace(info, n_ctx=int(entry.batcher.n_ctx_seq),
-                                               can_shift=bool(entry.batcher.can_shift))
+                info = msgspec.structs.replace(
+                    info, n_ctx=int(entry.batcher.n_ctx_seq), can_shift=bool(entry.batcher.can_shift),
+                    n_ctx_embed=embed_context(options, info.n_ctx_train, beside_generation=True))
             else:
                 entry.embedder = self._embedder(model, options)
-                info = msgspec.structs.replace(info, n_ctx=int(entry.embedder.n_batch))
+                n = int(entry.embedder.n_batch)
+                info = msgspec.structs.replace(info, n_ctx=n, n_ctx_embed=n)
             contexts = entry.batcher.contexts if entry.batcher is not None else [entry.embedder.ctx]
             layers = 0
             if any(d.type != "cpu" for d in native.devices()):  # -1: every layer and the output

@@ -20,9 +20,20 @@ from corral.types import CancelToken, EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
 from corral_plugins._llama.turns import ComputeTurns
 
-__all__ = ["MAX_SEQS", "Embedder", "embed_params"]
+__all__ = ["MAX_SEQS", "SIDE_CONTEXT", "Embedder", "embed_context", "embed_params"]
 
 MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allows 256)
+# Tokens of one input to a generative model's embedding context (compat(ollama): its embedding batch is
+# min(2048, num_ctx)). A decode takes its inputs whole, so the context is one micro-batch and its
+# attention buffers grow with the square of its size: at Gemma 3's 32k default, 36 GiB.
+SIDE_CONTEXT = 2048
+
+
+def embed_context(options: LoadOptions, n_ctx_train: int, beside_generation: bool) -> int:
+    """Tokens of the embedding context, the most one input may have: an embedding model's whole
+    context; a generative model's at most ``SIDE_CONTEXT``, beside the context it generates with."""
+    n_ctx = max(64, min(int(options.num_ctx), n_ctx_train or int(options.num_ctx)))
+    return min(n_ctx, SIDE_CONTEXT) if beside_generation else n_ctx
 
 
 class _Work:
@@ -42,7 +53,7 @@ class _Work:
 
 def embed_params(lib: Any, options: LoadOptions, n_ctx_train: int, pooling: str, n_threads: int = 0) -> Any:
     """The ``llama_context_params`` of an embedding context (the memory estimate uses the same)."""
-    n_ctx = max(64, min(int(options.num_ctx), n_ctx_train or int(options.num_ctx)))
+    n_ctx = embed_context(options, n_ctx_train, beside_generation=not options.embedding)
     cp = lib.llama_context_default_params()
     cp.embeddings = True
     cp.n_ctx = n_ctx

@@ -68,6 +68,32 @@ def test_gemma_through_a_runner_subprocess(tmp_path_factory):
     asyncio.run(main())
 
 
+def test_gemma_embeds_at_a_large_default_context(tmp_path_factory):
+    """A 24 GiB machine's default context (32k): the embedding context stays at SIDE_CONTEXT tokens,
+    and a longer input is cut to it (``truncate``) or refused with the 400 Ollama gives."""
+    from corral.errors import ContextLengthError
+    from corral_plugins._llama.embed import SIDE_CONTEXT
+
+    root = tmp_path_factory.mktemp("gemma-embed")
+    store = Store(root / "models")
+    store.ensure_default_model()
+    config = Config(models=store.root, home=root, backend="cpu", num_parallel=1, context_length=32768)
+    long_text = "word " * (SIDE_CONTEXT + 200)
+
+    async def main():
+        engine = Engine(config, store)
+        try:
+            emb = await engine.embed(EmbedJob(model="gemma3:270m", inputs=["hello world", long_text]))
+            assert len(emb.embeddings) == 2
+            assert emb.prompt_eval_count <= SIDE_CONTEXT + 8
+            with pytest.raises(ContextLengthError):
+                await engine.embed(EmbedJob(model="gemma3:270m", inputs=[long_text], truncate=False))
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
 def test_gemma_load_reports_progress_through_the_runner(tmp_path_factory):
     root = tmp_path_factory.mktemp("gemma-progress")
     store = Store(root / "models")

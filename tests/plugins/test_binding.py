@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corral.errors import InvalidModelFileError, InvalidRequestError, ModelLoadError
+from corral.errors import ContextLengthError, InvalidModelFileError, InvalidRequestError, ModelLoadError
 from corral.testing.tinymodel import write_tiny_gguf
 from corral.types import LoadOptions
 
@@ -252,6 +252,22 @@ def test_embeddings_shape_and_normalisation(gemma):
     finally:
         emb.close()
     emb.close()
+
+
+def test_a_generative_models_embedding_context_stays_small_at_a_large_num_ctx(gemma):
+    """Its context is one micro-batch (inputs whole), so its attention buffers grow with the square of
+    its size: at Gemma 3's 32k context they would take 36 GiB, and every embed failed."""
+    from corral_plugins._llama.embed import SIDE_CONTEXT, Embedder
+
+    emb = Embedder(gemma, LoadOptions(num_ctx=32768, num_parallel=4))
+    try:
+        assert emb.n_batch == SIDE_CONTEXT
+        [vec] = emb.embed([gemma.tokenize("hello world")], normalize=True).embeddings
+        assert len(vec) == 640
+        with pytest.raises(ContextLengthError):
+            emb.embed([[2] * (SIDE_CONTEXT + 1)], normalize=True)
+    finally:
+        emb.close()
 
 
 @pytest.fixture(scope="module")
