@@ -28,6 +28,7 @@ class ComputeTurns:
         self._running = False  # a decode holds the turn
         self._ready = 0  # embedding decodes that wait only for the running one to end
         self._short = False  # the loop is serving short requests
+        self.busy = False  # the loop has requests in its slots (set by the loop before each step)
 
     def serving_short(self, short: bool) -> None:
         """Called by the loop before each step (and when it goes idle)."""
@@ -51,17 +52,24 @@ class ComputeTurns:
 
     @contextmanager
     def embedding(self) -> Iterator[None]:
-        """An embedding decode's turn: before the loop's next step, once short requests are served."""
+        """An embedding decode's turn: before the loop's next step, once short requests are served.
+        One already waiting for the running step gives way again when a short request is admitted
+        meanwhile (the loop marks it before that request's first step)."""
         deadline = time.monotonic() + EMBED_WAIT_S
         with self._cond:
-            while self._short and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            self._ready += 1
-            try:
-                while self._running:
+            while True:
+                left = deadline - time.monotonic()
+                if self._short and left > 0:
+                    self._cond.wait(left)
+                    continue
+                if not self._running:
+                    break
+                self._ready += 1
+                try:
                     self._cond.wait()
-            finally:
-                self._ready -= 1
+                finally:
+                    self._ready -= 1
+                    self._cond.notify_all()  # a step waiting for this decode looks again
             self._running = True
         try:
             yield

@@ -49,3 +49,37 @@ def test_a_ready_embedding_decode_goes_before_the_next_step_and_waits_for_short_
     turns.serving_short(False)
     emb.join(5)
     assert order == ["step 3", "embed"]
+
+
+def test_a_waiting_embedding_decode_gives_way_to_a_short_request_admitted_meanwhile(monkeypatch):
+    monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)
+    turns = ComputeTurns(lambda: 64)
+    order: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def embedding() -> None:
+        with turns.embedding():
+            order.append("embed")
+
+    def step(name: str) -> None:
+        with turns.step():
+            order.append(name)
+            inside.set()
+            release.wait(5)
+
+    first = threading.Thread(target=step, args=("step 1",))
+    first.start()
+    inside.wait(5)
+    emb = threading.Thread(target=embedding)
+    emb.start()
+    while not turns._ready:  # ready, waiting for step 1 only
+        threading.Event().wait(0.001)
+    turns.serving_short(True)  # a short request was admitted before the loop's next step
+    release.set()
+    first.join(5)
+    step("short step")
+    assert order == ["step 1", "short step"]
+    turns.serving_short(False)
+    emb.join(5)
+    assert order == ["step 1", "short step", "embed"]
