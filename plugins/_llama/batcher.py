@@ -112,6 +112,7 @@ class Batcher(StepPlanner, Speculation):
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
+        self._prompt_rest = 0  # steps other prompts sat out in a row while short work was served
         # Prompts with images or audio: the projector's encoder thread and an embedding batch.
         self._media = None if projector is None else MediaSteps(native, projector, self.n_batch, self._wake)
         self._thread = threading.Thread(target=self._run, name="corral-batcher", daemon=True)
@@ -261,6 +262,7 @@ class Batcher(StepPlanner, Speculation):
                 s.debt = max(0.0, s.debt - dt)
 
     def _mark_short(self) -> None:
+        self.turns.busy = any(s.job is not None for s in self._slots)
         self.turns.serving_short(any(s.job is not None and s.job.request.short for s in self._slots))
 
     # ---- decoding --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ each, from every request waiting."""
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -18,11 +19,15 @@ from corral.errors import (
 )
 from corral.types import CancelToken, EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
+from corral_plugins._llama.slots import MIXED_STEP_TARGET_S
 from corral_plugins._llama.turns import ComputeTurns
 
 __all__ = ["MAX_SEQS", "SIDE_CONTEXT", "Embedder", "embed_context", "embed_params"]
 
 MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allows 256)
+# How long one embedding decode may hold a batching loop that has requests in its slots: about one of its
+# decode steps, so a request arriving meanwhile waits little (an idle loop allows MIXED_STEP_TARGET_S).
+BUSY_LOOP_HOLD_S = 0.05
 # Tokens of one input to a generative model's embedding context (compat(ollama): its embedding batch is
 # min(2048, num_ctx)). A decode takes its inputs whole, so the context is one micro-batch and its
 # attention buffers grow with the square of its size: at Gemma 3's 32k default, 36 GiB.
@@ -107,6 +112,7 @@ class Embedder:
         self._lock = threading.Lock()  # held by the call that runs the context
         self._queued: list[_Work] = []
         self._queue_lock = threading.Lock()
+        self._per_token = 0.0  # seconds one token of a decode takes (moving average), 0 until measured
 
     def embed(self, inputs: list[list[int]], normalize: bool, alone: bool = False,
               cancel: CancelToken | None = None) -> EmbeddingResult:
@@ -158,7 +164,7 @@ class Embedder:
                     continue
                 n_tok, end = 0, k
                 most = 1 if todo[k][0].alone else self.n_seq
-                limit = self.n_batch if self._turns is None else min(self.n_batch, self._turns.budget())
+                limit = self._limit()
                 while end < len(todo) and end - k < most:
                     w, i = todo[end]
                     if end > k and (n_tok + len(w.inputs[i]) > limit or w.alone):
@@ -180,6 +186,21 @@ class Embedder:
             if not isinstance(exc, CorralError):
                 raise
 
+    def _limit(self) -> int:
+        """Tokens the next decode may pack: all the batch holds, or beside a batching loop what keeps
+        the loop waiting about as long as its own step with a prompt chunk, or one decode step while
+        it serves requests. That is measured, not taken from the loop's prompt-token cost: llama.cpp
+        evaluates a causal model's output layer for every token of an embedding decode, and a 262k
+        vocabulary makes such a token cost several prompt tokens (Gemma 3 270M, 2 cores: about 4 ms
+        against 1)."""
+        if self._turns is None:
+            return self.n_batch
+        limit = min(self.n_batch, self._turns.budget())
+        if self._per_token > 0:
+            hold = BUSY_LOOP_HOLD_S if self._turns.busy else MIXED_STEP_TARGET_S
+            limit = min(limit, int(hold / self._per_token))
+        return max(1, limit)
+
     def _decode(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """One decode of ``inputs`` (sequence ``s`` = input ``s``, each from position 0): their
         pooled vectors."""
@@ -199,8 +220,11 @@ class Embedder:
         if mem != ffi.NULL:
             lib.llama_memory_clear(mem, True)
         with self._turns.embedding() if self._turns is not None else nullcontext():
+            t0 = time.perf_counter()
             rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
                 else lib.llama_decode(self.ctx, self._batch[0])
+            per = (time.perf_counter() - t0) / n
+        self._per_token = per if self._per_token == 0 else 0.7 * self._per_token + 0.3 * per
         if rc != 0:
             raise BackendError(f"llama.cpp failed to evaluate the embedding input (code {rc})")
         out = []

@@ -3,6 +3,7 @@ the rows that come back are verified in order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .draftcost import DraftBudget, RowCosts
@@ -27,16 +28,17 @@ class Speculation:
     _emit: Any
     _truncate: Any
 
-    def _drafts(self, gen: list[Slot]) -> None:
+    def _drafts(self, gen: list[Slot], may_draft: Callable[[Slot], bool] = lambda s: True) -> None:
         """Set ``s.draft`` of every generating sequence: tokens guessed to follow ``s.last_token``,
-        verified in this step's batch with it. The batch keeps a row for every sequence's decode token."""
+        verified in this step's batch with it (none where ``may_draft`` says no). The batch keeps a row
+        for every sequence's decode token."""
         room = self.n_batch - len(gen)
         wants: list[tuple[int, list[int], int, int]] = []
         by_id: dict[int, Slot] = {}
         budget = DraftBudget(self._row_costs, len(gen))
         for s in gen:
             s.draft, s.draft_by_model = [], False
-            limit = self._draft_limit(s, room)
+            limit = self._draft_limit(s, room) if may_draft(s) else 0
             if limit <= 0:
                 continue
             job = s.job

@@ -18,10 +18,11 @@ __all__ = ["BULK_EVERY", "BULK_PROMPT", "MIN_SHARE", "Piece", "StepPlanner"]
 # A shared prefix shorter than this is cheaper to evaluate again than to wait for.
 MIN_SHARE = 16
 # While a short request (GenerationRequest.short) is served, every other sequence decodes in one step out
-# of BULK_EVERY and other prompts advance by at most BULK_PROMPT tokens a step: on a CPU an extra row costs
-# nearly as much as a whole step (2 cores, Gemma 3 270M: ~0.9 of a one-row step, draftcost.RowCosts), so
-# the short answer's steps stay light; a short answer is at most SHORT_REPLY_TOKENS steps, and even then
-# every sequence still decodes once in BULK_EVERY steps and every prompt advances, so nothing starves.
+# of BULK_EVERY, and other prompts advance by BULK_PROMPT tokens in one step out of BULK_EVERY: on a CPU
+# an extra row costs nearly as much as a whole step (2 cores, Gemma 3 270M: ~0.9 of a one-row step,
+# draftcost.RowCosts) and a prompt token about a third of one, so the short answer's steps stay light; a
+# short answer is at most SHORT_REPLY_TOKENS steps, and even then every sequence still decodes and every
+# prompt advances once in BULK_EVERY steps, so nothing starves.
 BULK_EVERY = 8
 BULK_PROMPT = 8
 # One entry of a step's plan: (slot, first prompt index or -1/-2, count).
@@ -54,6 +55,7 @@ class StepPlanner:
     _drafts: Any
     _draft_model: Any
     _owing: list[Slot]
+    _prompt_rest: int
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; at most
@@ -106,8 +108,14 @@ class StepPlanner:
         short = any(self._serving_short(s) for s in active)
         if short:
             gen = self._bulk_turns(gen)
+        else:  # the next short request's turns count from its arrival
+            self._prompt_rest = 0
+            for s in gen:
+                s.rest = 0
         if self._draft_ok:
-            self._drafts(gen)  # each sequence's guessed continuation, verified with its decode token
+            # each sequence's guessed continuation, verified with its decode token; while short work is
+            # served only short sequences draft (the others' rows would lengthen its steps)
+            self._drafts(gen, lambda s: not short or s.job.request.short)  # type: ignore[union-attr]
         self._draft_ok = True
         for s in gen:
             plan.append((s, -1, 1 + len(s.draft)))
@@ -117,13 +125,14 @@ class StepPlanner:
         # short requests' prompts first; the others' chunks stay small while short work is served
         prefilling = sorted((s for s in active if s.state == "prefill"),
                             key=lambda s: (not s.job.request.short, s.job.order))  # type: ignore[union-attr]
+        bulk_prompts = not short or self._prompt_turn()
         for s in prefilling:
             if budget <= 0:
                 break
-            if self._wait_for_shared(s, prefilling):
-                continue
             job = s.job
             assert job is not None
+            if not (bulk_prompts or job.request.short) or self._wait_for_shared(s, prefilling):
+                continue
             start = len(s.cached)
             if short and not job.request.short:
                 budget = min(budget, BULK_PROMPT)
@@ -157,15 +166,28 @@ class StepPlanner:
 
     def _bulk_turns(self, gen: list[Slot]) -> list[Slot]:
         """``gen`` less the other sequences sitting this step out while short work is served: each
-        decodes once every ``BULK_EVERY`` steps (``Slot.rest``: steps sat out in a row)."""
+        decodes once every ``BULK_EVERY`` steps (``Slot.rest``: steps sat out in a row), or one step
+        later when that step would be the last of every short answer (it ends alone, then they go)."""
+        shorts = [s.job for s in gen if s.job.request.short]  # type: ignore[union-attr]
+        last = bool(shorts) and all(j.limit - j.n_gen <= 1 for j in shorts)  # type: ignore[union-attr]
         kept = []
         for s in gen:
-            if s.job.request.short or s.rest >= BULK_EVERY - 1:  # type: ignore[union-attr]
+            due = BULK_EVERY - 1 if not last else BULK_EVERY
+            if s.job.request.short or s.rest >= due:  # type: ignore[union-attr]
                 s.rest = 0
                 kept.append(s)
             else:
                 s.rest += 1
         return kept
+
+    def _prompt_turn(self) -> bool:
+        """Whether, while short work is served, the other requests' prompts advance this step: once
+        every ``BULK_EVERY`` steps (``_prompt_rest``: steps they sat out in a row)."""
+        if self._prompt_rest >= BULK_EVERY - 1:
+            self._prompt_rest = 0
+            return True
+        self._prompt_rest += 1
+        return False
 
     def _wait_for_shared(self, s: Slot, prefilling: list[Slot]) -> bool:
         """Reuse another sequence's KV for this prompt's head; True while that KV is still coming."""
