@@ -9,7 +9,7 @@ Printed per minute: canary p50/p99 latency, the server's and the runners' RSS, r
 Bars (checked at the end):
   canary p99 over the run <= 2x its idle p99 (measured before the load starts);
   RSS (server + runners) grows <= 5 % from the end of warm-up to the end;
-  zero 5xx answers (and zero dropped connections) from the server.
+  zero 5xx answers, zero dropped connections and no ordinary (not hostile) request refused.
 
 Usage:
   python bench/soak.py [--minutes 30] [--warmup 3] [--threads 2] [--slots 4] [--backend cpu|fake]
@@ -80,6 +80,7 @@ class Stats:
     requests: int = 0
     errors_5xx: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # transport errors (not our own cancellations)
+    failed: list[str] = field(default_factory=list)  # an ordinary request (not a hostile one) refused
     hostile_not_4xx: list[str] = field(default_factory=list)
     rss: list[tuple[float, int, int]] = field(default_factory=list)  # (time, server, runners)
 
@@ -87,6 +88,8 @@ class Stats:
         self.requests += 1
         if status >= 500:
             self.errors_5xx.append(f"{what} -> {status}")
+        elif status >= 400 and not what.startswith("hostile"):
+            self.failed.append(f"{what} -> {status}")
 
 
 def _rss_kib(pid: int) -> int:
@@ -97,6 +100,35 @@ def _rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _role(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    text = b" ".join(argv).decode(errors="replace")
+    if "runner" in text:
+        return "runner"
+    return "render worker" if "render" in text else "other child"
+
+
+def _cpu_by_role(server: int) -> dict[str, float]:
+    """CPU seconds so far of the server, its runners and its other children, and of this script."""
+    out = {"server": _cpu_seconds(server), "load generator (this script)": sum(os.times()[:2])}
+    for kid in _children(server):
+        role = _role(kid)
+        out[role] = out.get(role, 0.0) + _cpu_seconds(kid)
+    return out
 
 
 def _children(pid: int) -> list[int]:
@@ -256,6 +288,7 @@ async def run(args: argparse.Namespace) -> int:
             workers.append(asyncio.create_task(hostile_client(http, stats, stop, args.hostile_every)))
             start = time.monotonic()
             end = start + args.minutes * 60
+            cpu_before = _cpu_by_role(proc.pid)
             minute_rows: list[tuple[int, list[float], int, int]] = []
             next_canary = start
             minute = 0
@@ -282,6 +315,7 @@ async def run(args: argparse.Namespace) -> int:
                     rows = [r for r in stats.phases if (minute - 1) * 60 <= r[0] < minute * 60]
                     print(f"         canary {_phase_line(rows)}", flush=True)
                     seen = stats.requests
+            cpu_after = _cpu_by_role(proc.pid)
             stop.set()
             for w in workers:
                 w.cancel()
@@ -303,19 +337,22 @@ async def run(args: argparse.Namespace) -> int:
         growth = (last - first) / first * 100
     ok_lat = run_p99 <= 2 * idle_p99
     ok_rss = growth <= 5.0
-    ok_err = not stats.errors_5xx and not stats.dropped
+    ok_err = not stats.errors_5xx and not stats.dropped and not stats.failed
     print(f"\ncanary over the run: p50 {_pct(lat, 50) * 1000:.0f} ms, p99 {run_p99 * 1000:.0f} ms, idle p99 "
           f"{idle_p99 * 1000:.0f} ms, ratio {run_p99 / idle_p99:.2f} (bar <= 2.00): "
           f"{'PASS' if ok_lat else 'FAIL'}")
     print(f"canary time by phase over the run: {_phase_line(stats.phases)}")
+    wall = args.minutes * 60
+    print("CPU use under the load (cores busy on average): " + ", ".join(
+        f"{role} {(cpu_after[role] - cpu_before.get(role, 0.0)) / wall:.2f}" for role in cpu_after))
     print(f"load average at the end {os.getloadavg()[0]:.2f} (the idle canary and the load share the same "
           "cores with anything else running)")
     print(f"RSS (server + runners) after {args.warmup} min warm-up: {growth:+.1f} % (bar <= 5 %): "
           f"{'PASS' if ok_rss else 'FAIL'}")
     print(f"requests {stats.requests}, 5xx {len(stats.errors_5xx)}, "
-          f"dropped connections {len(stats.dropped)}, "
+          f"dropped connections {len(stats.dropped)}, ordinary requests refused {len(stats.failed)}, "
           f"hostile answered other than 4xx {len(stats.hostile_not_4xx)}: {'PASS' if ok_err else 'FAIL'}")
-    for line in (stats.errors_5xx + stats.dropped + stats.hostile_not_4xx)[:20]:
+    for line in (stats.errors_5xx + stats.dropped + stats.failed + stats.hostile_not_4xx)[:20]:
         print("  ", line)
     if statistics.mean(lat or [0]) and not ok_lat:
         print("   (the canary shares 2 cores and the model's slots with the load)")
