@@ -621,16 +621,23 @@ def test_a_short_request_is_not_held_up_by_bulk_generations(parts):
         b.close()
 
 
-def test_bulk_sequences_do_not_draft_while_a_short_request_is_served(parts, engine, drafting, monkeypatch):
-    """Their draft rows would lengthen every step the short answer waits for; they draft again after."""
-    plans: list[list[tuple[bool, int, int]]] = []  # per step: (short, first index, count) per sequence
+def _record_plans(engine, monkeypatch) -> list[list[tuple[bool, int, int]]]:
+    """Each step's plan from now on: (short request, first prompt index or -1 for a decode, count) per
+    sequence."""
+    plans: list[list[tuple[bool, int, int]]] = []
     decode = engine._decode
 
-    def spy(plan):
+    def spy(plan):  # type: ignore[no-untyped-def]
         plans.append([(s.job.request.short, start, n) for s, start, n in plan if s.job is not None])
         return decode(plan)
 
     monkeypatch.setattr(engine, "_decode", spy)
+    return plans
+
+
+def test_bulk_sequences_do_not_draft_while_a_short_request_is_served(parts, engine, drafting, monkeypatch):
+    """Their draft rows would lengthen every step the short answer waits for; they draft again after."""
+    plans = _record_plans(engine, monkeypatch)
     cancel = CancelToken()
     got: list[int] = []
 
@@ -663,14 +670,7 @@ def test_other_prompts_advance_once_in_bulk_every_steps_while_a_short_request_is
     BULK_EVERY and by BULK_PROMPT tokens, so the short answer's other steps stay light."""
     from corral_plugins._llama.stepplan import BULK_EVERY, BULK_PROMPT
 
-    plans: list[list[tuple[bool, int, int]]] = []
-    decode = engine._decode
-
-    def spy(plan):
-        plans.append([(s.job.request.short, start, n) for s, start, n in plan if s.job is not None])
-        return decode(plan)
-
-    monkeypatch.setattr(engine, "_decode", spy)
+    plans = _record_plans(engine, monkeypatch)
     cancel = CancelToken()
     got: list[int] = []
 

@@ -8,78 +8,70 @@ from corral_plugins._llama import turns as turns_module
 from corral_plugins._llama.turns import ComputeTurns
 
 
+class Recorder:
+    """A ComputeTurns and the order in which embedding decodes and loop steps took their turns; a step
+    started with ``hold=True`` keeps its turn until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.turns = ComputeTurns(lambda: 64)
+        self.order: list[str] = []
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def embedding(self) -> None:
+        with self.turns.embedding():
+            self.order.append("embed")
+
+    def step(self, name: str) -> None:
+        with self.turns.step():
+            self.order.append(name)
+            self.inside.set()
+            self.release.wait(5)
+
+    def embedding_waiting_behind_a_step(self) -> tuple[threading.Thread, threading.Thread]:
+        """Step 1 holds the turn and an embedding decode is ready behind it."""
+        first = threading.Thread(target=self.step, args=("step 1",))
+        first.start()
+        self.inside.wait(5)
+        emb = threading.Thread(target=self.embedding)
+        emb.start()
+        while not self.turns._ready:
+            threading.Event().wait(0.001)
+        return first, emb
+
+
 def test_a_ready_embedding_decode_goes_before_the_next_step_and_waits_for_short_work(monkeypatch):
     monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)  # the order, not the deadline, is tested
-    turns = ComputeTurns(lambda: 64)
-    order: list[str] = []
-    inside = threading.Event()
-    release = threading.Event()
-
-    def embedding() -> None:
-        with turns.embedding():
-            order.append("embed")
-
-    def step(name: str) -> None:
-        with turns.step():
-            order.append(name)
-            inside.set()
-            release.wait(5)
-
-    first = threading.Thread(target=step, args=("step 1",))
-    first.start()
-    inside.wait(5)
-    emb = threading.Thread(target=embedding)
-    emb.start()
-    while not turns._ready:  # the embedding decode waits for step 1 only
-        threading.Event().wait(0.001)
-    second = threading.Thread(target=lambda: step("step 2"))
+    r = Recorder()
+    first, emb = r.embedding_waiting_behind_a_step()  # it waits for step 1 only
+    second = threading.Thread(target=lambda: r.step("step 2"))
     second.start()
-    release.set()
+    r.release.set()
     for t in (first, emb, second):
         t.join(5)
-    assert order == ["step 1", "embed", "step 2"]
+    assert r.order == ["step 1", "embed", "step 2"]
 
     # while short requests are served, an embedding decode waits for them (the loop's steps go on)
-    turns.serving_short(True)
-    order.clear()
-    emb = threading.Thread(target=embedding)
+    r.turns.serving_short(True)
+    r.order.clear()
+    emb = threading.Thread(target=r.embedding)
     emb.start()
-    step("step 3")
-    assert order == ["step 3"]
-    turns.serving_short(False)
+    r.step("step 3")
+    assert r.order == ["step 3"]
+    r.turns.serving_short(False)
     emb.join(5)
-    assert order == ["step 3", "embed"]
+    assert r.order == ["step 3", "embed"]
 
 
 def test_a_waiting_embedding_decode_gives_way_to_a_short_request_admitted_meanwhile(monkeypatch):
     monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)
-    turns = ComputeTurns(lambda: 64)
-    order: list[str] = []
-    inside = threading.Event()
-    release = threading.Event()
-
-    def embedding() -> None:
-        with turns.embedding():
-            order.append("embed")
-
-    def step(name: str) -> None:
-        with turns.step():
-            order.append(name)
-            inside.set()
-            release.wait(5)
-
-    first = threading.Thread(target=step, args=("step 1",))
-    first.start()
-    inside.wait(5)
-    emb = threading.Thread(target=embedding)
-    emb.start()
-    while not turns._ready:  # ready, waiting for step 1 only
-        threading.Event().wait(0.001)
-    turns.serving_short(True)  # a short request was admitted before the loop's next step
-    release.set()
+    r = Recorder()
+    first, emb = r.embedding_waiting_behind_a_step()
+    r.turns.serving_short(True)  # a short request was admitted before the loop's next step
+    r.release.set()
     first.join(5)
-    step("short step")
-    assert order == ["step 1", "short step"]
-    turns.serving_short(False)
+    r.step("short step")
+    assert r.order == ["step 1", "short step"]
+    r.turns.serving_short(False)
     emb.join(5)
-    assert order == ["step 1", "short step", "embed"]
+    assert r.order == ["step 1", "short step", "embed"]

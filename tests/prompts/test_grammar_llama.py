@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from corral.config import Config
 from corral.errors import GrammarError
-from corral.plugins import load_plugins
 from corral.prompts import JSON_GBNF, schema_to_gbnf
 from corral.prompts.grammar import with_think_block
-from corral.selection import BackendHooks
-from corral.testing.fixtures import tiny_gguf, tiny_gguf_spec
-from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams
+from corral.types import CancelToken, GenerationRequest, SamplingParams
 
 from .test_grammar import SCHEMAS
-
-__all__ = ["tiny_gguf", "tiny_gguf_spec"]
-CPU_LIB = Path(__file__).resolve().parents[2] / "plugins" / "cpu" / "_lib"
-
-
-@pytest.fixture(scope="module")
-def tiny_hooks(tiny_gguf: Path):
-    if not (any(CPU_LIB.glob("_llama_cpu*")) and any(CPU_LIB.glob("libllama*"))):
-        pytest.skip("plugins/cpu/_lib is not built: run build_backends.py --backend cpu")
-    hooks = BackendHooks(load_plugins(Config(load_plugins=("cpu",))), "cpu")
-    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=256, num_parallel=1))
-    yield hooks, handle
-    hooks.unload(handle)
 
 
 def _accepts(tiny_hooks, grammar: str) -> None:
