@@ -52,6 +52,7 @@ class _NativeModel:
     batcher: Any = None  # Batcher, unless loaded for embeddings only
     draft: Any = None  # LlamaModel of the draft model (Modelfile DRAFT), drafting beside the batcher's
     embedder: Any = None  # Embedder, created on the first embed
+    embed_error: CorralError | None = None  # why the Embedder could not be made (not retried per call)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -201,10 +202,15 @@ class LlamaBackend:
         entry = self._entry(handle)
         with entry.lock:  # one embedding context per model, made on first use
             if entry.embedder is None:
-                try:
-                    entry.embedder = self._embedder(entry.model, handle.options, entry.batcher)
-                except BackendError as exc:
-                    raise CapabilityError(f"model {handle.path} does not support embeddings: {exc}") from exc
+                # A failure is remembered for this load: making the context again on every call would
+                # cost each one a burst of allocation beside the model's running decodes.
+                if entry.embed_error is None:
+                    try:
+                        entry.embedder = self._embedder(entry.model, handle.options, entry.batcher)
+                    except CorralError as exc:
+                        entry.embed_error = exc
+                if entry.embed_error is not None:  # a fresh one: re-raising would grow its traceback
+                    raise type(entry.embed_error)(entry.embed_error.message)
         return entry.embedder
 
     @hookimpl

@@ -12,9 +12,11 @@ import numpy as np
 
 from corral.errors import (
     BackendError,
+    CapabilityError,
     ContextLengthError,
     CorralError,
     GenerationCancelledError,
+    InsufficientMemoryError,
     InvalidRequestError,
 )
 from corral.types import CancelToken, EmbeddingResult, LoadOptions
@@ -94,8 +96,9 @@ class Embedder:
         self.ffi, self.lib = ffi, lib = model.ffi, model.lib
         cp = embed_params(lib, options, model.info.n_ctx_train, model.info.pooling, n_threads)
         ctx = lib.llama_init_from_model(model.ptr, cp)
-        if ctx == ffi.NULL:
-            raise BackendError("llama.cpp could not create an embedding context (out of memory?)")
+        if ctx == ffi.NULL:  # llama.cpp's log says which buffer it could not allocate
+            raise InsufficientMemoryError(f"llama.cpp could not allocate an embedding context of {cp.n_ctx} "
+                                          "tokens for this model (out of memory?)")
         self.ctx = ctx
         model.apply_adapters(ctx)
         self.n_batch = int(lib.llama_n_batch(ctx))
@@ -104,7 +107,7 @@ class Embedder:
         self.pooling = int(lib.llama_pooling_type(ctx))
         if self.pooling == lib.LLAMA_POOLING_TYPE_NONE:
             self.close()
-            raise BackendError("this model gives no pooled embeddings")
+            raise CapabilityError("this model gives no pooled embeddings")
         self.dim = int(lib.llama_model_n_cls_out(model.ptr)) if self.pooling == lib.LLAMA_POOLING_TYPE_RANK \
             else self.n_embd
         raw = lib.llama_batch_init(self.n_batch, 0, 1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from corral.config import Config
-from corral.errors import BackendError, BackendUnavailableError, InvalidRequestError
+from corral.errors import BackendError, BackendUnavailableError, InsufficientMemoryError, InvalidRequestError
 from corral.plugins import load_plugins
 from corral.selection import BackendHooks, probe_backends, select_backend
 from corral.testing.contract import BackendContract
@@ -92,6 +92,30 @@ def test_hooks_on_tiny_model(hooks, tiny_gguf):
     hooks.unload(handle)
     with pytest.raises(BackendError, match="not loaded"):
         hooks.tokenize(handle, "hello")
+
+
+def test_an_embedding_context_that_cannot_be_made_is_refused_once_and_remembered(hooks, tiny_gguf,
+                                                                                  monkeypatch):
+    """Out of memory is a 507 (not "this model cannot embed"), and the next calls are answered at once
+    instead of allocating again beside the model's running decodes."""
+    from corral_plugins._llama.backend import LlamaBackend
+
+    tries: list[int] = []
+
+    def cannot(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append(1)
+        raise InsufficientMemoryError("llama.cpp could not allocate an embedding context")
+
+    monkeypatch.setattr(LlamaBackend, "_embedder", staticmethod(cannot))
+    handle = hooks.load_model(str(tiny_gguf), LoadOptions(num_ctx=256, num_parallel=1))
+    try:
+        toks = hooks.tokenize(handle, "hello world")
+        for _ in range(3):
+            with pytest.raises(InsufficientMemoryError, match="embedding context"):
+                hooks.embed(handle, [toks])
+        assert tries == [1]
+    finally:
+        hooks.unload(handle)
 
 
 def test_tensor_split_needs_devices_to_split_over(hooks, tiny_gguf):
