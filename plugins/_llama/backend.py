@@ -142,7 +142,7 @@ class LlamaBackend:
                 entry.batcher = Batcher(native, model, options, entry.projector, entry.draft)
                 info = msgspec.structs.replace(
                     info, n_ctx=int(entry.batcher.n_ctx_seq), can_shift=bool(entry.batcher.can_shift),
-                    n_ctx_embed=embed_context(options, info.n_ctx_train, beside_generation=True))
+                    n_ctx_embed=embed_context(options, info.n_ctx_train))
             else:
                 entry.embedder = self._embedder(model, options)
                 n = int(entry.embedder.n_batch)

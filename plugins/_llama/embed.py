@@ -36,11 +36,12 @@ BUSY_LOOP_HOLD_S = 0.05
 SIDE_CONTEXT = 2048
 
 
-def embed_context(options: LoadOptions, n_ctx_train: int, beside_generation: bool) -> int:
-    """Tokens of the embedding context, the most one input may have: an embedding model's whole
-    context; a generative model's at most ``SIDE_CONTEXT``, beside the context it generates with."""
+def embed_context(options: LoadOptions, n_ctx_train: int) -> int:
+    """Tokens of the embedding context, the most one input may have: a model loaded for embeddings
+    gets its whole context; a generative model at most ``SIDE_CONTEXT``, beside the one it generates
+    with."""
     n_ctx = max(64, min(int(options.num_ctx), n_ctx_train or int(options.num_ctx)))
-    return min(n_ctx, SIDE_CONTEXT) if beside_generation else n_ctx
+    return n_ctx if options.embedding else min(n_ctx, SIDE_CONTEXT)
 
 
 class _Work:
@@ -60,7 +61,7 @@ class _Work:
 
 def embed_params(lib: Any, options: LoadOptions, n_ctx_train: int, pooling: str, n_threads: int = 0) -> Any:
     """The ``llama_context_params`` of an embedding context (the memory estimate uses the same)."""
-    n_ctx = embed_context(options, n_ctx_train, beside_generation=not options.embedding)
+    n_ctx = embed_context(options, n_ctx_train)
     cp = lib.llama_context_default_params()
     cp.embeddings = True
     cp.n_ctx = n_ctx
