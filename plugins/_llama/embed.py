@@ -196,7 +196,7 @@ class Embedder:
         it serves requests. That is measured, not taken from the loop's prompt-token cost: llama.cpp
         evaluates a causal model's output layer for every token of an embedding decode, and a 262k
         vocabulary makes such a token cost several prompt tokens (Gemma 3 270M, 2 cores: about 4 ms
-        against 1)."""
+        against 1.5)."""
         if self._turns is None:
             return self.n_batch
         limit = min(self.n_batch, self._turns.budget())
