@@ -108,7 +108,13 @@ class Batcher(StepPlanner, Speculation):
         self._clock = StepClock(self.n_batch)
         self._row_costs = RowCosts(lambda: self._clock.t_prompt_tok)
         # the model's embedding decodes take turns with this loop's steps (see ComputeTurns)
-        self.turns = ComputeTurns(self._clock.mixed_budget)
+        # A bulk step a short request arrives during stops at its next graph node (ComputeTurns.preempt);
+        # llama.cpp reads the flag without the GIL (corral_abort_flag).
+        self.turns = ComputeTurns(self._clock.mixed_budget, ffi.new("int *"))
+        lib.llama_set_abort_callback(ctx, lib.corral_abort_flag_ptr(), self.turns.stop)
+        self._stopped = False  # the last step was preempted: the next one runs whatever arrives
+        self.preempted_steps = 0  # steps stopped for a short request (each is done again later)
+        self._unshifted = False  # a context shift waits for the next llama_decode (never to be cut short)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
@@ -176,6 +182,8 @@ class Batcher(StepPlanner, Speculation):
                 job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans, drafter)
                 self._waiting.append(job)
                 self._cond.notify()
+            if request.short and any(s.job is None for s in self._slots):
+                self.turns.preempt()  # its first step need not wait for a bulk step or an embedding
         except BaseException:
             if sampler is not None:
                 sampler.close()
@@ -249,12 +257,24 @@ class Batcher(StepPlanner, Speculation):
             with self._cond:
                 self._cond.wait(0.005)
             return
+        # A step that serves no short request may be preempted by one, unless the last step was (so bulk
+        # work always moves) or a context shift is pending (llama.cpp applies it before the batch, and a
+        # shift cut short would leave some layers shifted).
+        short = any(s.job is not None and s.job.request.short for s in active)
+        may_stop = not (short or self._stopped or self._unshifted)
         # A batch holds token ids or embedding rows, never both: media pieces get their own decodes.
-        with self.turns.step():
-            if plan:
-                self._decode(plan)
+        with self.turns.step(may_stop):
+            # already stopped: a short request arrived after the plan was made without it
+            stopped = self.turns.stopped
+            if plan and not stopped:
+                stopped = self._decode(plan)
             for s, start, n in media:
-                self._decode_media(s, start, n)
+                if not stopped:
+                    stopped = self._decode_media(s, start, n)
+        if not may_stop:
+            self._unshifted = False
+        self._stopped = stopped
+        self.preempted_steps += stopped
         self._mark_short()  # a short request that just ended no longer holds embedding decodes back
         if self._owing:  # the sequences that sat this step out have paid back what it took
             dt = time.perf_counter() - t0
@@ -266,21 +286,24 @@ class Batcher(StepPlanner, Speculation):
         self.turns.serving_short(any(s.job is not None and s.job.request.short for s in self._slots))
 
     # ---- decoding --------------------------------------------------------------------------------
-    def _decode_media(self, s: Slot, start: int, n: int) -> None:
+    def _decode_media(self, s: Slot, start: int, n: int) -> bool:
+        """Evaluate ``n`` media rows of ``s``; True when a short request preempted it."""
         job = s.job
         if job is None or len(s.cached) != start:  # finished or failed by an earlier decode this step
-            return
+            return False
         span = span_at(job.spans, start)
         assert span is not None and self._media is not None
         last = start + n == len(job.prompt)
         t0 = time.perf_counter()
         rc = self._media.decode(self._ctx, span, start, n, s.id, last)
+        if rc == 2:  # preempted: llama.cpp dropped the rows' cells, the next steps evaluate them again
+            return True
         if rc != 0:
             if rc == 1 and any(o.job is None and o.cached for o in self._slots):
                 self._decode_failed([(s, start, n)], rc)  # idle sequences give up their cells; retry
             else:
                 self._fail(s, BackendError(f"llama_decode failed (code {rc}) on the {span.kind}"), start)
-            return
+            return False
         self._clock.learn(time.perf_counter() - t0, n, 0)
         exact = s.reuse_limit == len(s.cached)
         s.cached.extend(job.prompt[start : start + n])
@@ -288,8 +311,10 @@ class Batcher(StepPlanner, Speculation):
             s.reuse_limit = len(s.cached)
         if last:
             self._sampled(s, n - 1, time.perf_counter_ns())
+        return False
 
-    def _decode(self, plan: list[Piece]) -> None:
+    def _decode(self, plan: list[Piece]) -> bool:
+        """Evaluate the step's batch and sample its outputs; True when a short request preempted it."""
         tok, pos, seq, lg = self._tok, self._pos, self._seq, self._logit
         i = 0
         outputs: list[tuple[Slot, int, int]] = []  # (slot, first row, rows)
@@ -321,9 +346,12 @@ class Batcher(StepPlanner, Speculation):
             raise BackendError("internal error: batch larger than n_batch")
         t0 = time.perf_counter()
         rc = self._lib.llama_decode(self._ctx, self._batch[0])
+        if rc == 2:
+            self._preempted(plan)
+            return True
         if rc != 0:
             self._decode_failed(plan, rc)
-            return
+            return False
         self._prompt_cap = self.n_batch
         for s, start, n in plan:
             job = s.job
@@ -352,6 +380,16 @@ class Batcher(StepPlanner, Speculation):
                 self._sampled(s, row, now)
             else:
                 self._verify(s, row, n, now)
+        return False
+
+    def _preempted(self, plan: list[Piece]) -> None:
+        """The step stopped part-way for a short request: llama.cpp dropped its batch's cells (one
+        micro-batch: n_ubatch = n_batch), so each sequence stands where it stood, bar its draft."""
+        for s, _, _ in plan:
+            s.draft, s.draft_by_model = [], False
+            # llama.cpp removed the batch's cells already; were it split into micro-batches, the
+            # finished ones would stay, so every sequence is cut back to what it had
+            self._lib.llama_memory_seq_rm(self._mem, s.id, len(s.cached), -1)
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         if rc == 1:

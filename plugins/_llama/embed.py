@@ -117,6 +117,9 @@ class Embedder:
         self._queued: list[_Work] = []
         self._queue_lock = threading.Lock()
         self._per_token = 0.0  # seconds one token of a decode takes (moving average), 0 until measured
+        self.preempted = 0  # decodes stopped for a short request (each is done again)
+        if turns is not None:  # a decode a short request arrives during stops (ComputeTurns.preempt)
+            lib.llama_set_abort_callback(ctx, lib.corral_abort_flag_ptr(), turns.stop)
 
     def embed(self, inputs: list[list[int]], normalize: bool, alone: bool = False,
               cancel: CancelToken | None = None) -> EmbeddingResult:
@@ -155,6 +158,7 @@ class Embedder:
         order; a failed decode fails the calls whose inputs it held and those after them."""
         todo = [(w, i) for w in works for i in range(len(w.inputs))]
         k = 0
+        stopped = False  # the last decode was preempted: its retry is not
         try:
             while k < len(todo):
                 first = todo[k][0]
@@ -176,7 +180,11 @@ class Embedder:
                     n_tok += len(w.inputs[i])
                     end += 1
                 group = todo[k:end]
-                vectors = self._decode([w.inputs[i] for w, i in group])
+                vectors = self._decode([w.inputs[i] for w, i in group], may_stop=not stopped)
+                stopped = vectors is None
+                self.preempted += stopped
+                if vectors is None:
+                    continue
                 for (w, i), v in zip(group, vectors, strict=True):
                     if w.normalize:
                         norm = float(np.linalg.norm(v))
@@ -205,9 +213,9 @@ class Embedder:
             limit = min(limit, int(hold / self._per_token))
         return max(1, limit)
 
-    def _decode(self, inputs: list[list[int]]) -> list[np.ndarray]:
+    def _decode(self, inputs: list[list[int]], may_stop: bool = False) -> list[np.ndarray] | None:
         """One decode of ``inputs`` (sequence ``s`` = input ``s``, each from position 0): their
-        pooled vectors."""
+        pooled vectors, or None when ``may_stop`` and a short request preempted it."""
         ffi, lib = self.ffi, self.lib
         tokens = np.concatenate([np.asarray(t, dtype=np.int32) for t in inputs])
         pos = np.concatenate([np.arange(len(t), dtype=np.int32) for t in inputs])
@@ -223,11 +231,16 @@ class Embedder:
         mem = lib.llama_get_memory(self.ctx)
         if mem != ffi.NULL:
             lib.llama_memory_clear(mem, True)
-        with self._turns.embedding() if self._turns is not None else nullcontext():
+        turns = self._turns
+        with turns.embedding(may_stop) if turns is not None else nullcontext():
+            if turns is not None and turns.stopped:
+                return None  # a short request was queued as this decode took its turn
             t0 = time.perf_counter()
             rc = lib.llama_encode(self.ctx, self._batch[0]) if self.model.info.has_encoder \
                 else lib.llama_decode(self.ctx, self._batch[0])
             per = (time.perf_counter() - t0) / n
+        if rc == 2 and may_stop:
+            return None
         self._per_token = per if self._per_token == 0 else 0.7 * self._per_token + 0.3 * per
         if rc != 0:
             raise BackendError(f"llama.cpp failed to evaluate the embedding input (code {rc})")

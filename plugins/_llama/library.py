@@ -18,6 +18,10 @@ log = logging.getLogger("corral.llama")
 # ggml's levels: NONE=0 DEBUG=1 INFO=2 WARN=3 ERROR=4 CONT=5 (CONT continues the previous line).
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _CONT = 5
+# What llama.cpp logs as errors when a decode is stopped on purpose (its abort callback: a short request
+# preempted it, ComputeTurns.preempt; ggml's status 1 is "aborted"). The stop is routine, so these are
+# debug lines; any other failure is still logged at its own level.
+_PREEMPTED = ("failed with error 1", "compute status: 1", "removing memory module entries", ", ret = 2")
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
@@ -193,8 +197,9 @@ def _install_log_callback(ffi: Any, lib: Any) -> list[Any]:
             *lines, rest = buf.split("\n")
             for line in lines:
                 if line.strip():
-                    _records.put((py_level, line))
-                    if py_level >= logging.ERROR:
+                    line_level = logging.DEBUG if any(m in line for m in _PREEMPTED) else py_level
+                    _records.put((line_level, line))
+                    if line_level >= logging.ERROR:
                         _errors[tid] = line.strip()
             if rest:
                 _partial[tid] = (py_level, rest)

@@ -56,6 +56,7 @@ class StepPlanner:
     _draft_model: Any
     _owing: list[Slot]
     _prompt_rest: int
+    _unshifted: bool
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; at most
@@ -242,6 +243,7 @@ class StepPlanner:
         lib = self._lib
         lib.llama_memory_seq_rm(self._mem, s.id, keep, keep + discard)
         lib.llama_memory_seq_add(self._mem, s.id, keep + discard, n, -discard)
+        self._unshifted = True
         if self._draft_model is not None:
             self._draft_model.shift(s.id, keep, discard)
         s.cached = s.cached[:keep] + s.cached[keep + discard :]

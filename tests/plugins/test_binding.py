@@ -289,9 +289,9 @@ def _counting(emb, monkeypatch) -> list[int]:
     decodes: list[int] = []
     real = emb._decode
 
-    def counted(inputs):  # type: ignore[no-untyped-def]
+    def counted(inputs, may_stop=False):  # type: ignore[no-untyped-def]
         decodes.append(len(inputs))
-        return real(inputs)
+        return real(inputs, may_stop)
 
     monkeypatch.setattr(emb, "_decode", counted)
     return decodes
@@ -337,8 +337,8 @@ def test_beside_a_batching_loop_an_embedding_decode_packs_what_its_measured_cost
     inputs = [[1, 100 + i, 101 + i] for i in range(10)]  # 3 tokens each: 4 to a decode
     real = emb._decode
 
-    def fixed_cost(batch):  # type: ignore[no-untyped-def]
-        out = real(batch)
+    def fixed_cost(batch, may_stop=False):  # type: ignore[no-untyped-def]
+        out = real(batch, may_stop)
         emb._per_token = MIXED_STEP_TARGET_S / 12  # keep the measured cost fixed for the count
         return out
 

@@ -717,8 +717,8 @@ def test_embedding_decodes_take_turns_with_steps_after_short_requests(parts, mon
     embedding = b.turns.embedding
 
     @contextlib.contextmanager
-    def watched():  # type: ignore[no-untyped-def]
-        with embedding():
+    def watched(may_stop: bool = False):  # type: ignore[no-untyped-def]
+        with embedding(may_stop):
             granted.append(any(s.job is not None and s.job.request.short for s in b._slots))
             yield
 
@@ -760,6 +760,72 @@ def test_embedding_decodes_take_turns_with_steps_after_short_requests(parts, mon
         assert gen.is_alive() and len(granted) >= 2 and not any(granted)
         cancel.cancel()
         gen.join()
+    finally:
+        emb.close()
+        b.close()
+
+
+def _running_a_long_decode(b) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``b``'s cores run a decode (a whole prompt chunk takes about a second here)."""
+    deadline = time.monotonic() + 60
+    while not b.turns._running and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)
+
+
+def test_a_short_request_preempts_a_bulk_step_and_the_bulk_output_is_unchanged(parts):
+    """A short request arriving while a long prompt's chunk is evaluated stops that decode at its next
+    graph node instead of waiting for it; llama.cpp drops the chunk's cells and the loop evaluates it
+    again later, so the long request's greedy answer is the one it gets alone."""
+    from corral_plugins._llama.batcher import Batcher
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=2048, num_parallel=2, num_batch=512, speculative=False))
+    # two chunks of num_batch, whose greedy continuation no float noise can change
+    long_prompt = tok(parts, "Counting: " + ", ".join(str(i) for i in range(1, 200)))
+    try:
+        alone = tokens_of(run(b, long_prompt, num_predict=40))
+        b._truncate(b._slots[0], 0)  # no prefix to reuse: the prompt is evaluated again in chunks
+        b._truncate(b._slots[1], 0)
+        b._truncate(b._slots[2], 0)
+        got: list[list[TokenEvent]] = []
+        worker = threading.Thread(target=lambda: got.append(run(b, long_prompt, num_predict=40)))
+        worker.start()
+        _running_a_long_decode(b)
+        short = run(b, tok(parts, "Say hello."), num_predict=8)
+        worker.join(120)
+        assert tokens_of(short) and b.preempted_steps >= 1
+        assert tokens_of(got[0]) == alone
+        assert got[0][-1].stats is not None and got[0][-1].stats.cached_tokens == 0
+    finally:
+        b.close()
+
+
+def test_a_short_request_preempts_an_embedding_decode_which_is_done_again(parts):
+    """An embedding decode of the same model that a short request arrives during stops too, and is done
+    again (after the short request: ComputeTurns), so the call still gets every vector."""
+    from corral_plugins._llama.batcher import Batcher
+    from corral_plugins._llama.embed import Embedder
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=512, num_parallel=2, speculative=False))
+    emb = Embedder(model, LoadOptions(num_ctx=512), turns=b.turns)
+    inputs = [tok(parts, f"A sentence about the number {i}, neither large nor small.") for i in range(24)]
+    try:
+        ref = emb.embed(inputs, normalize=True).embeddings
+        emb._per_token = 0.0  # unmeasured: the next decode packs a prompt chunk's worth, long enough to stop
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(emb.embed(inputs, normalize=True)))
+        worker.start()
+        _running_a_long_decode(b)
+        short = run(b, tok(parts, "Say hello."), num_predict=8)
+        worker.join(120)
+        assert tokens_of(short) and emb.preempted >= 1
+        got = done[0].embeddings  # type: ignore[attr-defined]
+        assert len(got) == len(inputs)
+        # done again, possibly packed otherwise: equal up to the kernels' rounding (see Embedder)
+        cosines = [sum(x * y for x, y in zip(u, v, strict=True)) for u, v in zip(got, ref, strict=True)]
+        assert min(cosines) > 0.999
     finally:
         emb.close()
         b.close()

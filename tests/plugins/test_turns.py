@@ -22,8 +22,8 @@ class Recorder:
         with self.turns.embedding():
             self.order.append("embed")
 
-    def step(self, name: str) -> None:
-        with self.turns.step():
+    def step(self, name: str, may_stop: bool = False) -> None:
+        with self.turns.step(may_stop):
             self.order.append(name)
             self.inside.set()
             self.release.wait(5)
@@ -75,3 +75,47 @@ def test_a_waiting_embedding_decode_gives_way_to_a_short_request_admitted_meanwh
     r.turns.serving_short(False)
     emb.join(5)
     assert r.order == ["step 1", "short step", "embed"]
+
+
+def test_preempt_stops_the_running_decode_only_when_it_may_be_stopped():
+    r = Recorder()
+    bulk = threading.Thread(target=r.step, args=("bulk", True))
+    bulk.start()
+    r.inside.wait(5)
+    assert not r.turns.stopped
+    r.turns.preempt()  # a short request was queued: llama.cpp's abort callback now reads 1
+    assert r.turns.stopped and r.turns.stop[0] == 1
+    r.release.set()
+    bulk.join(5)
+    # the next step's plan holds the short request: it may not be stopped, and starts clear
+    r.step("short step")
+    assert not r.turns.stopped
+
+    r.release.clear()
+    r.inside.clear()
+    held = threading.Thread(target=r.step, args=("retry", False))  # a step stopped once is not again
+    held.start()
+    r.inside.wait(5)
+    r.turns.preempt()
+    assert not r.turns.stopped
+    r.release.set()
+    held.join(5)
+
+
+def test_a_short_request_queued_before_a_step_starts_stops_it_at_once_and_goes_before_embeddings(monkeypatch):
+    """Queued after the loop planned its step (so the plan lacks it): that step starts stopped; an
+    embedding decode ready meanwhile waits for the loop's next step, the one that serves the request."""
+    monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)
+    r = Recorder()
+    first, emb = r.embedding_waiting_behind_a_step()
+    r.turns.preempt()
+    r.release.set()
+    first.join(5)
+    seen: list[bool] = []
+    with r.turns.step(may_stop=True):  # planned before the request was queued
+        seen.append(r.turns.stopped)
+    assert seen == [True] and emb.is_alive()
+    with r.turns.step():  # the step that serves it
+        seen.append(r.turns.stopped)
+    emb.join(5)
+    assert seen == [True, False] and r.order == ["step 1", "embed"]
