@@ -33,11 +33,13 @@ from .slots import (
     CONTEXT_LENGTH_MESSAGE,
     GRAMMAR_FREE_S,
     GRAMMAR_YIELD,
+    MIN_CHUNK,
     Cells,
     Job,
     Slot,
     StepClock,
     Stream,
+    common_prefix,
     fit_prompt,
 )
 from .speculate import Speculation
@@ -182,7 +184,7 @@ class Batcher(StepPlanner, Speculation):
                 job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans, drafter)
                 self._waiting.append(job)
                 self._cond.notify()
-            if request.short and any(s.job is None for s in self._slots):
+            if request.short and self._served_at_once(prompt):
                 self.turns.preempt()  # its first step need not wait for a bulk step or an embedding
         except BaseException:
             if sampler is not None:
@@ -191,6 +193,13 @@ class Batcher(StepPlanner, Speculation):
                 self._media.release(spans)
             raise
         return self._stream(job)
+
+    def _served_at_once(self, prompt: list[int]) -> bool:
+        """Whether a short request with ``prompt`` would be served as short work from its first step: a
+        sequence is free, and one holds all but at most MIN_CHUNK of the prompt (``_serving_short``).
+        Read without the loop's lock, so a guess: at worst a step is preempted for nothing."""
+        free = any(s.job is None for s in self._slots)
+        return free and len(prompt) - max(common_prefix(s.reusable, prompt) for s in self._slots) <= MIN_CHUNK
 
     def close(self) -> None:
         """Stop the loop, fail what is still queued or running, free the context. Idempotent."""

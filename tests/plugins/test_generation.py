@@ -797,6 +797,9 @@ def test_a_short_request_preempts_a_bulk_step_and_the_bulk_output_is_unchanged(p
         assert tokens_of(short) and b.preempted_steps >= 1
         assert tokens_of(got[0]) == alone
         assert got[0][-1].stats is not None and got[0][-1].stats.cached_tokens == 0
+        # a short request with many new prompt tokens preempts nothing: its prompt takes steps anyway
+        assert not b._served_at_once(tok(parts, "Name the colour of each of these things: " + "a leaf, " * 8))
+        assert b._served_at_once(long_prompt + tok(parts, "Go on."))  # one slot holds all but a few tokens
     finally:
         b.close()
 
