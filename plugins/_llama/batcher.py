@@ -117,6 +117,7 @@ class Batcher(StepPlanner, Speculation):
         self._stopped = False  # the last step was preempted: the next one runs whatever arrives
         self.preempted_steps = 0  # steps stopped for a short request (each is done again later)
         self._unshifted = False  # a context shift waits for the next llama_decode (never to be cut short)
+        self._short_waiting = False  # a short request waits for a sequence (set by _admit)
         self._prompt_cap = self.n_batch  # lowered after llama_decode finds no KV room
         self._draft_ok = True  # False for one step after llama_decode found no room for drafts
         self._owing: list[Slot] = []  # sequences sitting this step out to pay back a grammar's cost
@@ -256,6 +257,8 @@ class Batcher(StepPlanner, Speculation):
                 self._finish(s, "stop")
         active, warming = self._active(), [s for s in self._slots if s.job is None and s.warm]
         self._mark_short()
+        if not self._short_waiting:  # embedding decodes now wait for the admitted ones (_mark_short)
+            self.turns.settled()
         if not active and not warming:
             return
         t0 = time.perf_counter()

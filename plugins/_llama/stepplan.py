@@ -57,6 +57,7 @@ class StepPlanner:
     _owing: list[Slot]
     _prompt_rest: int
     _unshifted: bool
+    _short_waiting: bool
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order, each to its best-matching slot; at most
@@ -68,6 +69,7 @@ class StepPlanner:
                 job = next((j for j in self._waiting
                             if j.cancel.cancelled or (free and (room or j.request.short))), None)
                 if job is None:
+                    self._short_waiting = any(j.request.short for j in self._waiting)
                     return
                 self._waiting.remove(job)
             if job.cancel.cancelled:

@@ -49,13 +49,21 @@ class ComputeTurns:
         self._urgent = False  # a short request was queued: the loop's next step goes before anything
 
     def preempt(self) -> None:
-        """A short request was queued: the decode running now stops early if it took its turn with a
-        flag, and until the loop's next step takes its turn, no embedding decode takes one (one that
-        does with a flag stops at once)."""
+        """A short request was queued: the decode running now stops early if it took its turn with
+        ``may_stop``, and until the loop serves the request (``settled``, or a step without
+        ``may_stop``), embedding decodes wait (one that takes its turn with ``may_stop`` stops at once)."""
         with self._cond:
             self._urgent = True
             if self._running and self._may_stop:
                 self.stop[0] = 1
+
+    def settled(self) -> None:
+        """The loop admitted (or dropped) every short request queued: no embedding decode need wait for
+        its next step any longer."""
+        if self._urgent:
+            with self._cond:
+                self._urgent = False
+                self._cond.notify_all()
 
     @property
     def stopped(self) -> bool:

@@ -119,3 +119,18 @@ def test_a_short_request_queued_before_a_step_starts_stops_it_at_once_and_goes_b
         seen.append(r.turns.stopped)
     emb.join(5)
     assert seen == [True, False] and r.order == ["step 1", "embed"]
+
+
+def test_an_embedding_decode_waits_for_a_queued_short_request_until_the_loop_settles_it(monkeypatch):
+    """A short request that never reaches a step (cancelled while queued, say) holds embedding decodes
+    back only until the loop finds no short request waiting."""
+    monkeypatch.setattr(turns_module, "EMBED_WAIT_S", 60.0)
+    r = Recorder()
+    r.turns.preempt()
+    emb = threading.Thread(target=r.embedding)
+    emb.start()
+    emb.join(0.2)
+    assert emb.is_alive() and r.order == []
+    r.turns.settled()
+    emb.join(5)
+    assert r.order == ["embed"]
