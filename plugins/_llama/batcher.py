@@ -33,13 +33,11 @@ from .slots import (
     CONTEXT_LENGTH_MESSAGE,
     GRAMMAR_FREE_S,
     GRAMMAR_YIELD,
-    MIN_CHUNK,
     Cells,
     Job,
     Slot,
     StepClock,
     Stream,
-    common_prefix,
     fit_prompt,
 )
 from .speculate import Speculation
@@ -195,13 +193,6 @@ class Batcher(StepPlanner, Speculation):
             raise
         return self._stream(job)
 
-    def _served_at_once(self, prompt: list[int]) -> bool:
-        """Whether a short request with ``prompt`` would be served as short work from its first step: a
-        sequence is free, and one holds all but at most MIN_CHUNK of the prompt (``_serving_short``).
-        Read without the loop's lock, so a guess: at worst a step is preempted for nothing."""
-        free = any(s.job is None for s in self._slots)
-        return free and len(prompt) - max(common_prefix(s.reusable, prompt) for s in self._slots) <= MIN_CHUNK
-
     def close(self) -> None:
         """Stop the loop, fail what is still queued or running, free the context. Idempotent."""
         with self._cond:
@@ -278,7 +269,9 @@ class Batcher(StepPlanner, Speculation):
         with self.turns.step(may_stop):
             # already stopped: a short request arrived after the plan was made without it
             stopped = self.turns.stopped
-            if plan and not stopped:
+            if stopped:
+                self._preempted(plan)
+            elif plan:
                 stopped = self._decode(plan)
             for s, start, n in media:
                 if not stopped:
@@ -393,15 +386,6 @@ class Batcher(StepPlanner, Speculation):
             else:
                 self._verify(s, row, n, now)
         return False
-
-    def _preempted(self, plan: list[Piece]) -> None:
-        """The step stopped part-way for a short request: llama.cpp dropped its batch's cells (one
-        micro-batch: n_ubatch = n_batch), so each sequence stands where it stood, bar its draft."""
-        for s, _, _ in plan:
-            s.draft, s.draft_by_model = [], False
-            # llama.cpp removed the batch's cells already; were it split into micro-batches, the
-            # finished ones would stay, so every sequence is cut back to what it had
-            self._lib.llama_memory_seq_rm(self._mem, s.id, len(s.cached), -1)
 
     def _decode_failed(self, plan: list[tuple[Slot, int, int]], rc: int) -> None:
         if rc == 1:

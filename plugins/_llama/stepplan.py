@@ -157,6 +157,13 @@ class StepPlanner:
                 budget -= n
         return plan, media
 
+    def _served_at_once(self, prompt: list[int]) -> bool:
+        """Whether a short request with ``prompt`` would be served as short work from its first step: a
+        sequence is free, and one holds all but at most MIN_CHUNK of the prompt (``_serving_short``).
+        Read without the loop's lock, so a guess: at worst a step is preempted for nothing."""
+        free = any(s.job is None for s in self._slots)
+        return free and len(prompt) - max(common_prefix(s.reusable, prompt) for s in self._slots) <= MIN_CHUNK
+
     @staticmethod
     def _serving_short(s: Slot) -> bool:
         """Whether ``s`` is a short request whose steps are kept light: generating its answer, or with
@@ -220,6 +227,15 @@ class StepPlanner:
         return False
 
     # ---- KV bookkeeping --------------------------------------------------------------------------
+    def _preempted(self, plan: list[Piece]) -> None:
+        """The step stopped part-way for a short request: llama.cpp dropped its batch's cells (one
+        micro-batch: n_ubatch = n_batch), so each sequence stands where it stood, bar its draft."""
+        for s, _, _ in plan:
+            s.draft, s.draft_by_model = [], False
+            # llama.cpp removed the batch's cells already; were it split into micro-batches, the
+            # finished ones would stay, so every sequence is cut back to what it had
+            self._lib.llama_memory_seq_rm(self._mem, s.id, len(s.cached), -1)
+
     def _make_room(self, s: Slot) -> bool:
         """The sequence filled its context: shift it (Ollama's keep + discard half), or finish."""
         job = s.job
