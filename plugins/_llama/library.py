@@ -18,10 +18,17 @@ log = logging.getLogger("corral.llama")
 # ggml's levels: NONE=0 DEBUG=1 INFO=2 WARN=3 ERROR=4 CONT=5 (CONT continues the previous line).
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _CONT = 5
-# What llama.cpp logs as errors when a decode is stopped on purpose (its abort callback: a short request
-# preempted it, ComputeTurns.preempt; ggml's status 1 is "aborted"). The stop is routine, so these are
-# debug lines; any other failure is still logged at its own level.
-_PREEMPTED = ("failed with error 1", "compute status: 1", "removing memory module entries", ", ret = 2")
+# Lines llama.cpp logs as warnings or errors about what corral does on purpose, so debug lines here (any
+# other line keeps its level):
+_ROUTINE = (
+    # a decode stopped by its abort callback (a short request preempted it, ComputeTurns.preempt;
+    # ggml's status 1 is "aborted")
+    "failed with error 1", "compute status: 1", "removing memory module entries", ", ret = 2",
+    # "n_ctx_seq (131072) > n_ctx_train (32768)": one unified cache holds every sequence, so llama.cpp
+    # compares all their cells with the training context; each sequence's num_ctx is capped at it in the
+    # core (corral.options.cap_context)
+    "possible training context overflow",
+)
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
@@ -197,7 +204,7 @@ def _install_log_callback(ffi: Any, lib: Any) -> list[Any]:
             *lines, rest = buf.split("\n")
             for line in lines:
                 if line.strip():
-                    line_level = logging.DEBUG if any(m in line for m in _PREEMPTED) else py_level
+                    line_level = logging.DEBUG if any(m in line for m in _ROUTINE) else py_level
                     _records.put((line_level, line))
                     if line_level >= logging.ERROR:
                         _errors[tid] = line.strip()

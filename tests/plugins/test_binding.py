@@ -162,6 +162,27 @@ def test_llama_logs_reach_python_logging(native, tiny_gguf, caplog):
     assert all("\n" not in r.getMessage() for r in lines)
 
 
+def test_a_unified_cache_larger_than_the_training_context_is_not_a_warning(native, tiny_gguf, caplog):
+    """num_parallel sequences of num_ctx each share one cache, so llama.cpp's "n_ctx_seq > n_ctx_train"
+    compares all of them with the training context: routine, logged at debug level (the core caps each
+    sequence's num_ctx at the training context)."""
+    from corral_plugins._llama.context import new_context
+    from corral_plugins._llama.model import LlamaModel
+
+    caplog.set_level(logging.DEBUG, logger="corral.llama")
+    model = LlamaModel(native, tiny_gguf)
+    try:
+        assert model.info.n_ctx_train == 2048
+        native.lib.llama_free(new_context(native, model, LoadOptions(num_ctx=2048, num_parallel=2)))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("overflow" in r.getMessage() for r in caplog.records):
+            time.sleep(0.02)  # a daemon thread hands the lines to logging
+    finally:
+        model.free()
+    lines = [r for r in caplog.records if "n_ctx_seq (4096) > n_ctx_train (2048)" in r.getMessage()]
+    assert lines and all(r.levelno == logging.DEBUG for r in lines), [r.levelname for r in lines]
+
+
 def test_progress_callback_and_cancel(native, tiny_gguf):
     from corral_plugins._llama.model import LlamaModel
 
