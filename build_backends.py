@@ -553,11 +553,11 @@ def install_backend(backend: str, bin_dir: Path, key: str, out_dir: Path, py_key
 
 def python_key() -> str:
     """What the cffi module depends on besides the libraries: it is built for Python's stable ABI
-    (one module for every CPython >= 3.10), so its sources (the cdef file and the C it compiles in,
-    rpc_worker.c) and the cffi that generated it."""
+    (one module for every CPython >= 3.10), so its sources (ffi_build.py, the declarations in
+    binding.cdef and the C and C++ it compiles in) and the cffi that generated it."""
     ffi_hash = "none"
     if FFI_BUILD.exists():
-        compiled = (p for ext in ("c", "cpp", "h") for p in FFI_BUILD.parent.glob(f"*.{ext}"))
+        compiled = (p for ext in ("cdef", "c", "cpp", "h") for p in FFI_BUILD.parent.glob(f"*.{ext}"))
         sources = [FFI_BUILD, *sorted(compiled)]
         ffi_hash = hashlib.sha256("".join(sha256_file(p) for p in sources).encode()).hexdigest()[:12]
     try:
