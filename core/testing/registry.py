@@ -9,6 +9,7 @@ import re
 import select
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -59,6 +60,19 @@ class Access:
     authorization: str | None = None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A threaded server for which a client hanging up is routine, not an error to print.
+
+    The default ``handle_error`` prints a traceback to ``sys.stderr``; a test that captures stderr
+    (the CLI runner does) would then read another test's client closing its pooled connection.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class TestRegistry:
     """Serve a registry on 127.0.0.1 from a directory; use as a context manager.
 
@@ -81,7 +95,7 @@ class TestRegistry:
         self.hung_up = threading.Event()  # the client of a held body closed its connection
         self.log: list[Access] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +86,18 @@ def test_http_needs_insecure(store: Store, registry: TestRegistry) -> None:
 def test_unknown_model(store: Store, registry: TestRegistry) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         collect(store.pull(f"{registry.host}/library/nope", insecure=True))
+
+
+def test_a_client_resetting_its_connection_prints_nothing(registry: TestRegistry,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A client that hangs up mid-request (an HTTP pool closing an idle connection) is routine: a
+    # traceback on stderr would land in whatever test captures stderr next (the CLI runner's).
+    sock = socket.create_connection(("127.0.0.1", registry.port))
+    sock.sendall(b"GET /v2/ HTTP/1.1\r\n")  # no end of headers: the server is still reading
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    sock.close()
+    time.sleep(0.3)
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_invalid_name_touches_nothing(store: Store, registry: TestRegistry) -> None:
