@@ -22,16 +22,26 @@ class RowCosts:
 
     On a GPU an extra row is nearly free; on two CPU cores with a 262k vocabulary one costs almost as
     much as a whole step, so the same draft can double a stream's speed on one machine and slow it on
-    another. Step sizes never seen are estimated from their neighbours; past the largest measured one,
-    from the cost per row between the two largest, or before two sizes are measured from
-    ``prior_slope`` (the learned cost of one prompt token). So one draft tried on the prior's word
-    measures the machine, and no size is tried just because it was never seen."""
+    another. Costs are not a line either: on x86 the quantized matrix kernels work in tiles of four
+    rows, so 8 rows can cost less than 7, and 17 a third more than 16.
 
-    __slots__ = ("_t", "_seen", "_keys", "_step", "prior_slope")
+    So sizes are measured in doublings (1, 2, 4, 8, 16 rows for one sequence), which land on the cheap
+    tiles: past the largest measured size only twice that size is priced, from the cost per row since
+    the size it doubled (before two sizes are measured, from ``prior_slope``, the learned cost of one
+    prompt token), and sizes between two measured ones are priced on the line through them. One draft
+    tried on that word measures the next size; no size is tried just because it was never seen.
+    """
+
+    __slots__ = ("_t", "_seen", "_samples", "_guessed", "_keys", "_step", "prior_slope")
 
     def __init__(self, prior_slope: Callable[[], float]) -> None:
         self._t: dict[int, float] = {}
         self._seen: dict[int, int] = {}
+        self._samples: dict[int, int] = {}
+        # What a size was priced at before its first step: that step may be slow for reasons of its
+        # own (below) and must not price a good size out for good, so until a second step measures it
+        # a size costs the less of the two.
+        self._guessed: dict[int, float] = {}
         self._keys: list[int] = []
         self._step = 0
         self.prior_slope = prior_slope
@@ -40,22 +50,30 @@ class RowCosts:
         self._step += 1
         old = self._t.get(rows)
         if old is None:
+            guess = self.step_time(rows)
+            if guess is not None:
+                self._guessed[rows] = guess
             bisect.insort(self._keys, rows)
-            self._t[rows] = dt
+            self._t[rows], self._samples[rows] = dt, 1
         else:
-            self._t[rows] = old + LEARN_RATE * (dt - old)
+            n = self._samples[rows] = self._samples[rows] + 1
+            # The first step of a size is dropped: it pays one-time costs (llama.cpp grows its output
+            # buffer for a step with more rows than any before). Then a mean, then a moving average.
+            self._t[rows] = dt if n == 2 else old + max(LEARN_RATE, 1.0 / (n - 1)) * (dt - old)
+            self._guessed.pop(rows, None)
         self._seen[rows] = self._step
         if self._step % 256 == 0:
             for n in [n for n in self._keys if self._step - self._seen[n] > FORGET_AFTER_STEPS]:
                 self._keys.remove(n)
-                del self._t[n], self._seen[n]
+                del self._t[n], self._seen[n], self._samples[n]
+                self._guessed.pop(n, None)
 
     def step_time(self, rows: int) -> float | None:
         """Expected seconds of a decode-only step with ``rows`` rows; None before any step of a size
-        at or below it was measured."""
+        at or below it was measured, or past the largest measured size but not twice it."""
         t = self._t.get(rows)
         if t is not None:
-            return t
+            return min(t, self._guessed.get(rows, t))
         i = bisect.bisect_left(self._keys, rows)
         if i == 0:
             return None
@@ -64,9 +82,11 @@ class RowCosts:
         if i < len(self._keys):  # between two measured sizes: the line through them
             hi = self._keys[i]
             return t_lo + (self._t[hi] - t_lo) * (rows - lo) / (hi - lo)
-        if i >= 2:  # past the largest measured size: the cost per row between the two largest
-            below = self._keys[i - 2]
-            slope = max(0.0, (t_lo - self._t[below]) / (lo - below))
+        if rows != 2 * lo:
+            return None
+        half = self._keys[bisect.bisect_right(self._keys, lo // 2) - 1] if self._keys[0] <= lo // 2 else None
+        if half is not None:  # the cost per row since the size that doubled to the largest one
+            slope = max(0.0, (t_lo - self._t[half]) / (lo - half))
         else:  # one size measured: the prior, until a draft measures a larger one
             slope = self.prior_slope() or 0.5 * t_lo / lo
         return t_lo + slope * (rows - lo)
@@ -94,7 +114,7 @@ class DraftBudget:
         for k in range(1, len(gains)):
             t = self._costs.step_time(self.rows + k)
             if t is None or t <= 0:
-                break
+                continue
             rate = (self.tokens + gains[k]) / t
             if rate > best_rate:
                 best_k, best_rate = k, rate

@@ -78,13 +78,20 @@ def test_row_costs_interpolate_and_extrapolate() -> None:
     c = costs((1, 0.010), (5, 0.050), slope=0.002)
     assert c.step_time(1) == 0.010
     assert c.step_time(3) == pytest.approx(0.030)  # between two measured sizes
-    assert c.step_time(7) == pytest.approx(0.070)  # past them: the measured cost per row
+    assert c.step_time(10) == pytest.approx(0.100)  # twice the largest: the measured cost per row
+    assert c.step_time(7) is None and c.step_time(11) is None  # other sizes past it: not guessed
     assert c.step_time(0) is None
     one = costs((1, 0.010), slope=0.002)
-    assert one.step_time(3) == pytest.approx(0.014)  # one size measured: the prior slope
-    assert costs((1, 0.010)).step_time(3) == pytest.approx(0.020)  # no prior: half a step per row
+    assert one.step_time(2) == pytest.approx(0.012)  # one size measured: the prior slope
+    assert one.step_time(3) is None
+    assert costs((1, 0.010)).step_time(2) == pytest.approx(0.015)  # no prior: half a step per row
     c.learn(0.020, 1)
-    assert c.step_time(1) == pytest.approx(0.013)  # a moving average
+    assert c.step_time(1) == pytest.approx(0.020)  # the first step of a size is not its cost
+    c.learn(0.030, 1)
+    assert c.step_time(1) == pytest.approx(0.025)  # the mean of the next ones
+    for _ in range(20):
+        c.learn(0.040, 1)
+    assert c.step_time(1) == pytest.approx(0.040, rel=0.01)  # then a moving average
 
 
 def test_a_draft_is_as_long_as_pays_for_the_step() -> None:
@@ -116,10 +123,55 @@ def test_unmeasured_step_sizes_are_tried_then_known() -> None:
     c = RowCosts(lambda: 0.001)  # a prompt token is cheap, so a row is guessed cheap
     assert DraftBudget(c, 1).pick([0.0, 1.0]) == 0  # nothing measured yet
     c.learn(0.010, 1)
-    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 2  # tried on the prior's word
-    c.learn(0.030, 3)  # and found dear
-    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6]) == 0
-    assert DraftBudget(c, 1).pick([0.0, 0.8, 1.6, 2.4, 3.2, 4.0]) == 0  # larger ones priced alike
+    assert DraftBudget(c, 1).pick([0.0, 0.9, 1.8]) == 1  # tried on the prior's word, up to 2 rows
+    c.learn(0.011, 2)
+    assert DraftBudget(c, 1).pick([0.0, 0.9, 1.8, 2.7, 3.6, 4.5]) == 3  # then up to twice that
+    c.learn(0.040, 4)  # and found dear
+    assert DraftBudget(c, 1).pick([0.0, 0.9, 1.8, 2.7, 3.6, 4.5]) == 3  # once might be bad luck
+    c.learn(0.040, 4)  # twice is not
+    assert DraftBudget(c, 1).pick([0.0, 0.9, 1.8, 2.7, 3.6, 4.5]) == 1
+    assert c.step_time(8) == pytest.approx(0.040 + 4 * 0.0145)  # the next doubling: the dear slope
+
+
+def test_drafts_grow_in_doublings_and_settle_on_the_cheapest_size() -> None:
+    # Step times measured on two x86 cores (gemma3 270m, ms by rows): the kernels work in tiles of
+    # four rows, so 16 rows cost less than 15 and 17 far more than 16.
+    ms = {1: 24, 2: 24, 3: 28, 4: 32, 5: 47, 6: 52, 7: 57, 8: 52, 9: 66, 10: 70, 11: 82, 12: 70, 13: 83,
+          14: 85, 15: 90, 16: 83, 17: 114}
+    c = RowCosts(lambda: 0.0012)  # a prompt token's cost
+    c.learn(0.024, 1)
+    perfect = [float(k) for k in range(17)]  # a copy: every guessed token comes true
+    tried = []
+    for _ in range(12):
+        k = DraftBudget(c, 1).pick(perfect)
+        tried.append(k)
+        c.learn(ms[1 + k] / 1000, 1 + k)
+    assert list(dict.fromkeys(tried)) == [1, 3, 7, 15]  # 2, 4, 8, 16 rows, each measured first
+    assert tried[-6:] == [15] * 6  # 16 tokens in 83 ms: the best size, kept
+    assert 16 not in tried  # 17 rows are not a doubling of any measured size
+
+
+def test_a_size_measured_dear_once_is_measured_again() -> None:
+    c = costs((1, 0.024), (2, 0.024), (4, 0.032), (8, 0.052))
+    perfect = [float(k) for k in range(17)]
+    assert DraftBudget(c, 1).pick(perfect) == 15  # 16 rows: twice 8, priced at 8's cost per row
+    c.learn(0.150, 16)  # a first step of a size: llama.cpp grew its output buffer
+    assert DraftBudget(c, 1).pick(perfect) == 15  # priced as it was guessed until measured again
+    c.learn(0.083, 16)
+    assert c.step_time(16) == pytest.approx(0.083)  # the second step is its cost
+    assert DraftBudget(c, 1).pick(perfect) == 15
+    c.learn(0.150, 16)
+    c.learn(0.150, 16)
+    assert DraftBudget(c, 1).pick(perfect) < 15  # steps that are slow every time: known dear
+
+
+def test_the_longest_matching_context_wins_over_the_latest_one() -> None:
+    loop = [50, 1, 2, 3, 60, 61, 51, 1, 2, 3, 70, 71]  # "1 2 3" twice, after 50 and after 51
+    d = NgramDrafter(loop + [99, 50, 1, 2, 3])
+    assert d.guess()[:2] == [60, 61]  # "50 1 2 3" matches the first place: four tokens, not three
+    d = NgramDrafter(loop + [99, 98, 1, 2, 3])
+    assert d.guess()[:2] == [70, 71]  # three tokens match both: the latest place
+    assert NgramDrafter(loop + [99, 2, 3]).guess() == []  # two tokens are too few
 
 
 def test_max_draft_bounds_the_guess() -> None:
