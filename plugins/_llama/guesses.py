@@ -1,9 +1,10 @@
-"""What speculative drafters share: an index of a sequence's short contexts (what followed each one
-last), and a record of how far a kind of guess tends to come true."""
+"""What speculative drafters share: indexes of a sequence's contexts (what followed each short one
+last; where the longest match of its latest tokens is), and a record of how far a kind of guess tends
+to come true."""
 
 from __future__ import annotations
 
-__all__ = ["ContextIndex", "GuessRecord"]
+__all__ = ["ContextIndex", "GuessRecord", "LongestMatch"]
 
 # Each settled guess counts 1 and the record decays by this factor per guess, so it follows the text:
 # an answer that starts copying its input is noticed within a few guesses.
@@ -52,6 +53,59 @@ class ContextIndex:
             if guess:
                 found.append(guess)
         return found
+
+
+class LongestMatch:
+    """Where the history's latest tokens occurred before with the longest matching context: every
+    earlier occurrence of its last ``min_len`` tokens (the latest ``CANDIDATES`` of them) is compared
+    backwards, up to ``max_len`` tokens, and the longest match wins, the latest among equals. In a copy
+    the longest match is the place being copied; in text that repeats itself it is the right turn of
+    the loop, where the latest occurrence of a short context is often the wrong one."""
+
+    __slots__ = ("history", "min_len", "max_len", "_index", "_indexed")
+
+    CANDIDATES = 32  # occurrences compared per lookup: bounded work on text that repeats a lot
+
+    def __init__(self, history: list[int], min_len: int, max_len: int) -> None:
+        self.history = history
+        self.min_len, self.max_len = min_len, max(min_len, max_len)
+        self._index: dict[tuple[int, ...], list[int]] = {}  # context -> where the token after it is
+        self._indexed = 0
+
+    def _catch_up(self) -> None:
+        """Index every context that ends before the last token (the last one is being looked up)."""
+        h, idx, n = self.history, self._index, self.min_len
+        end = len(h) - 1
+        for i in range(max(self._indexed, n - 1), end):
+            key = tuple(h[i + 1 - n : i + 1])
+            at = idx.get(key)
+            if at is None:
+                idx[key] = [i + 1]
+            else:
+                at.append(i + 1)
+        self._indexed = max(self._indexed, end)
+
+    def continuation(self, max_len: int) -> list[int]:
+        """Up to ``max_len`` tokens that followed the best earlier match, or [] when none matches."""
+        self._catch_up()
+        h, n = self.history, self.min_len
+        at = self._index.get(tuple(h[len(h) - n :])) if len(h) >= n else None
+        if not at:
+            return []
+        best, best_len, last = at[-1], -1, len(h) - 1
+        for start in reversed(at[-self.CANDIDATES :]):
+            k = n
+            while k < self.max_len and start - 1 - k >= 0 and h[start - 1 - k] == h[last - k]:
+                k += 1
+            if k > best_len:
+                best, best_len = start, k
+                if k == self.max_len:
+                    break
+        guess = h[best : best + max_len]
+        # Negative ids stand for image or audio rows in a prompt: never a token to guess.
+        if guess and min(guess) < 0:
+            guess = guess[: next(i for i, t in enumerate(guess) if t < 0)]
+        return guess
 
 
 class GuessRecord:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .guesses import ContextIndex, GuessRecord
+from .guesses import GuessRecord, LongestMatch
 
 __all__ = ["NgramDrafter", "Pick"]
 
-# Longest n-gram first: a longer match predicts its continuation better; the shortest still finds
-# the places where an answer starts copying its input.
-NGRAM_SIZES = (4, 3)
+# A guess follows the place whose context matches the latest tokens longest (up to MAX_CONTEXT
+# tokens): a longer match predicts its continuation better. MIN_CONTEXT tokens must match: fewer still
+# find where an answer starts copying its input, but too often by chance.
+MIN_CONTEXT, MAX_CONTEXT = 3, 32
 MAX_DRAFT = 16  # tokens per draft by default (each costs a row of logits when it is verified)
 
 # Given E[k] = the expected number of accepted tokens if a draft of k tokens is verified (E[0] = 0),
@@ -20,8 +21,8 @@ Pick = Callable[[Sequence[float]], int]
 
 
 class NgramDrafter:
-    """Guesses a sequence's next tokens by finding the tokens that followed the last time its most
-    recent n-gram appeared (in the prompt or the answer so far).
+    """Guesses a sequence's next tokens by finding the tokens that followed the earlier place (in the
+    prompt or the answer so far) whose context matches its latest tokens longest.
 
     Every guess is checked against the tokens that really follow, whether or not it was drafted, so
     the drafter knows how many tokens of a guess the model would accept before it pays for a
@@ -35,7 +36,7 @@ class NgramDrafter:
     def __init__(self, prompt: list[int], max_draft: int = MAX_DRAFT) -> None:
         self.history = list(prompt)
         self.max_k = max(1, max_draft)  # draft_num_predict, when the request's model sets it
-        self._contexts = ContextIndex(self.history, NGRAM_SIZES)
+        self._contexts = LongestMatch(self.history, MIN_CONTEXT, MAX_CONTEXT)
         self._record = GuessRecord(self.max_k)
 
     def extend(self, tokens: list[int]) -> None:
@@ -44,9 +45,8 @@ class NgramDrafter:
         self._record.extend(tokens)
 
     def guess(self) -> list[int]:
-        """Up to ``max_k`` tokens guessed to follow the last one, or [] when no n-gram matches."""
-        found = self._contexts.continuations(self.max_k)
-        return found[0] if found else []
+        """Up to ``max_k`` tokens guessed to follow the last one, or [] when its context never occurred."""
+        return self._contexts.continuation(self.max_k)
 
     def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
         """The tokens to draft now: the first ``k`` of the current guess, where ``pick`` chooses ``k``

@@ -64,7 +64,7 @@ def feed(drafter, guide, piece: str) -> None:
 def test_a_lookup_draft_is_cut_where_the_grammar_refuses_it(drafting):
     drafter, inner, guide = drafting
     feed(drafter, guide, '{"name": "Ann", "age": ')
-    assert text(inner.propose(8)).startswith('"Ann')  # lookup guesses the string the last `": ` began
+    assert text(inner.propose(8)).startswith('"12"')  # lookup: what followed `"Ann", "age": ` before
     assert drafter.propose(8) == []  # the schema wants an integer here: no token of it can pass
 
 
@@ -77,7 +77,7 @@ def test_a_lookup_draft_keeps_what_the_grammar_allows(drafting):
 
 def test_the_grammar_drafts_the_text_it_forces(drafting):
     drafter, inner, guide = drafting
-    feed(drafter, guide, '{"name": "Ann", "')
+    feed(drafter, guide, '{"name": "Bo", "')
     assert text(inner.propose(8)) == 'name": "'  # the prompt's third key: the schema refuses it
     # the next key is forced; its last token stays undrafted (it may merge with what follows)
     assert text(drafter.propose(8)) == "age"
