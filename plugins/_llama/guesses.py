@@ -14,6 +14,14 @@ RECORD_DECAY = 0.85
 PRIOR_WEIGHT = 1.0
 
 
+def _tokens_only(guess: list[int]) -> list[int]:
+    """``guess`` up to its first negative id: those stand for image or audio rows in a prompt, never a
+    token to guess."""
+    if guess and min(guess) < 0:
+        return guess[: next(i for i, t in enumerate(guess) if t < 0)]
+    return guess
+
+
 class ContextIndex:
     """For each context of ``sizes`` tokens (longest first) in ``history``, where the token that
     followed its latest occurrence is; the history only grows (the owner appends to it)."""
@@ -46,10 +54,7 @@ class ContextIndex:
             start = self._index.get(tuple(h[len(h) - n :])) if len(h) >= n else None
             if start is None:
                 continue
-            guess = h[start : start + max_len]
-            # Negative ids stand for image or audio rows in a prompt: never a token to guess.
-            if guess and min(guess) < 0:
-                guess = guess[: next(i for i, t in enumerate(guess) if t < 0)]
+            guess = _tokens_only(h[start : start + max_len])
             if guess:
                 found.append(guess)
         return found
@@ -101,11 +106,7 @@ class LongestMatch:
                 best, best_len = start, k
                 if k == self.max_len:
                     break
-        guess = h[best : best + max_len]
-        # Negative ids stand for image or audio rows in a prompt: never a token to guess.
-        if guess and min(guess) < 0:
-            guess = guess[: next(i for i, t in enumerate(guess) if t < 0)]
-        return guess
+        return _tokens_only(h[best : best + max_len])
 
 
 class GuessRecord:
