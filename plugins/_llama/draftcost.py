@@ -84,8 +84,9 @@ class RowCosts:
             return t_lo + (self._t[hi] - t_lo) * (rows - lo) / (hi - lo)
         if rows != 2 * lo:
             return None
-        half = self._keys[bisect.bisect_right(self._keys, lo // 2) - 1] if self._keys[0] <= lo // 2 else None
-        if half is not None:  # the cost per row since the size that doubled to the largest one
+        j = bisect.bisect_right(self._keys, lo // 2)  # sizes at most half the largest one
+        if j:  # the cost per row since the size that doubled to the largest one
+            half = self._keys[j - 1]
             slope = max(0.0, (t_lo - self._t[half]) / (lo - half))
         else:  # one size measured: the prior, until a draft measures a larger one
             slope = self.prior_slope() or 0.5 * t_lo / lo
