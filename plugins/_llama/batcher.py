@@ -27,6 +27,7 @@ from .guideddraft import GuidedDrafter
 from .mediasteps import MediaSteps, span_at
 from .ngram import MAX_DRAFT, NgramDrafter
 from .outputs import Outputs
+from .recall import AnswerMemory
 from .sampling import LazyCall, SamplerChain
 from .slots import (
     CONTEXT_LENGTH_MESSAGE,
@@ -60,6 +61,8 @@ class Batcher(StepPlanner, Speculation, Outputs):
         n_draft = int(options.draft_num_predict)
         self._speculative = bool(options.speculative) and n_draft != 0
         self._lookup_max = n_draft if n_draft > 0 else MAX_DRAFT
+        # Recent answers, for prompt lookup across requests (a retried or repeated request's answer).
+        self._memory = AnswerMemory() if self._speculative else None
         self._draft_model: DraftModel | None = None
         # llguidance's tokenizer is built while the contexts are created (C, without the GIL), and
         # before the loop runs: the build holds the GIL, so later it would stall every stream.
@@ -169,7 +172,7 @@ class Batcher(StepPlanner, Speculation, Outputs):
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
             drafter: NgramDrafter | GuidedDrafter | None = None
             if self._speculative:
-                drafter = NgramDrafter(prompt, self._lookup_max)
+                drafter = NgramDrafter(prompt, self._lookup_max, self._memory)
                 if guide is not None or (lazy is not None and lazy.guide is not None):
                     # under an llguidance constraint the grammar trims and adds drafts
                     drafter = GuidedDrafter(drafter, sampler, prompt, self._tokenize_bytes)

@@ -4,7 +4,9 @@ to come true."""
 
 from __future__ import annotations
 
-__all__ = ["ContextIndex", "GuessRecord", "LongestMatch"]
+from collections.abc import Sequence
+
+__all__ = ["ContextIndex", "GuessRecord", "LongestMatch", "tokens_only"]
 
 # Each settled guess counts 1 and the record decays by this factor per guess, so it follows the text:
 # an answer that starts copying its input is noticed within a few guesses.
@@ -14,7 +16,7 @@ RECORD_DECAY = 0.85
 PRIOR_WEIGHT = 1.0
 
 
-def _tokens_only(guess: list[int]) -> list[int]:
+def tokens_only(guess: list[int]) -> list[int]:
     """``guess`` up to its first negative id: those stand for image or audio rows in a prompt, never a
     token to guess."""
     if guess and min(guess) < 0:
@@ -54,7 +56,7 @@ class ContextIndex:
             start = self._index.get(tuple(h[len(h) - n :])) if len(h) >= n else None
             if start is None:
                 continue
-            guess = _tokens_only(h[start : start + max_len])
+            guess = tokens_only(h[start : start + max_len])
             if guess:
                 found.append(guess)
         return found
@@ -90,23 +92,31 @@ class LongestMatch:
                 at.append(i + 1)
         self._indexed = max(self._indexed, end)
 
-    def continuation(self, max_len: int) -> list[int]:
-        """Up to ``max_len`` tokens that followed the best earlier match, or [] when none matches."""
+    def best(self, query: Sequence[int]) -> tuple[int, int]:
+        """Where the tokens after the best earlier match of ``query``'s end start in the history, and
+        how many tokens matched: ``(-1, 0)`` when not even the last ``min_len`` tokens occurred."""
         self._catch_up()
         h, n = self.history, self.min_len
-        at = self._index.get(tuple(h[len(h) - n :])) if len(h) >= n else None
+        at = self._index.get(tuple(query[len(query) - n :])) if len(query) >= n else None
         if not at:
-            return []
-        best, best_len, last = at[-1], -1, len(h) - 1
+            return -1, 0
+        best, best_len, last = at[-1], -1, len(query) - 1
         for start in reversed(at[-self.CANDIDATES :]):
             k = n
-            while k < self.max_len and start - 1 - k >= 0 and h[start - 1 - k] == h[last - k]:
+            while (k < self.max_len and start - 1 - k >= 0 and k <= last
+                   and h[start - 1 - k] == query[last - k] and query[last - k] >= 0):
                 k += 1
             if k > best_len:
                 best, best_len = start, k
                 if k == self.max_len:
                     break
-        return _tokens_only(h[best : best + max_len])
+        return best, best_len
+
+    def continuation(self, max_len: int) -> list[int]:
+        """Up to ``max_len`` tokens that followed the best earlier match of the history's own latest
+        tokens, or [] when none matches."""
+        start, _ = self.best(self.history)
+        return tokens_only(self.history[start : start + max_len]) if start >= 0 else []
 
 
 class GuessRecord:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .guesses import GuessRecord, LongestMatch
+from .guesses import GuessRecord, LongestMatch, tokens_only
+from .recall import AnswerMemory
 
 __all__ = ["NgramDrafter", "Pick"]
 
@@ -22,31 +23,60 @@ Pick = Callable[[Sequence[float]], int]
 
 class NgramDrafter:
     """Guesses a sequence's next tokens by finding the tokens that followed the earlier place (in the
-    prompt or the answer so far) whose context matches its latest tokens longest.
+    prompt or the answer so far) whose context matches its latest tokens longest, or, where the model's
+    ``memory`` of recent answers holds a longer match, what followed there.
 
     Every guess is checked against the tokens that really follow, whether or not it was drafted, so
     the drafter knows how many tokens of a guess the model would accept before it pays for a
     verification: text that never repeats its context (plain chat) is never drafted, and copying text
-    is drafted as far as it tends to hold. How far is worth its cost is the caller's choice (``pick``):
-    it knows what a row of logits costs.
+    is drafted as far as it tends to hold. Guesses from the sequence's own text and recalled ones keep
+    separate records: a repeated request's answer follows the remembered one far past the point where
+    its own lookup goes wrong. How far is worth its cost is the caller's choice (``pick``): it knows
+    what a row of logits costs.
     """
 
-    __slots__ = ("history", "max_k", "_contexts", "_record")
+    __slots__ = ("history", "max_k", "_contexts", "_record", "_memory", "_recalled", "_prompt_len")
 
-    def __init__(self, prompt: list[int], max_draft: int = MAX_DRAFT) -> None:
+    def __init__(self, prompt: list[int], max_draft: int = MAX_DRAFT,
+                 memory: AnswerMemory | None = None) -> None:
         self.history = list(prompt)
         self.max_k = max(1, max_draft)  # draft_num_predict, when the request's model sets it
         self._contexts = LongestMatch(self.history, MIN_CONTEXT, MAX_CONTEXT)
         self._record = GuessRecord(self.max_k)
+        self._memory = memory
+        self._recalled = GuessRecord(self.max_k)
+        self._prompt_len = len(prompt)
 
     def extend(self, tokens: list[int]) -> None:
-        """Tokens that joined the sequence (sampled, accepted): they settle the open guess."""
+        """Tokens that joined the sequence (sampled, accepted): they settle the open guesses."""
         self.history.extend(tokens)
         self._record.extend(tokens)
+        self._recalled.extend(tokens)
+
+    def finish(self) -> None:
+        """The sequence ended: its answer joins the model's memory for later requests."""
+        if self._memory is not None:
+            self._memory.remember(self.history, self._prompt_len)
+
+    def _guess(self, follow: bool) -> tuple[list[int], GuessRecord]:
+        """The guess to draft from and the record of its kind: a recalled guess where its context
+        matches longer. With ``follow``, both kinds of guess are checked against what follows."""
+        start, matched = self._contexts.best(self.history)
+        own = tokens_only(self.history[start : start + self.max_k]) if start >= 0 else []
+        if own and follow:
+            self._record.open(own)
+        if self._memory is not None:
+            recalled, recalled_matched = self._memory.recall(self.history, self.max_k)
+            if recalled:
+                if follow:
+                    self._recalled.open(recalled)
+                if recalled_matched > matched:
+                    return recalled, self._recalled
+        return own, self._record
 
     def guess(self) -> list[int]:
         """Up to ``max_k`` tokens guessed to follow the last one, or [] when its context never occurred."""
-        return self._contexts.continuation(self.max_k)
+        return self._guess(follow=False)[0]
 
     def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
         """The tokens to draft now: the first ``k`` of the current guess, where ``pick`` chooses ``k``
@@ -54,14 +84,13 @@ class NgramDrafter:
         never more than ``limit``. The guess is checked against what follows either way."""
         if limit <= 0:
             return []
-        g = self.guess()
+        g, record = self._guess(follow=True)
         if not g:
             return []
-        self._record.open(g)
         n = min(limit, len(g))
-        k = n if pick is None else max(0, min(n, pick(self._record.gains[: n + 1])))
+        k = n if pick is None else max(0, min(n, pick(record.gains[: n + 1])))
         return g[:k]
 
     def expected(self, k: int) -> float:
-        """Expected accepted tokens of a k-token draft, from the record so far."""
+        """Expected accepted tokens of a k-token draft of the sequence's own text, from the record."""
         return self._record.gains[max(0, min(k, self.max_k))]

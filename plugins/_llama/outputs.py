@@ -159,5 +159,7 @@ class Outputs:
     def _done(self, job: Job) -> None:
         job.done = True
         job.sampler.close()
+        if job.drafter is not None:
+            job.drafter.finish()
         if job.spans and self._media is not None:
             self._media.release(job.spans)

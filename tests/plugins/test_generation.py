@@ -494,6 +494,22 @@ def test_speculation_keeps_greedy_output_and_accepts_drafts(parts, engine, draft
     assert all(e.top_logprobs is not None and len(e.top_logprobs) == 2 for e in events if e.token >= 0)
 
 
+def test_a_repeated_request_drafts_from_the_answer_it_got_before(parts, engine, drafting):
+    """Prompt lookup across requests: asked again, the model's memory of its last answer drafts the
+    new one, where the prompt's own text has nothing to guess from. (A grammar holds the answer fixed:
+    a free greedy answer can turn on a near-tie that batch shapes decide.)"""
+    answer = ("Quillhaven's lighthouse was built in 1871 by Agnes Marlowe, who kept its lamp burning "
+              "through forty winters and logged every ship that passed the northern reef.")
+    s = SamplingParams(temperature=0.0, grammar=f'root ::= "{answer}"')
+    p = tok(parts, "Tell me about the harbour town of Quillhaven.")
+    first = run(engine, p, sampling=s, num_predict=100)
+    again = run(engine, p, sampling=s, num_predict=100)
+    assert text_of(first) == text_of(again) == answer
+    s1, s2 = first[-1].stats, again[-1].stats
+    assert s1 is not None and s2 is not None
+    assert s1.draft_accepted <= 5 and s2.draft_accepted >= 20, (s1, s2)
+
+
 def test_speculation_stops_exactly_where_decoding_would(parts, engine, drafting):
     """A stop string or num_predict inside an accepted draft ends the answer right there."""
     p = edit_prompt(parts)
@@ -507,11 +523,14 @@ def test_speculation_stops_exactly_where_decoding_would(parts, engine, drafting)
     assert full.startswith(text_of(short))
 
 
-def test_speculation_with_a_grammar_and_sampling(parts, engine, drafting):
+def test_speculation_with_a_grammar_and_sampling(parts, engine, drafting, monkeypatch):
     grammar = 'root ::= "def fib(n):" [^\\x00]{0,200}'
     s = SamplingParams(temperature=0.7, seed=11, grammar=grammar)
     ev = run(engine, edit_prompt(parts), sampling=s, num_predict=50)
     assert text_of(ev).startswith("def fib(n):")
+    # The same drafts each time (no memory of the answer before): batch shapes change the logits'
+    # last bits, which a sampled token can turn on.
+    monkeypatch.setattr(engine, "_memory", None)
     a = run(engine, edit_prompt(parts), sampling=s, num_predict=30)
     b = run(engine, edit_prompt(parts), sampling=s, num_predict=30)
     assert text_of(a) == text_of(b)  # seeded sampling stays reproducible with drafts in the batch
