@@ -74,7 +74,9 @@ class Batcher(StepPlanner, Speculation, Outputs):
                 self._draft_model = DraftModel(native, draft, self.n_vocab, options,
                                                n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS)
             longest = max(self._lookup_max, self._draft_model.n_tokens if self._draft_model else 0)
-            self._ctx = ctx = new_context(native, model, options, 1 + longest if self._speculative else 1)
+            # Rows for drafted tokens per step, shared by the step's sequences (memory.draft_rows).
+            self._draft_pool = longest if self._speculative else 0
+            self._ctx = ctx = new_context(native, model, options, self._draft_pool)
         except BaseException:
             if self._draft_model is not None:
                 self._draft_model.close()

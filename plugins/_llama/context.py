@@ -22,10 +22,10 @@ def sequences(options: LoadOptions) -> int:
     return max(1, int(options.num_parallel)) + 1
 
 
-def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
+def context_params(native: Any, options: LoadOptions, draft_rows: int = 0) -> Any:
     """The ``llama_context_params`` of the batching loop's context (``new_context`` and the memory
-    estimate use the very same), returning at most ``outputs_per_seq`` rows of logits per sequence
-    and step."""
+    estimate use the very same), returning a row of logits per sequence and step, and at most
+    ``draft_rows`` more for drafted tokens, shared by the step's sequences."""
     lib = native.lib
     n_par = sequences(options)
     cp = lib.llama_context_default_params()
@@ -36,8 +36,9 @@ def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) 
     cp.n_ctx = max(256, int(options.num_ctx) * max(1, int(options.num_parallel)))
     cp.n_batch = cp.n_ubatch = max(32, n_par, int(options.num_batch))
     # One row of logits per sequence per step (a vocabulary can be 262k wide), plus one per draft token
-    # while speculating.
-    cp.n_outputs_max = n_par * max(1, outputs_per_seq)
+    # while speculating: llama.cpp reserves compute memory for all of them, so drafts share one pool,
+    # which lets a lone sequence draft far without every sequence reserving as much.
+    cp.n_outputs_max = n_par + max(0, draft_rows)
     threads = int(options.num_thread) or default_threads()
     cp.n_threads = cp.n_threads_batch = threads
     cp.no_perf = True
@@ -49,12 +50,12 @@ def context_params(native: Any, options: LoadOptions, outputs_per_seq: int = 1) 
     return cp
 
 
-def new_context(native: Any, model: Any, options: LoadOptions, outputs_per_seq: int = 1) -> Any:
+def new_context(native: Any, model: Any, options: LoadOptions, draft_rows: int = 0) -> Any:
     """A ``llama_context*`` for ``options.num_parallel`` sequences of ``options.num_ctx`` each, with the
-    model's LoRA adapters applied, returning at most ``outputs_per_seq`` rows of logits per sequence and
-    step; the caller frees it with ``llama_free``."""
+    model's LoRA adapters applied, with rows of logits for ``draft_rows`` drafted tokens per step
+    besides one per sequence; the caller frees it with ``llama_free``."""
     ffi, lib = native.ffi, native.lib
-    ctx = lib.llama_init_from_model(model.ptr, context_params(native, options, outputs_per_seq))
+    ctx = lib.llama_init_from_model(model.ptr, context_params(native, options, draft_rows))
     if ctx == ffi.NULL:
         raise BackendError("llama.cpp could not create a context (out of memory? try a smaller num_ctx)")
     try:  # LoRA adapters are set per context, not per model

@@ -27,9 +27,9 @@ class RowCosts:
 
     So sizes are measured in doublings (1, 2, 4, 8, 16 rows for one sequence), which land on the cheap
     tiles: past the largest measured size only twice that size is priced, from the cost per row since
-    the size it doubled (before two sizes are measured, from ``prior_slope``, the learned cost of one
-    prompt token), and sizes between two measured ones are priced on the line through them. One draft
-    tried on that word measures the next size; no size is tried just because it was never seen.
+    the size it doubled or ``prior_slope`` (the learned cost of one prompt token), whichever is less,
+    and sizes between two measured ones are priced on the line through them. One draft tried on that
+    word measures the next size; no size is tried just because it was never seen.
     """
 
     __slots__ = ("_t", "_seen", "_samples", "_guessed", "_keys", "_step", "prior_slope")
@@ -84,13 +84,16 @@ class RowCosts:
             return t_lo + (self._t[hi] - t_lo) * (rows - lo) / (hi - lo)
         if rows != 2 * lo:
             return None
+        # The cost per row since the size that doubled to the largest one, or the prior where that is
+        # lower: a row of a larger step often costs far less than the last doubling's (on zen4 two rows
+        # cost twice one, four only a fifth more than two), and a size priced too high is never tried.
+        # One that is priced too low is tried once or twice and then known.
+        prior = self.prior_slope() or 0.5 * t_lo / lo
         j = bisect.bisect_right(self._keys, lo // 2)  # sizes at most half the largest one
-        if j:  # the cost per row since the size that doubled to the largest one
+        if j:
             half = self._keys[j - 1]
-            slope = max(0.0, (t_lo - self._t[half]) / (lo - half))
-        else:  # one size measured: the prior, until a draft measures a larger one
-            slope = self.prior_slope() or 0.5 * t_lo / lo
-        return t_lo + slope * (rows - lo)
+            prior = min(prior, max(0.0, (t_lo - self._t[half]) / (lo - half)))
+        return t_lo + prior * (rows - lo)
 
 
 class DraftBudget:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ContextIndex", "GuessRecord", "LongestMatch", "tokens_only"]
+__all__ = ["ContextIndex", "GuessRecord", "LongestMatch", "follow", "tokens_only"]
 
 # Each settled guess counts 1 and the record decays by this factor per guess, so it follows the text:
 # an answer that starts copying its input is noticed within a few guesses.
@@ -22,6 +22,17 @@ def tokens_only(guess: list[int]) -> list[int]:
     if guess and min(guess) < 0:
         return guess[: next(i for i, t in enumerate(guess) if t < 0)]
     return guess
+
+
+def follow(history: list[int], start: int, n: int) -> list[int]:
+    """Up to ``n`` tokens read from ``history[start:]`` and, past its end, from what was read: a
+    sequence caught in a loop of P tokens repeats the loop, not only the P tokens still ahead of
+    ``start``. Cut at the first image or audio row."""
+    out = history[start : start + n]
+    behind = len(history) - start  # the loop's period, once the history runs out
+    while 0 < behind and len(out) < n:
+        out.extend(out[len(out) - behind : len(out) - behind + n - len(out)])
+    return tokens_only(out)
 
 
 class ContextIndex:
@@ -116,50 +127,64 @@ class LongestMatch:
         """Up to ``max_len`` tokens that followed the best earlier match of the history's own latest
         tokens, or [] when none matches."""
         start, _ = self.best(self.history)
-        return tokens_only(self.history[start : start + max_len]) if start >= 0 else []
+        return follow(self.history, start, max_len) if start >= 0 else []
 
 
 class GuessRecord:
     """How far one kind of guess comes true, checked against the tokens that really follow whether or
     not it was drafted (a guess that is not drafted costs nothing to check): ``gains[k]`` is the
-    expected number of accepted tokens of a k-token draft (``gains[0]`` is 0)."""
+    expected number of accepted tokens of a k-token draft (``gains[0]`` is 0).
 
-    __slots__ = ("_weights", "gains", "_open", "_matched")
+    The record counts, for each position of a guess, how often the guess's token there came true and
+    how often it was the first one wrong, and learns from each token as it is checked: a long guess
+    that keeps coming true is worth drafting long before it ends (a 64-token guess would otherwise
+    teach nothing for 64 tokens). A position no guess has reached yet is not expected to come true.
+    """
+
+    __slots__ = ("_passed", "_failed", "gains", "_open", "_matched")
 
     def __init__(self, max_len: int) -> None:
-        # _weights[a]: decayed count of guesses whose first ``a`` tokens came true (and no more)
-        self._weights = [0.0] * (max_len + 1)
-        self._weights[0] = PRIOR_WEIGHT
+        # _passed[i] / _failed[i]: decayed counts of guesses whose token at position i (0-based) came
+        # true / was the first one wrong
+        self._passed = [0.0] * max_len
+        self._failed = [0.0] * max_len
+        self._failed[0] = PRIOR_WEIGHT
         self.gains = [0.0] * (max_len + 1)
         self._open: list[int] = []  # the guess being checked against the tokens that follow
         self._matched = 0  # how many of its tokens came true so far
 
     def open(self, guess: list[int]) -> None:
-        """Follow ``guess`` unless one is still being followed."""
+        """Follow ``guess`` unless one is still being followed; older guesses weigh less from now on."""
         if not self._open and guess:
-            self._open, self._matched = guess[: len(self._weights) - 1], 0
+            self._open, self._matched = guess[: len(self._passed)], 0
+            for counts in (self._passed, self._failed):
+                for i in range(len(counts)):
+                    counts[i] *= RECORD_DECAY
 
     def extend(self, tokens: list[int]) -> None:
-        """Tokens that joined the sequence: they settle the open guess."""
+        """Tokens that joined the sequence: each one checks the open guess's next token."""
+        if not self._open or not tokens:
+            return
+        settled = False
         for t in tokens:
-            if not self._open:
-                return
-            if t == self._open[self._matched]:
-                self._matched += 1
-                if self._matched == len(self._open):
-                    self._settle()
-            else:
-                self._settle()
+            if t != self._open[self._matched]:
+                self._failed[self._matched] += 1.0
+                settled = True
+                break
+            self._passed[self._matched] += 1.0
+            self._matched += 1
+            if self._matched == len(self._open):
+                settled = True
+                break
+        if settled:
+            self._open, self._matched = [], 0
+        self._update()
 
-    def _settle(self) -> None:
-        w = self._weights
-        for a in range(len(w)):
-            w[a] *= RECORD_DECAY
-        w[self._matched] += 1.0
-        total = sum(w)
-        at_least, gain = total, 0.0  # gains[k] = sum over j <= k of P(at least j tokens come true)
-        for k in range(1, len(w)):
-            at_least -= w[k - 1]
-            gain += at_least / total
-            self.gains[k] = gain
-        self._open, self._matched = [], 0
+    def _update(self) -> None:
+        # gains[k] = sum over j <= k of P(at least j tokens come true) = P(each of the first j did)
+        surviving, gain = 1.0, 0.0
+        for i, (passed, failed) in enumerate(zip(self._passed, self._failed, strict=True)):
+            seen = passed + failed
+            surviving = surviving * passed / seen if seen > 0 else 0.0
+            gain += surviving
+            self.gains[i + 1] = gain

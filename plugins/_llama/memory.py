@@ -54,19 +54,19 @@ def _merge(a: list[DeviceMemory], b: list[DeviceMemory]) -> list[DeviceMemory]:
     return list(out.values())
 
 
-def outputs_per_seq(options: LoadOptions, has_draft: bool) -> int:
-    """Rows of logits per sequence and step of the batching loop's context (the Batcher's rule): one,
-    plus one per token a step may draft while speculating."""
+def draft_rows(options: LoadOptions, has_draft: bool) -> int:
+    """Rows of logits for drafted tokens per step of the batching loop's context (the Batcher's rule):
+    the longest draft one sequence may make, shared by all; none without speculation."""
     n_draft = int(options.draft_num_predict)
     if not options.speculative or n_draft == 0:
-        return 1
-    return 1 + max(n_draft if n_draft > 0 else MAX_DRAFT,
-                   (n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS) if has_draft else 0)
+        return 0
+    return max(n_draft if n_draft > 0 else MAX_DRAFT,
+               (n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS) if has_draft else 0)
 
 
 def _context_params(native: Any, path: str, options: LoadOptions) -> Any:
     if not options.embedding:
-        return context_params(native, options, outputs_per_seq(options, bool(options.draft)))
+        return context_params(native, options, draft_rows(options, bool(options.draft)))
     kv = check_gguf(path).kv
     arch = str(kv.get("general.architecture", ""))
     n_ctx_train = kv.get(f"{arch}.context_length")
@@ -147,7 +147,7 @@ def fit_layers(native: Any, path: str, options: LoadOptions, params: ModelParams
     for i, d in enumerate(order):
         limit = limits.get(d.name)
         margins[i] = max(0, d.memory_free - limit) if limit is not None else 1 << 30
-    rows = outputs_per_seq(options, bool(options.draft))  # the real context's logit rows, drafts included
+    rows = draft_rows(options, bool(options.draft))  # the real context's logit rows for drafts
     cp = ffi.new("struct llama_context_params *", context_params(native, options, rows))
     with _fit_lock:
         status = lib.corral_fit(path.encode(), params.ptr, cp, params.split, params.overrides, margins)

@@ -22,6 +22,7 @@ class Speculation:
 
     n_batch: int
     n_ctx_seq: int
+    _draft_pool: int
     _draft_model: DraftModel | None
     _row_costs: RowCosts
     _draw: Any
@@ -31,8 +32,8 @@ class Speculation:
     def _drafts(self, gen: list[Slot], may_draft: Callable[[Slot], bool] = lambda s: True) -> None:
         """Set ``s.draft`` of every generating sequence: tokens guessed to follow ``s.last_token``,
         verified in this step's batch with it (none where ``may_draft`` says no). The batch keeps a row
-        for every sequence's decode token."""
-        room = self.n_batch - len(gen)
+        for every sequence's decode token; drafts share ``_draft_pool`` rows."""
+        room = min(self.n_batch - len(gen), self._draft_pool)  # the context's rows of logits for drafts
         wants: list[tuple[int, list[int], int, int]] = []
         by_id: dict[int, Slot] = {}
         budget = DraftBudget(self._row_costs, len(gen))
