@@ -97,9 +97,9 @@ class RowCosts:
 
 
 class DraftBudget:
-    """One step's drafting decisions, sequence by sequence: each draft is as long as maximises the
-    tokens the whole step is expected to yield per second (a longer step delays every sequence in it,
-    so a draft must pay for everyone's wait, not only its own)."""
+    """One step's drafting decisions: how many tokens of each sequence's guess to draft so that the
+    whole step is expected to yield the most tokens per second (a longer step delays every sequence in
+    it, so a draft must pay for everyone's wait, not only its own)."""
 
     __slots__ = ("_costs", "rows", "tokens")
 
@@ -108,21 +108,42 @@ class DraftBudget:
         self.rows = n_sequences  # each generating sequence decodes one token
         self.tokens = float(n_sequences)  # and is sure to get it
 
-    def pick(self, gains: Sequence[float]) -> int:
-        """How many tokens to draft, given ``gains[k]``: the tokens expected to be accepted from a
-        k-token draft (``gains[0]`` is 0)."""
+    def split(self, offers: Sequence[Sequence[float]], room: int | None = None) -> list[int]:
+        """How many tokens to draft of each guess, given ``offers[i][k]``: the tokens expected to be
+        accepted from a k-token draft of guess i (``offers[i][0]`` is 0); ``room`` rows at most.
+
+        Rows go to the guessed tokens most likely to come true first, whichever sequence they belong
+        to (a token's chance never exceeds the one before it in its guess), and the step grows while
+        its expected tokens per second grow: a sequence whose guesses hold gets the rows a doubtful
+        one would have taken, whatever their order in the batch."""
+        ks = [0] * len(offers)
         base = self._costs.step_time(self.rows)
-        if base is None or base <= 0:
-            return 0
-        best_k, best_rate = 0, self.tokens / base * MIN_GAIN
-        for k in range(1, len(gains)):
-            t = self._costs.step_time(self.rows + k)
+        if base is None or base <= 0 or not offers:
+            return ks
+        ranked: list[tuple[float, int, int]] = []  # (-chance, sequence, position)
+        for i, gains in enumerate(offers):
+            chance = float("inf")
+            for j in range(1, len(gains)):
+                chance = min(chance, gains[j] - gains[j - 1])
+                ranked.append((-chance, i, j))
+        ranked.sort()
+        if room is not None:
+            del ranked[max(0, room) :]
+        best_r, best_rate, best_gain, gained = 0, self.tokens / base * MIN_GAIN, 0.0, 0.0
+        for r, (neg_chance, _, _) in enumerate(ranked, 1):
+            gained -= neg_chance
+            t = self._costs.step_time(self.rows + r)
             if t is None or t <= 0:
                 continue
-            rate = (self.tokens + gains[k]) / t
+            rate = (self.tokens + gained) / t
             if rate > best_rate:
-                best_k, best_rate = k, rate
-        if best_k:
-            self.rows += best_k
-            self.tokens += gains[best_k]
-        return best_k
+                best_r, best_rate, best_gain = r, rate, gained
+        for _, i, _ in ranked[:best_r]:
+            ks[i] += 1
+        self.rows += best_r
+        self.tokens += best_gain
+        return ks
+
+    def pick(self, gains: Sequence[float]) -> int:
+        """How many tokens to draft of one guess (``split`` with one offer)."""
+        return self.split([gains])[0]

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 __all__ = ["ContextIndex", "GuessRecord", "LongestMatch", "follow", "tokens_only"]
 
-# Each settled guess counts 1 and the record decays by this factor per guess, so it follows the text:
-# an answer that starts copying its input is noticed within a few guesses.
+# Each checked token of a guess counts 1, and what the record learned before decays by this factor with
+# every new guess, so it follows the text: an answer that starts copying its input is noticed within a
+# few guesses.
 RECORD_DECAY = 0.85
 # Before any guess has been checked the record holds one imaginary guess that was wrong from its first
 # token: no drafting until a sequence's own guesses have shown that they pay.
@@ -105,7 +106,8 @@ class LongestMatch:
 
     def best(self, query: Sequence[int]) -> tuple[int, int]:
         """Where the tokens after the best earlier match of ``query``'s end start in the history, and
-        how many tokens matched: ``(-1, 0)`` when not even the last ``min_len`` tokens occurred."""
+        how many tokens matched: ``(-1, 0)`` when not even the last ``min_len`` tokens occurred. (The
+        query is the history itself, or another sequence's tokens; image rows never extend a match.)"""
         self._catch_up()
         h, n = self.history, self.min_len
         at = self._index.get(tuple(query[len(query) - n :])) if len(query) >= n else None
@@ -122,12 +124,6 @@ class LongestMatch:
                 if k == self.max_len:
                     break
         return best, best_len
-
-    def continuation(self, max_len: int) -> list[int]:
-        """Up to ``max_len`` tokens that followed the best earlier match of the history's own latest
-        tokens, or [] when none matches."""
-        start, _ = self.best(self.history)
-        return follow(self.history, start, max_len) if start >= 0 else []
 
 
 class GuessRecord:

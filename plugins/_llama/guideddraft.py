@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from .guesses import ContextIndex, GuessRecord
 from .guidance import Guide
-from .ngram import Pick
+from .ngram import Pick, take
 
 __all__ = ["GuidedDrafter"]
 
@@ -17,7 +17,7 @@ MAX_GUESS = 8  # tokens per guess of the grammar's own
 
 
 class _Lookup(Protocol):
-    def propose(self, limit: int, pick: Pick | None = None) -> list[int]: ...
+    def offer(self, limit: int) -> tuple[list[int], list[float]]: ...
     def extend(self, tokens: list[int]) -> None: ...
 
 
@@ -35,8 +35,8 @@ class GuidedDrafter:
     tokenized without its last token (which may merge with what follows), else the tokens that
     followed the latest occurrence of the last two or one tokens, as far as the grammar allows them
     (JSON repeats its punctuation and indentation after contexts too short for prompt lookup). Each
-    kind keeps its own record, and ``pick`` (the step's cost model) decides how much of a guess is
-    worth drafting, as for prompt lookup. Drafts only guess: verification samples every row through
+    kind keeps its own record, and the step's cost model decides how much of a guess is worth
+    drafting, as for prompt lookup. Drafts only guess: verification samples every row through
     the constraint, so the output never changes. Everything else is the inner drafter's.
     """
 
@@ -53,23 +53,30 @@ class GuidedDrafter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
-        draft = self._inner.propose(limit, pick)
+    def offer(self, limit: int) -> tuple[list[int], list[float]]:
+        """The guess to draft from (cut where the grammar refuses it) and its expected accepted tokens
+        per draft length, as ``NgramDrafter.offer``: prompt lookup's guess where the grammar allows some
+        of it and it has been coming true, else the grammar's own guess, else lookup's."""
+        guess, gains = self._inner.offer(limit)
         guide = self._sampler.guide
         if guide is None or limit <= 0:
-            return draft
-        draft = draft[: guide.valid_prefix(draft)]
-        if draft:
-            return draft
-        record, guess = self._forced_record, self._forced(guide)
-        if not guess:
-            record, guess = self._short_record, self._lookup(guide)
-        if not guess:
-            return []
-        record.open(guess)
-        n = min(limit, len(guess))
-        k = n if pick is None else max(0, min(n, pick(record.gains[: n + 1])))
-        return guess[:k]
+            return guess, gains
+        n = guide.valid_prefix(guess)
+        guess, gains = guess[:n], gains[: n + 1] if n else []
+        if guess and gains[-1] > 0:
+            return guess, gains
+        record, own = self._forced_record, self._forced(guide)
+        if not own:
+            record, own = self._short_record, self._lookup(guide)
+        if not own:
+            return guess, gains
+        record.open(own)
+        own = own[:limit]
+        return own, record.gains[: len(own) + 1]
+
+    def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
+        """The tokens to draft now, as ``NgramDrafter.propose``."""
+        return take(self.offer(limit), pick)
 
     def extend(self, tokens: list[int]) -> None:
         self._history.extend(tokens)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from .guesses import GuessRecord, LongestMatch, follow
 from .recall import AnswerMemory
 
-__all__ = ["NgramDrafter", "Pick"]
+__all__ = ["NgramDrafter", "Pick", "take"]
 
 # A guess follows the place whose context matches the latest tokens longest (up to MAX_CONTEXT
 # tokens): a longer match predicts its continuation better. MIN_CONTEXT tokens must match: fewer still
@@ -24,10 +24,19 @@ MAX_DRAFT = 64
 Pick = Callable[[Sequence[float]], int]
 
 
+def take(offer: tuple[list[int], list[float]], pick: Pick | None) -> list[int]:
+    """The first ``k`` tokens of an offered guess, where ``pick`` chooses ``k`` from its expected
+    accepted tokens per draft length (without ``pick``: the whole guess)."""
+    guess, gains = offer
+    k = len(guess) if pick is None or not guess else max(0, min(len(guess), pick(gains)))
+    return guess[:k]
+
+
 class NgramDrafter:
     """Guesses a sequence's next tokens by finding the tokens that followed the earlier place (in the
-    prompt or the answer so far) whose context matches its latest tokens longest, or, where the model's
-    ``memory`` of recent answers holds a longer match, what followed there.
+    prompt or the answer so far) whose context matches its latest tokens longest, or what followed the
+    longest match in the model's ``memory`` of recent answers, whichever kind of guess has been coming
+    true more (the longer match while neither has shown anything yet).
 
     Every guess is checked against the tokens that really follow, whether or not it was drafted, so
     the drafter knows how many tokens of a guess the model would accept before it pays for a
@@ -84,18 +93,21 @@ class NgramDrafter:
         """Up to ``max_k`` tokens guessed to follow the last one, or [] when its context never occurred."""
         return self._guess(check=False)[0]
 
+    def offer(self, limit: int) -> tuple[list[int], list[float]]:
+        """The current guess, at most ``limit`` tokens, and the expected accepted tokens of each draft
+        length of it (``gains[k]`` for a k-token draft); the guess is checked against what follows
+        whether or not any of it is drafted."""
+        if limit <= 0:
+            return [], []
+        g, record = self._guess(check=True)
+        g = g[:limit]
+        return g, record.gains[: len(g) + 1] if g else []
+
     def propose(self, limit: int, pick: Pick | None = None) -> list[int]:
         """The tokens to draft now: the first ``k`` of the current guess, where ``pick`` chooses ``k``
         from the expected accepted tokens per draft length (without ``pick``: the whole guess), and
-        never more than ``limit``. The guess is checked against what follows either way."""
-        if limit <= 0:
-            return []
-        g, record = self._guess(check=True)
-        if not g:
-            return []
-        n = min(limit, len(g))
-        k = n if pick is None else max(0, min(n, pick(record.gains[: n + 1])))
-        return g[:k]
+        never more than ``limit``."""
+        return take(self.offer(limit), pick)
 
     def expected(self, k: int) -> float:
         """Expected accepted tokens of a k-token draft of the sequence's own text, from the record."""

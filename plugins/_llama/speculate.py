@@ -34,9 +34,9 @@ class Speculation:
         verified in this step's batch with it (none where ``may_draft`` says no). The batch keeps a row
         for every sequence's decode token; drafts share ``_draft_pool`` rows."""
         room = min(self.n_batch - len(gen), self._draft_pool)  # the context's rows of logits for drafts
-        wants: list[tuple[int, list[int], int, int]] = []
-        by_id: dict[int, Slot] = {}
         budget = DraftBudget(self._row_costs, len(gen))
+        offers: list[tuple[Slot, list[int], list[float]]] = []
+        limits: dict[int, int] = {}
         for s in gen:
             s.draft, s.draft_by_model = [], False
             limit = self._draft_limit(s, room) if may_draft(s) else 0
@@ -44,16 +44,26 @@ class Speculation:
                 continue
             job = s.job
             assert job is not None and job.drafter is not None
-            # Prompt lookup drafts as far as its record says the step can afford (often nothing).
-            s.draft = job.drafter.propose(limit, budget.pick)
-            if not s.draft and self._uses_draft_model(s):
+            limits[s.id] = limit
+            guess, gains = job.drafter.offer(limit)
+            if guess:
+                offers.append((s, guess, gains))
+        # Prompt lookup drafts as far as the step can afford (often nothing), the likeliest guessed
+        # tokens first, whichever sequence they belong to.
+        for (s, guess, _), k in zip(offers, budget.split([g for _, _, g in offers], room), strict=True):
+            s.draft = guess[:k]
+            room -= k
+        # Where it drafts nothing, the draft model drafts (free of the cost model: Ollama's
+        # draft_num_predict says how far).
+        wants: list[tuple[int, list[int], int, int]] = []
+        by_id: dict[int, Slot] = {}
+        for s in gen:
+            if s.id in limits and not s.draft and self._uses_draft_model(s) and room > 0:
                 assert self._draft_model is not None
-                n = min(limit, self._draft_model.n_tokens)
+                n = min(limits[s.id], room, self._draft_model.n_tokens)
                 wants.append((s.id, s.cached, s.last_token, n))
                 by_id[s.id] = s
                 room -= n
-                budget.rows += n
-            room -= len(s.draft)
         if wants:
             assert self._draft_model is not None
             for seq, draft in self._draft_model.draft(wants).items():
