@@ -131,6 +131,9 @@ async def run(args: argparse.Namespace) -> int:
                 got = [await decode_rate(srv, fmt, args.tokens) for _ in range(args.rounds)]
                 rates[srv.name][name] = statistics.median(r for r, _ in got)
                 rates[srv.name][name + " tokens"] = statistics.median(n for _, n in got)
+                # the same request each round: from the second on, corral drafts from its last answer
+                print(f"  {srv.name:>14} {name:>14}: rounds {', '.join(f'{r:.1f}' for r, _ in got)} tok/s",
+                      flush=True)
     finally:
         for srv in servers:
             srv.stop()
