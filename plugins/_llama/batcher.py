@@ -25,6 +25,7 @@ from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
 from .guidance import Guidance
 from .guideddraft import GuidedDrafter
 from .mediasteps import MediaSteps, span_at
+from .memory import draft_rows
 from .ngram import MAX_DRAFT, NgramDrafter
 from .outputs import Outputs
 from .recall import AnswerMemory
@@ -73,9 +74,8 @@ class Batcher(StepPlanner, Speculation, Outputs):
             if draft is not None and self._speculative:
                 self._draft_model = DraftModel(native, draft, self.n_vocab, options,
                                                n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS)
-            longest = max(self._lookup_max, self._draft_model.n_tokens if self._draft_model else 0)
-            # Rows for drafted tokens per step, shared by the step's sequences (memory.draft_rows).
-            self._draft_pool = longest if self._speculative else 0
+            # Rows for drafted tokens per step, shared by the step's sequences.
+            self._draft_pool = draft_rows(options, self._draft_model is not None)
             self._ctx = ctx = new_context(native, model, options, self._draft_pool)
         except BaseException:
             if self._draft_model is not None:

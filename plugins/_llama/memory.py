@@ -12,11 +12,10 @@ import msgspec
 from corral.errors import ModelLoadError
 from corral.types import HOST, DeviceMemory, LoadOptions, MemoryEstimate, MemoryUsage
 
-from .context import context_params
+from .context import context_params, sequences
 from .draftmodel import DEFAULT_DRAFT_TOKENS
 from .embed import embed_params
 from .model import ModelParams, check_gguf
-from .ngram import MAX_DRAFT
 from .projector import projector_params
 
 __all__ = ["estimate", "fit_layers", "measured", "usage"]
@@ -54,14 +53,21 @@ def _merge(a: list[DeviceMemory], b: list[DeviceMemory]) -> list[DeviceMemory]:
     return list(out.values())
 
 
+# Rows of logits reserved for drafted tokens per sequence the context holds: llama.cpp reserves compute
+# memory for every row a step may return, so the reservation is as it was when each sequence drafted
+# at most 16 tokens, while one sequence may now take the rows others leave (up to MAX_DRAFT).
+DRAFT_ROWS_PER_SEQUENCE = 16
+
+
 def draft_rows(options: LoadOptions, has_draft: bool) -> int:
-    """Rows of logits for drafted tokens per step of the batching loop's context (the Batcher's rule):
-    the longest draft one sequence may make, shared by all; none without speculation."""
+    """Rows of logits for drafted tokens per step of the batching loop's context, shared by its
+    sequences (the Batcher's rule); none without speculation."""
     n_draft = int(options.draft_num_predict)
     if not options.speculative or n_draft == 0:
         return 0
-    return max(n_draft if n_draft > 0 else MAX_DRAFT,
-               (n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS) if has_draft else 0)
+    per_sequence = max(n_draft if n_draft > 0 else DRAFT_ROWS_PER_SEQUENCE,
+                       (n_draft if n_draft > 0 else DEFAULT_DRAFT_TOKENS) if has_draft else 0)
+    return sequences(options) * per_sequence
 
 
 def _context_params(native: Any, path: str, options: LoadOptions) -> Any:
