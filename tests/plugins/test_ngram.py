@@ -211,3 +211,11 @@ def test_a_dear_first_doubling_does_not_hide_cheaper_larger_steps() -> None:
         c.learn(ms[1 + k] / 1000, 1 + k)
     assert list(dict.fromkeys(tried)) == [1, 3, 7, 15, 31, 63]
     assert tried[-6:] == [63] * 6  # 64 tokens in 333 ms: the best rate
+
+
+def test_a_step_s_rows_go_to_the_likeliest_guessed_tokens_first() -> None:
+    c = costs((2, 0.020), (4, 0.022), (8, 0.026))  # rows are cheap
+    sure = [float(k) for k in range(5)]  # every token of this guess comes true
+    doubtful = [0.0, 0.5, 0.75, 0.875, 0.9375]  # each token of this one half as likely as the last
+    assert DraftBudget(c, 2).split([doubtful, sure], room=4) == [0, 4]  # first in the batch, not first served
+    assert DraftBudget(c, 2).split([doubtful, sure], room=6) == [1, 4]  # then what still pays
