@@ -178,9 +178,12 @@ class GuessRecord:
 
     def _update(self) -> None:
         # gains[k] = sum over j <= k of P(at least j tokens come true) = P(each of the first j did)
+        # (on the per-token path: past the first position where none came true, the gains stay put)
         surviving, gain = 1.0, 0.0
         for i, (passed, failed) in enumerate(zip(self._passed, self._failed, strict=True)):
-            seen = passed + failed
-            surviving = surviving * passed / seen if seen > 0 else 0.0
+            if passed <= 0.0:
+                self.gains[i + 1 :] = [gain] * (len(self.gains) - 1 - i)
+                return
+            surviving *= passed / (passed + failed)
             gain += surviving
             self.gains[i + 1] = gain
