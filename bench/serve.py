@@ -105,11 +105,16 @@ def _wait_ready(url: str, path: str, proc: subprocess.Popen[bytes], timeout: flo
     raise SystemExit(f"server at {url} not ready after {timeout:.0f} s")
 
 
-def start_corral(models: Path, args: argparse.Namespace, log: Path) -> Server:
+def start_corral(models: Path, args: argparse.Namespace, log: Path,
+                 speculative: bool | None = None) -> Server:
+    """corral serving ``models``; ``speculative`` True or False sets CORRAL_SPECULATIVE (None: as
+    the environment has it) and names the server "corral" or "corral no-spec"."""
     port = _free_port()
     env = {**os.environ, "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_MODELS": str(models),
            "CORRAL_NUM_PARALLEL": str(args.slots), "CORRAL_CONTEXT_LENGTH": str(args.ctx),
            "CORRAL_KEEP_ALIVE": "-1", "CORRAL_BACKEND": args.backend}
+    if speculative is not None:
+        env["CORRAL_SPECULATIVE"] = "1" if speculative else "0"
     if args.backend == "fake":  # a dry run of this script's own logic: instant, meaningless numbers
         env["CORRAL_EXTRA_PLUGINS"] = "corral.testing.fake"
     proc = subprocess.Popen([sys.executable, "-m", "corral.cli", "serve"], env=env,
@@ -120,7 +125,8 @@ def start_corral(models: Path, args: argparse.Namespace, log: Path) -> Server:
     r = httpx.post(url + "/api/create", timeout=120, json={
         "model": "bench-gemma", "from": MODEL, "parameters": {"num_thread": args.threads}, "stream": False})
     r.raise_for_status()
-    return Server("corral", url, proc, extra={}, model="bench-gemma")
+    name = "corral no-spec" if speculative is False else "corral"
+    return Server(name, url, proc, extra={}, model="bench-gemma")
 
 
 def start_llama_server(binary: str, gguf: Path, args: argparse.Namespace, log: Path) -> Server:

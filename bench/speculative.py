@@ -116,20 +116,6 @@ def start_llama(binary: str, gguf: Path, args: argparse.Namespace, spec_type: st
     return Server(f"llama-server {spec_type or 'no-spec'}", url, proc, extra={"cache_prompt": True})
 
 
-def start_corral_as(models: Path, args: argparse.Namespace, speculative: bool, log: Path) -> Server:
-    old = os.environ.get("CORRAL_SPECULATIVE")
-    os.environ["CORRAL_SPECULATIVE"] = "1" if speculative else "0"
-    try:
-        srv = start_corral(models, args, log)
-    finally:
-        if old is None:
-            os.environ.pop("CORRAL_SPECULATIVE", None)
-        else:
-            os.environ["CORRAL_SPECULATIVE"] = old
-    srv.name = "corral" if speculative else "corral no-spec"
-    return srv
-
-
 CASES = [("edit", 1), ("chat", 1), ("edit", 4), ("chat", 4)]
 
 
@@ -155,8 +141,8 @@ async def paired(args: argparse.Namespace) -> int:
     _prepare_model(models)
     args.slots, args.backend = 4, "cpu"
     print(f"model {MODEL}, threads {args.threads}, paired rounds: {args.rounds}; logs in {work}")
-    on = start_corral_as(models, args, True, work / "corral.log")
-    off = start_corral_as(models, args, False, work / "corral-nospec.log")
+    on = start_corral(models, args, work / "corral.log", speculative=True)
+    off = start_corral(models, args, work / "corral-nospec.log", speculative=False)
     failures = 0
     try:
         for srv in (on, off):
@@ -196,8 +182,8 @@ async def run(args: argparse.Namespace) -> int:
     print(f"model {MODEL}, threads {args.threads}, 4 slots, ctx/slot {args.ctx}, median of {args.rounds} "
           f"rounds; logs in {work}")
     results: dict[str, dict[tuple[str, int], float]] = {}
-    starters: list[Any] = [lambda: start_corral_as(models, args, True, work / "corral.log"),
-                           lambda: start_corral_as(models, args, False, work / "corral-nospec.log")]
+    starters: list[Any] = [lambda: start_corral(models, args, work / "corral.log", speculative=True),
+                           lambda: start_corral(models, args, work / "corral-nospec.log", speculative=False)]
     if not args.corral_only:
         binary = str(stage_tool(find_tool("llama-server", args.llama_server), work / "llama-server"))
         for st in args.spec_types.split(","):
