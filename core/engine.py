@@ -295,8 +295,10 @@ class Engine:
         # templates are untrusted work: rendered on a worker thread, never on the event loop
         plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
                                        bos_token=info.bos_token, eos_token=info.eos_token)
+        # A raw prompt is the client's own template: its control-token text (``<start_of_turn>``) is
+        # that token, as in a rendered template (Ollama and llama-server's /completion do the same).
         tokens, media = await self._tokenize(
-            lease, plan, add_special=plan.add_special and not job.context, parse_special=not job.raw)
+            lease, plan, add_special=plan.add_special and not job.context, parse_special=True)
         media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
         return plan, list(job.context) + tokens, media
 

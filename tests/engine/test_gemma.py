@@ -13,7 +13,7 @@ import corral_plugins.cpu
 from corral.config import Config
 from corral.conversation import Message
 from corral.engine import Engine
-from corral.jobs import ChatJob, EmbedJob, GenerateJob
+from corral.jobs import ChatJob, EmbedJob, GenerateJob, TokenizeJob
 from corral.store.store import Store
 
 CPU_LIB = Path(corral_plugins.cpu.__file__).parent / "_lib"
@@ -50,6 +50,15 @@ def test_gemma_through_a_runner_subprocess(tmp_path_factory):
             [row] = engine.running()
             assert row.backend == "cpu" and row.pid not in (None, os.getpid())
             assert row.context_length == 1024 and row.size > 100_000_000
+
+            # A raw prompt written in the model's turn format: its markers are the control tokens, as
+            # a rendered template's are (Ollama's raw mode), not text spelled out piece by piece.
+            turn = "<start_of_turn>user\nSay hello.<end_of_turn>\n<start_of_turn>model\n"
+            raw_turn = [c async for c in engine.generate(GenerateJob(
+                model="gemma3:270m", prompt=turn, raw=True, options={"temperature": 0, "num_predict": 1}))]
+            as_tokens = await engine.tokenize(TokenizeJob(model="gemma3:270m", text=turn))
+            as_text = await engine.tokenize(TokenizeJob(model="gemma3:270m", text=turn, parse_special=False))
+            assert raw_turn[-1].metrics.prompt_eval_count == len(as_tokens) < len(as_text)
 
             chat = ChatJob(model="gemma3:270m", messages=[Message(role="user", content="Say hello.")],
                            options={"temperature": 0, "num_predict": 6})
