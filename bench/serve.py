@@ -129,10 +129,17 @@ def start_corral(models: Path, args: argparse.Namespace, log: Path,
     return Server(name, url, proc, extra={}, model="bench-gemma")
 
 
+# gemma3:270m is a base model without a chat template: corral renders chat turns in Gemma's format, while
+# llama-server would fall back to ChatML (whose markers the model then repeats in loops that n-gram
+# drafting decodes 64 tokens a step). Its built-in Gemma template renders the same prompt as corral,
+# token for token, so both servers answer the same prompts.
+SAME_TEMPLATE = ["--no-jinja", "--chat-template", "gemma"]
+
+
 def start_llama_server(binary: str, gguf: Path, args: argparse.Namespace, log: Path) -> Server:
     port = _free_port()
     cmd = [binary, "-m", str(gguf), "-np", str(args.slots), "-c", str(args.slots * args.ctx),
-           "-t", str(args.threads), "--host", "127.0.0.1", "--port", str(port)]
+           "-t", str(args.threads), "--host", "127.0.0.1", "--port", str(port), *SAME_TEMPLATE]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, "/health", proc)

@@ -9,8 +9,8 @@ the sum of their times); for 4 streams, the four at once (all tokens after each 
 time from the first stream's first token to the last token).
 
 Workloads:
-  edit  the prompt holds a 400-600-token source file (one per stream) and asks for it back with one
-        identifier renamed: most of the answer repeats the prompt.
+  edit  the prompt holds a 400-600-token source file of the pinned llama.cpp tree (one per stream) and
+        asks for it back with one identifier renamed: most of the answer repeats the prompt.
   chat  a plain question whose answer does not repeat the prompt.
 Bars: edit, 1 stream >= 2.0x corral without speculation and >= 1.1x llama-server's best n-gram mode;
       chat, 1 stream >= 0.97x corral without speculation; edit, 4 streams >= 1.0x llama-server -np 4.
@@ -37,16 +37,29 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tools import find_tool, stage_tool  # noqa: E402
-from serve import MODEL, Server, _free_port, _prepare_model, _sse, _wait_ready, start_corral  # noqa: E402
+from serve import (  # noqa: E402
+    MODEL,
+    SAME_TEMPLATE,
+    Server,
+    _free_port,
+    _prepare_model,
+    _sse,
+    _wait_ready,
+    start_corral,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-# (source file, identifier to rename, new name): the head of a file of this repository, whole lines up
-# to FILE_CHARS characters (about 450-600 Gemma tokens of Python)
+# The edit workload's files: the first four modules of the pinned llama.cpp tree's gguf-py package, in
+# alphabetical order, whose head (whole lines up to FILE_CHARS characters) is 400-600 Gemma tokens. They
+# never change between commits of corral (this repository's own files did, and so did the workload),
+# and gemma3:270m's greedy answer repeats each of them (it copies without renaming: still an answer that
+# repeats its input). Each with an identifier of its head to rename, and the new name.
+VENDOR = ROOT / "vendor" / "llama.cpp"
 SOURCES = [
-    ("plugins/_llama/ngram.py", "history", "tokens"),
-    ("core/prompts/schemanorm.py", "schema", "spec"),
-    ("bench/_tools.py", "tool", "binary"),
-    ("plugins/_llama/context.py", "options", "opts"),
+    ("gguf-py/gguf/constants.py", "sampling", "decoding"),
+    ("gguf-py/gguf/gguf_reader.py", "data", "payload"),
+    ("gguf-py/gguf/lazy.py", "kwargs", "options"),
+    ("gguf-py/gguf/metadata.py", "Metadata", "ModelInfo"),
 ]
 FILE_CHARS = 1800
 CHAT = ["Explain in a few paragraphs why the sky is blue and why sunsets are red.",
@@ -57,7 +70,9 @@ CHAT = ["Explain in a few paragraphs why the sky is blue and why sunsets are red
 
 def edit_messages(i: int) -> list[dict[str, str]]:
     path, old, new = SOURCES[i % len(SOURCES)]
-    text = (ROOT / path).read_text()
+    if not (VENDOR / path).exists():
+        sys.exit(f"{VENDOR / path} is missing: run `python build_backends.py` (it extracts the pinned tree)")
+    text = (VENDOR / path).read_text()
     text = text[: text.rfind("\n", 0, FILE_CHARS) + 1]
     ask = f"Repeat the whole text exactly, changing only the word {old} to {new} everywhere."
     return [{"role": "user", "content": f"Here is the start of {path}:\n\n```python\n{text}```\n\n{ask}"}]
@@ -107,7 +122,7 @@ def start_llama(binary: str, gguf: Path, args: argparse.Namespace, spec_type: st
                 log: Path) -> Server:
     port = _free_port()
     cmd = [binary, "-m", str(gguf), "-np", "4", "-c", str(4 * args.ctx), "-t", str(args.threads),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), *SAME_TEMPLATE]
     if spec_type:
         cmd += ["--spec-type", spec_type]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
