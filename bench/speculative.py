@@ -51,9 +51,10 @@ from serve import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # The edit workload's files: the first four modules of the pinned llama.cpp tree's gguf-py package, in
 # alphabetical order, whose head (whole lines up to FILE_CHARS characters) is 400-600 Gemma tokens. They
-# never change between commits of corral (this repository's own files did, and so did the workload),
-# and gemma3:270m's greedy answer repeats each of them (it copies without renaming: still an answer that
-# repeats its input). Each with an identifier of its head to rename, and the new name.
+# never change between commits of corral (this repository's own files did, and so did the workload).
+# gemma3:270m copies without renaming: alone and unspeculated its greedy answers repeat 90-98% of each
+# file, while with four slots near-ties (decided by batch shapes, on either server) take some off the
+# copy after 30-70 tokens. Each with an identifier of its head to rename, and the new name.
 VENDOR = ROOT / "vendor" / "llama.cpp"
 SOURCES = [
     ("gguf-py/gguf/constants.py", "sampling", "decoding"),
