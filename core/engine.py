@@ -104,15 +104,16 @@ class Engine:
         kinds = {inspect_media(data, limits, f"image {i + 1}").kind for i, data in enumerate(images)}
         return (["vision"] if "image" in kinds else []) + (["audio"] if "audio" in kinds else [])
 
-    async def _tokenize(self, lease: Lease, plan: PromptPlan, *, add_special: bool,
-                        parse_special: bool) -> tuple[list[int], list[MediaInput]]:
+    async def _tokenize(self, lease: Lease, plan: PromptPlan, *,
+                        add_special: bool) -> tuple[list[int], list[MediaInput]]:
         """The prompt's tokens, and its media placed between them: the text between media markers is
-        tokenized piece by piece (as mtmd does), BOS only at the very start."""
+        tokenized piece by piece (as mtmd does), BOS only at the very start. Control-token text (a
+        rendered template's ``<start_of_turn>``, or a raw prompt's: the client's own template) is that
+        token, as Ollama and llama-server's /completion read prompts."""
         if not plan.images:
             if plan.tokens is not None:  # counted while fitting the history
                 return plan.tokens, []
-            return await lease.runner.tokenize(plan.text, add_special=add_special,
-                                               parse_special=parse_special), []
+            return await lease.runner.tokenize(plan.text, add_special=add_special, parse_special=True), []
         tokens: list[int] = []
         media: list[MediaInput] = []
         limits = self.config.media_limits
@@ -123,7 +124,7 @@ class Engine:
                 media.append(MediaInput(data=data, position=len(tokens), kind=kind))
             if part or (i == 0 and add_special):
                 tokens += await lease.runner.tokenize(part, add_special=add_special and i == 0,
-                                                      parse_special=parse_special)
+                                                      parse_special=True)
         return tokens, media
 
     async def _load_only(self, spec: ModelSpec, load: LoadOptions, keep_alive: float | None,
@@ -295,10 +296,7 @@ class Engine:
         # templates are untrusted work: rendered on a worker thread, never on the event loop
         plan = await asyncio.to_thread(plan_generate, spec, job, gguf_template=info.chat_template,
                                        bos_token=info.bos_token, eos_token=info.eos_token)
-        # A raw prompt is the client's own template: its control-token text (``<start_of_turn>``) is
-        # that token, as in a rendered template (Ollama and llama-server's /completion do the same).
-        tokens, media = await self._tokenize(
-            lease, plan, add_special=plan.add_special and not job.context, parse_special=True)
+        tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special and not job.context)
         media = [msgspec.structs.replace(m, position=m.position + len(job.context)) for m in media]
         return plan, list(job.context) + tokens, media
 
@@ -330,7 +328,7 @@ class Engine:
         plan = await asyncio.to_thread(
             plan_chat, spec, job, gguf_template=info.chat_template, bos_token=info.bos_token,
             eos_token=info.eos_token, count_tokens=counter, num_ctx=info.n_ctx if job.truncate else None)
-        tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special, parse_special=True)
+        tokens, media = await self._tokenize(lease, plan, add_special=plan.add_special)
         return plan, tokens, media
 
     async def count_tokens(self, job: ChatJob) -> int:
