@@ -22,6 +22,7 @@ from corral.types import CancelToken, GenerationRequest, LoadOptions, TokenEvent
 from .context import new_context, sequences
 from .draftcost import RowCosts
 from .draftmodel import DEFAULT_DRAFT_TOKENS, DraftModel
+from .guesses import GuessStats
 from .guidance import Guidance
 from .guideddraft import GuidedDrafter
 from .mediasteps import MediaSteps, span_at
@@ -64,6 +65,9 @@ class Batcher(StepPlanner, Speculation, Outputs):
         self._lookup_max = n_draft if n_draft > 0 else MAX_DRAFT
         # Recent answers, for prompt lookup across requests (a retried or repeated request's answer).
         self._memory = AnswerMemory() if self._speculative else None
+        # How far guesses come true, learned from every sequence's (what one answer teaches about
+        # the model's copying holds for the next one's first tokens too).
+        self._guess_stats = GuessStats(self._lookup_max)
         self._draft_model: DraftModel | None = None
         # llguidance's tokenizer is built while the contexts are created (C, without the GIL), and
         # before the loop runs: the build holds the GIL, so later it would stall every stream.
@@ -174,7 +178,12 @@ class Batcher(StepPlanner, Speculation, Outputs):
             limit = request.num_predict if request.num_predict >= 0 else 10 * self.n_ctx_seq
             drafter: NgramDrafter | GuidedDrafter | None = None
             if self._speculative:
-                drafter = NgramDrafter(prompt, self._lookup_max, self._memory)
+                # A seed pins a request's output, so its drafts come from its own text alone: what
+                # other requests taught (their answers, how far guesses held) would change its drafts,
+                # and with them the batch shapes that move a sampled token's near-ties between runs.
+                alone = request.sampling.seed >= 0
+                drafter = NgramDrafter(prompt, self._lookup_max, None if alone else self._memory,
+                                       None if alone else self._guess_stats)
                 if guide is not None or (lazy is not None and lazy.guide is not None):
                     # under an llguidance constraint the grammar trims and adds drafts
                     drafter = GuidedDrafter(drafter, sampler, prompt, self._tokenize_bytes)

@@ -145,8 +145,10 @@ def test_context_shift_keeps_the_draft_in_step(native, tiny, prompt, model_only)
         ref = run(ref_b, prompt, num_predict=150)
         ev = run(b, prompt, num_predict=150)
         assert tokens(ev) == tokens(ref) and len(tokens(ev)) == 150
-        # A shifted cache is rotated in place, not evaluated again: a few guesses may differ by that.
-        assert ev[-1].stats.draft_accepted >= 0.9 * ev[-1].stats.draft_tokens  # type: ignore[union-attr]
+        # A shifted cache is rotated in place, not evaluated again: a few guesses may differ by that,
+        # and prompt lookup drafts too where its guesses have held (a draft out of step would guess
+        # almost nothing right).
+        assert ev[-1].stats.draft_accepted >= 0.8 * ev[-1].stats.draft_tokens  # type: ignore[union-attr]
     finally:
         ref_b.close()
         b.close()

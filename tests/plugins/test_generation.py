@@ -688,9 +688,13 @@ def test_other_prompts_advance_once_in_bulk_every_steps_while_a_short_request_is
                                                                                          monkeypatch):
     """A long prompt being evaluated when a short request arrives keeps advancing, in one step out of
     BULK_EVERY and by BULK_PROMPT tokens, so the short answer's other steps stay light."""
+    from corral_plugins._llama.guesses import GuessStats
     from corral_plugins._llama.stepplan import BULK_EVERY, BULK_PROMPT
 
     plans = _record_plans(engine, monkeypatch)
+    # Guess stats nothing taught yet: the short answer drafts nothing, so it takes one step a token
+    # and lasts long enough for a bulk turn.
+    monkeypatch.setattr(engine, "_guess_stats", GuessStats(engine._lookup_max))
     cancel = CancelToken()
     got: list[int] = []
 

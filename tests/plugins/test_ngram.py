@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from corral_plugins._llama.draftcost import MIN_GAIN, DraftBudget, RowCosts
+from corral_plugins._llama.guesses import OWN, GuessStats
 from corral_plugins._llama.ngram import MAX_DRAFT, NgramDrafter
 
 
@@ -43,28 +44,76 @@ def test_nothing_is_drafted_before_a_guess_has_come_true() -> None:
 
 
 def test_guesses_are_checked_whether_or_not_they_were_drafted() -> None:
-    d = copying(100)
+    stats = GuessStats(16)
+    d = NgramDrafter(list(range(100)) + [0, 1, 2, 3], 16, stats=stats)
     assert d.propose(16, lambda gains: 0) == []  # not drafted: the guess is still followed
     d.extend(list(range(4, 20)))  # the model wrote exactly what the guess said
-    e16 = d.expected(16)
+    after_a_miss = stats.key(OWN, 0)  # the guess was made before any streak
+    e16 = stats.expect(after_a_miss, 16)
     assert 8 < e16 < 16  # one full success against the decayed prior failure
-    assert d.expected(1) == pytest.approx(e16 / 16)
-    d.propose(16, lambda gains: 0)
-    d.extend([20, 21, 99])  # this time only two tokens came true
-    assert d.expected(2) > d.expected(16) - d.expected(2) * 7  # later tokens are now less likely
-    assert d.expected(16) < e16
+    assert stats.expect(after_a_miss, 1) == pytest.approx(e16 / 16)
+    d.extend([500, 16, 17, 18])  # a miss (no guess was offered), then a context seen before
+    assert d.propose(2, lambda gains: 0) == []
+    d.extend([19, 20])  # its guess (19, 500) came true at its first token only
+    assert stats.expect(after_a_miss, 16) < e16
+    first = stats.expect(after_a_miss, 1)
+    second = stats.expect(after_a_miss, 2) - first
+    assert 0 < second < first  # the second token of a guess is now less likely than the first
 
 
-def test_the_record_follows_the_text() -> None:
-    d = copying(400)
-    for start in range(4, 4 + 16 * 10, 16):
+def test_guesses_are_told_apart_by_the_streak_they_are_made_in() -> None:
+    stats = GuessStats(16)
+    d = NgramDrafter(list(range(400)) + [0, 1, 2, 3], 16, stats=stats)
+    assert d.expected(8) == 0.0
+    for start in range(4, 4 + 8 * 10, 8):  # a streak: every guess comes true
         d.propose(16, lambda gains: 0)
-        d.extend(list(range(start, start + 16)))
-    assert d.expected(16) > 15  # ten perfect guesses in a row
+        d.extend(list(range(start, start + 8)))
+    assert d.expected(8) > 7  # what guesses made 16 or more tokens into a streak have done
+    assert stats.key(OWN, 0) != stats.key(OWN, 1) != stats.key(OWN, 16) == stats.key(OWN, 1000)
+    d.propose(16, lambda gains: 0)
+    d.extend([1000, 0, 1, 2, 3])  # the text stops copying: the streak ends
+    deep = stats.expect(stats.key(OWN, 16), 8)
+    assert d.expected(8) < 7  # after a miss: what guesses made after misses did
     for i in range(10):
-        assert d.propose(16, lambda gains: 0) == []
-        d.extend([1000 + i, 0, 1, 2, 3])  # the text stops copying: each guess fails at its first token
-    assert d.expected(16) < 4
+        d.propose(16, lambda gains: 0)
+        d.extend([1001 + i, 0, 1, 2, 3])  # each guess after a miss fails at its first token
+    assert d.expected(8) < 1
+    assert stats.expect(stats.key(OWN, 16), 8) == deep  # a streak's guesses are still expected to hold
+
+
+def test_the_stats_follow_the_text() -> None:
+    stats = GuessStats(16)
+    source = list(range(6000))
+    d = NgramDrafter(source + [0, 1, 2, 3], 16, stats=stats)
+    for start in range(4, 4 + 16 * 30, 16):
+        d.propose(16, lambda gains: 0)
+        d.extend(source[start : start + 16])
+    assert d.expected(16) > 15  # thirty perfect guesses in a row
+    at = 4 + 16 * 30
+    for i in range(200):  # from now on every guess made 16 tokens into a streak fails after four
+        for n in (8, 8):  # guesses made after a miss and 8 tokens into a streak hold
+            d.propose(16, lambda gains: 0)
+            d.extend(source[at : at + n])
+            at += n
+        d.propose(16, lambda gains: 0)
+        d.extend(source[at : at + 4] + [10000 + i])
+        d.extend(source[at + 4 : at + 7])  # the copy goes on, one context later
+        at += 7
+    deep = stats.key(OWN, 16)
+    assert stats.expect(deep, 4) > 3.5
+    assert stats.expect(deep, 16) < 5
+
+
+def test_the_sequences_of_a_model_share_what_they_learned() -> None:
+    stats = GuessStats(16)
+    first = NgramDrafter(list(range(100)) + [0, 1, 2, 3], 16, stats=stats)
+    first.propose(16, lambda gains: 0)
+    first.extend(list(range(4, 20)))  # its first guess came true, though nothing was drafted
+    prompt = list(range(200, 300)) + [200, 201, 202, 203]
+    # another sequence's first guess is expected to hold as the first one's did (against the prior)
+    guess, gains = NgramDrafter(prompt, 16, stats=stats).offer(16)
+    assert guess == list(range(204, 220)) and gains[16] > 7
+    assert NgramDrafter(prompt, 16).offer(16)[1][16] == 0.0  # alone: nothing seen yet
 
 
 def costs(*points: tuple[int, float], slope: float = 0.0) -> RowCosts:
@@ -183,13 +232,15 @@ def test_max_draft_bounds_the_guess() -> None:
 
 
 def test_a_long_guess_teaches_as_it_comes_true() -> None:
-    d = NgramDrafter(list(range(200)) + [0, 1, 2, 3], 64)
+    stats = GuessStats(64)
+    d = NgramDrafter(list(range(200)) + [0, 1, 2, 3], 64, stats=stats)
     assert d.propose(64, lambda gains: 0) == []  # the first guess is followed, not drafted
     d.extend(list(range(4, 24)))  # twenty of its 64 tokens came true so far, one at a time or not
-    assert d.expected(20) > 9  # against the prior failure: about half
-    assert d.expected(21) == d.expected(20)  # no guess has reached the 21st token yet
+    key = stats.key(OWN, 0)
+    assert stats.expect(key, 20) > 9  # against the prior failure: about half
+    assert stats.expect(key, 21) == stats.expect(key, 20)  # no guess has reached the 21st token yet
     d.extend([24])
-    assert d.expected(21) > d.expected(20)
+    assert stats.expect(key, 21) > stats.expect(key, 20)
 
 
 def test_a_loop_is_guessed_past_the_end_of_the_history() -> None:
