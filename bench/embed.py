@@ -5,9 +5,9 @@ Both servers get gemma3:270m (Q4_K_M) and the same threads; Gemma has no pooling
 mean-pool (corral does for every causal model; llama-server gets `--pooling mean`). Both may pack up to
 SLOTS inputs and SLOTS*CTX tokens into one decode: llama-server runs `--embeddings -np SLOTS -c SLOTS*CTX
 -b/-ub SLOTS*CTX` (its batch fills across its slots), corral gets a SLOTS*CTX context (its embedding
-batch; it packs up to 64 inputs). Speed is
-inputs per second over the whole call (wall time from the request to the last byte), the median of
-several rounds. The vectors of both servers are compared (cosine), for information: corral's packed
+batch; it packs up to 64 inputs). Speed is inputs per second over the whole call (wall time from the
+request to the last byte), the median of several rounds, both servers up at once and taking turns. The
+vectors of both servers are compared (cosine), for information: corral's packed
 vectors are within cosine 0.999 of its unpacked ones, which equal llama-server -np 1's; llama-server's
 own with many slots have been seen to differ more (cosine 0.75-0.8 at -np 64 on Gemma).
 
@@ -77,16 +77,11 @@ def embed(srv: Server, texts: list[str]) -> tuple[float, np.ndarray]:
     return dt, v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def measure(srv: Server, texts: list[str], rounds: int) -> tuple[float, np.ndarray]:
-    embed(srv, texts[:2])  # warm-up: load the model
-    times, vecs = [], np.zeros(0)
-    for _ in range(rounds):
-        dt, vecs = embed(srv, texts)
-        times.append(dt)
+def report(srv: Server, texts: list[str], times: list[float]) -> float:
     rate = len(texts) / statistics.median(times)
     print(f"  {srv.name:>12}: {rate:7.1f} inputs/s (rounds: {', '.join(f'{t:.2f} s' for t in times)})",
           flush=True)
-    return rate, vecs
+    return rate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,24 +91,32 @@ def run(args: argparse.Namespace) -> int:
     texts = inputs(args.inputs)
     args.backend = "cpu"
     print(f"model gemma3:270m, threads {args.threads}, {len(texts)} inputs in one call, median of "
-          f"{args.rounds} rounds; logs in {work}")
-    srv = start_corral(models, argparse.Namespace(**{**vars(args), "slots": 1, "ctx": args.slots * args.ctx}),
-                       work / "corral.log")
+          f"{args.rounds} rounds, the servers' rounds alternating; logs in {work}")
+    one_slot = argparse.Namespace(**{**vars(args), "slots": 1, "ctx": args.slots * args.ctx})
+    servers = [start_corral(models, one_slot, work / "corral.log")]
     try:
-        mine, my_vecs = measure(srv, texts, args.rounds)
+        if not args.corral_only:
+            binary = str(stage_tool(find_tool("llama-server", args.llama_server), work / "llama-server"))
+            servers.append(start_llama(binary, gguf, args, work / "llama-server.log"))
+        # Both are up at once and take turns (ABBA...): a machine whose speed drifts over minutes (a
+        # shared one) slows both sides alike. Each answers alone: the other is idle meanwhile.
+        for srv in servers:
+            embed(srv, texts[:2])  # warm-up: load the model
+        times: dict[str, list[float]] = {srv.name: [] for srv in servers}
+        vecs: dict[str, np.ndarray] = {}
+        for r in range(args.rounds):
+            for srv in servers if r % 2 == 0 else servers[::-1]:
+                dt, vecs[srv.name] = embed(srv, texts)
+                times[srv.name].append(dt)
+        rates = [report(srv, texts, times[srv.name]) for srv in servers]
     finally:
-        srv.stop()
+        for srv in servers:
+            srv.stop()
     if args.corral_only:
         return 0
-    binary = str(stage_tool(find_tool("llama-server", args.llama_server), work / "llama-server"))
-    srv = start_llama(binary, gguf, args, work / "llama-server.log")
-    try:
-        theirs, their_vecs = measure(srv, texts, args.rounds)
-    finally:
-        srv.stop()
-    cos = (my_vecs * their_vecs).sum(axis=1)
+    cos = (vecs["corral"] * vecs["llama-server"]).sum(axis=1)
     print(f"  vectors: cosine corral/llama-server min {cos.min():.5f}, median {float(np.median(cos)):.5f}")
-    ratio = mine / theirs
+    ratio = rates[0] / rates[1]
     print(f"\ncorral / llama-server: {ratio:.2f}x {'PASS' if ratio >= 1.0 else 'FAIL'} (>= 1.0)")
     return 0 if ratio >= 1.0 else 1
 
