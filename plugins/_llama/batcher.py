@@ -194,8 +194,10 @@ class Batcher(StepPlanner, Speculation, Outputs):
                 job = Job(request, cancel, sampler, prompt, truncated, self._order, limit, spans, drafter)
                 self._waiting.append(job)
                 self._cond.notify()
-            if request.short and self._served_at_once(prompt):
-                self.turns.preempt()  # its first step need not wait for a bulk step or an embedding
+            if (request.short and self._served_at_once(prompt)) or not self.turns.busy:
+                # its first step need not wait for a bulk step or an embedding decode (an idle loop's
+                # may be long: embed.IDLE_LOOP_HOLD_S)
+                self.turns.preempt()
         except BaseException:
             if sampler is not None:
                 sampler.close()

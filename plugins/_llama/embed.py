@@ -21,15 +21,17 @@ from corral.errors import (
 )
 from corral.types import CancelToken, EmbeddingResult, LoadOptions
 from corral_plugins._llama.model import LlamaModel
-from corral_plugins._llama.slots import MIXED_STEP_TARGET_S
 from corral_plugins._llama.turns import ComputeTurns
 
 __all__ = ["MAX_SEQS", "SIDE_CONTEXT", "Embedder", "embed_context", "embed_params"]
 
 MAX_SEQS = 64  # inputs one decode may pack (each is a sequence; llama.cpp allows 256)
 # How long one embedding decode may hold a batching loop that has requests in its slots: about one of its
-# decode steps, so a request arriving meanwhile waits little (an idle loop allows MIXED_STEP_TARGET_S).
+# decode steps, so a request arriving meanwhile waits little.
 BUSY_LOOP_HOLD_S = 0.05
+# How long one may hold an idle loop: a request that arrives meanwhile stops the decode rather than
+# waits for it (Batcher.submit), so this bounds only the work done again after such a stop.
+IDLE_LOOP_HOLD_S = 2.0
 # Tokens of one input to a generative model's embedding context (compat(ollama): its embedding batch is
 # min(2048, num_ctx)). A decode takes its inputs whole, so the context is one micro-batch and its
 # attention buffers grow with the square of its size: at Gemma 3's 32k default, 36 GiB.
@@ -200,17 +202,20 @@ class Embedder:
 
     def _limit(self) -> int:
         """Tokens the next decode may pack: all the batch holds, or beside a batching loop what keeps
-        the loop waiting about as long as its own step with a prompt chunk, or one decode step while
-        it serves requests. That is measured, not taken from the loop's prompt-token cost: llama.cpp
-        evaluates a causal model's output layer for every token of an embedding decode, and a 262k
-        vocabulary makes such a token cost several prompt tokens (Gemma 3 270M, 2 cores: about 4 ms
-        against 1.5)."""
-        if self._turns is None:
+        it waiting about as long as one of its steps (no more than its prompt chunks) while it serves
+        requests, and ``IDLE_LOOP_HOLD_S`` while it is idle (a prompt chunk's worth until measured).
+        The hold is timed with the decode's own measured cost, not the loop's prompt-token cost:
+        llama.cpp evaluates a causal model's output layer for every token of an embedding decode, and
+        a 262k vocabulary makes such a token cost several prompt tokens (Gemma 3 270M, 2 cores: about
+        4 ms against 1.5). Larger decodes cost less a token: at an idle loop 27 short inputs a decode
+        made 256 of them 1.16x llama-server's speed, where 2 a decode made them 0.87x."""
+        turns = self._turns
+        if turns is None:
             return self.n_batch
-        limit = min(self.n_batch, self._turns.budget())
+        busy = turns.busy
+        limit = min(self.n_batch, turns.budget()) if busy or self._per_token <= 0 else self.n_batch
         if self._per_token > 0:
-            hold = BUSY_LOOP_HOLD_S if self._turns.busy else MIXED_STEP_TARGET_S
-            limit = min(limit, int(hold / self._per_token))
+            limit = min(limit, int((BUSY_LOOP_HOLD_S if busy else IDLE_LOOP_HOLD_S) / self._per_token))
         return max(1, limit)
 
     def _decode(self, inputs: list[list[int]], may_stop: bool = False) -> list[np.ndarray] | None:

@@ -30,12 +30,12 @@ class ComputeTurns:
     tokens one embedding decode may pack so that it holds the loop about as long as a step that
     evaluates a prompt chunk (``StepClock.mixed_budget``).
 
-    A short request queued while a bulk step or an embedding decode runs need not wait for it to end
-    (``preempt``): a decode that took its turn with ``may_stop`` stops at its next graph node, and
-    llama.cpp drops the cells of its batch, so it is only done again later (at most a step's work is
-    lost, once per short request: the holders take their next turn after a stop without
-    ``may_stop``). ``stop`` is the flag the abort callback of every context here reads (one decode
-    runs at a time, so one flag serves them all)."""
+    A short request queued while a bulk step or an embedding decode runs need not wait for it to end,
+    nor need any request that finds the loop idle (``preempt``): a decode that took its turn with
+    ``may_stop`` stops at its next graph node, and llama.cpp drops the cells of its batch, so it is
+    only done again later (at most one decode's work is lost, once per such request: the holders take
+    their next turn after a stop without ``may_stop``). ``stop`` is the flag the abort callback of
+    every context here reads (one decode runs at a time, so one flag serves them all)."""
 
     def __init__(self, budget: Callable[[], int], stop: StopFlag | None = None) -> None:
         self.budget = budget
@@ -46,11 +46,11 @@ class ComputeTurns:
         self._short = False  # the loop is serving short requests
         self.busy = False  # the loop has requests in its slots (set by the loop before each step)
         self._may_stop = False  # the running decode may be stopped
-        self._urgent = False  # a short request was queued: the loop's next step goes before anything
+        self._urgent = False  # a request was preempted for: the loop's next step goes before anything
 
     def preempt(self) -> None:
-        """A short request was queued: the decode running now stops early if it took its turn with
-        ``may_stop``, and until the loop serves the request (``settled``, or a step without
+        """A request that must not wait was queued: the decode running now stops early if it took its
+        turn with ``may_stop``, and until the loop serves the request (``settled``, or a step without
         ``may_stop``), embedding decodes wait (one that takes its turn with ``may_stop`` stops at once)."""
         with self._cond:
             self._urgent = True

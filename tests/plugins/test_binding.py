@@ -343,34 +343,37 @@ def test_embedding_inputs_share_decodes(tiny_embedder, monkeypatch):
 def test_beside_a_batching_loop_an_embedding_decode_packs_what_its_measured_cost_allows(tiny_embedder,
                                                                                        monkeypatch):
     """A causal model's embedding token pays for its output row, so the loop's prompt-token budget alone
-    would hold the loop several times longer than its own steps: the embedder's measured seconds per
-    token cap each decode at MIXED_STEP_TARGET_S, or BUSY_LOOP_HOLD_S while the loop serves requests."""
-    from corral_plugins._llama.embed import BUSY_LOOP_HOLD_S
-    from corral_plugins._llama.slots import MIXED_STEP_TARGET_S
+    would hold a busy loop several times longer than its own steps: the embedder's measured seconds per
+    token cap each decode at BUSY_LOOP_HOLD_S while the loop serves requests, and at IDLE_LOOP_HOLD_S
+    while it is idle (a request that arrives then stops the decode: it need not be short)."""
+    from corral_plugins._llama.embed import BUSY_LOOP_HOLD_S, IDLE_LOOP_HOLD_S
     from corral_plugins._llama.turns import ComputeTurns
 
     emb = tiny_embedder
-    monkeypatch.setattr(emb, "_turns", ComputeTurns(lambda: 10_000))
-    assert emb._limit() == emb.n_batch
-    monkeypatch.setattr(emb, "_per_token", MIXED_STEP_TARGET_S / 12)  # 12 tokens fill the target
-    assert emb._limit() == 12
+    monkeypatch.setattr(emb, "_turns", ComputeTurns(lambda: 8))
+    monkeypatch.setattr(emb, "_per_token", 0.0)
+    assert emb._limit() == 8  # not measured yet: what a step with a prompt chunk evaluates
+    monkeypatch.setattr(emb, "_per_token", IDLE_LOOP_HOLD_S / 12)  # 12 tokens fill the idle hold
+    assert emb._limit() == 12  # past the prompt chunk's budget: an idle loop waits for no step
     decodes = _counting(emb, monkeypatch)
     inputs = [[1, 100 + i, 101 + i] for i in range(10)]  # 3 tokens each: 4 to a decode
     real = emb._decode
 
     def fixed_cost(batch, may_stop=False):  # type: ignore[no-untyped-def]
         out = real(batch, may_stop)
-        emb._per_token = MIXED_STEP_TARGET_S / 12  # keep the measured cost fixed for the count
+        emb._per_token = IDLE_LOOP_HOLD_S / 12  # keep the measured cost fixed for the count
         return out
 
     monkeypatch.setattr(emb, "_decode", fixed_cost)
     emb.embed(inputs, normalize=True)
     assert decodes == [4, 4, 2]
-    monkeypatch.setattr(emb, "_per_token", MIXED_STEP_TARGET_S * 10)  # one slow token: one input a decode
+    monkeypatch.setattr(emb, "_per_token", IDLE_LOOP_HOLD_S * 10)  # one slow token: one input a decode
     assert emb._limit() == 1
-    monkeypatch.setattr(emb, "_per_token", BUSY_LOOP_HOLD_S / 5)
     emb._turns.busy = True  # the loop serves requests: a decode holds it about one of its steps
+    monkeypatch.setattr(emb, "_per_token", BUSY_LOOP_HOLD_S / 5)
     assert emb._limit() == 5
+    monkeypatch.setattr(emb, "_per_token", BUSY_LOOP_HOLD_S / 50)
+    assert emb._limit() == 8  # and no more than a prompt chunk
 
 
 def test_concurrent_embed_calls_share_decodes(tiny_embedder, monkeypatch):

@@ -10,7 +10,14 @@ import time
 import pytest
 
 from corral.errors import ContextLengthError, GrammarError, InvalidRequestError
-from corral.types import CancelToken, GenerationRequest, LoadOptions, SamplingParams, TokenEvent
+from corral.types import (
+    SHORT_REPLY_TOKENS,
+    CancelToken,
+    GenerationRequest,
+    LoadOptions,
+    SamplingParams,
+    TokenEvent,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -853,6 +860,36 @@ def test_a_short_request_preempts_an_embedding_decode_which_is_done_again(parts)
         # done again, possibly packed otherwise: equal up to the kernels' rounding (see Embedder)
         cosines = [sum(x * y for x, y in zip(u, v, strict=True)) for u, v in zip(got, ref, strict=True)]
         assert min(cosines) > 0.999
+    finally:
+        emb.close()
+        b.close()
+
+
+def test_a_request_that_finds_the_loop_idle_preempts_a_long_embedding_decode(parts):
+    """An idle loop lets embedding decodes run long (embed.IDLE_LOOP_HOLD_S: fewer, larger decodes cost
+    less a token); a request that arrives meanwhile, short or not, stops the decode instead of waiting
+    for it, and the embedding call still gets every vector."""
+    from corral_plugins._llama.batcher import Batcher
+    from corral_plugins._llama.embed import Embedder
+
+    native, model = parts
+    b = Batcher(native, model, LoadOptions(num_ctx=512, num_parallel=2, speculative=False))
+    emb = Embedder(model, LoadOptions(num_ctx=512), turns=b.turns)
+    inputs = [tok(parts, f"A sentence about the number {i}, neither large nor small.") for i in range(48)]
+    try:
+        emb.embed(inputs[:2], normalize=True)  # its cost per token is measured
+        assert emb._limit() > 8 * len(inputs[0])  # an idle loop's decode packs many inputs
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(emb.embed(inputs, normalize=True)))
+        worker.start()
+        _running_a_long_decode(b)
+        n = SHORT_REPLY_TOKENS + 8
+        long = GenerationRequest(prompt=tok(parts, "Count from 1 to 100."), num_predict=n, sampling=GREEDY)
+        assert not long.short
+        ev = list(b.submit(long, CancelToken()))
+        worker.join(120)
+        assert len(tokens_of(ev)) == n and emb.preempted >= 1
+        assert len(done[0].embeddings) == len(inputs)  # type: ignore[attr-defined]
     finally:
         emb.close()
         b.close()
