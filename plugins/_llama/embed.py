@@ -174,7 +174,7 @@ class Embedder:
                     continue
                 n_tok, end = 0, k
                 most = 1 if todo[k][0].alone else self.n_seq
-                limit = self._limit()
+                limit = self._limit(after_stop=stopped)
                 while end < len(todo) and end - k < most:
                     w, i = todo[end]
                     if end > k and (n_tok + len(w.inputs[i]) > limit or w.alone):
@@ -200,7 +200,7 @@ class Embedder:
             if not isinstance(exc, CorralError):
                 raise
 
-    def _limit(self) -> int:
+    def _limit(self, after_stop: bool = False) -> int:
         """Tokens the next decode may pack: all the batch holds, or beside a batching loop what keeps
         it waiting about as long as one of its steps (no more than its prompt chunks) while it serves
         requests, and ``IDLE_LOOP_HOLD_S`` while it is idle (a prompt chunk's worth until measured).
@@ -208,11 +208,13 @@ class Embedder:
         llama.cpp evaluates a causal model's output layer for every token of an embedding decode, and
         a 262k vocabulary makes such a token cost several prompt tokens (Gemma 3 270M, 2 cores: about
         4 ms against 1.5). Larger decodes cost less a token: at an idle loop 27 short inputs a decode
-        made 256 of them 1.16x llama-server's speed, where 2 a decode made them 0.87x."""
+        made 256 of them 1.16x llama-server's speed, where 2 a decode made them 0.87x. A decode done
+        again ``after_stop`` packs as for a busy loop: the request that stopped it is about to be
+        served, and this one is not stopped again (it may go before that request's first step)."""
         turns = self._turns
         if turns is None:
             return self.n_batch
-        busy = turns.busy
+        busy = turns.busy or after_stop
         limit = min(self.n_batch, turns.budget()) if busy or self._per_token <= 0 else self.n_batch
         if self._per_token > 0:
             limit = min(limit, int((BUSY_LOOP_HOLD_S if busy else IDLE_LOOP_HOLD_S) / self._per_token))

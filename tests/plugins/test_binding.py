@@ -369,8 +369,9 @@ def test_beside_a_batching_loop_an_embedding_decode_packs_what_its_measured_cost
     assert decodes == [4, 4, 2]
     monkeypatch.setattr(emb, "_per_token", IDLE_LOOP_HOLD_S * 10)  # one slow token: one input a decode
     assert emb._limit() == 1
-    emb._turns.busy = True  # the loop serves requests: a decode holds it about one of its steps
     monkeypatch.setattr(emb, "_per_token", BUSY_LOOP_HOLD_S / 5)
+    assert emb._limit(after_stop=True) == 5  # a request stopped the last decode: it is about to be served
+    emb._turns.busy = True  # the loop serves requests: a decode holds it about one of its steps
     assert emb._limit() == 5
     monkeypatch.setattr(emb, "_per_token", BUSY_LOOP_HOLD_S / 50)
     assert emb._limit() == 8  # and no more than a prompt chunk
